@@ -1,0 +1,39 @@
+# Weft's entry points. `make test` is what CI runs; `make demo` shows Weft on a fresh machine.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+CLUSTER ?= weft
+
+.PHONY: all build test lint unit e2e demo toolchain cluster-up cluster-down
+
+all: build
+
+## toolchain: the Rust components the checks use (rustfmt, clippy).
+toolchain:
+	@command -v cargo >/dev/null || { echo "error: Rust is required (https://rustup.rs)"; exit 1; }
+	@if command -v rustup >/dev/null; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
+
+build: toolchain
+	cargo build --workspace
+
+## test: everything CI checks — format, lints, unit tests, then the e2e suite on a fresh cluster.
+test: lint unit e2e
+
+lint: toolchain
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+unit: toolchain
+	cargo test --workspace --exclude weft-e2e
+
+e2e: toolchain
+	e2e/run-tests
+
+## demo: build, start the local test-bed cluster and show how to use it.
+demo: build
+	e2e/demo
+
+cluster-up:
+	e2e/cluster up $(CLUSTER)
+
+cluster-down:
+	e2e/cluster down $(CLUSTER)

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Builds the test bed's binaries from their Go modules, once per version, into the cache.
+# Sourced by e2e/cluster; expects E2E_DIR, CACHE and the versions from versions.env.
+#
+# Modules whose go.mod carries `replace` lines (k8s.io/kubernetes, etcd's server) cannot be
+# built with `go install module@version`, so each is built through a small wrapper module
+# that requires it and pins every replaced module to its published version.
+
+# go_env: the Go settings every build uses (module cache inside our cache, no VCS stamping).
+go_env() {
+  export GOPATH="$CACHE/go" GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build"
+  export GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0 GOTOOLCHAIN=local
+  # Two cores: keep one process per core so the machine stays responsive.
+  export GOMAXPROCS="${GOMAXPROCS:-2}"
+}
+
+# progress LOG PID: print a line every 20 seconds while PID runs, so long builds are not silent.
+progress() {
+  local log=$1 pid=$2 start=$SECONDS
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 20 &
+    wait $! 2>/dev/null
+    kill -0 "$pid" 2>/dev/null || break
+    local pkgs
+    pkgs=$(find "$GOCACHE" -newer "$log" -name '*-d' 2>/dev/null | wc -l)
+    echo "  … still building ($((SECONDS - start))s, ${pkgs} packages compiled so far)"
+  done
+}
+
+# run_logged NAME LOG CMD…: run CMD with output to LOG, show progress, fail with the log tail.
+run_logged() {
+  local name=$1 log=$2; shift 2
+  : >"$log"
+  "$@" >>"$log" 2>&1 &
+  local pid=$!
+  progress "$log" "$pid"
+  if ! wait "$pid"; then
+    echo "error: building $name failed; last lines of $log:" >&2
+    tail -n 40 "$log" >&2
+    return 1
+  fi
+}
+
+# wrapper_module DIR MODULE VERSION [REPLACE…]: write a module that requires MODULE@VERSION,
+# with REPLACE lines of the form `path => path version`.
+wrapper_module() {
+  local dir=$1 module=$2 version=$3; shift 3
+  mkdir -p "$dir"
+  {
+    echo "module weft.dev/e2e-build"
+    echo
+    echo "go $(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')"
+    echo
+    echo "require $module $version"
+    if [ $# -gt 0 ]; then
+      echo
+      echo "replace ("
+      printf '\t%s\n' "$@"
+      echo ")"
+    fi
+  } >"$dir/go.mod"
+}
+
+# k8s_replaces VERSION: one replace line per staging module of k8s.io/kubernetes VERSION.
+k8s_replaces() {
+  local version=$1 mod
+  mod=$(go mod download -json "k8s.io/kubernetes@v$version" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+  sed -n 's#^\t\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$mod" |
+    while read -r m; do echo "$m => $m v0.${version#1.}"; done
+}
+
+# build_kubernetes: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl.
+build_kubernetes() {
+  local v=$KUBERNETES_VERSION
+  local out="$CACHE/kubernetes-$v"
+  [ -x "$out/bin/kubectl" ] && return 0
+  echo "building Kubernetes v$v (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) from its Go module; the first build takes 15-25 minutes on 2 cores"
+  local src="$CACHE/src/kubernetes-$v"
+  rm -rf "$src" && mkdir -p "$src"
+  local replaces=()
+  mapfile -t replaces < <(k8s_replaces "$v")
+  [ ${#replaces[@]} -gt 0 ] || { echo "error: found no staging modules in k8s.io/kubernetes@v$v" >&2; return 1; }
+  wrapper_module "$src" k8s.io/kubernetes "v$v" "${replaces[@]}"
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local pkgs=() c
+  for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  local minor=${v#1.}; minor=${minor%%.*}
+  local ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=v$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  mkdir -p "$out/bin.tmp"
+  (cd "$src" && run_logged "Kubernetes v$v" "$src/build.log" \
+    go build -trimpath -ldflags "$ld" -o "$out/bin.tmp/" "${pkgs[@]}") || return 1
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+}
+
+# build_etcd: etcd's server binary.
+build_etcd() {
+  local v=$ETCD_VERSION
+  local out="$CACHE/etcd-$v"
+  [ -x "$out/bin/etcd" ] && return 0
+  echo "building etcd v$v from its Go module"
+  local src="$CACHE/src/etcd-$v"
+  rm -rf "$src" && mkdir -p "$src"
+  local m replaces=()
+  for m in api/v3 client/pkg/v3 client/v3 pkg/v3; do
+    replaces+=("go.etcd.io/etcd/$m => go.etcd.io/etcd/$m v$v")
+  done
+  wrapper_module "$src" go.etcd.io/etcd/server/v3 "v$v" "${replaces[@]}"
+  mkdir -p "$out/bin.tmp"
+  (cd "$src" && run_logged "etcd v$v" "$src/build.log" \
+    go build -trimpath -ldflags "-s -w" -o "$out/bin.tmp/etcd" go.etcd.io/etcd/server/v3) || return 1
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+}
+
+# build_kwok: kwok, the simulated kubelet.
+build_kwok() {
+  local v=$KWOK_VERSION
+  local out="$CACHE/kwok-$v"
+  [ -x "$out/bin/kwok" ] && return 0
+  echo "building kwok v$v from its Go module"
+  local src="$CACHE/src/kwok-$v"
+  rm -rf "$src" && mkdir -p "$src"
+  wrapper_module "$src" sigs.k8s.io/kwok "v$v"
+  mkdir -p "$out/bin.tmp"
+  (cd "$src" && run_logged "kwok v$v" "$src/build.log" \
+    go build -trimpath -ldflags "-s -w" -o "$out/bin.tmp/kwok" sigs.k8s.io/kwok/cmd/kwok) || return 1
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+}
+
+# fetch_module_dir MODULE VERSION: the module's source directory in the module cache.
+fetch_module_dir() {
+  go mod download -json "$1@$2" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p'
+}
+
+# fetch_assets: files the bed takes from Go modules as published: kwok's default stages (node
+# initialise, heartbeat with lease, pod ready, complete, delete) and the Gateway API CRDs
+# (standard channel).
+fetch_assets() {
+  local dir
+  if [ ! -f "$CACHE/kwok-$KWOK_VERSION/stages.yaml" ]; then
+    dir=$(cd "$CACHE" && fetch_module_dir sigs.k8s.io/kwok "v$KWOK_VERSION")
+    local stage
+    for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+      pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+      echo "---"
+      cat "$dir/kustomize/stage/$stage.yaml"
+    done >"$CACHE/kwok-$KWOK_VERSION/stages.yaml.tmp"
+    mv "$CACHE/kwok-$KWOK_VERSION/stages.yaml.tmp" "$CACHE/kwok-$KWOK_VERSION/stages.yaml"
+  fi
+  local gw="$CACHE/gateway-api-$GATEWAY_API_VERSION"
+  if [ ! -d "$gw/crds" ]; then
+    echo "fetching the Gateway API v$GATEWAY_API_VERSION CRDs from its Go module"
+    dir=$(cd "$CACHE" && fetch_module_dir sigs.k8s.io/gateway-api "v$GATEWAY_API_VERSION")
+    [ -d "$dir/config/crd/standard" ] || { echo "error: no config/crd/standard in $dir" >&2; return 1; }
+    rm -rf "$gw" && mkdir -p "$gw/crds.tmp"
+    cp "$dir"/config/crd/standard/*.yaml "$gw/crds.tmp/"
+    mv "$gw/crds.tmp" "$gw/crds"
+  fi
+}
+
+# build_all: everything the bed needs, built in sequence (two cores: parallel builds only thrash).
+build_all() {
+  command -v go >/dev/null || { echo "error: Go is required to build the test bed (https://go.dev/dl/)" >&2; return 1; }
+  go_env
+  mkdir -p "$CACHE"
+  build_etcd && build_kwok && fetch_assets && build_kubernetes
+}

@@ -1,0 +1,162 @@
+//! Helpers for Weft's end-to-end tests: connect to a test-bed cluster started by
+//! `e2e/cluster up`, wait on conditions with a deadline, and make throwaway namespaces.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// The cluster the tests use unless `WEFT_E2E_CLUSTER` names another.
+pub const DEFAULT_CLUSTER: &str = "weft";
+
+/// How often a condition is checked while waiting for it.
+const POLL: Duration = Duration::from_millis(200);
+
+/// The repository's top directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ sits inside the repository")
+        .to_path_buf()
+}
+
+/// The kubeconfig that `e2e/cluster up NAME` writes.
+pub fn kubeconfig_path(name: &str) -> PathBuf {
+    repo_root()
+        .join("e2e/.clusters")
+        .join(name)
+        .join("kubeconfig")
+}
+
+/// A connection to one test-bed cluster.
+pub struct Bed {
+    /// The cluster's name, as given to `e2e/cluster`.
+    pub name: String,
+    /// Its admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// A client for it.
+    pub client: Client,
+}
+
+impl Bed {
+    /// Connects to the cluster the test run was started with (`WEFT_E2E_CLUSTER`, default `weft`).
+    pub async fn connect() -> Bed {
+        let name = std::env::var("WEFT_E2E_CLUSTER").unwrap_or_else(|_| DEFAULT_CLUSTER.into());
+        Bed::connect_to(&name).await
+    }
+
+    /// Connects to the named cluster; panics with the command to run when it is not up.
+    pub async fn connect_to(name: &str) -> Bed {
+        let kubeconfig = kubeconfig_path(name);
+        let kc = Kubeconfig::read_from(&kubeconfig).unwrap_or_else(|e| {
+            panic!(
+                "test-bed cluster {name:?} is not up ({e}); start it with `e2e/cluster up {name}` or run `make test`"
+            )
+        });
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig of the test bed is valid");
+        let client = Client::try_from(config).expect("client for the test bed");
+        Bed {
+            name: name.to_string(),
+            kubeconfig,
+            client,
+        }
+    }
+
+    /// Creates a namespace with a unique name starting with `prefix`.
+    pub async fn namespace(&self, prefix: &str) -> TestNamespace {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{prefix}-")),
+                labels: Some([("weft.dev/e2e".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let created = api
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        TestNamespace {
+            name: created.metadata.name.expect("server names the namespace"),
+            api,
+        }
+    }
+
+    /// Runs the built kubectl against this cluster and returns its standard output.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(kubectl_path())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run kubectl: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+}
+
+/// The kubectl that the test bed built (its version matches the API server's).
+pub fn kubectl_path() -> PathBuf {
+    let out = Command::new(repo_root().join("e2e/cluster"))
+        .args(["env"])
+        .output()
+        .expect("run e2e/cluster env");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("export PATH='"))
+        .and_then(|l| l.split('\'').next())
+        .map(|dir| Path::new(dir).join("kubectl"))
+        .expect("e2e/cluster env prints the kubectl directory")
+}
+
+/// A namespace made for one test; call [`TestNamespace::delete`] at the end.
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+    api: Api<Namespace>,
+}
+
+impl TestNamespace {
+    /// Deletes the namespace (the cluster cleans up what was in it).
+    pub async fn delete(self) {
+        let _ = self.api.delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// Polls `probe` until it returns `Ok`, and returns that value. `probe` returns `Err` with a
+/// description of what it saw; on timeout the test fails with the last one, so a failure says
+/// what the cluster looked like rather than only that time ran out.
+pub async fn wait_for<T, E, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    E: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = match probe().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {seen:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

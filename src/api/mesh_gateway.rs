@@ -1,0 +1,213 @@
+//! MeshGateway: an ingress, egress or east-west gateway served by a mesh revision.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{Autoscaling, DisruptionBudget};
+
+/// The desired state of a gateway.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "MeshGateway",
+    plural = "meshgateways",
+    shortname = "mgw",
+    category = "weft",
+    namespaced,
+    status = "MeshGatewayStatus",
+    doc = "MeshGateway runs an ingress, egress or east-west gateway for a mesh.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
+    printcolumn(name = "Revision", type_ = "string", json_path = ".status.revision"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(
+        name = "Address",
+        type_ = "string",
+        json_path = ".status.addresses[0].value"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshGatewaySpec {
+    /// The MeshInstall whose control plane serves this gateway.
+    #[schemars(length(min = 1, max = 52))]
+    pub mesh: String,
+    /// The revision tag or revision name to follow. The gateway moves to a new revision only
+    /// when this tag moves, that is after the new control plane was validated.
+    #[serde(default = "default_revision")]
+    #[schemars(default = "default_revision", length(min = 1, max = 52))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("revision must be a tag or revision name (a DNS label)"))]
+    pub revision: String,
+    /// What the gateway is for.
+    #[serde(default, rename = "type")]
+    pub type_: GatewayType,
+    /// Replicas when autoscaling is off (also settable with `kubectl scale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// A HorizontalPodAutoscaler on CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// A PodDisruptionBudget for the gateway pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_disruption_budget: Option<DisruptionBudget>,
+    /// The gateway's Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<GatewayService>,
+    /// CPU and memory requests and limits of the gateway container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Pod affinity rules (default: prefer one pod per host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How pods spread across failure domains (default: across zones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// Nodes the pods may run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// The network an east-west gateway connects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+fn default_revision() -> String {
+    "default".to_string()
+}
+
+/// Gateway roles.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayType {
+    /// Traffic entering the mesh.
+    #[default]
+    Ingress,
+    /// Traffic leaving the mesh.
+    Egress,
+    /// Traffic between clusters of a multi-network mesh.
+    Eastwest,
+}
+
+/// The gateway's Service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayService {
+    /// The Service type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<ServiceType>,
+    /// The ports the gateway listens on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["port".into()]))]
+    #[schemars(length(max = 64))]
+    pub ports: Option<Vec<GatewayPort>>,
+    /// Annotations for the Service (for example a cloud load balancer's settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// `Cluster` or `Local`, for LoadBalancer and NodePort Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<ExternalTrafficPolicy>,
+}
+
+/// Service types a gateway can have.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ServiceType {
+    /// A cluster-internal address.
+    ClusterIP,
+    /// A port on every node.
+    NodePort,
+    /// An external load balancer.
+    LoadBalancer,
+}
+
+/// External traffic policies.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ExternalTrafficPolicy {
+    /// Spread over all nodes.
+    Cluster,
+    /// Only to nodes with a gateway pod, keeping the client address.
+    Local,
+}
+
+/// A gateway port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayPort {
+    /// The port's name (also used for the protocol when it starts with `http`, `grpc` or `tls`).
+    #[schemars(length(min = 1, max = 15))]
+    pub name: String,
+    /// The Service port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The container port; ports below 1024 map to port + 8000 by default, so the gateway
+    /// runs without privileges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub target_port: Option<i32>,
+}
+
+/// What the operator observed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshGatewayStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling and Stalled, kstatus-style.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The revision the gateway's tag resolves to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Current replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Ready replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// The label selector of the gateway's pods (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Addresses from the Service's load-balancer status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub addresses: Vec<GatewayAddress>,
+}
+
+/// One address of a gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayAddress {
+    /// `IPAddress` or `Hostname`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The address.
+    pub value: String,
+}

@@ -1,0 +1,445 @@
+//! MeshInstall: one mesh control plane, installed as one or more revisions.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{Autoscaling, DisruptionBudget};
+
+/// The namespace the control plane runs in unless `spec.namespace` says otherwise.
+pub const DEFAULT_NAMESPACE: &str = "weft-system";
+
+/// Longest revision name: object names such as `weft-proxy-<revision>` must stay within 63
+/// characters (DNS labels), and `weft-proxy-` takes 11 of them.
+pub const MAX_REVISION_NAME: usize = 52;
+
+/// The desired state of a mesh control plane.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "MeshInstall",
+    plural = "meshinstalls",
+    shortname = "mi",
+    category = "weft",
+    status = "MeshInstallStatus",
+    doc = "MeshInstall installs and upgrades one service-mesh control plane and its node proxies.",
+    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
+    printcolumn(name = "Active Revision", type_ = "string", json_path = ".status.activeRevision"),
+    printcolumn(name = "Revisions", type_ = "integer", json_path = ".status.summary.revisions"),
+    printcolumn(name = "In Use", type_ = "integer", json_path = ".status.summary.inUse"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("the MeshInstall name must be a DNS label: lower-case letters, digits and '-'"),
+    validation = Rule::new("size(self.metadata.name) <= 52 && (!has(self.spec.updateStrategy) || !has(self.spec.updateStrategy.type) || self.spec.updateStrategy.type != 'RevisionBased' || size(self.metadata.name) + size(self.spec.version) + 2 <= 52)").message("the revision name (the MeshInstall name, plus '-v<version>' under RevisionBased) must be at most 52 characters so that owned object names stay within 63; choose a shorter name"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshInstallSpec {
+    /// The mesh version to run, as a semantic version such as `1.1.0`. It must be one the
+    /// operator supports (`weft versions`); otherwise the MeshInstall is Stalled and nothing
+    /// already running is touched.
+    #[x_kube(validation = Rule::new("self.matches('^(0|[1-9][0-9]*)\\\\.(0|[1-9][0-9]*)\\\\.(0|[1-9][0-9]*)(-[0-9a-z]+([.-][0-9a-z]+)*)?$')").message("version must be a semantic version such as 1.2.3 (a lower-case pre-release such as 1.2.3-rc.1 is allowed)"))]
+    #[schemars(length(max = 32))]
+    pub version: String,
+
+    /// Built-in defaults to start from: `default`, `minimal`, `demo` or `ha`. Every field set
+    /// in this spec overrides the profile's value.
+    #[serde(default)]
+    pub profile: Profile,
+
+    /// The namespace the control plane runs in. Created if absent, never deleted. Immutable.
+    #[serde(default = "default_namespace")]
+    #[schemars(default = "default_namespace", length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("namespace is immutable: create a new MeshInstall to run a control plane elsewhere"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("namespace must be a DNS label: lower-case letters, digits and '-'"))]
+    pub namespace: String,
+
+    /// How a change of `version` is rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<UpdateStrategy>,
+
+    /// Revision tags: stable names that namespaces and gateways use (`weft.dev/rev=<tag>`)
+    /// while the operator moves them between revisions. A tag named `default` always exists
+    /// and tracks the active revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 32))]
+    pub revision_tags: Option<Vec<RevisionTag>>,
+
+    /// The control-plane Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlane>,
+
+    /// The node-proxy DaemonSet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Proxy>,
+
+    /// Mesh-wide settings handed to the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_config: Option<MeshConfig>,
+}
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_string()
+}
+
+/// A set of built-in defaults.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// One control-plane replica with modest resources, node proxies on every node.
+    #[default]
+    Default,
+    /// The control plane only: no node proxies.
+    Minimal,
+    /// Small resources and verbose access logs, for trying the mesh out.
+    Demo,
+    /// Highly available: at least 3 replicas across hosts and zones, a PDB and an HPA.
+    Ha,
+}
+
+/// How version changes are rolled out.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// `InPlace` updates the single revision (named after the MeshInstall) in place;
+    /// `RevisionBased` installs each version as its own revision beside the old one and
+    /// promotes it when it is healthy.
+    #[serde(default, rename = "type")]
+    pub type_: UpdateStrategyType,
+
+    /// How long, in seconds, a revision that is no longer active, targeted or in use is kept
+    /// before it is deleted.
+    #[serde(default = "default_grace", skip_serializing_if = "Option::is_none")]
+    #[schemars(default = "default_grace", range(min = 0))]
+    pub inactive_revision_deletion_grace_period_seconds: Option<i64>,
+
+    /// When a new revision becomes the active one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
+}
+
+fn default_grace() -> Option<i64> {
+    Some(30)
+}
+
+/// The update strategies.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum UpdateStrategyType {
+    /// One revision, updated in place.
+    #[default]
+    InPlace,
+    /// One revision per version, installed side by side and promoted when healthy.
+    RevisionBased,
+}
+
+/// Health gates for promoting a new revision.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Promotion {
+    /// How long, in seconds, a new revision must stay Ready before it becomes active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_ready_seconds: Option<i64>,
+    /// How long, in seconds, a new revision may take to become Ready before the upgrade is
+    /// held and reported as Stalled (reason RevisionFailed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub progress_deadline_seconds: Option<i64>,
+}
+
+/// A revision tag.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.name != 'default' || !has(self.target) || self.target == 'Active'").message("the default tag always tracks the active revision; give other targets another tag name"))]
+pub struct RevisionTag {
+    /// The tag's name, used as the value of the namespace label `weft.dev/rev`.
+    #[schemars(length(min = 1, max = 52))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("tag names must be DNS labels: lower-case letters, digits and '-'"))]
+    pub name: String,
+    /// What the tag points at: `Active` (the default), `Latest` (the newest revision once it is
+    /// Ready), or the name of a revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 52))]
+    #[x_kube(validation = Rule::new("self == 'Active' || self == 'Latest' || self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("target must be Active, Latest or a revision name (a DNS label)"))]
+    pub target: Option<String>,
+}
+
+/// The control-plane Deployment of each revision.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlane {
+    /// Replicas when autoscaling is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// CPU and memory requests and limits of the control-plane container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// A HorizontalPodAutoscaler on CPU; when enabled the Deployment leaves `replicas` to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// A PodDisruptionBudget for the control-plane pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_disruption_budget: Option<DisruptionBudget>,
+    /// Pod affinity rules (the `ha` profile requires one pod per host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Nodes the pods may run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// How pods spread across failure domains (the `ha` profile spreads across zones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// The pods' PriorityClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// An image to run instead of the one the version table names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// The node-proxy DaemonSet of each revision.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Proxy {
+    /// Whether node proxies run (the `minimal` profile turns them off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// An image to run instead of the one the version table names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of the proxy container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Worker threads per proxy (0: one per core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub concurrency: Option<i32>,
+    /// The proxy's log level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
+    /// How node proxies are replaced during an update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<ProxyUpdateStrategy>,
+    /// Nodes the proxies run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the proxies tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub tolerations: Option<Vec<Toleration>>,
+}
+
+/// Proxy log levels.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Problems only.
+    Warning,
+    /// Errors only.
+    Error,
+    /// Nothing.
+    Off,
+}
+
+/// How node proxies are replaced during an update.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyUpdateStrategy {
+    /// How many nodes (a number or a percentage) may be without a ready proxy during an update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// Mesh-wide settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfig {
+    /// The mesh's identifier, shared by every cluster of a multi-cluster mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "meshID")]
+    pub mesh_id: Option<String>,
+    /// The trust domain of workload identities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
+    /// This cluster's name within the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    /// The network this cluster's pods are on (for multi-network meshes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Access logging by the proxies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
+    /// Distributed tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+    /// What proxies do with traffic to hosts outside the mesh registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    /// Only namespaces matching one of these selectors are part of the mesh (all when empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub discovery_selectors: Option<Vec<LabelSelector>>,
+}
+
+/// Access logging settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessLog {
+    /// Whether proxies write access logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Where to write them (default `/dev/stdout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The log line format, in Envoy's format-string syntax (default: Envoy's default format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+/// Tracing settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracing {
+    /// A Zipkin-compatible collector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zipkin: Option<Zipkin>,
+    /// The share of requests traced, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub sampling_percent: Option<f64>,
+}
+
+/// A Zipkin collector.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Zipkin {
+    /// The collector's `host:port`.
+    pub address: String,
+}
+
+/// Outbound traffic policies.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[allow(non_camel_case_types)]
+pub enum OutboundTrafficPolicy {
+    /// Traffic to unknown hosts passes through.
+    ALLOW_ANY,
+    /// Only hosts in the mesh registry are reachable.
+    REGISTRY_ONLY,
+}
+
+/// What the operator observed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshInstallStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling and Stalled, kstatus-style.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// One word for humans: Installing, Healthy, Updating, Degraded, Stalled or Terminating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The revision tags with target Active (and the `default` tag) resolve to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_revision: Option<String>,
+    /// The revision the current spec asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<String>,
+    /// Every installed revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub revisions: Vec<RevisionStatus>,
+    /// Counts for the printer columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<RevisionSummary>,
+    /// Where each tag points; control planes resolve namespace labels through this map.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub tags: Vec<TagStatus>,
+}
+
+/// One installed revision.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    /// The revision's name.
+    pub name: String,
+    /// The mesh version it runs.
+    pub version: String,
+    /// Whether its control plane and node proxies are all ready.
+    pub ready: bool,
+    /// Whether any namespace, gateway or tag resolves to it.
+    pub in_use: bool,
+    /// Control-plane replicas: desired and ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ReplicaCounts>,
+    /// Node proxies: desired and ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ReplicaCounts>,
+    /// Namespaces whose label resolves to this revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub namespaces: Vec<String>,
+    /// Gateways (`namespace/name`) that resolve to this revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub gateways: Vec<String>,
+}
+
+/// Desired and ready replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaCounts {
+    /// How many are wanted.
+    pub desired: i32,
+    /// How many are ready.
+    pub ready: i32,
+}
+
+/// Revision counts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionSummary {
+    /// Installed revisions.
+    pub revisions: i32,
+    /// Ready revisions.
+    pub ready: i32,
+    /// Revisions in use.
+    pub in_use: i32,
+}
+
+/// Where one tag points.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TagStatus {
+    /// The tag.
+    pub name: String,
+    /// The revision it resolves to.
+    pub revision: String,
+}

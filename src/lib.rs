@@ -1,0 +1,8 @@
+//! Weft: a Kubernetes operator that installs, upgrades and runs a service mesh, with its own
+//! embedded xDS control plane. See `DESIGN.md` in the shared docs for the architecture.
+
+pub mod api;
+pub mod yaml;
+
+/// The operator's own version, as built.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
