@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CLUSTER ?= weft
 
-.PHONY: all build test lint unit e2e demo toolchain cluster-up cluster-down
+.PHONY: all build test lint unit e2e demo toolchain crds cluster-up cluster-down
 
 all: build
 
@@ -31,6 +31,10 @@ e2e: toolchain
 ## demo: build, start the local test-bed cluster and show how to use it.
 demo: build
 	e2e/demo
+
+## crds: regenerate crds/ from the Rust types (a unit test fails when they drift).
+crds:
+	cargo run -q -- crd --out-dir crds
 
 cluster-up:
 	e2e/cluster up $(CLUSTER)

@@ -2,6 +2,8 @@
 //! embedded xDS control plane. See `DESIGN.md` in the shared docs for the architecture.
 
 pub mod api;
+pub mod render;
+pub mod versions;
 pub mod yaml;
 
 /// The operator's own version, as built.

@@ -22,3 +22,100 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/` must hold exactly what `weft crd` prints; regenerate with
+    /// `cargo run -- crd --out-dir crds` (or `make crds`).
+    #[test]
+    fn checked_in_crds_match_the_code() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("crds/ exists")
+            .map(|e| e.expect("readable entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let wanted: Vec<String> = crds().iter().map(crd_file_name).collect();
+        assert_eq!(files, wanted, "crds/ has other files than the CRDs; run `make crds`");
+        for crd in crds() {
+            let on_disk = std::fs::read_to_string(dir.join(crd_file_name(&crd))).expect("readable CRD file");
+            assert!(
+                on_disk == crate::yaml::document(&crd).expect("CRD encodes"),
+                "crds/{} drifted from the Rust types; run `make crds` and commit the result",
+                crd_file_name(&crd)
+            );
+        }
+    }
+
+    /// Walks a schema: every node has a type (structural), and no array anywhere is empty.
+    fn check_schema(path: &str, node: &serde_json::Value, problems: &mut Vec<String>) {
+        match node {
+            serde_json::Value::Array(items) => {
+                if items.is_empty() {
+                    problems.push(format!("{path}: empty array"));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    check_schema(&format!("{path}[{i}]"), item, problems);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    let here = format!("{path}.{key}");
+                    check_schema(&here, value, problems);
+                    if key == "properties" {
+                        for (field, schema) in value.as_object().into_iter().flatten() {
+                            let typed = schema.get("type").is_some()
+                                || schema.get("x-kubernetes-int-or-string").is_some()
+                                || schema.get("x-kubernetes-preserve-unknown-fields").is_some();
+                            if !typed {
+                                problems.push(format!("{here}.{field}: no type (not structural)"));
+                            }
+                        }
+                    }
+                    for forbidden in ["anyOf", "oneOf", "allOf", "$ref"] {
+                        if key == forbidden && value.as_array().is_some_and(|a| a.iter().any(|s| s.get("type").is_some())) {
+                            problems.push(format!("{here}: types inside {forbidden} (not structural)"));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn crds_are_structural_and_hold_no_empty_arrays() {
+        for crd in crds() {
+            let value = serde_json::to_value(&crd).expect("CRD encodes");
+            let mut problems = Vec::new();
+            check_schema("", &value, &mut problems);
+            assert!(problems.is_empty(), "{}: {problems:#?}", crd_file_name(&crd));
+        }
+    }
+
+    #[test]
+    fn every_field_has_a_description() {
+        fn walk(path: &str, node: &serde_json::Value, missing: &mut Vec<String>) {
+            if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
+                for (name, schema) in props {
+                    let here = format!("{path}.{name}");
+                    if name != "metadata" && name != "apiVersion" && name != "kind" && schema.get("description").is_none() {
+                        missing.push(here.clone());
+                    }
+                    walk(&here, schema, missing);
+                }
+            }
+            if let Some(items) = node.get("items") {
+                walk(&format!("{path}[]"), items, missing);
+            }
+        }
+        for crd in crds() {
+            let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema encodes");
+            let mut missing = Vec::new();
+            walk("", &schema["openAPIV3Schema"], &mut missing);
+            assert!(missing.is_empty(), "{}: fields without a description: {missing:#?}", crd_file_name(&crd));
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Pure rendering: the objects one revision of a MeshInstall consists of. Nothing here talks
+//! to the API server, so what the operator applies can be unit-tested and reviewed
+//! (`weft render`).
+
+pub mod kinds;
+pub mod profile;
+pub mod revision;
+pub mod security;
+
+pub use kinds::{Manifest, OwnedKind};
+pub use revision::{RevisionInput, render_revision};
+
+/// Why a spec cannot be rendered. These are spec errors that admission could not catch;
+/// the operator reports them as `Stalled` and leaves the running mesh alone.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    /// The spec is inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    /// An object could not be encoded (a bug, not a user error).
+    #[error("cannot encode {kind} {name}: {message}")]
+    Encode {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// What serde said.
+        message: String,
+    },
+}
+
+/// A short, stable hash of text (FNV-1a, 64 bits), for checksum annotations that roll pods
+/// when their configuration changes. Stable across Rust releases, unlike `DefaultHasher`.
+pub fn fnv1a(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests;

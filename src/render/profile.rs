@@ -1,0 +1,290 @@
+//! Profiles and resolution: a MeshInstall spec plus its profile's defaults, field by field,
+//! give the settings a revision is rendered from.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, PodAffinityTerm, PodAntiAffinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::mesh_install::{AccessLog, LogLevel, MeshConfig, MeshInstallSpec, OutboundTrafficPolicy, Profile};
+
+use super::RenderError;
+
+/// Horizontal autoscaling as rendered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hpa {
+    /// Fewest replicas.
+    pub min: i32,
+    /// Most replicas.
+    pub max: i32,
+    /// Target average CPU utilisation in percent.
+    pub cpu_percent: i32,
+}
+
+/// A disruption budget as rendered: exactly one of the two.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Budget {
+    /// `minAvailable`.
+    MinAvailable(IntOrString),
+    /// `maxUnavailable`.
+    MaxUnavailable(IntOrString),
+}
+
+/// Control-plane settings after resolution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlPlane {
+    /// Replicas when not autoscaled.
+    pub replicas: i32,
+    /// Autoscaling, when enabled.
+    pub hpa: Option<Hpa>,
+    /// The disruption budget, when one is wanted.
+    pub pdb: Option<Budget>,
+    /// Container resources.
+    pub resources: ResourceRequirements,
+    /// Pod affinity.
+    pub affinity: Option<Affinity>,
+    /// Topology spread.
+    pub spread: Vec<TopologySpreadConstraint>,
+    /// Node selector.
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations.
+    pub tolerations: Vec<Toleration>,
+    /// PriorityClass.
+    pub priority_class_name: Option<String>,
+    /// Image override.
+    pub image: Option<String>,
+}
+
+/// Node-proxy settings after resolution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proxy {
+    /// Image override.
+    pub image: Option<String>,
+    /// Container resources.
+    pub resources: ResourceRequirements,
+    /// Worker threads (0: one per core).
+    pub concurrency: i32,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// DaemonSet rolling-update maxUnavailable.
+    pub max_unavailable: IntOrString,
+    /// Node selector.
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations.
+    pub tolerations: Vec<Toleration>,
+}
+
+/// Everything a revision is rendered from, after the profile's defaults were applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    /// The control plane.
+    pub control_plane: ControlPlane,
+    /// The node proxies, unless disabled.
+    pub proxy: Option<Proxy>,
+    /// Mesh-wide settings with defaults filled in.
+    pub mesh_config: MeshConfig,
+}
+
+fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ])),
+        // No CPU limit: throttling an xDS server slows every proxy's convergence.
+        limits: Some(BTreeMap::from([("memory".to_string(), Quantity(memory_limit.to_string()))])),
+        ..Default::default()
+    }
+}
+
+/// The pod labels the control plane's anti-affinity and spread select on.
+pub fn control_plane_selector(mesh: &str, revision: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (crate::api::labels::COMPONENT.to_string(), "control-plane".to_string()),
+        (crate::api::labels::MESH.to_string(), mesh.to_string()),
+        (crate::api::labels::REVISION.to_string(), revision.to_string()),
+    ])
+}
+
+fn ha_affinity(selector: &BTreeMap<String, String>) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(selector.clone()),
+                    ..Default::default()
+                }),
+                topology_key: "kubernetes.io/hostname".to_string(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn zone_spread(selector: &BTreeMap<String, String>) -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "topology.kubernetes.io/zone".to_string(),
+        // ScheduleAnyway: a cluster with fewer zones than replicas must still run them all.
+        when_unsatisfiable: "ScheduleAnyway".to_string(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The profile's defaults, before the spec overrides them.
+struct Defaults {
+    replicas: i32,
+    hpa: Option<Hpa>,
+    pdb_min_available: Option<i32>,
+    cp_resources: ResourceRequirements,
+    ha_scheduling: bool,
+    proxy_enabled: bool,
+    proxy_resources: ResourceRequirements,
+    access_log: bool,
+}
+
+fn defaults(profile: Profile) -> Defaults {
+    let base = Defaults {
+        replicas: 1,
+        hpa: None,
+        pdb_min_available: None,
+        cp_resources: resources("100m", "128Mi", "1Gi"),
+        ha_scheduling: false,
+        proxy_enabled: true,
+        proxy_resources: resources("50m", "64Mi", "512Mi"),
+        access_log: false,
+    };
+    match profile {
+        Profile::Default => base,
+        Profile::Minimal => Defaults {
+            proxy_enabled: false,
+            ..base
+        },
+        Profile::Demo => Defaults {
+            cp_resources: resources("10m", "64Mi", "512Mi"),
+            proxy_resources: resources("10m", "40Mi", "256Mi"),
+            access_log: true,
+            ..base
+        },
+        Profile::Ha => Defaults {
+            replicas: 3,
+            hpa: Some(Hpa {
+                min: 3,
+                max: 5,
+                cpu_percent: 80,
+            }),
+            pdb_min_available: Some(2),
+            cp_resources: resources("200m", "256Mi", "2Gi"),
+            ha_scheduling: true,
+            ..base
+        },
+    }
+}
+
+/// Applies the profile's defaults to a spec, field by field.
+pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Resolved, RenderError> {
+    let d = defaults(spec.profile);
+    let cp = spec.control_plane.clone().unwrap_or_default();
+    let replicas = cp.replicas.unwrap_or(d.replicas);
+
+    let auto = cp.autoscaling.clone().unwrap_or_default();
+    let hpa = match auto.enabled.unwrap_or(d.hpa.is_some()) {
+        false => None,
+        true => {
+            let base = d.hpa.clone().unwrap_or(Hpa {
+                min: 1,
+                max: 5,
+                cpu_percent: 80,
+            });
+            let min = auto.min_replicas.unwrap_or(base.min);
+            let max = auto.max_replicas.unwrap_or(base.max);
+            if min > max {
+                return Err(RenderError::Invalid(format!(
+                    "controlPlane.autoscaling.minReplicas ({min}) is greater than maxReplicas ({max}, from the {:?} profile); set maxReplicas too",
+                    spec.profile
+                )));
+            }
+            Some(Hpa {
+                min,
+                max,
+                cpu_percent: auto.target_cpu_utilization_percentage.unwrap_or(base.cpu_percent),
+            })
+        }
+    };
+
+    // The smallest number of pods the Deployment runs, which decides whether a PDB makes sense.
+    let floor = hpa.as_ref().map_or(replicas, |h| h.min);
+    let budget = cp.pod_disruption_budget.clone().unwrap_or_default();
+    let pdb = if budget.enabled == Some(false) {
+        None
+    } else if let Some(v) = budget.min_available {
+        Some(Budget::MinAvailable(v))
+    } else if let Some(v) = budget.max_unavailable {
+        Some(Budget::MaxUnavailable(v))
+    } else if floor > 1 || budget.enabled == Some(true) {
+        // Never demand every pod: a budget of all pods would block node drains forever.
+        let min = d.pdb_min_available.unwrap_or(1).min((floor - 1).max(1));
+        Some(Budget::MinAvailable(IntOrString::Int(min)))
+    } else {
+        None
+    };
+
+    let selector = control_plane_selector(mesh, revision);
+    let affinity = cp.affinity.clone().or_else(|| d.ha_scheduling.then(|| ha_affinity(&selector)));
+    let spread = cp
+        .topology_spread_constraints
+        .clone()
+        .unwrap_or_else(|| if d.ha_scheduling { vec![zone_spread(&selector)] } else { vec![] });
+
+    let control_plane = ControlPlane {
+        replicas,
+        hpa,
+        pdb,
+        resources: cp.resources.clone().unwrap_or(d.cp_resources),
+        affinity,
+        spread,
+        node_selector: cp.node_selector.clone().unwrap_or_default(),
+        tolerations: cp.tolerations.clone().unwrap_or_default(),
+        priority_class_name: cp.priority_class_name.clone(),
+        image: cp.image.clone(),
+    };
+
+    let p = spec.proxy.clone().unwrap_or_default();
+    let proxy = p.enabled.unwrap_or(d.proxy_enabled).then(|| Proxy {
+        image: p.image.clone(),
+        resources: p.resources.clone().unwrap_or(d.proxy_resources),
+        concurrency: p.concurrency.unwrap_or(2),
+        log_level: p.log_level.unwrap_or(LogLevel::Info),
+        max_unavailable: p
+            .update_strategy
+            .as_ref()
+            .and_then(|u| u.max_unavailable.clone())
+            .unwrap_or(IntOrString::Int(1)),
+        node_selector: p.node_selector.clone().unwrap_or_default(),
+        tolerations: p.tolerations.clone().unwrap_or_default(),
+    });
+
+    let mut mc = spec.mesh_config.clone().unwrap_or_default();
+    mc.trust_domain.get_or_insert_with(|| "cluster.local".to_string());
+    mc.cluster_name.get_or_insert_with(|| "Kubernetes".to_string());
+    mc.outbound_traffic_policy.get_or_insert(OutboundTrafficPolicy::ALLOW_ANY);
+    let log = mc.access_log.get_or_insert_with(AccessLog::default);
+    log.enabled.get_or_insert(d.access_log);
+    log.path.get_or_insert_with(|| "/dev/stdout".to_string());
+
+    Ok(Resolved {
+        control_plane,
+        proxy,
+        mesh_config: mc,
+    })
+}

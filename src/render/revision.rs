@@ -1,0 +1,663 @@
+//! The objects of one revision: control-plane identity, permissions, configuration,
+//! Deployment, Service, autoscaler and disruption budget, and the node-proxy DaemonSet.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, Deployment, DeploymentSpec, DeploymentStrategy,
+    RollingUpdateDaemonSet, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
+    TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+
+use crate::api::labels;
+use crate::api::mesh_install::{LogLevel, MeshConfig, MeshInstall};
+use crate::versions::MeshVersion;
+
+use super::profile::{self, Budget, Resolved};
+use super::security::{container_context, pod_context};
+use super::{Manifest, OwnedKind, RenderError, fnv1a};
+
+/// The xDS port of every control plane.
+pub const XDS_PORT: i32 = 15010;
+/// The monitoring port (`/metrics`, `/ready`) of every control plane.
+pub const MONITORING_PORT: i32 = 15014;
+/// The user the control plane runs as.
+const CONTROL_PLANE_UID: i64 = 65532;
+/// The user Envoy's image runs as.
+const PROXY_UID: i64 = 101;
+
+/// What one revision is rendered from.
+#[derive(Clone, Debug)]
+pub struct RevisionInput<'a> {
+    /// The MeshInstall (its name, uid and spec).
+    pub mesh: &'a MeshInstall,
+    /// The revision's name.
+    pub revision: &'a str,
+    /// The version it runs.
+    pub version: &'a MeshVersion,
+}
+
+/// The name of a revision's control-plane objects.
+pub fn control_plane_name(revision: &str) -> String {
+    format!("weft-cp-{revision}")
+}
+
+/// The name of a revision's node-proxy objects.
+pub fn proxy_name(revision: &str) -> String {
+    format!("weft-proxy-{revision}")
+}
+
+/// Renders every object of one revision, in apply order. The namespace itself is not among
+/// them: it is created if absent and never owned or deleted.
+pub fn render_revision(input: &RevisionInput) -> Result<Vec<Manifest>, RenderError> {
+    let mesh_name = input.mesh.metadata.name.clone().unwrap_or_default();
+    let resolved = profile::resolve(&mesh_name, input.revision, &input.mesh.spec)?;
+    let r = Renderer {
+        input,
+        mesh: mesh_name,
+        ns: input.mesh.spec.namespace.clone(),
+        resolved,
+    };
+    r.all()
+}
+
+struct Renderer<'a> {
+    input: &'a RevisionInput<'a>,
+    mesh: String,
+    ns: String,
+    resolved: Resolved,
+}
+
+/// The mesh configuration file the control plane reads.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MeshConfigFile<'a> {
+    mesh: &'a str,
+    revision: &'a str,
+    version: String,
+    #[serde(flatten)]
+    config: &'a MeshConfig,
+}
+
+impl Renderer<'_> {
+    fn revision(&self) -> &str {
+        self.input.revision
+    }
+
+    fn owner(&self) -> OwnerReference {
+        let m = &self.input.mesh.metadata;
+        OwnerReference {
+            api_version: "weft.dev/v1alpha1".to_string(),
+            kind: "MeshInstall".to_string(),
+            name: self.mesh.clone(),
+            uid: m.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn labels(&self, component: &str, name: &str) -> BTreeMap<String, String> {
+        let mut l = labels::revision_labels(&self.mesh, self.revision());
+        l.insert(labels::COMPONENT.to_string(), component.to_string());
+        l.insert(labels::NAME.to_string(), name.to_string());
+        l.insert(labels::INSTANCE.to_string(), self.revision().to_string());
+        l.insert(labels::VERSION.to_string(), self.input.version.version.to_string());
+        l
+    }
+
+    fn meta(&self, name: &str, namespaced: bool, component: &str) -> ObjectMeta {
+        let app = if component == "proxy" { "weft-proxy" } else { "weft-control-plane" };
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: namespaced.then(|| self.ns.clone()),
+            labels: Some(self.labels(component, app)),
+            owner_references: Some(vec![self.owner()]),
+            ..Default::default()
+        }
+    }
+
+    fn cp_selector(&self) -> BTreeMap<String, String> {
+        profile::control_plane_selector(&self.mesh, self.revision())
+    }
+
+    fn proxy_selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (labels::COMPONENT.to_string(), "proxy".to_string()),
+            (labels::MESH.to_string(), self.mesh.clone()),
+            (labels::REVISION.to_string(), self.revision().to_string()),
+        ])
+    }
+
+    fn all(&self) -> Result<Vec<Manifest>, RenderError> {
+        let cp = control_plane_name(self.revision());
+        let mut out = vec![
+            Manifest::new(OwnedKind::ServiceAccount, &self.control_plane_account(&cp))?,
+            Manifest::new(OwnedKind::ClusterRole, &self.cluster_role(&cp))?,
+            Manifest::new(OwnedKind::ClusterRoleBinding, &self.cluster_role_binding(&cp))?,
+            Manifest::new(OwnedKind::Role, &self.role(&cp))?,
+            Manifest::new(OwnedKind::RoleBinding, &self.role_binding(&cp))?,
+        ];
+        let config = self.mesh_config_map(&cp)?;
+        let config_hash = fnv1a(&serde_json::to_string(&config.data).unwrap_or_default());
+        out.push(Manifest::new(OwnedKind::ConfigMap, &config)?);
+        out.push(Manifest::new(OwnedKind::Service, &self.service(&cp))?);
+        out.push(Manifest::new(OwnedKind::Deployment, &self.deployment(&cp, &config_hash))?);
+        if let Some(hpa) = self.hpa(&cp) {
+            out.push(Manifest::new(OwnedKind::HorizontalPodAutoscaler, &hpa)?);
+        }
+        if let Some(pdb) = self.pdb(&cp) {
+            out.push(Manifest::new(OwnedKind::PodDisruptionBudget, &pdb)?);
+        }
+        if self.resolved.proxy.is_some() {
+            let px = proxy_name(self.revision());
+            out.push(Manifest::new(OwnedKind::ServiceAccount, &self.proxy_account(&px))?);
+            let bootstrap = self.proxy_bootstrap(&px, &cp)?;
+            let hash = fnv1a(&serde_json::to_string(&bootstrap.data).unwrap_or_default());
+            out.push(Manifest::new(OwnedKind::ConfigMap, &bootstrap)?);
+            if let Some(ds) = self.daemon_set(&px, &hash) {
+                out.push(Manifest::new(OwnedKind::DaemonSet, &ds)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn control_plane_account(&self, name: &str) -> ServiceAccount {
+        ServiceAccount {
+            metadata: self.meta(name, true, "control-plane"),
+            automount_service_account_token: Some(true),
+            ..Default::default()
+        }
+    }
+
+    fn proxy_account(&self, name: &str) -> ServiceAccount {
+        // Node proxies get everything from xDS; they never talk to the API server.
+        ServiceAccount {
+            metadata: self.meta(name, true, "proxy"),
+            automount_service_account_token: Some(false),
+            ..Default::default()
+        }
+    }
+
+    /// Read-only access to what discovery watches across the cluster.
+    fn cluster_role(&self, name: &str) -> ClusterRole {
+        let rule = |groups: &[&str], resources: &[&str]| PolicyRule {
+            api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+            resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+            verbs: ["get", "list", "watch"].iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        ClusterRole {
+            metadata: self.meta(name, false, "control-plane"),
+            rules: Some(vec![
+                rule(&[""], &["services", "namespaces"]),
+                rule(&["discovery.k8s.io"], &["endpointslices"]),
+                rule(&["gateway.networking.k8s.io"], &["httproutes"]),
+                rule(&["weft.dev"], &["meshinstalls", "meshgateways"]),
+            ]),
+            ..Default::default()
+        }
+    }
+
+    fn subject(&self, name: &str) -> Subject {
+        Subject {
+            kind: "ServiceAccount".to_string(),
+            name: name.to_string(),
+            namespace: Some(self.ns.clone()),
+            ..Default::default()
+        }
+    }
+
+    fn cluster_role_binding(&self, name: &str) -> ClusterRoleBinding {
+        ClusterRoleBinding {
+            metadata: self.meta(name, false, "control-plane"),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".to_string(),
+                kind: "ClusterRole".to_string(),
+                name: name.to_string(),
+            },
+            subjects: Some(vec![self.subject(name)]),
+        }
+    }
+
+    /// In its own namespace only: the remote-cluster credentials and the mesh config.
+    fn role(&self, name: &str) -> Role {
+        let rule = |groups: &[&str], resources: &[&str]| PolicyRule {
+            api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+            resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+            verbs: ["get", "list", "watch"].iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        Role {
+            metadata: self.meta(name, true, "control-plane"),
+            rules: Some(vec![
+                rule(&[""], &["configmaps", "secrets"]),
+                rule(&["weft.dev"], &["remoteclusters"]),
+            ]),
+        }
+    }
+
+    fn role_binding(&self, name: &str) -> RoleBinding {
+        RoleBinding {
+            metadata: self.meta(name, true, "control-plane"),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".to_string(),
+                kind: "Role".to_string(),
+                name: name.to_string(),
+            },
+            subjects: Some(vec![self.subject(name)]),
+        }
+    }
+
+    fn mesh_config_map(&self, name: &str) -> Result<ConfigMap, RenderError> {
+        let file = MeshConfigFile {
+            mesh: &self.mesh,
+            revision: self.revision(),
+            version: self.input.version.version.to_string(),
+            config: &self.resolved.mesh_config,
+        };
+        let text = serde_json::to_value(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_saphyr::to_string(&v).map_err(|e| e.to_string()))
+            .map_err(|message| RenderError::Encode {
+                kind: "ConfigMap",
+                name: name.to_string(),
+                message,
+            })?;
+        Ok(ConfigMap {
+            metadata: self.meta(name, true, "control-plane"),
+            data: Some(BTreeMap::from([("mesh.yaml".to_string(), text)])),
+            ..Default::default()
+        })
+    }
+
+    fn service(&self, name: &str) -> Service {
+        let port = |name: &str, port: i32| ServicePort {
+            name: Some(name.to_string()),
+            port,
+            target_port: Some(IntOrString::Int(port)),
+            protocol: Some("TCP".to_string()),
+            app_protocol: None,
+            ..Default::default()
+        };
+        Service {
+            metadata: self.meta(name, true, "control-plane"),
+            spec: Some(ServiceSpec {
+                type_: Some("ClusterIP".to_string()),
+                selector: Some(self.cp_selector()),
+                ports: Some(vec![port("grpc-xds", XDS_PORT), port("http-monitoring", MONITORING_PORT)]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn deployment(&self, name: &str, config_hash: &str) -> Deployment {
+        let cp = &self.resolved.control_plane;
+        let image = cp.image.clone().unwrap_or_else(|| self.input.version.images.control_plane.clone());
+        let hard_anti_affinity = cp
+            .affinity
+            .as_ref()
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|p| p.required_during_scheduling_ignored_during_execution.as_ref())
+            .is_some_and(|terms| !terms.is_empty());
+        // With one pod per host a surge pod may have nowhere to go, so replace in place;
+        // otherwise surge first so capacity never drops.
+        let (surge, unavailable) = if hard_anti_affinity { (0, 1) } else { (1, 0) };
+        let container = Container {
+            name: "control-plane".to_string(),
+            image: Some(image),
+            args: Some(vec![
+                "control-plane".to_string(),
+                "--revision".to_string(),
+                self.revision().to_string(),
+                "--mesh-config".to_string(),
+                "/etc/weft/mesh.yaml".to_string(),
+            ]),
+            env: Some(vec![EnvVar {
+                name: "POD_NAMESPACE".to_string(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.namespace".to_string(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(vec![
+                ContainerPort {
+                    name: Some("grpc-xds".to_string()),
+                    container_port: XDS_PORT,
+                    protocol: Some("TCP".to_string()),
+                    ..Default::default()
+                },
+                ContainerPort {
+                    name: Some("http-monitoring".to_string()),
+                    container_port: MONITORING_PORT,
+                    protocol: Some("TCP".to_string()),
+                    ..Default::default()
+                },
+            ]),
+            readiness_probe: Some(Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some("/ready".to_string()),
+                    port: IntOrString::Int(MONITORING_PORT),
+                    scheme: Some("HTTP".to_string()),
+                    ..Default::default()
+                }),
+                period_seconds: Some(5),
+                ..Default::default()
+            }),
+            // Liveness does not wait for sync: a slow API server must not restart the pod.
+            liveness_probe: Some(Probe {
+                tcp_socket: Some(TCPSocketAction {
+                    port: IntOrString::Int(MONITORING_PORT),
+                    ..Default::default()
+                }),
+                period_seconds: Some(10),
+                ..Default::default()
+            }),
+            resources: Some(cp.resources.clone()),
+            security_context: Some(container_context()),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "mesh-config".to_string(),
+                mount_path: "/etc/weft".to_string(),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let mut pod_labels = self.labels("control-plane", "weft-control-plane");
+        pod_labels.extend(self.cp_selector());
+        Deployment {
+            metadata: self.meta(name, true, "control-plane"),
+            spec: Some(DeploymentSpec {
+                replicas: cp.hpa.is_none().then_some(cp.replicas),
+                selector: LabelSelector {
+                    match_labels: Some(self.cp_selector()),
+                    ..Default::default()
+                },
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".to_string()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_surge: Some(IntOrString::Int(surge)),
+                        max_unavailable: Some(IntOrString::Int(unavailable)),
+                    }),
+                }),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(pod_labels),
+                        annotations: Some(BTreeMap::from([(
+                            "weft.dev/config-hash".to_string(),
+                            config_hash.to_string(),
+                        )])),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        service_account_name: Some(name.to_string()),
+                        security_context: Some(pod_context(CONTROL_PLANE_UID)),
+                        containers: vec![container],
+                        volumes: Some(vec![Volume {
+                            name: "mesh-config".to_string(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: name.to_string(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
+                        affinity: cp.affinity.clone(),
+                        topology_spread_constraints: (!cp.spread.is_empty()).then(|| cp.spread.clone()),
+                        node_selector: (!cp.node_selector.is_empty()).then(|| cp.node_selector.clone()),
+                        tolerations: (!cp.tolerations.is_empty()).then(|| cp.tolerations.clone()),
+                        priority_class_name: cp.priority_class_name.clone(),
+                        ..Default::default()
+                    }),
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn hpa(&self, name: &str) -> Option<HorizontalPodAutoscaler> {
+        let h = self.resolved.control_plane.hpa.as_ref()?;
+        Some(HorizontalPodAutoscaler {
+            metadata: self.meta(name, true, "control-plane"),
+            spec: Some(HorizontalPodAutoscalerSpec {
+                scale_target_ref: CrossVersionObjectReference {
+                    api_version: Some("apps/v1".to_string()),
+                    kind: "Deployment".to_string(),
+                    name: name.to_string(),
+                },
+                min_replicas: Some(h.min),
+                max_replicas: h.max,
+                metrics: Some(vec![MetricSpec {
+                    type_: "Resource".to_string(),
+                    resource: Some(ResourceMetricSource {
+                        name: "cpu".to_string(),
+                        target: MetricTarget {
+                            type_: "Utilization".to_string(),
+                            average_utilization: Some(h.cpu_percent),
+                            ..Default::default()
+                        },
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn pdb(&self, name: &str) -> Option<PodDisruptionBudget> {
+        let budget = self.resolved.control_plane.pdb.as_ref()?;
+        let (min_available, max_unavailable) = match budget {
+            Budget::MinAvailable(v) => (Some(v.clone()), None),
+            Budget::MaxUnavailable(v) => (None, Some(v.clone())),
+        };
+        Some(PodDisruptionBudget {
+            metadata: self.meta(name, true, "control-plane"),
+            spec: Some(PodDisruptionBudgetSpec {
+                min_available,
+                max_unavailable,
+                selector: Some(LabelSelector {
+                    match_labels: Some(self.cp_selector()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// Envoy's bootstrap: ADS from this revision's control plane, admin on loopback only.
+    fn proxy_bootstrap(&self, name: &str, cp: &str) -> Result<ConfigMap, RenderError> {
+        let xds_host = format!("{cp}.{}.svc", self.ns);
+        let bootstrap = serde_json::json!({
+            "node": {
+                "cluster": name,
+                "metadata": {
+                    "REVISION": self.revision(),
+                    "NAMESPACE": self.ns,
+                    "ROLE": "node-proxy",
+                    "MESH": self.mesh,
+                }
+            },
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]
+                },
+                "cds_config": {"ads": {}, "resource_api_version": "V3"},
+                "lds_config": {"ads": {}, "resource_api_version": "V3"}
+            },
+            "static_resources": {
+                "clusters": [{
+                    "name": "xds",
+                    "type": "STRICT_DNS",
+                    "connect_timeout": "5s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}}
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                            "address": xds_host, "port_value": XDS_PORT
+                        }}}}]}]
+                    }
+                }]
+            }
+        });
+        let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| RenderError::Encode {
+            kind: "ConfigMap",
+            name: name.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(ConfigMap {
+            metadata: self.meta(name, true, "proxy"),
+            data: Some(BTreeMap::from([("bootstrap.json".to_string(), text)])),
+            ..Default::default()
+        })
+    }
+
+    fn daemon_set(&self, name: &str, bootstrap_hash: &str) -> Option<DaemonSet> {
+        let p = self.resolved.proxy.as_ref()?;
+        let image = p.image.clone().unwrap_or_else(|| self.input.version.images.proxy.clone());
+        let level = match p.log_level {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+            LogLevel::Off => "off",
+        };
+        let container = Container {
+            name: "proxy".to_string(),
+            image: Some(image),
+            args: Some(vec![
+                "--config-path".to_string(),
+                "/etc/weft/bootstrap.json".to_string(),
+                "--service-node".to_string(),
+                "$(NODE_NAME)".to_string(),
+                "--concurrency".to_string(),
+                p.concurrency.to_string(),
+                "--log-level".to_string(),
+                level.to_string(),
+            ]),
+            env: Some(vec![EnvVar {
+                name: "NODE_NAME".to_string(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "spec.nodeName".to_string(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(vec![ContainerPort {
+                name: Some("http-outbound".to_string()),
+                container_port: 15001,
+                protocol: Some("TCP".to_string()),
+                ..Default::default()
+            }]),
+            readiness_probe: Some(Probe {
+                tcp_socket: Some(TCPSocketAction {
+                    port: IntOrString::Int(15001),
+                    ..Default::default()
+                }),
+                period_seconds: Some(5),
+                ..Default::default()
+            }),
+            resources: Some(p.resources.clone()),
+            security_context: Some(container_context()),
+            volume_mounts: Some(vec![
+                VolumeMount {
+                    name: "bootstrap".to_string(),
+                    mount_path: "/etc/weft".to_string(),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+                // Envoy writes its hot-restart and admin files; the root filesystem is read-only.
+                VolumeMount {
+                    name: "tmp".to_string(),
+                    mount_path: "/tmp".to_string(),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        let mut pod_labels = self.labels("proxy", "weft-proxy");
+        pod_labels.extend(self.proxy_selector());
+        Some(DaemonSet {
+            metadata: self.meta(name, true, "proxy"),
+            spec: Some(DaemonSetSpec {
+                selector: LabelSelector {
+                    match_labels: Some(self.proxy_selector()),
+                    ..Default::default()
+                },
+                update_strategy: Some(DaemonSetUpdateStrategy {
+                    type_: Some("RollingUpdate".to_string()),
+                    rolling_update: Some(RollingUpdateDaemonSet {
+                        max_unavailable: Some(p.max_unavailable.clone()),
+                        max_surge: Some(IntOrString::Int(0)),
+                    }),
+                }),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(pod_labels),
+                        annotations: Some(BTreeMap::from([(
+                            "weft.dev/config-hash".to_string(),
+                            bootstrap_hash.to_string(),
+                        )])),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        service_account_name: Some(name.to_string()),
+                        automount_service_account_token: Some(false),
+                        security_context: Some(pod_context(PROXY_UID)),
+                        containers: vec![container],
+                        volumes: Some(vec![
+                            Volume {
+                                name: "bootstrap".to_string(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: name.to_string(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            },
+                            Volume {
+                                name: "tmp".to_string(),
+                                empty_dir: Some(Default::default()),
+                                ..Default::default()
+                            },
+                        ]),
+                        node_selector: (!p.node_selector.is_empty()).then(|| p.node_selector.clone()),
+                        tolerations: (!p.tolerations.is_empty()).then(|| p.tolerations.clone()),
+                        ..Default::default()
+                    }),
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+}

@@ -1,0 +1,277 @@
+//! Golden files per profile, and properties every rendered object must have.
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::PodSpec;
+use kube::core::ObjectMeta;
+
+use super::security::restricted_violations;
+use super::*;
+use crate::api::common::{Autoscaling, DisruptionBudget};
+use crate::api::labels;
+use crate::api::mesh_install::{ControlPlane, MeshInstall, MeshInstallSpec, Profile, Proxy};
+use crate::versions::VersionTable;
+
+fn mesh(name: &str, spec_yaml: &str) -> MeshInstall {
+    let spec: MeshInstallSpec = serde_saphyr::from_str(spec_yaml).expect("valid spec");
+    MeshInstall {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            uid: Some("00000000-0000-0000-0000-00000000beef".to_string()),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    }
+}
+
+fn render(mi: &MeshInstall) -> Result<Vec<Manifest>, RenderError> {
+    let table = VersionTable::builtin();
+    let version = table.get(&mi.spec.version).expect("known version");
+    let revision = mi.metadata.name.clone().unwrap();
+    render_revision(&RevisionInput {
+        mesh: mi,
+        revision: &revision,
+        version,
+    })
+}
+
+fn to_yaml(objects: &[Manifest]) -> String {
+    objects.iter().map(|m| crate::yaml::document(&m.object).unwrap()).collect()
+}
+
+/// Compares with `src/render/testdata/NAME.yaml`; `WEFT_UPDATE_GOLDEN=1` rewrites it.
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/render/testdata").join(format!("{name}.yaml"));
+    if std::env::var("WEFT_UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing; run WEFT_UPDATE_GOLDEN=1 cargo test", path.display()));
+    if expected != actual {
+        let diff: Vec<String> = expected
+            .lines()
+            .zip(actual.lines())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .take(5)
+            .map(|(i, (a, b))| format!("line {}:\n  golden: {a}\n  actual: {b}", i + 1))
+            .collect();
+        panic!(
+            "rendered output differs from {} ({} vs {} lines); rerun with WEFT_UPDATE_GOLDEN=1 if intended:\n{}",
+            path.display(),
+            expected.lines().count(),
+            actual.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
+
+#[test]
+fn golden_default_profile() {
+    golden("default", &to_yaml(&render(&mesh("default", "version: 1.0.0")).unwrap()));
+}
+
+#[test]
+fn golden_minimal_profile() {
+    golden(
+        "minimal",
+        &to_yaml(&render(&mesh("small", "version: 1.0.0\nprofile: minimal")).unwrap()),
+    );
+}
+
+#[test]
+fn golden_demo_profile() {
+    golden(
+        "demo",
+        &to_yaml(&render(&mesh("demo", "version: 1.1.0\nprofile: demo\nnamespace: weft-demo")).unwrap()),
+    );
+}
+
+#[test]
+fn golden_ha_profile() {
+    golden("ha", &to_yaml(&render(&mesh("prod", "version: 1.1.0\nprofile: ha")).unwrap()));
+}
+
+fn find<'a>(objects: &'a [Manifest], kind: OwnedKind) -> Vec<&'a Manifest> {
+    objects.iter().filter(|m| m.kind == kind).collect()
+}
+
+#[test]
+fn ha_profile_is_highly_available() {
+    let objects = render(&mesh("prod", "version: 1.1.0\nprofile: ha")).unwrap();
+    let hpa = find(&objects, OwnedKind::HorizontalPodAutoscaler);
+    assert_eq!(hpa.len(), 1);
+    assert_eq!(hpa[0].object["spec"]["minReplicas"], 3);
+    assert_eq!(hpa[0].object["spec"]["maxReplicas"], 5);
+    let pdb = find(&objects, OwnedKind::PodDisruptionBudget);
+    assert_eq!(pdb[0].object["spec"]["minAvailable"], 2);
+    let deploy = find(&objects, OwnedKind::Deployment)[0];
+    assert!(deploy.object["spec"].get("replicas").is_none(), "the HPA owns replicas");
+    let pod = &deploy.object["spec"]["template"]["spec"];
+    let term = &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(pod["topologySpreadConstraints"][0]["topologyKey"], "topology.kubernetes.io/zone");
+}
+
+#[test]
+fn pdb_only_with_more_than_one_replica_or_when_asked() {
+    let one = render(&mesh("a", "version: 1.0.0")).unwrap();
+    assert!(find(&one, OwnedKind::PodDisruptionBudget).is_empty());
+    let two = render(&mesh("a", "version: 1.0.0\ncontrolPlane: {replicas: 2}")).unwrap();
+    assert_eq!(find(&two, OwnedKind::PodDisruptionBudget)[0].object["spec"]["minAvailable"], 1);
+    let asked = render(&mesh("a", "version: 1.0.0\ncontrolPlane: {podDisruptionBudget: {maxUnavailable: 1}}")).unwrap();
+    assert_eq!(find(&asked, OwnedKind::PodDisruptionBudget)[0].object["spec"]["maxUnavailable"], 1);
+    let off = render(&mesh("a", "version: 1.0.0\nprofile: ha\ncontrolPlane: {podDisruptionBudget: {enabled: false}}")).unwrap();
+    assert!(find(&off, OwnedKind::PodDisruptionBudget).is_empty());
+}
+
+#[test]
+fn min_above_profile_max_is_a_clear_error() {
+    let Err(err) = render(&mesh("a", "version: 1.0.0\nprofile: ha\ncontrolPlane: {autoscaling: {minReplicas: 7}}")) else {
+        panic!("min 7 above the ha profile's max 5 must not render");
+    };
+    assert!(err.to_string().contains("minReplicas (7) is greater than maxReplicas (5"), "{err}");
+}
+
+#[test]
+fn minimal_profile_has_no_proxies_and_spec_overrides_profile() {
+    let objects = render(&mesh("a", "version: 1.0.0\nprofile: minimal")).unwrap();
+    assert!(find(&objects, OwnedKind::DaemonSet).is_empty());
+    let objects = render(&mesh("a", "version: 1.0.0\nprofile: minimal\nproxy: {enabled: true}")).unwrap();
+    assert_eq!(find(&objects, OwnedKind::DaemonSet).len(), 1);
+}
+
+#[test]
+fn mesh_config_changes_roll_the_control_plane() {
+    let hash = |objs: &[Manifest]| {
+        find(objs, OwnedKind::Deployment)[0].object["spec"]["template"]["metadata"]["annotations"]["weft.dev/config-hash"]
+            .clone()
+    };
+    let a = render(&mesh("a", "version: 1.0.0")).unwrap();
+    let b = render(&mesh("a", "version: 1.0.0\nmeshConfig: {trustDomain: example.org}")).unwrap();
+    assert_ne!(hash(&a), hash(&b));
+}
+
+/// Every combination of the settings that change which objects exist.
+fn all_specs() -> Vec<MeshInstallSpec> {
+    let mut specs = Vec::new();
+    for profile in [Profile::Default, Profile::Minimal, Profile::Demo, Profile::Ha] {
+        for replicas in [None, Some(1), Some(2), Some(4)] {
+            for auto in [None, Some(false), Some(true)] {
+                for pdb in [None, Some(false), Some(true)] {
+                    for proxy in [None, Some(false), Some(true)] {
+                        let spec = MeshInstallSpec {
+                            version: "1.0.0".to_string(),
+                            profile,
+                            namespace: "mesh-ns".to_string(),
+                            update_strategy: None,
+                            revision_tags: None,
+                            control_plane: Some(ControlPlane {
+                                replicas,
+                                autoscaling: auto.map(|enabled| Autoscaling {
+                                    enabled: Some(enabled),
+                                    ..Default::default()
+                                }),
+                                pod_disruption_budget: pdb.map(|enabled| DisruptionBudget {
+                                    enabled: Some(enabled),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            proxy: proxy.map(|enabled| Proxy {
+                                enabled: Some(enabled),
+                                ..Default::default()
+                            }),
+                            mesh_config: None,
+                        };
+                        specs.push(spec);
+                    }
+                }
+            }
+        }
+    }
+    specs
+}
+
+fn pod_specs(objects: &[Manifest]) -> Vec<PodSpec> {
+    let mut pods = Vec::new();
+    for m in objects {
+        match m.kind {
+            OwnedKind::Deployment => {
+                let d: Deployment = serde_json::from_value(m.object.clone()).unwrap();
+                pods.push(d.spec.unwrap().template.spec.unwrap());
+            }
+            OwnedKind::DaemonSet => {
+                let d: DaemonSet = serde_json::from_value(m.object.clone()).unwrap();
+                pods.push(d.spec.unwrap().template.spec.unwrap());
+            }
+            _ => {}
+        }
+    }
+    pods
+}
+
+#[test]
+fn every_rendered_object_carries_revision_label_owner_and_restricted_pods() {
+    let specs = all_specs();
+    assert_eq!(specs.len(), 4 * 4 * 3 * 3 * 3);
+    for (i, spec) in specs.into_iter().enumerate() {
+        let name = format!("mesh-{i}");
+        let mi = MeshInstall {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                uid: Some(format!("uid-{i}")),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        };
+        let objects = match render(&mi) {
+            Ok(o) => o,
+            // The only inconsistency these settings can produce is none: all must render.
+            Err(e) => panic!("spec {i} ({:?}) failed to render: {e}", mi.spec),
+        };
+        assert!(objects.iter().any(|m| m.kind == OwnedKind::Deployment));
+        for m in &objects {
+            let meta = &m.object["metadata"];
+            assert_eq!(meta["labels"][labels::REVISION], name.as_str(), "{}", m.describe());
+            assert_eq!(meta["labels"][labels::MANAGED_BY], labels::MANAGER, "{}", m.describe());
+            assert_eq!(meta["labels"][labels::MESH], name.as_str(), "{}", m.describe());
+            let owners = meta["ownerReferences"].as_array().expect("owner references");
+            assert_eq!(owners.len(), 1, "{}", m.describe());
+            assert_eq!(owners[0]["kind"], "MeshInstall");
+            assert_eq!(owners[0]["uid"], format!("uid-{i}"));
+            assert_eq!(owners[0]["controller"], true);
+            assert_eq!(m.namespace.is_some(), m.kind.namespaced(), "{}", m.describe());
+            if let Some(ns) = &m.namespace {
+                assert_eq!(ns, "mesh-ns");
+            }
+            assert!(m.name.len() <= 63, "{} name too long", m.describe());
+        }
+        for pod in pod_specs(&objects) {
+            let v = restricted_violations(&pod);
+            assert!(v.is_empty(), "spec {i}: not restricted: {v:?}");
+        }
+        // A Deployment with an HPA leaves replicas to it, and a PDB never demands every pod.
+        let deploy = find(&objects, OwnedKind::Deployment)[0];
+        let has_hpa = !find(&objects, OwnedKind::HorizontalPodAutoscaler).is_empty();
+        assert_eq!(deploy.object["spec"].get("replicas").is_none(), has_hpa, "spec {i}");
+    }
+}
+
+#[test]
+fn the_checker_catches_what_restricted_forbids() {
+    let bad: PodSpec = serde_json::from_value(serde_json::json!({
+        "hostNetwork": true,
+        "containers": [{"name": "c", "securityContext": {"privileged": true, "capabilities": {"add": ["NET_ADMIN"]}}}]
+    }))
+    .unwrap();
+    let v = restricted_violations(&bad);
+    for needle in ["host namespaces", "privileged", "allowPrivilegeEscalation", "runAsNonRoot", "seccompProfile", "drop ALL", "NET_BIND_SERVICE"] {
+        assert!(v.iter().any(|s| s.contains(needle)), "{needle} not reported in {v:?}");
+    }
+}
