@@ -2,7 +2,10 @@
 //! embedded xDS control plane. See `DESIGN.md` in the shared docs for the architecture.
 
 pub mod api;
+pub mod http;
+pub mod operator;
 pub mod render;
+pub mod telemetry;
 pub mod versions;
 pub mod yaml;
 

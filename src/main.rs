@@ -1,6 +1,15 @@
 //! The `weft` command line.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use weft::api::MeshInstall;
+use weft::render::{RevisionInput, render_revision};
+use weft::versions::VersionTable;
 
 /// Weft: a service-mesh operator with an embedded xDS control plane.
 #[derive(Parser)]
@@ -18,11 +27,64 @@ enum Command {
     Crd {
         /// Write `<crd name>.yaml` files into this directory instead of printing.
         #[arg(long)]
-        out_dir: Option<std::path::PathBuf>,
+        out_dir: Option<PathBuf>,
     },
+    /// List the mesh versions this operator can install, oldest first.
+    Versions {
+        /// A YAML file of extra versions (as for `weft operator --versions-file`).
+        #[arg(long, env = "WEFT_VERSIONS_FILE")]
+        versions_file: Option<PathBuf>,
+    },
+    /// Print what the operator would apply for a MeshInstall, for review.
+    Render {
+        /// The MeshInstall manifest (`-` for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// A YAML file of extra versions.
+        #[arg(long, env = "WEFT_VERSIONS_FILE")]
+        versions_file: Option<PathBuf>,
+    },
+    /// Run the operator against the current kubeconfig (or in-cluster configuration).
+    Operator(OperatorArgs),
 }
 
-fn main() -> std::process::ExitCode {
+#[derive(clap::Args)]
+struct OperatorArgs {
+    /// A kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Where `/metrics` listens.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Where `/healthz` and `/readyz` listen.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    health_address: SocketAddr,
+    /// The namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "weft-system")]
+    leader_election_namespace: String,
+    /// The leader-election Lease's name.
+    #[arg(long, default_value = "weft-operator")]
+    lease_name: String,
+    /// Seconds a lease is valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// Seconds before expiry that the holder renews it.
+    #[arg(long, default_value_t = 5)]
+    lease_grace: u64,
+    /// This process's identity in the Lease (default: pod name or host name, and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// A YAML file of extra mesh versions and images: a list of {version, images: {controlPlane, proxy}}.
+    #[arg(long, env = "WEFT_VERSIONS_FILE")]
+    versions_file: Option<PathBuf>,
+    /// Reconciles that may run at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version => {
@@ -30,17 +92,27 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }
         Command::Crd { out_dir } => crd(out_dir.as_deref()),
+        Command::Versions { versions_file } => versions(versions_file.as_deref()).map(|t| {
+            for v in t.all() {
+                println!("{}", v.version);
+            }
+        }),
+        Command::Render {
+            file,
+            versions_file,
+        } => render(&file, versions_file.as_deref()),
+        Command::Operator(args) => operator(args),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-fn crd(out_dir: Option<&std::path::Path>) -> Result<(), Box<dyn std::error::Error>> {
+fn crd(out_dir: Option<&Path>) -> Result<()> {
     for crd in weft::api::crds() {
         let doc = weft::yaml::document(&crd)?;
         match out_dir {
@@ -49,4 +121,90 @@ fn crd(out_dir: Option<&std::path::Path>) -> Result<(), Box<dyn std::error::Erro
         }
     }
     Ok(())
+}
+
+fn versions(file: Option<&Path>) -> Result<VersionTable> {
+    Ok(match file {
+        Some(f) => VersionTable::with_file(f)?,
+        None => VersionTable::builtin(),
+    })
+}
+
+fn render(file: &Path, versions_file: Option<&Path>) -> Result<()> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?
+    };
+    let mi: MeshInstall = serde_saphyr::from_str(&text)
+        .map_err(|e| format!("{} is not a MeshInstall: {e}", file.display()))?;
+    let table = versions(versions_file)?;
+    let version = table.get(&mi.spec.version).ok_or_else(|| {
+        format!(
+            "version {} is not supported (supported: {})",
+            mi.spec.version,
+            table.list()
+        )
+    })?;
+    let name = mi
+        .metadata
+        .name
+        .clone()
+        .ok_or("the MeshInstall has no metadata.name")?;
+    if mi.metadata.uid.is_none() {
+        println!(
+            "# ownerReferences carry the MeshInstall's uid once the API server has assigned one."
+        );
+    }
+    println!(
+        "# Namespace {} is created if absent and never deleted.",
+        mi.spec.namespace
+    );
+    for m in render_revision(&RevisionInput {
+        mesh: &mi,
+        revision: &name,
+        version,
+    })? {
+        print!("{}", weft::yaml::document(&m.object)?);
+    }
+    Ok(())
+}
+
+fn operator(args: OperatorArgs) -> Result<()> {
+    weft::telemetry::init();
+    let table = versions(args.versions_file.as_deref())?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "weft".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let config = match &args.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path)?;
+                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+            }
+            None => Config::infer().await?,
+        };
+        let client = Client::try_from(config)?;
+        weft::operator::run(
+            client,
+            weft::operator::Options {
+                lease_namespace: args.leader_election_namespace,
+                lease_name: args.lease_name,
+                identity,
+                lease_duration: args.lease_duration,
+                lease_grace: args.lease_grace,
+                metrics_address: args.metrics_address,
+                health_address: args.health_address,
+                versions: table,
+                concurrency: args.concurrency,
+            },
+        )
+        .await?;
+        Ok(())
+    })
 }

@@ -136,7 +136,9 @@ pub enum VersionsError {
         source: std::io::Error,
     },
     /// The file is not a list of versions.
-    #[error("versions file {path} is not a YAML list of {{version, images: {{controlPlane, proxy}}}}: {message}")]
+    #[error(
+        "versions file {path} is not a YAML list of {{version, images: {{controlPlane, proxy}}}}: {message}"
+    )]
     Parse {
         /// The file.
         path: String,
@@ -180,10 +182,11 @@ impl VersionTable {
             path: path.display().to_string(),
             source,
         })?;
-        let extra: Vec<MeshVersion> = serde_saphyr::from_str(&text).map_err(|e| VersionsError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let extra: Vec<MeshVersion> =
+            serde_saphyr::from_str(&text).map_err(|e| VersionsError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
         Ok(VersionTable::builtin().merged(extra))
     }
 
@@ -210,7 +213,11 @@ impl VersionTable {
 
     /// The supported versions as one comma-separated string (for error messages).
     pub fn list(&self) -> String {
-        self.versions.iter().map(|v| v.version.to_string()).collect::<Vec<_>>().join(", ")
+        self.versions
+            .iter()
+            .map(|v| v.version.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -260,7 +267,10 @@ mod tests {
         .unwrap();
         let t = VersionTable::with_file(&file).unwrap();
         assert_eq!(t.list(), "1.0.0, 1.1.0, 1.2.0");
-        assert_eq!(t.get("1.0.0").unwrap().images.control_plane, "mirror.example/cp:1.0.0");
+        assert_eq!(
+            t.get("1.0.0").unwrap().images.control_plane,
+            "mirror.example/cp:1.0.0"
+        );
         std::fs::write(&file, "version: nope").unwrap();
         let err = VersionTable::with_file(&file).unwrap_err().to_string();
         assert!(err.contains("is not a YAML list"), "{err}");

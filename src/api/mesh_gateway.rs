@@ -1,5 +1,8 @@
 //! MeshGateway: an ingress, egress or east-west gateway served by a mesh revision.
 
+// kube-derive attribute lists repeat keys such as `type_` by design.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{

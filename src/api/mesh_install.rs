@@ -1,5 +1,8 @@
 //! MeshInstall: one mesh control plane, installed as one or more revisions.
 
+// kube-derive attribute lists repeat keys such as `type_` by design.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{

@@ -34,13 +34,22 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .expect("crds/ exists")
-            .map(|e| e.expect("readable entry").file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                e.expect("readable entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         files.sort();
         let wanted: Vec<String> = crds().iter().map(crd_file_name).collect();
-        assert_eq!(files, wanted, "crds/ has other files than the CRDs; run `make crds`");
+        assert_eq!(
+            files, wanted,
+            "crds/ has other files than the CRDs; run `make crds`"
+        );
         for crd in crds() {
-            let on_disk = std::fs::read_to_string(dir.join(crd_file_name(&crd))).expect("readable CRD file");
+            let on_disk =
+                std::fs::read_to_string(dir.join(crd_file_name(&crd))).expect("readable CRD file");
             assert!(
                 on_disk == crate::yaml::document(&crd).expect("CRD encodes"),
                 "crds/{} drifted from the Rust types; run `make crds` and commit the result",
@@ -75,8 +84,13 @@ mod tests {
                         }
                     }
                     for forbidden in ["anyOf", "oneOf", "allOf", "$ref"] {
-                        if key == forbidden && value.as_array().is_some_and(|a| a.iter().any(|s| s.get("type").is_some())) {
-                            problems.push(format!("{here}: types inside {forbidden} (not structural)"));
+                        if key == forbidden
+                            && value
+                                .as_array()
+                                .is_some_and(|a| a.iter().any(|s| s.get("type").is_some()))
+                        {
+                            problems
+                                .push(format!("{here}: types inside {forbidden} (not structural)"));
                         }
                     }
                 }
@@ -91,7 +105,11 @@ mod tests {
             let value = serde_json::to_value(&crd).expect("CRD encodes");
             let mut problems = Vec::new();
             check_schema("", &value, &mut problems);
-            assert!(problems.is_empty(), "{}: {problems:#?}", crd_file_name(&crd));
+            assert!(
+                problems.is_empty(),
+                "{}: {problems:#?}",
+                crd_file_name(&crd)
+            );
         }
     }
 
@@ -101,7 +119,11 @@ mod tests {
             if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
                 for (name, schema) in props {
                     let here = format!("{path}.{name}");
-                    if name != "metadata" && name != "apiVersion" && name != "kind" && schema.get("description").is_none() {
+                    if name != "metadata"
+                        && name != "apiVersion"
+                        && name != "kind"
+                        && schema.get("description").is_none()
+                    {
                         missing.push(here.clone());
                     }
                     walk(&here, schema, missing);
@@ -112,10 +134,15 @@ mod tests {
             }
         }
         for crd in crds() {
-            let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema encodes");
+            let schema =
+                serde_json::to_value(&crd.spec.versions[0].schema).expect("schema encodes");
             let mut missing = Vec::new();
             walk("", &schema["openAPIV3Schema"], &mut missing);
-            assert!(missing.is_empty(), "{}: fields without a description: {missing:#?}", crd_file_name(&crd));
+            assert!(
+                missing.is_empty(),
+                "{}: fields without a description: {missing:#?}",
+                crd_file_name(&crd)
+            );
         }
     }
 }

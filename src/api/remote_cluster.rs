@@ -1,5 +1,8 @@
 //! RemoteCluster: a cluster whose endpoints join the mesh.
 
+// kube-derive attribute lists repeat keys such as `type_` by design.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};

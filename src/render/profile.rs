@@ -4,13 +4,16 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, PodAffinityTerm, PodAntiAffinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+    Affinity, PodAffinityTerm, PodAntiAffinity, ResourceRequirements, Toleration,
+    TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::mesh_install::{AccessLog, LogLevel, MeshConfig, MeshInstallSpec, OutboundTrafficPolicy, Profile};
+use crate::api::mesh_install::{
+    AccessLog, LogLevel, MeshConfig, MeshInstallSpec, OutboundTrafficPolicy, Profile,
+};
 
 use super::RenderError;
 
@@ -96,7 +99,10 @@ fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirement
             ("memory".to_string(), Quantity(memory.to_string())),
         ])),
         // No CPU limit: throttling an xDS server slows every proxy's convergence.
-        limits: Some(BTreeMap::from([("memory".to_string(), Quantity(memory_limit.to_string()))])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(memory_limit.to_string()),
+        )])),
         ..Default::default()
     }
 }
@@ -104,9 +110,15 @@ fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirement
 /// The pod labels the control plane's anti-affinity and spread select on.
 pub fn control_plane_selector(mesh: &str, revision: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (crate::api::labels::COMPONENT.to_string(), "control-plane".to_string()),
+        (
+            crate::api::labels::COMPONENT.to_string(),
+            "control-plane".to_string(),
+        ),
         (crate::api::labels::MESH.to_string(), mesh.to_string()),
-        (crate::api::labels::REVISION.to_string(), revision.to_string()),
+        (
+            crate::api::labels::REVISION.to_string(),
+            revision.to_string(),
+        ),
     ])
 }
 
@@ -192,7 +204,11 @@ fn defaults(profile: Profile) -> Defaults {
 }
 
 /// Applies the profile's defaults to a spec, field by field.
-pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Resolved, RenderError> {
+pub fn resolve(
+    mesh: &str,
+    revision: &str,
+    spec: &MeshInstallSpec,
+) -> Result<Resolved, RenderError> {
     let d = defaults(spec.profile);
     let cp = spec.control_plane.clone().unwrap_or_default();
     let replicas = cp.replicas.unwrap_or(d.replicas);
@@ -217,7 +233,9 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
             Some(Hpa {
                 min,
                 max,
-                cpu_percent: auto.target_cpu_utilization_percentage.unwrap_or(base.cpu_percent),
+                cpu_percent: auto
+                    .target_cpu_utilization_percentage
+                    .unwrap_or(base.cpu_percent),
             })
         }
     };
@@ -240,11 +258,17 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
     };
 
     let selector = control_plane_selector(mesh, revision);
-    let affinity = cp.affinity.clone().or_else(|| d.ha_scheduling.then(|| ha_affinity(&selector)));
-    let spread = cp
-        .topology_spread_constraints
+    let affinity = cp
+        .affinity
         .clone()
-        .unwrap_or_else(|| if d.ha_scheduling { vec![zone_spread(&selector)] } else { vec![] });
+        .or_else(|| d.ha_scheduling.then(|| ha_affinity(&selector)));
+    let spread = cp.topology_spread_constraints.clone().unwrap_or_else(|| {
+        if d.ha_scheduling {
+            vec![zone_spread(&selector)]
+        } else {
+            vec![]
+        }
+    });
 
     let control_plane = ControlPlane {
         replicas,
@@ -275,9 +299,12 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
     });
 
     let mut mc = spec.mesh_config.clone().unwrap_or_default();
-    mc.trust_domain.get_or_insert_with(|| "cluster.local".to_string());
-    mc.cluster_name.get_or_insert_with(|| "Kubernetes".to_string());
-    mc.outbound_traffic_policy.get_or_insert(OutboundTrafficPolicy::ALLOW_ANY);
+    mc.trust_domain
+        .get_or_insert_with(|| "cluster.local".to_string());
+    mc.cluster_name
+        .get_or_insert_with(|| "Kubernetes".to_string());
+    mc.outbound_traffic_policy
+        .get_or_insert(OutboundTrafficPolicy::ALLOW_ANY);
     let log = mc.access_log.get_or_insert_with(AccessLog::default);
     log.enabled.get_or_insert(d.access_log);
     log.path.get_or_insert_with(|| "/dev/stdout".to_string());

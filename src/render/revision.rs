@@ -4,20 +4,22 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, Deployment, DeploymentSpec, DeploymentStrategy,
-    RollingUpdateDaemonSet, RollingUpdateDeployment,
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, Deployment, DeploymentSpec,
+    DeploymentStrategy, RollingUpdateDaemonSet, RollingUpdateDeployment,
 };
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
-    ResourceMetricSource,
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
-    TCPSocketAction, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
@@ -114,12 +116,19 @@ impl Renderer<'_> {
         l.insert(labels::COMPONENT.to_string(), component.to_string());
         l.insert(labels::NAME.to_string(), name.to_string());
         l.insert(labels::INSTANCE.to_string(), self.revision().to_string());
-        l.insert(labels::VERSION.to_string(), self.input.version.version.to_string());
+        l.insert(
+            labels::VERSION.to_string(),
+            self.input.version.version.to_string(),
+        );
         l
     }
 
     fn meta(&self, name: &str, namespaced: bool, component: &str) -> ObjectMeta {
-        let app = if component == "proxy" { "weft-proxy" } else { "weft-control-plane" };
+        let app = if component == "proxy" {
+            "weft-proxy"
+        } else {
+            "weft-control-plane"
+        };
         ObjectMeta {
             name: Some(name.to_string()),
             namespace: namespaced.then(|| self.ns.clone()),
@@ -146,7 +155,10 @@ impl Renderer<'_> {
         let mut out = vec![
             Manifest::new(OwnedKind::ServiceAccount, &self.control_plane_account(&cp))?,
             Manifest::new(OwnedKind::ClusterRole, &self.cluster_role(&cp))?,
-            Manifest::new(OwnedKind::ClusterRoleBinding, &self.cluster_role_binding(&cp))?,
+            Manifest::new(
+                OwnedKind::ClusterRoleBinding,
+                &self.cluster_role_binding(&cp),
+            )?,
             Manifest::new(OwnedKind::Role, &self.role(&cp))?,
             Manifest::new(OwnedKind::RoleBinding, &self.role_binding(&cp))?,
         ];
@@ -154,7 +166,10 @@ impl Renderer<'_> {
         let config_hash = fnv1a(&serde_json::to_string(&config.data).unwrap_or_default());
         out.push(Manifest::new(OwnedKind::ConfigMap, &config)?);
         out.push(Manifest::new(OwnedKind::Service, &self.service(&cp))?);
-        out.push(Manifest::new(OwnedKind::Deployment, &self.deployment(&cp, &config_hash))?);
+        out.push(Manifest::new(
+            OwnedKind::Deployment,
+            &self.deployment(&cp, &config_hash),
+        )?);
         if let Some(hpa) = self.hpa(&cp) {
             out.push(Manifest::new(OwnedKind::HorizontalPodAutoscaler, &hpa)?);
         }
@@ -163,7 +178,10 @@ impl Renderer<'_> {
         }
         if self.resolved.proxy.is_some() {
             let px = proxy_name(self.revision());
-            out.push(Manifest::new(OwnedKind::ServiceAccount, &self.proxy_account(&px))?);
+            out.push(Manifest::new(
+                OwnedKind::ServiceAccount,
+                &self.proxy_account(&px),
+            )?);
             let bootstrap = self.proxy_bootstrap(&px, &cp)?;
             let hash = fnv1a(&serde_json::to_string(&bootstrap.data).unwrap_or_default());
             out.push(Manifest::new(OwnedKind::ConfigMap, &bootstrap)?);
@@ -196,7 +214,10 @@ impl Renderer<'_> {
         let rule = |groups: &[&str], resources: &[&str]| PolicyRule {
             api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
             resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-            verbs: ["get", "list", "watch"].iter().map(|s| s.to_string()).collect(),
+            verbs: ["get", "list", "watch"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             ..Default::default()
         };
         ClusterRole {
@@ -237,7 +258,10 @@ impl Renderer<'_> {
         let rule = |groups: &[&str], resources: &[&str]| PolicyRule {
             api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
             resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-            verbs: ["get", "list", "watch"].iter().map(|s| s.to_string()).collect(),
+            verbs: ["get", "list", "watch"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             ..Default::default()
         };
         Role {
@@ -297,7 +321,10 @@ impl Renderer<'_> {
             spec: Some(ServiceSpec {
                 type_: Some("ClusterIP".to_string()),
                 selector: Some(self.cp_selector()),
-                ports: Some(vec![port("grpc-xds", XDS_PORT), port("http-monitoring", MONITORING_PORT)]),
+                ports: Some(vec![
+                    port("grpc-xds", XDS_PORT),
+                    port("http-monitoring", MONITORING_PORT),
+                ]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -306,12 +333,18 @@ impl Renderer<'_> {
 
     fn deployment(&self, name: &str, config_hash: &str) -> Deployment {
         let cp = &self.resolved.control_plane;
-        let image = cp.image.clone().unwrap_or_else(|| self.input.version.images.control_plane.clone());
+        let image = cp
+            .image
+            .clone()
+            .unwrap_or_else(|| self.input.version.images.control_plane.clone());
         let hard_anti_affinity = cp
             .affinity
             .as_ref()
             .and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|p| p.required_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|p| {
+                p.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .is_some_and(|terms| !terms.is_empty());
         // With one pod per host a surge pod may have nowhere to go, so replace in place;
         // otherwise surge first so capacity never drops.
@@ -419,8 +452,10 @@ impl Renderer<'_> {
                             ..Default::default()
                         }]),
                         affinity: cp.affinity.clone(),
-                        topology_spread_constraints: (!cp.spread.is_empty()).then(|| cp.spread.clone()),
-                        node_selector: (!cp.node_selector.is_empty()).then(|| cp.node_selector.clone()),
+                        topology_spread_constraints: (!cp.spread.is_empty())
+                            .then(|| cp.spread.clone()),
+                        node_selector: (!cp.node_selector.is_empty())
+                            .then(|| cp.node_selector.clone()),
                         tolerations: (!cp.tolerations.is_empty()).then(|| cp.tolerations.clone()),
                         priority_class_name: cp.priority_class_name.clone(),
                         ..Default::default()
@@ -540,7 +575,10 @@ impl Renderer<'_> {
 
     fn daemon_set(&self, name: &str, bootstrap_hash: &str) -> Option<DaemonSet> {
         let p = self.resolved.proxy.as_ref()?;
-        let image = p.image.clone().unwrap_or_else(|| self.input.version.images.proxy.clone());
+        let image = p
+            .image
+            .clone()
+            .unwrap_or_else(|| self.input.version.images.proxy.clone());
         let level = match p.log_level {
             LogLevel::Trace => "trace",
             LogLevel::Debug => "debug",
@@ -650,7 +688,8 @@ impl Renderer<'_> {
                                 ..Default::default()
                             },
                         ]),
-                        node_selector: (!p.node_selector.is_empty()).then(|| p.node_selector.clone()),
+                        node_selector: (!p.node_selector.is_empty())
+                            .then(|| p.node_selector.clone()),
                         tolerations: (!p.tolerations.is_empty()).then(|| p.tolerations.clone()),
                         ..Default::default()
                     }),

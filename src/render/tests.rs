@@ -38,19 +38,28 @@ fn render(mi: &MeshInstall) -> Result<Vec<Manifest>, RenderError> {
 }
 
 fn to_yaml(objects: &[Manifest]) -> String {
-    objects.iter().map(|m| crate::yaml::document(&m.object).unwrap()).collect()
+    objects
+        .iter()
+        .map(|m| crate::yaml::document(&m.object).unwrap())
+        .collect()
 }
 
 /// Compares with `src/render/testdata/NAME.yaml`; `WEFT_UPDATE_GOLDEN=1` rewrites it.
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/render/testdata").join(format!("{name}.yaml"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/render/testdata")
+        .join(format!("{name}.yaml"));
     if std::env::var("WEFT_UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("{} is missing; run WEFT_UPDATE_GOLDEN=1 cargo test", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing; run WEFT_UPDATE_GOLDEN=1 cargo test",
+            path.display()
+        )
+    });
     if expected != actual {
         let diff: Vec<String> = expected
             .lines()
@@ -72,7 +81,10 @@ fn golden(name: &str, actual: &str) {
 
 #[test]
 fn golden_default_profile() {
-    golden("default", &to_yaml(&render(&mesh("default", "version: 1.0.0")).unwrap()));
+    golden(
+        "default",
+        &to_yaml(&render(&mesh("default", "version: 1.0.0")).unwrap()),
+    );
 }
 
 #[test]
@@ -87,16 +99,25 @@ fn golden_minimal_profile() {
 fn golden_demo_profile() {
     golden(
         "demo",
-        &to_yaml(&render(&mesh("demo", "version: 1.1.0\nprofile: demo\nnamespace: weft-demo")).unwrap()),
+        &to_yaml(
+            &render(&mesh(
+                "demo",
+                "version: 1.1.0\nprofile: demo\nnamespace: weft-demo",
+            ))
+            .unwrap(),
+        ),
     );
 }
 
 #[test]
 fn golden_ha_profile() {
-    golden("ha", &to_yaml(&render(&mesh("prod", "version: 1.1.0\nprofile: ha")).unwrap()));
+    golden(
+        "ha",
+        &to_yaml(&render(&mesh("prod", "version: 1.1.0\nprofile: ha")).unwrap()),
+    );
 }
 
-fn find<'a>(objects: &'a [Manifest], kind: OwnedKind) -> Vec<&'a Manifest> {
+fn find(objects: &[Manifest], kind: OwnedKind) -> Vec<&Manifest> {
     objects.iter().filter(|m| m.kind == kind).collect()
 }
 
@@ -110,11 +131,18 @@ fn ha_profile_is_highly_available() {
     let pdb = find(&objects, OwnedKind::PodDisruptionBudget);
     assert_eq!(pdb[0].object["spec"]["minAvailable"], 2);
     let deploy = find(&objects, OwnedKind::Deployment)[0];
-    assert!(deploy.object["spec"].get("replicas").is_none(), "the HPA owns replicas");
+    assert!(
+        deploy.object["spec"].get("replicas").is_none(),
+        "the HPA owns replicas"
+    );
     let pod = &deploy.object["spec"]["template"]["spec"];
-    let term = &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    let term =
+        &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
     assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
-    assert_eq!(pod["topologySpreadConstraints"][0]["topologyKey"], "topology.kubernetes.io/zone");
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
 }
 
 #[test]
@@ -122,26 +150,51 @@ fn pdb_only_with_more_than_one_replica_or_when_asked() {
     let one = render(&mesh("a", "version: 1.0.0")).unwrap();
     assert!(find(&one, OwnedKind::PodDisruptionBudget).is_empty());
     let two = render(&mesh("a", "version: 1.0.0\ncontrolPlane: {replicas: 2}")).unwrap();
-    assert_eq!(find(&two, OwnedKind::PodDisruptionBudget)[0].object["spec"]["minAvailable"], 1);
-    let asked = render(&mesh("a", "version: 1.0.0\ncontrolPlane: {podDisruptionBudget: {maxUnavailable: 1}}")).unwrap();
-    assert_eq!(find(&asked, OwnedKind::PodDisruptionBudget)[0].object["spec"]["maxUnavailable"], 1);
-    let off = render(&mesh("a", "version: 1.0.0\nprofile: ha\ncontrolPlane: {podDisruptionBudget: {enabled: false}}")).unwrap();
+    assert_eq!(
+        find(&two, OwnedKind::PodDisruptionBudget)[0].object["spec"]["minAvailable"],
+        1
+    );
+    let asked = render(&mesh(
+        "a",
+        "version: 1.0.0\ncontrolPlane: {podDisruptionBudget: {maxUnavailable: 1}}",
+    ))
+    .unwrap();
+    assert_eq!(
+        find(&asked, OwnedKind::PodDisruptionBudget)[0].object["spec"]["maxUnavailable"],
+        1
+    );
+    let off = render(&mesh(
+        "a",
+        "version: 1.0.0\nprofile: ha\ncontrolPlane: {podDisruptionBudget: {enabled: false}}",
+    ))
+    .unwrap();
     assert!(find(&off, OwnedKind::PodDisruptionBudget).is_empty());
 }
 
 #[test]
 fn min_above_profile_max_is_a_clear_error() {
-    let Err(err) = render(&mesh("a", "version: 1.0.0\nprofile: ha\ncontrolPlane: {autoscaling: {minReplicas: 7}}")) else {
+    let Err(err) = render(&mesh(
+        "a",
+        "version: 1.0.0\nprofile: ha\ncontrolPlane: {autoscaling: {minReplicas: 7}}",
+    )) else {
         panic!("min 7 above the ha profile's max 5 must not render");
     };
-    assert!(err.to_string().contains("minReplicas (7) is greater than maxReplicas (5"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("minReplicas (7) is greater than maxReplicas (5"),
+        "{err}"
+    );
 }
 
 #[test]
 fn minimal_profile_has_no_proxies_and_spec_overrides_profile() {
     let objects = render(&mesh("a", "version: 1.0.0\nprofile: minimal")).unwrap();
     assert!(find(&objects, OwnedKind::DaemonSet).is_empty());
-    let objects = render(&mesh("a", "version: 1.0.0\nprofile: minimal\nproxy: {enabled: true}")).unwrap();
+    let objects = render(&mesh(
+        "a",
+        "version: 1.0.0\nprofile: minimal\nproxy: {enabled: true}",
+    ))
+    .unwrap();
     assert_eq!(find(&objects, OwnedKind::DaemonSet).len(), 1);
 }
 
@@ -152,14 +205,23 @@ fn mesh_config_changes_roll_the_control_plane() {
             .clone()
     };
     let a = render(&mesh("a", "version: 1.0.0")).unwrap();
-    let b = render(&mesh("a", "version: 1.0.0\nmeshConfig: {trustDomain: example.org}")).unwrap();
+    let b = render(&mesh(
+        "a",
+        "version: 1.0.0\nmeshConfig: {trustDomain: example.org}",
+    ))
+    .unwrap();
     assert_ne!(hash(&a), hash(&b));
 }
 
 /// Every combination of the settings that change which objects exist.
 fn all_specs() -> Vec<MeshInstallSpec> {
     let mut specs = Vec::new();
-    for profile in [Profile::Default, Profile::Minimal, Profile::Demo, Profile::Ha] {
+    for profile in [
+        Profile::Default,
+        Profile::Minimal,
+        Profile::Demo,
+        Profile::Ha,
+    ] {
         for replicas in [None, Some(1), Some(2), Some(4)] {
             for auto in [None, Some(false), Some(true)] {
                 for pdb in [None, Some(false), Some(true)] {
@@ -238,15 +300,37 @@ fn every_rendered_object_carries_revision_label_owner_and_restricted_pods() {
         assert!(objects.iter().any(|m| m.kind == OwnedKind::Deployment));
         for m in &objects {
             let meta = &m.object["metadata"];
-            assert_eq!(meta["labels"][labels::REVISION], name.as_str(), "{}", m.describe());
-            assert_eq!(meta["labels"][labels::MANAGED_BY], labels::MANAGER, "{}", m.describe());
-            assert_eq!(meta["labels"][labels::MESH], name.as_str(), "{}", m.describe());
-            let owners = meta["ownerReferences"].as_array().expect("owner references");
+            assert_eq!(
+                meta["labels"][labels::REVISION],
+                name.as_str(),
+                "{}",
+                m.describe()
+            );
+            assert_eq!(
+                meta["labels"][labels::MANAGED_BY],
+                labels::MANAGER,
+                "{}",
+                m.describe()
+            );
+            assert_eq!(
+                meta["labels"][labels::MESH],
+                name.as_str(),
+                "{}",
+                m.describe()
+            );
+            let owners = meta["ownerReferences"]
+                .as_array()
+                .expect("owner references");
             assert_eq!(owners.len(), 1, "{}", m.describe());
             assert_eq!(owners[0]["kind"], "MeshInstall");
             assert_eq!(owners[0]["uid"], format!("uid-{i}"));
             assert_eq!(owners[0]["controller"], true);
-            assert_eq!(m.namespace.is_some(), m.kind.namespaced(), "{}", m.describe());
+            assert_eq!(
+                m.namespace.is_some(),
+                m.kind.namespaced(),
+                "{}",
+                m.describe()
+            );
             if let Some(ns) = &m.namespace {
                 assert_eq!(ns, "mesh-ns");
             }
@@ -259,7 +343,11 @@ fn every_rendered_object_carries_revision_label_owner_and_restricted_pods() {
         // A Deployment with an HPA leaves replicas to it, and a PDB never demands every pod.
         let deploy = find(&objects, OwnedKind::Deployment)[0];
         let has_hpa = !find(&objects, OwnedKind::HorizontalPodAutoscaler).is_empty();
-        assert_eq!(deploy.object["spec"].get("replicas").is_none(), has_hpa, "spec {i}");
+        assert_eq!(
+            deploy.object["spec"].get("replicas").is_none(),
+            has_hpa,
+            "spec {i}"
+        );
     }
 }
 
@@ -271,7 +359,18 @@ fn the_checker_catches_what_restricted_forbids() {
     }))
     .unwrap();
     let v = restricted_violations(&bad);
-    for needle in ["host namespaces", "privileged", "allowPrivilegeEscalation", "runAsNonRoot", "seccompProfile", "drop ALL", "NET_BIND_SERVICE"] {
-        assert!(v.iter().any(|s| s.contains(needle)), "{needle} not reported in {v:?}");
+    for needle in [
+        "host namespaces",
+        "privileged",
+        "allowPrivilegeEscalation",
+        "runAsNonRoot",
+        "seccompProfile",
+        "drop ALL",
+        "NET_BIND_SERVICE",
+    ] {
+        assert!(
+            v.iter().any(|s| s.contains(needle)),
+            "{needle} not reported in {v:?}"
+        );
     }
 }

@@ -1,0 +1,191 @@
+//! Apply: server-side apply of rendered objects with one field manager, skipping objects that
+//! already hold what we want (so a steady-state reconcile writes nothing), and pruning owned
+//! objects that are no longer wanted.
+
+use std::collections::HashSet;
+
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
+
+use super::index::OwnedIndex;
+use super::metrics::Metrics;
+use crate::render::{Manifest, OwnedKind};
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "weft-operator";
+
+/// Why an apply or prune failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {object}: {source}")]
+pub struct ApplyError {
+    /// What was attempted.
+    pub action: &'static str,
+    /// The object.
+    pub object: String,
+    /// The API error.
+    #[source]
+    pub source: kube::Error,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The live object already matched.
+    Unchanged,
+    /// The object did not exist and was created.
+    Created,
+    /// The object existed and was changed.
+    Updated,
+}
+
+/// True when every field of `want` is present in `live` with the same value: maps may
+/// hold more keys (server defaults, other managers), lists must match element by element.
+pub fn contains(live: &Value, want: &Value) -> bool {
+    match (live, want) {
+        (Value::Object(l), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
+        (Value::Array(l), Value::Array(w)) => {
+            l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| contains(lv, wv))
+        }
+        (Value::Number(l), Value::Number(w)) => l.as_f64() == w.as_f64(),
+        (l, w) => l == w,
+    }
+}
+
+/// Whether the live object already holds every field we want. `apiVersion` and `kind` are
+/// left out: objects that arrive in list responses do not carry them.
+pub fn up_to_date(live: &DynamicObject, want: &Value) -> bool {
+    let live = serde_json::to_value(live).unwrap_or(Value::Null);
+    match want {
+        Value::Object(fields) => fields
+            .iter()
+            .filter(|(k, _)| *k != "apiVersion" && *k != "kind")
+            .all(|(k, v)| live.get(k).is_some_and(|l| contains(l, v))),
+        _ => false,
+    }
+}
+
+fn api_for(client: &Client, kind: OwnedKind, namespace: Option<&str>) -> Api<DynamicObject> {
+    let ar = kind.api_resource();
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    }
+}
+
+/// Applies one object unless the live copy already contains it.
+pub async fn apply(
+    client: &Client,
+    index: &OwnedIndex,
+    metrics: &Metrics,
+    m: &Manifest,
+) -> Result<Applied, ApplyError> {
+    let live = index.get(m.kind, m.namespace.as_deref(), &m.name);
+    if let Some(live) = &live
+        && up_to_date(live, &m.object)
+    {
+        return Ok(Applied::Unchanged);
+    }
+    let api = api_for(client, m.kind, m.namespace.as_deref());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&m.name, &params, &Patch::Apply(&m.object))
+        .await
+        .map_err(|source| ApplyError {
+            action: "apply",
+            object: m.describe(),
+            source,
+        })?;
+    metrics.write(m.kind.name(), "apply");
+    Ok(if live.is_some() {
+        Applied::Updated
+    } else {
+        Applied::Created
+    })
+}
+
+/// Deletes every object owned by the MeshInstall (`mesh`, `uid`) that is not in `wanted`.
+/// Returns what was deleted, as `Kind namespace/name`.
+pub async fn prune(
+    client: &Client,
+    index: &OwnedIndex,
+    metrics: &Metrics,
+    mesh: &str,
+    uid: &str,
+    wanted: &[Manifest],
+) -> Result<Vec<String>, ApplyError> {
+    let keep: HashSet<(OwnedKind, Option<&str>, &str)> = wanted
+        .iter()
+        .map(|m| (m.kind, m.namespace.as_deref(), m.name.as_str()))
+        .collect();
+    let mut pruned = Vec::new();
+    for kind in OwnedKind::ALL.iter().rev() {
+        for obj in index.owned_by(*kind, mesh, uid) {
+            let name = obj.name_any();
+            let ns = obj.namespace();
+            if keep.contains(&(*kind, ns.as_deref(), name.as_str()))
+                || obj.metadata.deletion_timestamp.is_some()
+            {
+                continue;
+            }
+            let what = match &ns {
+                Some(ns) => format!("{} {ns}/{name}", kind.name()),
+                None => format!("{} {name}", kind.name()),
+            };
+            match api_for(client, *kind, ns.as_deref())
+                .delete(&name, &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {}
+                // Already gone: the goal is reached.
+                Err(kube::Error::Api(e)) if e.code == 404 => continue,
+                Err(source) => {
+                    return Err(ApplyError {
+                        action: "prune",
+                        object: what,
+                        source,
+                    });
+                }
+            }
+            metrics.write(kind.name(), "delete");
+            pruned.push(what);
+        }
+    }
+    Ok(pruned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+    use serde_json::json;
+
+    #[test]
+    fn live_objects_may_hold_more_than_we_want() {
+        let live = json!({"metadata": {"name": "a", "uid": "1", "labels": {"x": "1", "y": "2"}}, "spec": {"replicas": 1, "paused": false}});
+        assert!(contains(
+            &live,
+            &json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"replicas": 1}})
+        ));
+        assert!(!contains(&live, &json!({"spec": {"replicas": 2}})));
+        assert!(!contains(&live, &json!({"spec": {"strategy": {}}})));
+    }
+
+    #[test]
+    fn lists_must_match_element_by_element() {
+        let live =
+            json!({"ports": [{"port": 1, "protocol": "TCP"}, {"port": 2, "protocol": "TCP"}]});
+        assert!(contains(
+            &live,
+            &json!({"ports": [{"port": 1}, {"port": 2}]})
+        ));
+        assert!(
+            !contains(&live, &json!({"ports": [{"port": 1}]})),
+            "a removed port must be applied"
+        );
+        assert!(!contains(
+            &live,
+            &json!({"ports": [{"port": 2}, {"port": 1}]})
+        ));
+    }
+}

@@ -1,0 +1,99 @@
+//! Watch → index: one reflector per owned kind, restricted to objects labelled as managed by
+//! Weft. The stores answer "what is live?" without API calls, and the same watch streams
+//! trigger reconciles of the owning MeshInstall.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::Stream;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher::Config};
+use kube::{Client, ResourceExt};
+
+use crate::api::labels;
+use crate::render::OwnedKind;
+
+/// A boxed stream of owned objects that changed (deleted ones included).
+pub type OwnedStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<DynamicObject, watcher::Error>> + Send>>;
+
+/// The live objects the operator owns, by kind.
+#[derive(Clone)]
+pub struct OwnedIndex {
+    stores: Arc<HashMap<OwnedKind, Store<DynamicObject>>>,
+}
+
+impl OwnedIndex {
+    /// Starts one label-filtered watch per owned kind. The streams must be polled (the
+    /// controller does) for the stores to fill.
+    pub fn start(client: &Client) -> (OwnedIndex, Vec<(OwnedKind, OwnedStream)>) {
+        let mut stores = HashMap::new();
+        let mut streams = Vec::new();
+        let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGER);
+        for kind in OwnedKind::ALL {
+            let ar = kind.api_resource();
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            let writer = reflector::store::Writer::new(ar.clone());
+            stores.insert(kind, writer.as_reader());
+            let stream = watcher(api, Config::default().labels(&selector))
+                .default_backoff()
+                // Managed fields are most of an object's size and never read here.
+                .modify(|o: &mut DynamicObject| o.managed_fields_mut().clear())
+                .reflect(writer)
+                .touched_objects();
+            streams.push((kind, Box::pin(stream) as OwnedStream));
+        }
+        (
+            OwnedIndex {
+                stores: Arc::new(stores),
+            },
+            streams,
+        )
+    }
+
+    /// Waits until every store has its initial list.
+    pub async fn ready(&self) {
+        for store in self.stores.values() {
+            // A dropped writer means the controller stopped; nothing left to wait for.
+            let _ = store.wait_until_ready().await;
+        }
+    }
+
+    /// Whether every store has its initial list.
+    pub fn is_ready(&self) -> bool {
+        use futures::FutureExt;
+        self.stores
+            .values()
+            .all(|s| s.wait_until_ready().now_or_never().is_some())
+    }
+
+    /// The live object, if any.
+    pub fn get(
+        &self,
+        kind: OwnedKind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Arc<DynamicObject>> {
+        let store = self.stores.get(&kind)?;
+        let mut key = ObjectRef::new_with(name, kind.api_resource());
+        if let Some(ns) = namespace {
+            key = key.within(ns);
+        }
+        store.get(&key)
+    }
+
+    /// Every live object of a kind that belongs to the MeshInstall with this name and uid.
+    pub fn owned_by(&self, kind: OwnedKind, mesh: &str, uid: &str) -> Vec<Arc<DynamicObject>> {
+        let Some(store) = self.stores.get(&kind) else {
+            return Vec::new();
+        };
+        store.state_filter(|o| {
+            o.labels().get(labels::MESH).map(String::as_str) == Some(mesh)
+                && o.owner_references()
+                    .iter()
+                    .any(|r| r.controller == Some(true) && r.kind == "MeshInstall" && r.uid == uid)
+        })
+    }
+}

@@ -1,0 +1,433 @@
+//! The MeshInstall reconcile, as a pipeline: dereference → validate → build (render) → apply
+//! and prune → observe → status. Each step is small; the decisions are pure functions in
+//! `render` and `status`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::{Client, Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use super::apply::{self, Applied, ApplyError, FIELD_MANAGER};
+use super::index::OwnedIndex;
+use super::metrics::Metrics;
+use super::queue::Queue;
+use super::status::{self, RevisionObservation, Stall, StatusInput};
+use crate::api::common::condition::STALLED;
+use crate::api::labels;
+use crate::api::mesh_install::{MeshInstall, MeshInstallStatus, UpdateStrategyType};
+use crate::render::revision::{control_plane_name, proxy_name};
+use crate::render::{Manifest, OwnedKind, RenderError, RevisionInput, render_revision};
+use crate::versions::VersionTable;
+
+/// The controller's name in metrics and logs.
+pub const CONTROLLER: &str = "meshinstall";
+/// The finalizer that removes cluster-scoped objects before a MeshInstall goes.
+pub const FINALIZER: &str = "weft.dev/cleanup";
+/// How often an unchanged MeshInstall is looked at again, to catch drift no watch reported.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What every reconcile shares.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Live owned objects.
+    pub index: OwnedIndex,
+    /// Supported versions.
+    pub versions: VersionTable,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Pending-work bookkeeping for `workqueue_depth`.
+    pub queue: Queue,
+}
+
+/// Reconcile failures (retried with a delay).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Applying or pruning an owned object failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// Another API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was attempted.
+        action: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
+
+/// Reconciles one MeshInstall.
+#[instrument(skip_all, fields(meshinstall = %mi.name_any()))]
+pub async fn reconcile(mi: Arc<MeshInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    ctx.queue.started(&mi.name_any());
+    tracing::debug!("reconcile started");
+    // Until every owned kind is listed, a missing object might only be not yet seen.
+    ctx.index.ready().await;
+    tracing::debug!("index ready");
+    let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+    if !mi.finalizers().iter().any(|f| f == FINALIZER) && mi.metadata.deletion_timestamp.is_none() {
+        ctx.metrics.write("MeshInstall", "finalizer");
+    }
+    let result = finalizer(&api, FINALIZER, mi, |event| async {
+        match event {
+            finalizer::Event::Apply(mi) => apply_mesh(&mi, &ctx).await,
+            finalizer::Event::Cleanup(mi) => cleanup(&mi, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics
+        .reconcile_result(CONTROLLER, if result.is_ok() { "success" } else { "error" });
+    result
+}
+
+/// After a failure: log it and try again shortly.
+pub fn error_policy(mi: Arc<MeshInstall>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(meshinstall = %mi.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The revision a spec asks for.
+fn target_revision(mi: &MeshInstall) -> String {
+    mi.name_any()
+}
+
+/// Validate: what must hold before anything is touched. `Err` stalls the MeshInstall.
+fn validate<'v>(
+    mi: &MeshInstall,
+    versions: &'v VersionTable,
+) -> Result<&'v crate::versions::MeshVersion, Stall> {
+    let strategy = mi
+        .spec
+        .update_strategy
+        .as_ref()
+        .map(|s| s.type_)
+        .unwrap_or_default();
+    if strategy == UpdateStrategyType::RevisionBased {
+        return Err(Stall {
+            reason: "UnsupportedStrategy",
+            message: "updateStrategy RevisionBased is not available in this operator release yet; use InPlace".to_string(),
+        });
+    }
+    versions.get(&mi.spec.version).ok_or_else(|| Stall {
+        reason: "UnsupportedVersion",
+        message: format!(
+            "version {} is not supported by this operator (supported: {}); the running mesh is left as it is",
+            mi.spec.version,
+            versions.list()
+        ),
+    })
+}
+
+async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
+    let name = mi.name_any();
+    let uid = mi.uid().unwrap_or_default();
+    let target = target_revision(mi);
+
+    // Validate and build; a spec problem stalls without touching anything that runs.
+    let built: Result<Vec<Manifest>, Stall> = validate(mi, &ctx.versions).and_then(|version| {
+        render_revision(&RevisionInput {
+            mesh: mi,
+            revision: &target,
+            version,
+        })
+        .map_err(|e| Stall {
+            reason: match e {
+                RenderError::Invalid(_) => "InvalidSpec",
+                RenderError::Encode { .. } => "RenderFailed",
+            },
+            message: e.to_string(),
+        })
+    });
+
+    let mut changes = Vec::new();
+    if let Ok(manifests) = &built {
+        ensure_namespace(ctx, &mi.spec.namespace).await?;
+        for m in manifests {
+            match apply::apply(&ctx.client, &ctx.index, &ctx.metrics, m).await? {
+                Applied::Unchanged => {}
+                Applied::Created => changes.push(format!("created {}", m.describe())),
+                Applied::Updated => changes.push(format!("updated {}", m.describe())),
+            }
+        }
+        for pruned in apply::prune(
+            &ctx.client,
+            &ctx.index,
+            &ctx.metrics,
+            &name,
+            &uid,
+            manifests,
+        )
+        .await?
+        {
+            changes.push(format!("pruned {pruned}"));
+        }
+    }
+    if !changes.is_empty() {
+        info!(changes = ?changes, "applied");
+        publish(
+            ctx,
+            mi,
+            EventType::Normal,
+            "Applied",
+            "Apply",
+            &summarise(&changes),
+        )
+        .await;
+    }
+
+    let proxy_wanted = match &built {
+        Ok(manifests) => manifests.iter().any(|m| m.kind == OwnedKind::DaemonSet),
+        Err(_) => true,
+    };
+    let observed = observe(ctx, &name, &uid, &target, proxy_wanted);
+    let stall = built.err();
+    let new_status = status::compute(&StatusInput {
+        mesh: mi,
+        target: &target,
+        revisions: observed,
+        stall: stall.clone(),
+        now: Time(Timestamp::now()),
+    });
+    write_status(ctx, mi, new_status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// At most a few lines for an Event note.
+fn summarise(changes: &[String]) -> String {
+    let mut note = changes
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if changes.len() > 5 {
+        note.push_str(&format!("; and {} more", changes.len() - 5));
+    }
+    note
+}
+
+/// Creates the control plane's namespace if it is absent. It is never owned or deleted: it
+/// may hold things that are not ours.
+async fn ensure_namespace(ctx: &Context, ns: &str) -> Result<(), Error> {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    if api
+        .get_opt(ns)
+        .await
+        .map_err(kube_err(format!("read namespace {ns}")))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let obj = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..Default::default()
+            },
+            &obj,
+        )
+        .await
+    {
+        Ok(_) => {
+            ctx.metrics.write("Namespace", "create");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!("create namespace {ns}"),
+            source,
+        }),
+    }
+}
+
+/// Observe: the installed revisions of this MeshInstall, from the index.
+fn observe(
+    ctx: &Context,
+    mesh: &str,
+    uid: &str,
+    target: &str,
+    proxy_wanted: bool,
+) -> Vec<RevisionObservation> {
+    let mut revisions: BTreeMap<String, RevisionObservation> = BTreeMap::new();
+    for d in ctx.index.owned_by(OwnedKind::Deployment, mesh, uid) {
+        let Some(rev) = d.labels().get(labels::REVISION).cloned() else {
+            continue;
+        };
+        if d.name_any() != control_plane_name(&rev) {
+            continue;
+        }
+        let version = d.labels().get(labels::VERSION).cloned().unwrap_or_default();
+        let health = serde_json::to_value(d.as_ref())
+            .and_then(serde_json::from_value::<Deployment>)
+            .ok()
+            .map(|d| status::deployment_health(&d));
+        let proxy = ctx
+            .index
+            .get(
+                OwnedKind::DaemonSet,
+                d.namespace().as_deref(),
+                &proxy_name(&rev),
+            )
+            .and_then(|ds| {
+                serde_json::to_value(ds.as_ref())
+                    .and_then(serde_json::from_value::<DaemonSet>)
+                    .ok()
+            })
+            .map(|ds| status::daemon_set_health(&ds));
+        let wanted = if rev == target {
+            proxy_wanted
+        } else {
+            proxy.is_some()
+        };
+        revisions.insert(
+            rev.clone(),
+            RevisionObservation {
+                name: rev,
+                version,
+                control_plane: health,
+                proxy,
+                proxy_wanted: wanted,
+            },
+        );
+    }
+    revisions.into_values().collect()
+}
+
+/// Status: written only when it changed, with server-side apply of the status subresource.
+async fn write_status(
+    ctx: &Context,
+    mi: &MeshInstall,
+    new: MeshInstallStatus,
+) -> Result<(), Error> {
+    let old = mi.status.clone().unwrap_or_default();
+    if old == new {
+        return Ok(());
+    }
+    let was_stalled = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == STALLED && c.status == "True");
+    let stalled = new
+        .conditions
+        .iter()
+        .find(|c| c.type_ == STALLED && c.status == "True")
+        .cloned();
+    let became_ready =
+        new.state.as_deref() == Some("Healthy") && old.state.as_deref() != Some("Healthy");
+    let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+    let body = serde_json::json!({
+        "apiVersion": "weft.dev/v1alpha1",
+        "kind": "MeshInstall",
+        "status": new,
+    });
+    api.patch_status(
+        &mi.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(kube_err("write status"))?;
+    ctx.metrics.write("MeshInstall", "status");
+    if let (Some(c), false) = (&stalled, was_stalled) {
+        ctx.metrics.stalled(&c.reason);
+        warn!(reason = %c.reason, message = %c.message, "stalled");
+        publish(
+            ctx,
+            mi,
+            EventType::Warning,
+            &c.reason,
+            "Validate",
+            &c.message,
+        )
+        .await;
+    }
+    if became_ready {
+        publish(
+            ctx,
+            mi,
+            EventType::Normal,
+            "Ready",
+            "Reconcile",
+            "every revision is ready",
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Cleanup on deletion: cluster-scoped objects first (namespaced ones go with the owner
+/// references when the MeshInstall is gone).
+async fn cleanup(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
+    let name = mi.name_any();
+    let uid = mi.uid().unwrap_or_default();
+    // Pruning against an empty wanted set removes every owned object, cluster-scoped included.
+    let removed = apply::prune(&ctx.client, &ctx.index, &ctx.metrics, &name, &uid, &[]).await?;
+    if !removed.is_empty() {
+        info!(removed = ?removed, "cleaned up");
+        publish(
+            ctx,
+            mi,
+            EventType::Normal,
+            "Deleted",
+            "Cleanup",
+            &summarise(&removed),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Publishes an Event; a failure to record one is logged, never fatal.
+async fn publish(
+    ctx: &Context,
+    mi: &MeshInstall,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.to_string(),
+        secondary: None,
+    };
+    match ctx.recorder.publish(&event, &mi.object_ref(&())).await {
+        Ok(()) => ctx.metrics.write("Event", "create"),
+        Err(error) => warn!(%error, "could not record an event"),
+    }
+}

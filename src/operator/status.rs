@@ -1,0 +1,493 @@
+//! Status: a pure function from what was observed to the MeshInstall's status, with
+//! kstatus conditions (Ready, Reconciling, Stalled) that carry observedGeneration and keep
+//! their lastTransitionTime unless their status flips.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::common::condition::{READY, RECONCILING, STALLED};
+use crate::api::mesh_install::{
+    MeshInstall, MeshInstallStatus, ReplicaCounts, RevisionStatus, RevisionSummary, TagStatus,
+};
+
+/// One component's replica counts and whether it has fully rolled out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// Desired and ready counts.
+    pub counts: ReplicaCounts,
+    /// Rolled out: current generation observed, every replica updated and available.
+    pub ready: bool,
+}
+
+/// The health of a Deployment.
+pub fn deployment_health(d: &Deployment) -> Health {
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let s = d.status.clone().unwrap_or_default();
+    let observed = s.observed_generation >= d.metadata.generation;
+    let updated = s.updated_replicas.unwrap_or(0);
+    let available = s.available_replicas.unwrap_or(0);
+    let ready = s.ready_replicas.unwrap_or(0);
+    let total = s.replicas.unwrap_or(0);
+    Health {
+        counts: ReplicaCounts { desired, ready },
+        ready: observed
+            && updated >= desired
+            && available >= desired
+            && ready >= desired
+            && total == updated,
+    }
+}
+
+/// The health of a DaemonSet.
+pub fn daemon_set_health(ds: &DaemonSet) -> Health {
+    let s = ds.status.clone().unwrap_or_default();
+    let observed = s.observed_generation >= ds.metadata.generation;
+    let desired = s.desired_number_scheduled;
+    Health {
+        counts: ReplicaCounts {
+            desired,
+            ready: s.number_ready,
+        },
+        ready: observed
+            && s.updated_number_scheduled.unwrap_or(0) >= desired
+            && s.number_available.unwrap_or(0) >= desired
+            && s.number_ready >= desired,
+    }
+}
+
+/// What was observed of one installed revision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevisionObservation {
+    /// The revision's name.
+    pub name: String,
+    /// The version its objects are labelled with.
+    pub version: String,
+    /// The control-plane Deployment, if it exists.
+    pub control_plane: Option<Health>,
+    /// The node-proxy DaemonSet, if it exists.
+    pub proxy: Option<Health>,
+    /// Whether node proxies are wanted (so a missing DaemonSet means not ready).
+    pub proxy_wanted: bool,
+}
+
+impl RevisionObservation {
+    /// Control plane rolled out, and node proxies too when wanted.
+    pub fn ready(&self) -> bool {
+        self.control_plane.as_ref().is_some_and(|h| h.ready)
+            && (!self.proxy_wanted || self.proxy.as_ref().is_some_and(|h| h.ready))
+    }
+
+    fn progress(&self) -> String {
+        let part = |what: &str, h: &Option<Health>| match h {
+            Some(h) => format!("{what} {}/{} ready", h.counts.ready, h.counts.desired),
+            None => format!("{what} not created yet"),
+        };
+        let mut s = part("control plane", &self.control_plane);
+        if self.proxy_wanted {
+            s.push_str("; ");
+            s.push_str(&part("node proxies", &self.proxy));
+        }
+        s
+    }
+}
+
+/// An error that will not fix itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stall {
+    /// The condition reason (`UnsupportedVersion`, `InvalidSpec`, …).
+    pub reason: &'static str,
+    /// What a person should know, and do.
+    pub message: String,
+}
+
+/// Everything the status is computed from.
+#[derive(Clone, Debug)]
+pub struct StatusInput<'a> {
+    /// The MeshInstall as last read.
+    pub mesh: &'a MeshInstall,
+    /// The revision the spec asks for.
+    pub target: &'a str,
+    /// Installed revisions.
+    pub revisions: Vec<RevisionObservation>,
+    /// Set when the spec cannot be acted on.
+    pub stall: Option<Stall>,
+    /// The time to stamp on conditions that flip.
+    pub now: Time,
+}
+
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: last,
+    }
+}
+
+/// Computes the status. Pure: the same input gives the same output, so an unchanged world
+/// produces an unchanged status and no write.
+pub fn compute(input: &StatusInput) -> MeshInstallStatus {
+    let mesh = input.mesh;
+    let previous = mesh.status.clone().unwrap_or_default();
+    let generation = mesh.metadata.generation;
+    let target = input.revisions.iter().find(|r| r.name == input.target);
+    let target_ready = target.is_some_and(|r| r.ready());
+
+    // In place there is one revision, active as soon as it exists.
+    let active = target.map(|r| r.name.clone());
+    let tags = resolve_tags(
+        mesh,
+        active.as_deref(),
+        target.filter(|r| r.ready()).map(|r| r.name.as_str()),
+        &input.revisions,
+    );
+
+    let mut revisions: Vec<RevisionStatus> = input
+        .revisions
+        .iter()
+        .map(|r| RevisionStatus {
+            name: r.name.clone(),
+            version: r.version.clone(),
+            ready: r.ready(),
+            in_use: tags.iter().any(|t| t.revision == r.name),
+            control_plane: r.control_plane.as_ref().map(|h| h.counts.clone()),
+            proxy: r.proxy.as_ref().map(|h| h.counts.clone()),
+            namespaces: Vec::new(),
+            gateways: Vec::new(),
+        })
+        .collect();
+    revisions.sort_by(|a, b| a.name.cmp(&b.name));
+    let summary = RevisionSummary {
+        revisions: revisions.len() as i32,
+        ready: revisions.iter().filter(|r| r.ready).count() as i32,
+        in_use: revisions.iter().filter(|r| r.in_use).count() as i32,
+    };
+
+    let prev_conds = &previous.conditions;
+    let was_ready = prev_conds
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True");
+    let deleting = mesh.metadata.deletion_timestamp.is_some();
+    let (ready, reconciling, stalled, state) = match (&input.stall, deleting) {
+        (_, true) => (
+            (
+                false,
+                "Terminating",
+                "the MeshInstall is being deleted".to_string(),
+            ),
+            (
+                true,
+                "Terminating",
+                "removing what the MeshInstall owned".to_string(),
+            ),
+            (false, "Terminating", String::new()),
+            "Terminating",
+        ),
+        (Some(stall), false) => (
+            (false, stall.reason, stall.message.clone()),
+            (
+                false,
+                stall.reason,
+                "waiting for the spec to be fixed".to_string(),
+            ),
+            (true, stall.reason, stall.message.clone()),
+            "Stalled",
+        ),
+        (None, false) if target_ready => (
+            (
+                true,
+                "Ready",
+                format!(
+                    "revision {} is ready: {}",
+                    input.target,
+                    target.map(|t| t.progress()).unwrap_or_default()
+                ),
+            ),
+            (
+                false,
+                "Reconciled",
+                "everything owned is up to date".to_string(),
+            ),
+            (false, "Reconciled", String::new()),
+            "Healthy",
+        ),
+        (None, false) => {
+            let progress =
+                target.map_or_else(|| "objects not created yet".to_string(), |t| t.progress());
+            let (reason, state) = if !was_ready {
+                let updating = previous.state.as_deref() == Some("Updating");
+                if updating {
+                    ("RollingOut", "Updating")
+                } else {
+                    ("Installing", "Installing")
+                }
+            } else if previous.observed_generation == generation {
+                ("Degraded", "Degraded")
+            } else {
+                ("RollingOut", "Updating")
+            };
+            (
+                (
+                    false,
+                    reason,
+                    format!("revision {}: {progress}", input.target),
+                ),
+                (
+                    true,
+                    reason,
+                    format!("revision {}: {progress}", input.target),
+                ),
+                (false, "Reconciled", String::new()),
+                state,
+            )
+        }
+    };
+    let conditions = vec![
+        condition(
+            prev_conds, READY, ready.0, ready.1, ready.2, generation, &input.now,
+        ),
+        condition(
+            prev_conds,
+            RECONCILING,
+            reconciling.0,
+            reconciling.1,
+            reconciling.2,
+            generation,
+            &input.now,
+        ),
+        condition(
+            prev_conds, STALLED, stalled.0, stalled.1, stalled.2, generation, &input.now,
+        ),
+    ];
+
+    MeshInstallStatus {
+        observed_generation: generation,
+        conditions,
+        state: Some(state.to_string()),
+        active_revision: active,
+        target_revision: Some(input.target.to_string()),
+        revisions,
+        summary: Some(summary),
+        tags,
+    }
+}
+
+/// Where each tag points: `default` and `Active` tags at the active revision, `Latest` at the
+/// newest ready revision, a pinned tag at its revision if it is installed.
+fn resolve_tags(
+    mesh: &MeshInstall,
+    active: Option<&str>,
+    latest_ready: Option<&str>,
+    installed: &[RevisionObservation],
+) -> Vec<TagStatus> {
+    let mut tags = Vec::new();
+    if let Some(a) = active {
+        tags.push(TagStatus {
+            name: "default".to_string(),
+            revision: a.to_string(),
+        });
+    }
+    for tag in mesh.spec.revision_tags.iter().flatten() {
+        if tag.name == "default" {
+            continue;
+        }
+        let revision = match tag.target.as_deref().unwrap_or("Active") {
+            "Active" => active,
+            "Latest" => latest_ready.or(active),
+            pinned => installed
+                .iter()
+                .find(|r| r.name == pinned)
+                .map(|r| r.name.as_str()),
+        };
+        if let Some(revision) = revision {
+            tags.push(TagStatus {
+                name: tag.name.clone(),
+                revision: revision.to_string(),
+            });
+        }
+    }
+    tags.sort_by(|a, b| a.name.cmp(&b.name));
+    tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::mesh_install::MeshInstallSpec;
+    use k8s_openapi::jiff::Timestamp;
+    use kube::core::ObjectMeta;
+
+    fn mesh(generation: i64, status: Option<MeshInstallStatus>) -> MeshInstall {
+        MeshInstall {
+            metadata: ObjectMeta {
+                name: Some("m".into()),
+                generation: Some(generation),
+                ..Default::default()
+            },
+            spec: serde_saphyr::from_str::<MeshInstallSpec>("version: 1.0.0\nrevisionTags: [{name: canary, target: Latest}, {name: pinned, target: old}]").unwrap(),
+            status,
+        }
+    }
+
+    fn rev(ready: bool) -> RevisionObservation {
+        RevisionObservation {
+            name: "m".into(),
+            version: "1.0.0".into(),
+            control_plane: Some(Health {
+                counts: ReplicaCounts {
+                    desired: 1,
+                    ready: ready as i32,
+                },
+                ready,
+            }),
+            proxy: Some(Health {
+                counts: ReplicaCounts {
+                    desired: 3,
+                    ready: 3,
+                },
+                ready: true,
+            }),
+            proxy_wanted: true,
+        }
+    }
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn cond<'a>(s: &'a MeshInstallStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn installing_then_ready_then_unchanged() {
+        let m = mesh(1, None);
+        let s1 = compute(&StatusInput {
+            mesh: &m,
+            target: "m",
+            revisions: vec![rev(false)],
+            stall: None,
+            now: at(10),
+        });
+        assert_eq!(s1.state.as_deref(), Some("Installing"));
+        assert_eq!(cond(&s1, READY).status, "False");
+        assert_eq!(cond(&s1, RECONCILING).status, "True");
+        assert!(cond(&s1, READY).message.contains("control plane 0/1 ready"));
+
+        let m = mesh(1, Some(s1));
+        let s2 = compute(&StatusInput {
+            mesh: &m,
+            target: "m",
+            revisions: vec![rev(true)],
+            stall: None,
+            now: at(20),
+        });
+        assert_eq!(s2.state.as_deref(), Some("Healthy"));
+        assert_eq!(cond(&s2, READY).status, "True");
+        assert_eq!(cond(&s2, READY).last_transition_time, at(20));
+        assert_eq!(
+            cond(&s2, STALLED).last_transition_time,
+            at(10),
+            "unflipped conditions keep their time"
+        );
+        assert_eq!(
+            s2.tags,
+            vec![
+                TagStatus {
+                    name: "canary".into(),
+                    revision: "m".into()
+                },
+                TagStatus {
+                    name: "default".into(),
+                    revision: "m".into()
+                },
+            ]
+        );
+
+        // Nothing changed: the same status, so the operator writes nothing.
+        let m = mesh(1, Some(s2.clone()));
+        let s3 = compute(&StatusInput {
+            mesh: &m,
+            target: "m",
+            revisions: vec![rev(true)],
+            stall: None,
+            now: at(30),
+        });
+        assert_eq!(s3, s2);
+    }
+
+    #[test]
+    fn stalled_keeps_revision_health_and_is_never_reconciling() {
+        let m = mesh(2, None);
+        let stall = Stall {
+            reason: "UnsupportedVersion",
+            message: "version 9.9.9 is not supported".into(),
+        };
+        let s = compute(&StatusInput {
+            mesh: &m,
+            target: "m",
+            revisions: vec![rev(true)],
+            stall: Some(stall),
+            now: at(1),
+        });
+        assert_eq!(cond(&s, STALLED).status, "True");
+        assert_eq!(cond(&s, STALLED).reason, "UnsupportedVersion");
+        assert_eq!(cond(&s, RECONCILING).status, "False");
+        assert_eq!(cond(&s, READY).status, "False");
+        assert!(
+            s.revisions[0].ready,
+            "the running revision is still reported ready"
+        );
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2))
+        );
+    }
+
+    #[test]
+    fn a_ready_mesh_that_loses_pods_without_a_spec_change_is_degraded() {
+        let m = mesh(1, None);
+        let ready = compute(&StatusInput {
+            mesh: &m,
+            target: "m",
+            revisions: vec![rev(true)],
+            stall: None,
+            now: at(1),
+        });
+        let m = mesh(1, Some(ready.clone()));
+        let s = compute(&StatusInput {
+            mesh: &m,
+            target: "m",
+            revisions: vec![rev(false)],
+            stall: None,
+            now: at(2),
+        });
+        assert_eq!(s.state.as_deref(), Some("Degraded"));
+        let m = mesh(2, Some(ready));
+        let s = compute(&StatusInput {
+            mesh: &m,
+            target: "m",
+            revisions: vec![rev(false)],
+            stall: None,
+            now: at(2),
+        });
+        assert_eq!(s.state.as_deref(), Some("Updating"));
+    }
+}
