@@ -35,6 +35,7 @@ demo: build
 ## crds: regenerate crds/ from the Rust types (a unit test fails when they drift).
 crds:
 	cargo run -q -- crd --out-dir crds
+	cargo run -q -- crd --out-dir deploy/helm/weft-operator/crds
 
 cluster-up:
 	e2e/cluster up $(CLUSTER)

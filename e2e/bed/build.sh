@@ -129,6 +129,21 @@ build_kwok() {
   rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
 }
 
+# build_helm: helm, to template the chart in deploy/ (its go.mod has no replace lines).
+build_helm() {
+  local v=$HELM_VERSION
+  local out="$CACHE/helm-$v"
+  [ -x "$out/bin/helm" ] && return 0
+  echo "building helm v$v from its Go module"
+  local src="$CACHE/src/helm-$v"
+  rm -rf "$src" && mkdir -p "$src"
+  wrapper_module "$src" helm.sh/helm/v4 "v$v"
+  mkdir -p "$out/bin.tmp"
+  (cd "$src" && run_logged "helm v$v" "$src/build.log" \
+    go build -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v$v" -o "$out/bin.tmp/helm" helm.sh/helm/v4/cmd/helm) || return 1
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+}
+
 # fetch_module_dir MODULE VERSION: the module's source directory in the module cache.
 fetch_module_dir() {
   go mod download -json "$1@$2" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p'
@@ -165,5 +180,5 @@ build_all() {
   command -v go >/dev/null || { echo "error: Go is required to build the test bed (https://go.dev/dl/)" >&2; return 1; }
   go_env
   mkdir -p "$CACHE"
-  build_etcd && build_kwok && fetch_assets && build_kubernetes
+  build_etcd && build_kwok && fetch_assets && build_kubernetes && build_helm
 }

@@ -12,8 +12,10 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+pub mod operator;
+
 /// The cluster the tests use unless `WEFT_E2E_CLUSTER` names another.
-pub const DEFAULT_CLUSTER: &str = "weft";
+pub const DEFAULT_CLUSTER: &str = "weft-e2e";
 
 /// How often a condition is checked while waiting for it.
 const POLL: Duration = Duration::from_millis(200);
@@ -111,18 +113,41 @@ impl Bed {
     }
 }
 
+/// The value of `KEY=value` in `e2e/versions.env`.
+fn pinned(key: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join("e2e/versions.env")).expect("read e2e/versions.env");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} is not pinned in e2e/versions.env"))
+        .trim()
+        .to_string()
+}
+
+/// Where the test bed caches its binaries.
+fn cache_dir() -> PathBuf {
+    match std::env::var_os("WEFT_E2E_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/weft-e2e"),
+    }
+}
+
 /// The kubectl that the test bed built (its version matches the API server's).
 pub fn kubectl_path() -> PathBuf {
-    let out = Command::new(repo_root().join("e2e/cluster"))
-        .args(["env"])
-        .output()
-        .expect("run e2e/cluster env");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("export PATH='"))
-        .and_then(|l| l.split('\'').next())
-        .map(|dir| Path::new(dir).join("kubectl"))
-        .expect("e2e/cluster env prints the kubectl directory")
+    cache_dir().join(format!("kubernetes-{}/bin/kubectl", pinned("KUBERNETES_VERSION")))
+}
+
+/// The helm that the test bed built.
+pub fn helm_path() -> PathBuf {
+    cache_dir().join(format!("helm-{}/bin/helm", pinned("HELM_VERSION")))
+}
+
+/// The `weft` binary under test (`WEFT_BIN`, or the workspace's debug build).
+pub fn weft_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("WEFT_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug/weft")
 }
 
 /// A namespace made for one test; call [`TestNamespace::delete`] at the end.

@@ -27,34 +27,37 @@ pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
 mod tests {
     use super::*;
 
-    /// `crds/` must hold exactly what `weft crd` prints; regenerate with
-    /// `cargo run -- crd --out-dir crds` (or `make crds`).
+    /// `crds/` and the Helm chart's `crds/` must hold exactly what `weft crd` prints;
+    /// regenerate both with `make crds`.
     #[test]
     fn checked_in_crds_match_the_code() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .expect("crds/ exists")
-            .map(|e| {
-                e.expect("readable entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        files.sort();
-        let wanted: Vec<String> = crds().iter().map(crd_file_name).collect();
-        assert_eq!(
-            files, wanted,
-            "crds/ has other files than the CRDs; run `make crds`"
-        );
-        for crd in crds() {
-            let on_disk =
-                std::fs::read_to_string(dir.join(crd_file_name(&crd))).expect("readable CRD file");
-            assert!(
-                on_disk == crate::yaml::document(&crd).expect("CRD encodes"),
-                "crds/{} drifted from the Rust types; run `make crds` and commit the result",
-                crd_file_name(&crd)
+        for dir in ["crds", "deploy/helm/weft-operator/crds"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+            let mut files: Vec<_> = std::fs::read_dir(&path)
+                .expect("CRD directory exists")
+                .map(|e| {
+                    e.expect("readable entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .filter(|f| f.ends_with(".yaml"))
+                .collect();
+            files.sort();
+            let wanted: Vec<String> = crds().iter().map(crd_file_name).collect();
+            assert_eq!(
+                files, wanted,
+                "{dir}/ holds other CRD files than the code; run `make crds`"
             );
+            for crd in crds() {
+                let on_disk = std::fs::read_to_string(path.join(crd_file_name(&crd)))
+                    .expect("readable CRD file");
+                assert!(
+                    on_disk == crate::yaml::document(&crd).expect("CRD encodes"),
+                    "{dir}/{} drifted from the Rust types; run `make crds` and commit the result",
+                    crd_file_name(&crd)
+                );
+            }
         }
     }
 

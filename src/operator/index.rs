@@ -23,6 +23,9 @@ pub type OwnedStream =
 #[derive(Clone)]
 pub struct OwnedIndex {
     stores: Arc<HashMap<OwnedKind, Store<DynamicObject>>>,
+    /// True once every store has its initial list. (A store's own `wait_until_ready` wakes
+    /// only one of several concurrent waiters, so one task waits and publishes here.)
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl OwnedIndex {
@@ -45,9 +48,21 @@ impl OwnedIndex {
                 .touched_objects();
             streams.push((kind, Box::pin(stream) as OwnedStream));
         }
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let waiting: Vec<Store<DynamicObject>> = stores.values().cloned().collect();
+        tokio::spawn(async move {
+            for store in waiting {
+                // A dropped writer means the controller stopped; nothing left to wait for.
+                if store.wait_until_ready().await.is_err() {
+                    return;
+                }
+            }
+            let _ = ready_tx.send(true);
+        });
         (
             OwnedIndex {
                 stores: Arc::new(stores),
+                ready,
             },
             streams,
         )
@@ -55,18 +70,7 @@ impl OwnedIndex {
 
     /// Waits until every store has its initial list.
     pub async fn ready(&self) {
-        for store in self.stores.values() {
-            // A dropped writer means the controller stopped; nothing left to wait for.
-            let _ = store.wait_until_ready().await;
-        }
-    }
-
-    /// Whether every store has its initial list.
-    pub fn is_ready(&self) -> bool {
-        use futures::FutureExt;
-        self.stores
-            .values()
-            .all(|s| s.wait_until_ready().now_or_never().is_some())
+        let _ = self.ready.clone().wait_for(|r| *r).await;
     }
 
     /// The live object, if any.
