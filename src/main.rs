@@ -97,10 +97,7 @@ fn main() -> ExitCode {
                 println!("{}", v.version);
             }
         }),
-        Command::Render {
-            file,
-            versions_file,
-        } => render(&file, versions_file.as_deref()),
+        Command::Render { file, versions_file } => render(&file, versions_file.as_deref()),
         Command::Operator(args) => operator(args),
     };
     match result {
@@ -136,8 +133,8 @@ fn render(file: &Path, versions_file: Option<&Path>) -> Result<()> {
     } else {
         std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?
     };
-    let mi: MeshInstall = serde_saphyr::from_str(&text)
-        .map_err(|e| format!("{} is not a MeshInstall: {e}", file.display()))?;
+    let mi: MeshInstall =
+        serde_saphyr::from_str(&text).map_err(|e| format!("{} is not a MeshInstall: {e}", file.display()))?;
     let table = versions(versions_file)?;
     let version = table.get(&mi.spec.version).ok_or_else(|| {
         format!(
@@ -146,15 +143,9 @@ fn render(file: &Path, versions_file: Option<&Path>) -> Result<()> {
             table.list()
         )
     })?;
-    let name = mi
-        .metadata
-        .name
-        .clone()
-        .ok_or("the MeshInstall has no metadata.name")?;
+    let name = mi.metadata.name.clone().ok_or("the MeshInstall has no metadata.name")?;
     if mi.metadata.uid.is_none() {
-        println!(
-            "# ownerReferences carry the MeshInstall's uid once the API server has assigned one."
-        );
+        println!("# ownerReferences carry the MeshInstall's uid once the API server has assigned one.");
     }
     println!(
         "# Namespace {} is created if absent and never deleted.",
@@ -174,13 +165,10 @@ fn operator(args: OperatorArgs) -> Result<()> {
     weft::telemetry::init();
     let table = versions(args.versions_file.as_deref())?;
     let identity = args.identity.clone().unwrap_or_else(|| {
-        let host =
-            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "weft".into());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "weft".into());
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let config = match &args.kubeconfig {
             Some(path) => {

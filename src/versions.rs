@@ -136,9 +136,7 @@ pub enum VersionsError {
         source: std::io::Error,
     },
     /// The file is not a list of versions.
-    #[error(
-        "versions file {path} is not a YAML list of {{version, images: {{controlPlane, proxy}}}}: {message}"
-    )]
+    #[error("versions file {path} is not a YAML list of {{version, images: {{controlPlane, proxy}}}}: {message}")]
     Parse {
         /// The file.
         path: String,
@@ -182,11 +180,10 @@ impl VersionTable {
             path: path.display().to_string(),
             source,
         })?;
-        let extra: Vec<MeshVersion> =
-            serde_saphyr::from_str(&text).map_err(|e| VersionsError::Parse {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+        let extra: Vec<MeshVersion> = serde_saphyr::from_str(&text).map_err(|e| VersionsError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         Ok(VersionTable::builtin().merged(extra))
     }
 
@@ -267,10 +264,7 @@ mod tests {
         .unwrap();
         let t = VersionTable::with_file(&file).unwrap();
         assert_eq!(t.list(), "1.0.0, 1.1.0, 1.2.0");
-        assert_eq!(
-            t.get("1.0.0").unwrap().images.control_plane,
-            "mirror.example/cp:1.0.0"
-        );
+        assert_eq!(t.get("1.0.0").unwrap().images.control_plane, "mirror.example/cp:1.0.0");
         std::fs::write(&file, "version: nope").unwrap();
         let err = VersionTable::with_file(&file).unwrap_err().to_string();
         assert!(err.contains("is not a YAML list"), "{err}");

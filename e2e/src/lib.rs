@@ -30,10 +30,7 @@ pub fn repo_root() -> PathBuf {
 
 /// The kubeconfig that `e2e/cluster up NAME` writes.
 pub fn kubeconfig_path(name: &str) -> PathBuf {
-    repo_root()
-        .join("e2e/.clusters")
-        .join(name)
-        .join("kubeconfig")
+    repo_root().join("e2e/.clusters").join(name).join("kubeconfig")
 }
 
 /// A connection to one test-bed cluster.
@@ -146,7 +143,9 @@ pub fn weft_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("WEFT_BIN") {
         return PathBuf::from(bin);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
     target.join("debug/weft")
 }
 

@@ -37,7 +37,11 @@ impl Operator {
     pub fn start(bed: &Bed, identity: &str, extra: &[&str]) -> Operator {
         let metrics_port = free_port();
         let health_port = free_port();
-        let log = bed.kubeconfig.parent().expect("cluster dir").join(format!("operator-{identity}.log"));
+        let log = bed
+            .kubeconfig
+            .parent()
+            .expect("cluster dir")
+            .join(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log).expect("create operator log");
         let child = Command::new(weft_bin())
             .arg("operator")
@@ -52,7 +56,12 @@ impl Operator {
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with `cargo build`)", weft_bin().display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e} (build it with `cargo build`)",
+                    weft_bin().display()
+                )
+            });
         Operator {
             child,
             identity: identity.to_string(),
@@ -65,7 +74,8 @@ impl Operator {
     /// GET a path of the metrics endpoint; `Err` while it is not answering.
     pub fn get(&self, port: u16, path: &str) -> Result<(u16, String), String> {
         let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
         let mut body = String::new();
         s.read_to_string(&mut body).map_err(|e| e.to_string())?;
@@ -74,7 +84,10 @@ impl Operator {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| format!("bad response: {body}"))?;
-        let text = body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let text = body
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((code, text))
     }
 
@@ -104,7 +117,9 @@ impl Operator {
 
     /// Asks it to stop (SIGTERM) and waits for it to exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         self.child.wait().expect("wait for the operator")
     }
 
@@ -131,7 +146,11 @@ pub fn sum_metric(text: &str, prefix: &str) -> f64 {
         .filter(|l| {
             // `prefix` must end at a name or label boundary: `foo` must not match `foo_bar`.
             let rest = &l[prefix.len()..];
-            rest.starts_with(' ') || rest.starts_with('{') || rest.starts_with(',') || prefix.ends_with(',') || prefix.ends_with('{')
+            rest.starts_with(' ')
+                || rest.starts_with('{')
+                || rest.starts_with(',')
+                || prefix.ends_with(',')
+                || prefix.ends_with('{')
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -87,13 +87,7 @@ async fn nodes_are_ready_in_three_zones() {
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
-        .filter_map(|n| {
-            n.metadata
-                .labels
-                .as_ref()?
-                .get("topology.kubernetes.io/zone")
-                .cloned()
-        })
+        .filter_map(|n| n.metadata.labels.as_ref()?.get("topology.kubernetes.io/zone").cloned())
         .collect();
     assert_eq!(
         zones,
@@ -121,10 +115,7 @@ async fn deployment_with_required_anti_affinity_lands_on_three_nodes() {
     wait_available(&api, "spread", 3).await;
 
     let pods = pods_of(&bed.client, &ns.name, "spread").await;
-    let nodes: BTreeSet<_> = pods
-        .iter()
-        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-        .collect();
+    let nodes: BTreeSet<_> = pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
     assert_eq!(pods.len(), 3, "pods: {pods:?}");
     assert_eq!(
         nodes.len(),
@@ -132,11 +123,7 @@ async fn deployment_with_required_anti_affinity_lands_on_three_nodes() {
         "required anti-affinity must put each pod on its own node: {nodes:?}"
     );
     for p in &pods {
-        let ip = p
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_default();
+        let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
         assert!(
             ip.starts_with("10.244."),
             "kwok gives pod IPs from the bed's pod CIDR, got {ip:?}"
@@ -157,35 +144,23 @@ async fn daemonset_gets_one_ready_pod_per_node() {
         "spec": {"selector": {"matchLabels": {"app": "per-node"}}, "template": pod_template("per-node")}
     }))
     .expect("valid DaemonSet");
-    api.create(&PostParams::default(), &ds)
-        .await
-        .expect("create DaemonSet");
-    wait_for(
-        "DaemonSet per-node to have 3 ready pods",
-        TIMEOUT,
-        || async {
-            let s = api
-                .get("per-node")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            if s.desired_number_scheduled == 3
-                && s.number_ready == 3
-                && s.number_available == Some(3)
-            {
-                Ok(())
-            } else {
-                Err(format!("{s:?}"))
-            }
-        },
-    )
+    api.create(&PostParams::default(), &ds).await.expect("create DaemonSet");
+    wait_for("DaemonSet per-node to have 3 ready pods", TIMEOUT, || async {
+        let s = api
+            .get("per-node")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if s.desired_number_scheduled == 3 && s.number_ready == 3 && s.number_available == Some(3) {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
     .await;
     let pods = pods_of(&bed.client, &ns.name, "per-node").await;
-    let nodes: BTreeSet<_> = pods
-        .iter()
-        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-        .collect();
+    let nodes: BTreeSet<_> = pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
     assert_eq!(nodes.len(), 3, "one pod per node: {nodes:?}");
     ns.delete().await;
 }
@@ -211,9 +186,7 @@ async fn hpa_is_accepted_and_pdb_status_is_computed() {
         "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "guarded"}}}
     }))
     .expect("valid PDB");
-    pdbs.create(&PostParams::default(), &pdb)
-        .await
-        .expect("create PDB");
+    pdbs.create(&PostParams::default(), &pdb).await.expect("create PDB");
 
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(bed.client.clone(), &ns.name);
     let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
@@ -228,33 +201,27 @@ async fn hpa_is_accepted_and_pdb_status_is_computed() {
         }
     }))
     .expect("valid HPA");
-    hpas.create(&PostParams::default(), &hpa)
-        .await
-        .expect("create HPA");
+    hpas.create(&PostParams::default(), &hpa).await.expect("create HPA");
     let stored = hpas.get("guarded").await.expect("read HPA back");
     let spec = stored.spec.expect("HPA has a spec");
     assert_eq!((spec.min_replicas, spec.max_replicas), (Some(3), 5));
 
     // The disruption controller computes the PDB's status from the Deployment's Ready pods.
-    wait_for(
-        "the disruption controller to compute PDB guarded",
-        TIMEOUT,
-        || async {
-            let p = pdbs.get("guarded").await.map_err(|e| e.to_string())?;
-            let s = p.status.clone().unwrap_or_default();
-            let observed = s.observed_generation == p.metadata.generation;
-            if observed
-                && s.expected_pods == 3
-                && s.current_healthy == 3
-                && s.desired_healthy == 2
-                && s.disruptions_allowed == 1
-            {
-                Ok(())
-            } else {
-                Err(format!("{s:?}"))
-            }
-        },
-    )
+    wait_for("the disruption controller to compute PDB guarded", TIMEOUT, || async {
+        let p = pdbs.get("guarded").await.map_err(|e| e.to_string())?;
+        let s = p.status.clone().unwrap_or_default();
+        let observed = s.observed_generation == p.metadata.generation;
+        if observed
+            && s.expected_pods == 3
+            && s.current_healthy == 3
+            && s.desired_healthy == 2
+            && s.disruptions_allowed == 1
+        {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
     .await;
     ns.delete().await;
 }
@@ -265,10 +232,7 @@ async fn deleting_an_owner_collects_its_dependents() {
     let ns = bed.namespace("smoke-gc").await;
     let deploys: Api<Deployment> = Api::namespaced(bed.client.clone(), &ns.name);
     deploys
-        .create(
-            &PostParams::default(),
-            &deployment("owner", 2, pod_template("owner")),
-        )
+        .create(&PostParams::default(), &deployment("owner", 2, pod_template("owner")))
         .await
         .expect("create Deployment");
     wait_available(&deploys, "owner", 2).await;
@@ -288,9 +252,7 @@ async fn deleting_an_owner_collects_its_dependents() {
         }
     }))
     .expect("valid ConfigMap");
-    cms.create(&PostParams::default(), &cm)
-        .await
-        .expect("create dependent");
+    cms.create(&PostParams::default(), &cm).await.expect("create dependent");
 
     deploys
         .delete("owner", &DeleteParams::background())
@@ -298,36 +260,26 @@ async fn deleting_an_owner_collects_its_dependents() {
         .expect("delete Deployment");
     let replicasets: Api<ReplicaSet> = Api::namespaced(bed.client.clone(), &ns.name);
     let pods: Api<Pod> = Api::namespaced(bed.client.clone(), &ns.name);
-    wait_for(
-        "the garbage collector to remove the dependents",
-        TIMEOUT,
-        || async {
-            let rs = replicasets
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .items
-                .len();
-            let pod_count = pods
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .items
-                .len();
-            let cm = cms
-                .get_opt("dependent")
-                .await
-                .map_err(|e| e.to_string())?
-                .is_some();
-            if rs == 0 && pod_count == 0 && !cm {
-                Ok(())
-            } else {
-                Err(format!(
-                    "replicasets={rs} pods={pod_count} configmap present={cm}"
-                ))
-            }
-        },
-    )
+    wait_for("the garbage collector to remove the dependents", TIMEOUT, || async {
+        let rs = replicasets
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        let pod_count = pods
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        let cm = cms.get_opt("dependent").await.map_err(|e| e.to_string())?.is_some();
+        if rs == 0 && pod_count == 0 && !cm {
+            Ok(())
+        } else {
+            Err(format!("replicasets={rs} pods={pod_count} configmap present={cm}"))
+        }
+    })
     .await;
     ns.delete().await;
 }
@@ -388,11 +340,7 @@ async fn a_second_cluster_runs_beside_the_first_and_is_independent() {
     let ns = second.namespace("only-in-second").await;
     let in_first: Api<Namespace> = Api::all(first.client.clone());
     assert!(
-        in_first
-            .get_opt(&ns.name)
-            .await
-            .expect("query first cluster")
-            .is_none(),
+        in_first.get_opt(&ns.name).await.expect("query first cluster").is_none(),
         "a namespace created in the second cluster must not appear in the first"
     );
     let nodes: Api<Node> = Api::all(second.client.clone());

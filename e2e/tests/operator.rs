@@ -21,10 +21,21 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Installs the CRDs from `crds/` (idempotent).
 fn install_crds(bed: &Bed) {
     let dir = repo_root().join("crds");
-    bed.kubectl(&["apply", "--server-side", "--field-manager=weft-e2e", "-f", dir.to_str().unwrap()])
-        .expect("CRDs apply");
-    bed.kubectl(&["wait", "--for=condition=Established", "--timeout=30s", "crd/meshinstalls.weft.dev"])
-        .expect("CRDs established");
+    bed.kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager=weft-e2e",
+        "-f",
+        dir.to_str().unwrap(),
+    ])
+    .expect("CRDs apply");
+    bed.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/meshinstalls.weft.dev",
+    ])
+    .expect("CRDs established");
 }
 
 fn mesh(name: &str, namespace: &str, extra: serde_json::Value) -> MeshInstall {
@@ -53,7 +64,11 @@ async fn wait_ready(api: &Api<MeshInstall>, name: &str, op: &Operator) -> MeshIn
         let current = mi.status.as_ref().and_then(|s| s.observed_generation) == mi.metadata.generation;
         match condition(&mi, "Ready") {
             Some((s, _, _)) if s == "True" && current => Ok(mi),
-            other => Err(format!("Ready={other:?} status={:?}\noperator log:\n{}", mi.status, op.log_tail())),
+            other => Err(format!(
+                "Ready={other:?} status={:?}\noperator log:\n{}",
+                mi.status,
+                op.log_tail()
+            )),
         }
     })
     .await
@@ -63,11 +78,19 @@ async fn wait_ready(api: &Api<MeshInstall>, name: &str, op: &Operator) -> MeshIn
 async fn delete_and_wait(bed: &Bed, name: &str) {
     let api: Api<MeshInstall> = Api::all(bed.client.clone());
     let _ = api.delete(name, &DeleteParams::default()).await;
-    wait_for(&format!("MeshInstall {name} and its objects to be deleted"), TIMEOUT, || async {
-        let left = owned_objects(bed, name).await;
-        let mi = api.get_opt(name).await.map_err(|e| e.to_string())?;
-        if mi.is_none() && left.is_empty() { Ok(()) } else { Err(format!("mesh present={} left={left:?}", mi.is_some())) }
-    })
+    wait_for(
+        &format!("MeshInstall {name} and its objects to be deleted"),
+        TIMEOUT,
+        || async {
+            let left = owned_objects(bed, name).await;
+            let mi = api.get_opt(name).await.map_err(|e| e.to_string())?;
+            if mi.is_none() && left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("mesh present={} left={left:?}", mi.is_some()))
+            }
+        },
+    )
     .await;
 }
 
@@ -91,7 +114,19 @@ async fn owned_objects(bed: &Bed, mesh: &str) -> BTreeMap<String, String> {
             }
         )*};
     }
-    collect!(ServiceAccount, ConfigMap, Service, Deployment, DaemonSet, HorizontalPodAutoscaler, PodDisruptionBudget, Role, RoleBinding, ClusterRole, ClusterRoleBinding);
+    collect!(
+        ServiceAccount,
+        ConfigMap,
+        Service,
+        Deployment,
+        DaemonSet,
+        HorizontalPodAutoscaler,
+        PodDisruptionBudget,
+        Role,
+        RoleBinding,
+        ClusterRole,
+        ClusterRoleBinding
+    );
     out
 }
 
@@ -104,9 +139,14 @@ async fn sample_becomes_ready_owns_its_objects_and_is_cleaned_up_on_delete() {
 
     // As a user: apply the sample and wait for Ready with kubectl.
     let sample = repo_root().join("config/samples/weft_v1alpha1_meshinstall.yaml");
-    bed.kubectl(&["apply", "-f", sample.to_str().unwrap()]).expect("apply sample");
+    bed.kubectl(&["apply", "-f", sample.to_str().unwrap()])
+        .expect("apply sample");
     let waited = bed.kubectl(&["wait", "--for=condition=Ready", "--timeout=60s", "mi/default"]);
-    assert!(waited.is_ok(), "kubectl wait failed: {waited:?}\noperator log:\n{}", op.log_tail());
+    assert!(
+        waited.is_ok(),
+        "kubectl wait failed: {waited:?}\noperator log:\n{}",
+        op.log_tail()
+    );
 
     let api: Api<MeshInstall> = Api::all(bed.client.clone());
     let mi = api.get("default").await.expect("get mi");
@@ -114,38 +154,87 @@ async fn sample_becomes_ready_owns_its_objects_and_is_cleaned_up_on_delete() {
     let status = mi.status.clone().unwrap();
     assert_eq!(status.state.as_deref(), Some("Healthy"));
     assert_eq!(status.active_revision.as_deref(), Some("default"));
-    assert!(status.tags.iter().any(|t| t.name == "stable" && t.revision == "default"), "{:?}", status.tags);
+    assert!(
+        status
+            .tags
+            .iter()
+            .any(|t| t.name == "stable" && t.revision == "default"),
+        "{:?}",
+        status.tags
+    );
     for c in &status.conditions {
         assert_eq!(c.observed_generation, mi.metadata.generation, "{c:?}");
     }
 
     // Every owned object exists with the MeshInstall as controller owner.
     let owned = owned_objects(&bed, "default").await;
-    for kind in ["ServiceAccount", "ConfigMap", "Service", "Deployment", "DaemonSet", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"] {
-        assert!(owned.keys().any(|k| k.starts_with(&format!("{kind} "))), "no {kind} among {owned:?}");
+    for kind in [
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "DaemonSet",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ] {
+        assert!(
+            owned.keys().any(|k| k.starts_with(&format!("{kind} "))),
+            "no {kind} among {owned:?}"
+        );
     }
     let deploy: Api<Deployment> = Api::namespaced(bed.client.clone(), "weft-system");
     let d = deploy.get("weft-cp-default").await.expect("control plane deployment");
     let owner = &d.owner_references()[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("MeshInstall", uid.as_str(), Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("MeshInstall", uid.as_str(), Some(true))
+    );
     assert_eq!(d.status.unwrap().ready_replicas, Some(1));
     let ds: Api<DaemonSet> = Api::namespaced(bed.client.clone(), "weft-system");
-    assert_eq!(ds.get("weft-proxy-default").await.expect("proxy daemonset").status.unwrap().number_ready, 3);
+    assert_eq!(
+        ds.get("weft-proxy-default")
+            .await
+            .expect("proxy daemonset")
+            .status
+            .unwrap()
+            .number_ready,
+        3
+    );
 
     // kubectl get mi tells the truth in its columns.
-    let table = bed.kubectl(&["get", "mi", "default", "--no-headers"]).expect("kubectl get mi");
+    let table = bed
+        .kubectl(&["get", "mi", "default", "--no-headers"])
+        .expect("kubectl get mi");
     let cols: Vec<&str> = table.split_whitespace().collect();
-    assert_eq!(&cols[..7], ["default", "True", "Healthy", "1.0.0", "default", "1", "1"], "{table}");
+    assert_eq!(
+        &cols[..7],
+        ["default", "True", "Healthy", "1.0.0", "default", "1", "1"],
+        "{table}"
+    );
 
     // An Event tells what happened.
-    let events = bed.kubectl(&["get", "events", "--field-selector", "involvedObject.kind=MeshInstall,involvedObject.name=default", "-o", "name"]).unwrap_or_default();
+    let events = bed
+        .kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=MeshInstall,involvedObject.name=default",
+            "-o",
+            "name",
+        ])
+        .unwrap_or_default();
     assert!(!events.trim().is_empty(), "no events recorded for the MeshInstall");
 
     // Deleting the MeshInstall removes everything it owned, cluster-scoped included; the
     // namespace stays.
     delete_and_wait(&bed, "default").await;
     let ns: Api<Namespace> = Api::all(bed.client.clone());
-    assert!(ns.get_opt("weft-system").await.unwrap().is_some(), "the namespace is never deleted");
+    assert!(
+        ns.get_opt("weft-system").await.unwrap().is_some(),
+        "the namespace is never deleted"
+    );
     op.stop();
 }
 
@@ -157,21 +246,37 @@ async fn changing_resources_rolls_out_and_becomes_ready_again() {
     let op = Operator::start(&bed, "rollout", &[]);
     let api: Api<MeshInstall> = Api::all(bed.client.clone());
     delete_and_wait(&bed, "rollout").await;
-    api.create(&PostParams::default(), &mesh("rollout", "e2e-rollout", json!({}))).await.expect("create");
+    api.create(&PostParams::default(), &mesh("rollout", "e2e-rollout", json!({})))
+        .await
+        .expect("create");
     wait_ready(&api, "rollout", &op).await;
     let deploy: Api<Deployment> = Api::namespaced(bed.client.clone(), "e2e-rollout");
     let before = deploy.get("weft-cp-rollout").await.unwrap();
 
     let patch = json!({"spec": {"controlPlane": {"resources": {"requests": {"cpu": "300m", "memory": "200Mi"}}}}});
-    api.patch("rollout", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch resources");
+    api.patch("rollout", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch resources");
     let mi = wait_ready(&api, "rollout", &op).await;
     assert_eq!(mi.status.unwrap().observed_generation, Some(2));
     let after = deploy.get("weft-cp-rollout").await.unwrap();
-    assert!(after.metadata.generation > before.metadata.generation, "the Deployment was updated");
-    let requests = after.spec.unwrap().template.spec.unwrap().containers[0].resources.clone().unwrap().requests.unwrap();
+    assert!(
+        after.metadata.generation > before.metadata.generation,
+        "the Deployment was updated"
+    );
+    let requests = after.spec.unwrap().template.spec.unwrap().containers[0]
+        .resources
+        .clone()
+        .unwrap()
+        .requests
+        .unwrap();
     assert_eq!(requests["cpu"].0, "300m");
     let s = after.status.unwrap();
-    assert_eq!((s.updated_replicas, s.ready_replicas), (Some(1), Some(1)), "rolled out: {s:?}");
+    assert_eq!(
+        (s.updated_replicas, s.ready_replicas),
+        (Some(1), Some(1)),
+        "rolled out: {s:?}"
+    );
     delete_and_wait(&bed, "rollout").await;
     op.stop();
 }
@@ -184,28 +289,52 @@ async fn ha_profile_has_pdb_hpa_and_pods_on_three_nodes() {
     let op = Operator::start(&bed, "ha", &[]);
     let api: Api<MeshInstall> = Api::all(bed.client.clone());
     delete_and_wait(&bed, "ha").await;
-    api.create(&PostParams::default(), &mesh("ha", "e2e-ha", json!({"profile": "ha"}))).await.expect("create");
+    api.create(&PostParams::default(), &mesh("ha", "e2e-ha", json!({"profile": "ha"})))
+        .await
+        .expect("create");
     // The HPA controller sets replicas to minReplicas (3) before the rollout completes.
     wait_for("the ha control plane to run 3 ready pods", TIMEOUT, || async {
         let d: Api<Deployment> = Api::namespaced(bed.client.clone(), "e2e-ha");
-        let s = d.get("weft-cp-ha").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
-        if s.ready_replicas == Some(3) { Ok(()) } else { Err(format!("{s:?}")) }
+        let s = d
+            .get("weft-cp-ha")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if s.ready_replicas == Some(3) {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
     })
     .await;
     wait_ready(&api, "ha", &op).await;
 
     let pdb: Api<PodDisruptionBudget> = Api::namespaced(bed.client.clone(), "e2e-ha");
     let pdb = pdb.get("weft-cp-ha").await.expect("PDB exists");
-    assert_eq!(pdb.spec.unwrap().min_available, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2)));
+    assert_eq!(
+        pdb.spec.unwrap().min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2))
+    );
     let hpa: Api<HorizontalPodAutoscaler> = Api::namespaced(bed.client.clone(), "e2e-ha");
     let hpa = hpa.get("weft-cp-ha").await.expect("HPA exists").spec.unwrap();
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(3), 5));
     let pods: Api<Pod> = Api::namespaced(bed.client.clone(), "e2e-ha");
-    let pods = pods.list(&ListParams::default().labels("weft.dev/component=control-plane")).await.unwrap().items;
+    let pods = pods
+        .list(&ListParams::default().labels("weft.dev/component=control-plane"))
+        .await
+        .unwrap()
+        .items;
     let nodes: std::collections::BTreeSet<_> = pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
     assert_eq!(nodes.len(), 3, "one control-plane pod per node: {nodes:?}");
     let affinity = pods[0].spec.as_ref().unwrap().affinity.clone().unwrap();
-    assert!(affinity.pod_anti_affinity.unwrap().required_during_scheduling_ignored_during_execution.is_some());
+    assert!(
+        affinity
+            .pod_anti_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .is_some()
+    );
     delete_and_wait(&bed, "ha").await;
     op.stop();
 }
@@ -218,27 +347,49 @@ async fn deleted_and_edited_objects_are_restored() {
     let op = Operator::start(&bed, "restore", &[]);
     let api: Api<MeshInstall> = Api::all(bed.client.clone());
     delete_and_wait(&bed, "restore").await;
-    api.create(&PostParams::default(), &mesh("restore", "e2e-restore", json!({}))).await.expect("create");
+    api.create(&PostParams::default(), &mesh("restore", "e2e-restore", json!({})))
+        .await
+        .expect("create");
     wait_ready(&api, "restore", &op).await;
 
     let deploy: Api<Deployment> = Api::namespaced(bed.client.clone(), "e2e-restore");
     let old_uid = deploy.get("weft-cp-restore").await.unwrap().uid();
-    deploy.delete("weft-cp-restore", &DeleteParams::default()).await.expect("delete deployment");
-    wait_for("the deleted Deployment to be recreated", Duration::from_secs(15), || async {
-        match deploy.get_opt("weft-cp-restore").await.map_err(|e| e.to_string())? {
-            Some(d) if d.uid() != old_uid => Ok(()),
-            other => Err(format!("uid {:?}", other.map(|d| d.uid()))),
-        }
-    })
+    deploy
+        .delete("weft-cp-restore", &DeleteParams::default())
+        .await
+        .expect("delete deployment");
+    wait_for(
+        "the deleted Deployment to be recreated",
+        Duration::from_secs(15),
+        || async {
+            match deploy.get_opt("weft-cp-restore").await.map_err(|e| e.to_string())? {
+                Some(d) if d.uid() != old_uid => Ok(()),
+                other => Err(format!("uid {:?}", other.map(|d| d.uid()))),
+            }
+        },
+    )
     .await;
 
     // A hand edit of fields the operator manages: a port's target and the selector.
     let svc: Api<Service> = Api::namespaced(bed.client.clone(), "e2e-restore");
-    let edit = json!({"spec": {"ports": [{"port": 15010, "targetPort": 9999}], "selector": {"weft.dev/rev": "someone-else"}}});
-    svc.patch("weft-cp-restore", &PatchParams::default(), &Patch::Strategic(&edit)).await.expect("edit service");
+    let edit =
+        json!({"spec": {"ports": [{"port": 15010, "targetPort": 9999}], "selector": {"weft.dev/rev": "someone-else"}}});
+    svc.patch("weft-cp-restore", &PatchParams::default(), &Patch::Strategic(&edit))
+        .await
+        .expect("edit service");
     wait_for("the edited Service to be restored", Duration::from_secs(15), || async {
-        let spec = svc.get("weft-cp-restore").await.map_err(|e| e.to_string())?.spec.unwrap();
-        let targets: Vec<String> = spec.ports.unwrap().iter().map(|p| format!("{}->{:?}", p.port, p.target_port)).collect();
+        let spec = svc
+            .get("weft-cp-restore")
+            .await
+            .map_err(|e| e.to_string())?
+            .spec
+            .unwrap();
+        let targets: Vec<String> = spec
+            .ports
+            .unwrap()
+            .iter()
+            .map(|p| format!("{}->{:?}", p.port, p.target_port))
+            .collect();
         let rev = spec.selector.unwrap_or_default().get("weft.dev/rev").cloned();
         if targets == ["15010->Some(Int(15010))", "15014->Some(Int(15014))"] && rev.as_deref() == Some("restore") {
             Ok(())
@@ -256,14 +407,22 @@ async fn invalid_spec_is_rejected_at_admission_with_the_cel_message() {
     let _serial = SERIAL.lock().await;
     let bed = Bed::connect().await;
     install_crds(&bed);
-    let manifest = repo_root().join("e2e/.clusters").join(&bed.name).join("invalid-mi.yaml");
+    let manifest = repo_root()
+        .join("e2e/.clusters")
+        .join(&bed.name)
+        .join("invalid-mi.yaml");
     std::fs::write(
         &manifest,
         "apiVersion: weft.dev/v1alpha1\nkind: MeshInstall\nmetadata: {name: invalid}\nspec:\n  version: 1.0.0\n  controlPlane:\n    autoscaling: {enabled: true, minReplicas: 5, maxReplicas: 2}\n",
     )
     .unwrap();
-    let err = bed.kubectl(&["apply", "-f", manifest.to_str().unwrap()]).expect_err("the API server must refuse min > max");
-    assert!(err.contains("autoscaling.minReplicas must not be greater than autoscaling.maxReplicas"), "{err}");
+    let err = bed
+        .kubectl(&["apply", "-f", manifest.to_str().unwrap()])
+        .expect_err("the API server must refuse min > max");
+    assert!(
+        err.contains("autoscaling.minReplicas must not be greater than autoscaling.maxReplicas"),
+        "{err}"
+    );
     let api: Api<MeshInstall> = Api::all(bed.client.clone());
     assert!(api.get_opt("invalid").await.unwrap().is_none(), "nothing was stored");
 }
@@ -276,14 +435,20 @@ async fn unsupported_version_stalls_and_leaves_the_running_revision_alone() {
     let op = Operator::start(&bed, "stall", &[]);
     let api: Api<MeshInstall> = Api::all(bed.client.clone());
     delete_and_wait(&bed, "stall").await;
-    api.create(&PostParams::default(), &mesh("stall", "e2e-stall", json!({}))).await.expect("create");
+    api.create(&PostParams::default(), &mesh("stall", "e2e-stall", json!({})))
+        .await
+        .expect("create");
     wait_ready(&api, "stall", &op).await;
     let deploy: Api<Deployment> = Api::namespaced(bed.client.clone(), "e2e-stall");
     let before = deploy.get("weft-cp-stall").await.unwrap();
 
-    api.patch("stall", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"version": "9.9.9"}})))
-        .await
-        .expect("patch version");
+    api.patch(
+        "stall",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"version": "9.9.9"}})),
+    )
+    .await
+    .expect("patch version");
     let mi = wait_for("the MeshInstall to be Stalled", TIMEOUT, || async {
         let mi = api.get("stall").await.map_err(|e| e.to_string())?;
         match condition(&mi, "Stalled") {
@@ -293,18 +458,40 @@ async fn unsupported_version_stalls_and_leaves_the_running_revision_alone() {
     })
     .await;
     let (_, _, message) = condition(&mi, "Stalled").unwrap();
-    assert!(message.contains("9.9.9") && message.contains("1.0.0, 1.1.0"), "{message}");
-    assert_eq!(condition(&mi, "Reconciling").unwrap().0, "False", "never Stalled and Reconciling together");
+    assert!(
+        message.contains("9.9.9") && message.contains("1.0.0, 1.1.0"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&mi, "Reconciling").unwrap().0,
+        "False",
+        "never Stalled and Reconciling together"
+    );
     let status = mi.status.unwrap();
-    assert!(status.revisions.iter().any(|r| r.name == "stall" && r.ready && r.version == "1.0.0"), "{:?}", status.revisions);
+    assert!(
+        status
+            .revisions
+            .iter()
+            .any(|r| r.name == "stall" && r.ready && r.version == "1.0.0"),
+        "{:?}",
+        status.revisions
+    );
     let after = deploy.get("weft-cp-stall").await.unwrap();
-    assert_eq!(after.resource_version(), before.resource_version(), "the running control plane was not touched");
+    assert_eq!(
+        after.resource_version(),
+        before.resource_version(),
+        "the running control plane was not touched"
+    );
     assert_eq!(after.status.unwrap().ready_replicas, Some(1));
 
     // Fixing the version recovers.
-    api.patch("stall", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"version": "1.0.0"}})))
-        .await
-        .expect("patch version back");
+    api.patch(
+        "stall",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"version": "1.0.0"}})),
+    )
+    .await
+    .expect("patch version back");
     wait_ready(&api, "stall", &op).await;
     delete_and_wait(&bed, "stall").await;
     op.stop();
@@ -318,7 +505,12 @@ async fn a_restarted_operator_with_nothing_changed_writes_nothing() {
     let first = Operator::start(&bed, "steady-a", &[]);
     let api: Api<MeshInstall> = Api::all(bed.client.clone());
     delete_and_wait(&bed, "steady").await;
-    api.create(&PostParams::default(), &mesh("steady", "e2e-steady", json!({"profile": "ha"}))).await.expect("create");
+    api.create(
+        &PostParams::default(),
+        &mesh("steady", "e2e-steady", json!({"profile": "ha"})),
+    )
+    .await
+    .expect("create");
     wait_ready(&api, "steady", &first).await;
     first.stop();
     let before = owned_objects(&bed, "steady").await;
@@ -330,20 +522,39 @@ async fn a_restarted_operator_with_nothing_changed_writes_nothing() {
         let m = second.metrics()?;
         let sum = |p: &str| weft_e2e::operator::sum_metric(&m, p);
         let led = sum("leader_election_master_status") == 1.0;
-        let reconciled = sum("controller_runtime_reconcile_total{controller=\"meshinstall\",result=\"success\"}") >= 1.0;
+        let reconciled =
+            sum("controller_runtime_reconcile_total{controller=\"meshinstall\",result=\"success\"}") >= 1.0;
         let idle = sum("workqueue_depth") == 0.0 && sum("controller_runtime_active_workers") == 0.0;
-        if led && reconciled && idle { Ok(()) } else { Err(format!("led={led} reconciled={reconciled} idle={idle}")) }
+        if led && reconciled && idle {
+            Ok(())
+        } else {
+            Err(format!("led={led} reconciled={reconciled} idle={idle}"))
+        }
     })
     .await;
     let writes = second.metric_sum("weft_api_writes_total").expect("metrics");
-    assert_eq!(writes, 0.0, "writes after restart:\n{}", second.metrics().unwrap_or_default());
+    assert_eq!(
+        writes,
+        0.0,
+        "writes after restart:\n{}",
+        second.metrics().unwrap_or_default()
+    );
     let after = owned_objects(&bed, "steady").await;
     assert_eq!(before, after, "no owned object changed");
-    assert_eq!(api.get("steady").await.unwrap().resource_version(), mi_version, "the MeshInstall was not written");
+    assert_eq!(
+        api.get("steady").await.unwrap().resource_version(),
+        mi_version,
+        "the MeshInstall was not written"
+    );
 
     // The metrics carry controller-runtime's names.
     let text = second.metrics().unwrap();
-    for name in ["controller_runtime_reconcile_total", "controller_runtime_reconcile_time_seconds_bucket", "workqueue_depth", "leader_election_master_status"] {
+    for name in [
+        "controller_runtime_reconcile_total",
+        "controller_runtime_reconcile_time_seconds_bucket",
+        "workqueue_depth",
+        "leader_election_master_status",
+    ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
     let (code, _) = second.get(second.health_port, "/readyz").expect("readyz");
@@ -360,7 +571,10 @@ async fn two_operators_elect_one_leader_and_fail_over() {
     let a = Operator::start(&bed, "elect-a", &[]);
     let b = Operator::start(&bed, "elect-b", &[]);
     let leaders = |a: &Operator, b: &Operator| -> Result<(bool, bool), String> {
-        Ok((a.metric_sum("leader_election_master_status")? == 1.0, b.metric_sum("leader_election_master_status")? == 1.0))
+        Ok((
+            a.metric_sum("leader_election_master_status")? == 1.0,
+            b.metric_sum("leader_election_master_status")? == 1.0,
+        ))
     };
     let (a_leads, _) = wait_for("exactly one leader", TIMEOUT, || async {
         match leaders(&a, &b)? {
@@ -370,17 +584,27 @@ async fn two_operators_elect_one_leader_and_fail_over() {
     })
     .await;
     let (leader, standby) = if a_leads { (a, b) } else { (b, a) };
-    assert_eq!(standby.metric_sum("controller_runtime_reconcile_total").unwrap(), 0.0, "the standby does not reconcile");
+    assert_eq!(
+        standby.metric_sum("controller_runtime_reconcile_total").unwrap(),
+        0.0,
+        "the standby does not reconcile"
+    );
 
     leader.kill();
     wait_for("the standby to take over", Duration::from_secs(30), || async {
-        if standby.metric_sum("leader_election_master_status")? == 1.0 { Ok(()) } else { Err("not leading yet".to_string()) }
+        if standby.metric_sum("leader_election_master_status")? == 1.0 {
+            Ok(())
+        } else {
+            Err("not leading yet".to_string())
+        }
     })
     .await;
     // And it does the work.
     let api: Api<MeshInstall> = Api::all(bed.client.clone());
     delete_and_wait(&bed, "failover").await;
-    api.create(&PostParams::default(), &mesh("failover", "e2e-failover", json!({}))).await.expect("create");
+    api.create(&PostParams::default(), &mesh("failover", "e2e-failover", json!({})))
+        .await
+        .expect("create");
     wait_ready(&api, "failover", &standby).await;
     delete_and_wait(&bed, "failover").await;
     standby.stop();
@@ -394,10 +618,25 @@ async fn kustomize_and_helm_packages_pass_a_server_side_dry_run() {
     // Namespaced objects are dry-run into the namespace, which must exist.
     let _ = bed.kubectl(&["create", "namespace", "weft-system"]);
     let kustomize = repo_root().join("config/default");
-    let out = bed.kubectl(&["apply", "--dry-run=server", "--server-side", "--field-manager=weft-e2e", "-k", kustomize.to_str().unwrap()]);
+    let out = bed.kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "--server-side",
+        "--field-manager=weft-e2e",
+        "-k",
+        kustomize.to_str().unwrap(),
+    ]);
     let out = out.expect("config/default must pass a server-side dry run");
-    for kind in ["customresourcedefinition", "clusterrole", "deployment.apps/weft-operator", "service/weft-operator-metrics"] {
-        assert!(out.to_lowercase().contains(kind), "{kind} not in dry-run output:\n{out}");
+    for kind in [
+        "customresourcedefinition",
+        "clusterrole",
+        "deployment.apps/weft-operator",
+        "service/weft-operator-metrics",
+    ] {
+        assert!(
+            out.to_lowercase().contains(kind),
+            "{kind} not in dry-run output:\n{out}"
+        );
     }
 
     let chart = repo_root().join("deploy/helm/weft-operator");
@@ -406,13 +645,37 @@ async fn kustomize_and_helm_packages_pass_a_server_side_dry_run() {
         .args(["--set", "extraVersions[0].version=1.2.0,extraVersions[0].images.controlPlane=example.org/cp:1.2.0,extraVersions[0].images.proxy=example.org/proxy:1"])
         .output()
         .expect("run helm");
-    assert!(rendered.status.success(), "helm template failed: {}", String::from_utf8_lossy(&rendered.stderr));
-    let file = repo_root().join("e2e/.clusters").join(&bed.name).join("helm-rendered.yaml");
+    assert!(
+        rendered.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let file = repo_root()
+        .join("e2e/.clusters")
+        .join(&bed.name)
+        .join("helm-rendered.yaml");
     std::fs::write(&file, &rendered.stdout).unwrap();
     let out = bed
-        .kubectl(&["apply", "--dry-run=server", "--server-side", "--field-manager=weft-e2e", "-n", "weft-system", "-f", file.to_str().unwrap()])
+        .kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "--server-side",
+            "--field-manager=weft-e2e",
+            "-n",
+            "weft-system",
+            "-f",
+            file.to_str().unwrap(),
+        ])
         .expect("the Helm chart must pass a server-side dry run");
-    for kind in ["customresourcedefinition", "clusterrole", "deployment.apps/weft-operator", "configmap/weft-operator-versions"] {
-        assert!(out.to_lowercase().contains(kind), "{kind} not in dry-run output:\n{out}");
+    for kind in [
+        "customresourcedefinition",
+        "clusterrole",
+        "deployment.apps/weft-operator",
+        "configmap/weft-operator-versions",
+    ] {
+        assert!(
+            out.to_lowercase().contains(kind),
+            "{kind} not in dry-run output:\n{out}"
+        );
     }
 }

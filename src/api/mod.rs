@@ -35,12 +35,7 @@ mod tests {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
             let mut files: Vec<_> = std::fs::read_dir(&path)
                 .expect("CRD directory exists")
-                .map(|e| {
-                    e.expect("readable entry")
-                        .file_name()
-                        .to_string_lossy()
-                        .into_owned()
-                })
+                .map(|e| e.expect("readable entry").file_name().to_string_lossy().into_owned())
                 .filter(|f| f.ends_with(".yaml"))
                 .collect();
             files.sort();
@@ -50,8 +45,7 @@ mod tests {
                 "{dir}/ holds other CRD files than the code; run `make crds`"
             );
             for crd in crds() {
-                let on_disk = std::fs::read_to_string(path.join(crd_file_name(&crd)))
-                    .expect("readable CRD file");
+                let on_disk = std::fs::read_to_string(path.join(crd_file_name(&crd))).expect("readable CRD file");
                 assert!(
                     on_disk == crate::yaml::document(&crd).expect("CRD encodes"),
                     "{dir}/{} drifted from the Rust types; run `make crds` and commit the result",
@@ -92,8 +86,7 @@ mod tests {
                                 .as_array()
                                 .is_some_and(|a| a.iter().any(|s| s.get("type").is_some()))
                         {
-                            problems
-                                .push(format!("{here}: types inside {forbidden} (not structural)"));
+                            problems.push(format!("{here}: types inside {forbidden} (not structural)"));
                         }
                     }
                 }
@@ -108,11 +101,7 @@ mod tests {
             let value = serde_json::to_value(&crd).expect("CRD encodes");
             let mut problems = Vec::new();
             check_schema("", &value, &mut problems);
-            assert!(
-                problems.is_empty(),
-                "{}: {problems:#?}",
-                crd_file_name(&crd)
-            );
+            assert!(problems.is_empty(), "{}: {problems:#?}", crd_file_name(&crd));
         }
     }
 
@@ -137,8 +126,7 @@ mod tests {
             }
         }
         for crd in crds() {
-            let schema =
-                serde_json::to_value(&crd.spec.versions[0].schema).expect("schema encodes");
+            let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema encodes");
             let mut missing = Vec::new();
             walk("", &schema["openAPIV3Schema"], &mut missing);
             assert!(

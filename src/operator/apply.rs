@@ -43,12 +43,8 @@ pub enum Applied {
 /// hold more keys (server defaults, other managers), lists must match element by element.
 pub fn contains(live: &Value, want: &Value) -> bool {
     match (live, want) {
-        (Value::Object(l), Value::Object(w)) => w
-            .iter()
-            .all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
-        (Value::Array(l), Value::Array(w)) => {
-            l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| contains(lv, wv))
-        }
+        (Value::Object(l), Value::Object(w)) => w.iter().all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
+        (Value::Array(l), Value::Array(w)) => l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| contains(lv, wv)),
         (Value::Number(l), Value::Number(w)) => l.as_f64() == w.as_f64(),
         (l, w) => l == w,
     }
@@ -124,9 +120,7 @@ pub async fn prune(
         for obj in index.owned_by(*kind, mesh, uid) {
             let name = obj.name_any();
             let ns = obj.namespace();
-            if keep.contains(&(*kind, ns.as_deref(), name.as_str()))
-                || obj.metadata.deletion_timestamp.is_some()
-            {
+            if keep.contains(&(*kind, ns.as_deref(), name.as_str())) || obj.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             let what = match &ns {
@@ -173,19 +167,12 @@ mod tests {
 
     #[test]
     fn lists_must_match_element_by_element() {
-        let live =
-            json!({"ports": [{"port": 1, "protocol": "TCP"}, {"port": 2, "protocol": "TCP"}]});
-        assert!(contains(
-            &live,
-            &json!({"ports": [{"port": 1}, {"port": 2}]})
-        ));
+        let live = json!({"ports": [{"port": 1, "protocol": "TCP"}, {"port": 2, "protocol": "TCP"}]});
+        assert!(contains(&live, &json!({"ports": [{"port": 1}, {"port": 2}]})));
         assert!(
             !contains(&live, &json!({"ports": [{"port": 1}]})),
             "a removed port must be applied"
         );
-        assert!(!contains(
-            &live,
-            &json!({"ports": [{"port": 2}, {"port": 1}]})
-        ));
+        assert!(!contains(&live, &json!({"ports": [{"port": 2}, {"port": 1}]})));
     }
 }

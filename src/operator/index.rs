@@ -16,8 +16,7 @@ use crate::api::labels;
 use crate::render::OwnedKind;
 
 /// A boxed stream of owned objects that changed (deleted ones included).
-pub type OwnedStream =
-    std::pin::Pin<Box<dyn Stream<Item = Result<DynamicObject, watcher::Error>> + Send>>;
+pub type OwnedStream = std::pin::Pin<Box<dyn Stream<Item = Result<DynamicObject, watcher::Error>> + Send>>;
 
 /// The live objects the operator owns, by kind.
 #[derive(Clone)]
@@ -74,12 +73,7 @@ impl OwnedIndex {
     }
 
     /// The live object, if any.
-    pub fn get(
-        &self,
-        kind: OwnedKind,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Option<Arc<DynamicObject>> {
+    pub fn get(&self, kind: OwnedKind, namespace: Option<&str>, name: &str) -> Option<Arc<DynamicObject>> {
         let store = self.stores.get(&kind)?;
         let mut key = ObjectRef::new_with(name, kind.api_resource());
         if let Some(ns) = namespace {

@@ -94,10 +94,9 @@ impl Metrics {
             "Total number of reconciliation errors per controller",
             reconcile_errors.clone(),
         );
-        let reconcile_time =
-            Family::<ControllerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                reconcile_buckets as fn() -> Histogram,
-            );
+        let reconcile_time = Family::<ControllerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            reconcile_buckets as fn() -> Histogram,
+        );
         r.register(
             "controller_runtime_reconcile_time_seconds",
             "Length of time per reconciliation per controller",
@@ -110,11 +109,7 @@ impl Metrics {
             active_workers.clone(),
         );
         let workqueue_depth = Family::<NameLabels, Gauge>::default();
-        r.register(
-            "workqueue_depth",
-            "Current depth of workqueue",
-            workqueue_depth.clone(),
-        );
+        r.register("workqueue_depth", "Current depth of workqueue", workqueue_depth.clone());
         let workqueue_adds = Family::<NameLabels, Counter>::default();
         r.register(
             "workqueue_adds",
@@ -234,9 +229,6 @@ impl Drop for ReconcileTimer {
             .reconcile_time
             .get_or_create(&self.labels)
             .observe(elapsed.as_secs_f64());
-        self.metrics
-            .active_workers
-            .get_or_create(&self.labels)
-            .dec();
+        self.metrics.active_workers.get_or_create(&self.labels).dec();
     }
 }

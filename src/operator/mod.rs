@@ -112,23 +112,18 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         health: health.clone(),
         metrics: Arc::new(move || m.encode()),
     };
-    let (maddr, metrics_task) = crate::http::serve(
-        opts.metrics_address,
-        state.clone(),
-        stopped(stop_rx.clone()),
-    )
-    .await
-    .map_err(|source| RunError::Listen {
-        address: opts.metrics_address,
-        source,
-    })?;
-    let (haddr, health_task) =
-        crate::http::serve(opts.health_address, state, stopped(stop_rx.clone()))
-            .await
-            .map_err(|source| RunError::Listen {
-                address: opts.health_address,
-                source,
-            })?;
+    let (maddr, metrics_task) = crate::http::serve(opts.metrics_address, state.clone(), stopped(stop_rx.clone()))
+        .await
+        .map_err(|source| RunError::Listen {
+            address: opts.metrics_address,
+            source,
+        })?;
+    let (haddr, health_task) = crate::http::serve(opts.health_address, state, stopped(stop_rx.clone()))
+        .await
+        .map_err(|source| RunError::Listen {
+            address: opts.health_address,
+            source,
+        })?;
     info!(metrics = %maddr, health = %haddr, identity = %opts.identity, "operator starting");
 
     let lease = LeaseManagerBuilder::new(client.clone(), &opts.lease_name)
@@ -185,11 +180,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         Ok(Err(e)) => warn!(error = %e, "leader election ended with an error"),
         Err(e) => warn!(error = %e, "leader election task failed"),
     }
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        future::join(metrics_task, health_task),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), future::join(metrics_task, health_task)).await;
     info!("stopped");
     Ok(())
 }
@@ -232,8 +223,8 @@ async fn run_controller(
             Ok(mi) => q.added(&mi.name_any()),
             Err(e) => warn!(error = %e, "MeshInstall watch error"),
         });
-    let mut controller = Controller::for_stream(main, reader)
-        .with_config(ControllerConfig::default().concurrency(opts.concurrency));
+    let mut controller =
+        Controller::for_stream(main, reader).with_config(ControllerConfig::default().concurrency(opts.concurrency));
     // Owned objects map to their MeshInstall through the controller owner reference. (The
     // built-in `owns` mapping assumes owner and child share a namespace; a MeshInstall is
     // cluster-scoped, so it is done here.)
@@ -244,9 +235,7 @@ async fn run_controller(
                 .owner_references()
                 .iter()
                 .find(|r| {
-                    r.controller == Some(true)
-                        && r.kind == "MeshInstall"
-                        && r.api_version.starts_with("weft.dev/")
+                    r.controller == Some(true) && r.kind == "MeshInstall" && r.api_version.starts_with("weft.dev/")
                 })
                 .map(|r| r.name.clone());
             mesh.map(|name| {

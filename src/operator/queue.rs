@@ -18,9 +18,7 @@ impl Queue {
     /// An empty queue reported under `name`.
     pub fn new(name: &str, metrics: Metrics) -> Queue {
         Queue {
-            name: NameLabels {
-                name: name.to_string(),
-            },
+            name: NameLabels { name: name.to_string() },
             pending: Arc::default(),
             metrics,
         }

@@ -118,20 +118,13 @@ fn target_revision(mi: &MeshInstall) -> String {
 }
 
 /// Validate: what must hold before anything is touched. `Err` stalls the MeshInstall.
-fn validate<'v>(
-    mi: &MeshInstall,
-    versions: &'v VersionTable,
-) -> Result<&'v crate::versions::MeshVersion, Stall> {
-    let strategy = mi
-        .spec
-        .update_strategy
-        .as_ref()
-        .map(|s| s.type_)
-        .unwrap_or_default();
+fn validate<'v>(mi: &MeshInstall, versions: &'v VersionTable) -> Result<&'v crate::versions::MeshVersion, Stall> {
+    let strategy = mi.spec.update_strategy.as_ref().map(|s| s.type_).unwrap_or_default();
     if strategy == UpdateStrategyType::RevisionBased {
         return Err(Stall {
             reason: "UnsupportedStrategy",
-            message: "updateStrategy RevisionBased is not available in this operator release yet; use InPlace".to_string(),
+            message: "updateStrategy RevisionBased is not available in this operator release yet; use InPlace"
+                .to_string(),
         });
     }
     versions.get(&mi.spec.version).ok_or_else(|| Stall {
@@ -175,30 +168,13 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
                 Applied::Updated => changes.push(format!("updated {}", m.describe())),
             }
         }
-        for pruned in apply::prune(
-            &ctx.client,
-            &ctx.index,
-            &ctx.metrics,
-            &name,
-            &uid,
-            manifests,
-        )
-        .await?
-        {
+        for pruned in apply::prune(&ctx.client, &ctx.index, &ctx.metrics, &name, &uid, manifests).await? {
             changes.push(format!("pruned {pruned}"));
         }
     }
     if !changes.is_empty() {
         info!(changes = ?changes, "applied");
-        publish(
-            ctx,
-            mi,
-            EventType::Normal,
-            "Applied",
-            "Apply",
-            &summarise(&changes),
-        )
-        .await;
+        publish(ctx, mi, EventType::Normal, "Applied", "Apply", &summarise(&changes)).await;
     }
 
     let proxy_wanted = match &built {
@@ -220,12 +196,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
 
 /// At most a few lines for an Event note.
 fn summarise(changes: &[String]) -> String {
-    let mut note = changes
-        .iter()
-        .take(5)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("; ");
+    let mut note = changes.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
     if changes.len() > 5 {
         note.push_str(&format!("; and {} more", changes.len() - 5));
     }
@@ -274,13 +245,7 @@ async fn ensure_namespace(ctx: &Context, ns: &str) -> Result<(), Error> {
 }
 
 /// Observe: the installed revisions of this MeshInstall, from the index.
-fn observe(
-    ctx: &Context,
-    mesh: &str,
-    uid: &str,
-    target: &str,
-    proxy_wanted: bool,
-) -> Vec<RevisionObservation> {
+fn observe(ctx: &Context, mesh: &str, uid: &str, target: &str, proxy_wanted: bool) -> Vec<RevisionObservation> {
     let mut revisions: BTreeMap<String, RevisionObservation> = BTreeMap::new();
     for d in ctx.index.owned_by(OwnedKind::Deployment, mesh, uid) {
         let Some(rev) = d.labels().get(labels::REVISION).cloned() else {
@@ -296,22 +261,14 @@ fn observe(
             .map(|d| status::deployment_health(&d));
         let proxy = ctx
             .index
-            .get(
-                OwnedKind::DaemonSet,
-                d.namespace().as_deref(),
-                &proxy_name(&rev),
-            )
+            .get(OwnedKind::DaemonSet, d.namespace().as_deref(), &proxy_name(&rev))
             .and_then(|ds| {
                 serde_json::to_value(ds.as_ref())
                     .and_then(serde_json::from_value::<DaemonSet>)
                     .ok()
             })
             .map(|ds| status::daemon_set_health(&ds));
-        let wanted = if rev == target {
-            proxy_wanted
-        } else {
-            proxy.is_some()
-        };
+        let wanted = if rev == target { proxy_wanted } else { proxy.is_some() };
         revisions.insert(
             rev.clone(),
             RevisionObservation {
@@ -327,26 +284,18 @@ fn observe(
 }
 
 /// Status: written only when it changed, with server-side apply of the status subresource.
-async fn write_status(
-    ctx: &Context,
-    mi: &MeshInstall,
-    new: MeshInstallStatus,
-) -> Result<(), Error> {
+async fn write_status(ctx: &Context, mi: &MeshInstall, new: MeshInstallStatus) -> Result<(), Error> {
     let old = mi.status.clone().unwrap_or_default();
     if old == new {
         return Ok(());
     }
-    let was_stalled = old
-        .conditions
-        .iter()
-        .any(|c| c.type_ == STALLED && c.status == "True");
+    let was_stalled = old.conditions.iter().any(|c| c.type_ == STALLED && c.status == "True");
     let stalled = new
         .conditions
         .iter()
         .find(|c| c.type_ == STALLED && c.status == "True")
         .cloned();
-    let became_ready =
-        new.state.as_deref() == Some("Healthy") && old.state.as_deref() != Some("Healthy");
+    let became_ready = new.state.as_deref() == Some("Healthy") && old.state.as_deref() != Some("Healthy");
     let api: Api<MeshInstall> = Api::all(ctx.client.clone());
     let body = serde_json::json!({
         "apiVersion": "weft.dev/v1alpha1",
@@ -364,15 +313,7 @@ async fn write_status(
     if let (Some(c), false) = (&stalled, was_stalled) {
         ctx.metrics.stalled(&c.reason);
         warn!(reason = %c.reason, message = %c.message, "stalled");
-        publish(
-            ctx,
-            mi,
-            EventType::Warning,
-            &c.reason,
-            "Validate",
-            &c.message,
-        )
-        .await;
+        publish(ctx, mi, EventType::Warning, &c.reason, "Validate", &c.message).await;
     }
     if became_ready {
         publish(
@@ -397,28 +338,13 @@ async fn cleanup(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     let removed = apply::prune(&ctx.client, &ctx.index, &ctx.metrics, &name, &uid, &[]).await?;
     if !removed.is_empty() {
         info!(removed = ?removed, "cleaned up");
-        publish(
-            ctx,
-            mi,
-            EventType::Normal,
-            "Deleted",
-            "Cleanup",
-            &summarise(&removed),
-        )
-        .await;
+        publish(ctx, mi, EventType::Normal, "Deleted", "Cleanup", &summarise(&removed)).await;
     }
     Ok(Action::await_change())
 }
 
 /// Publishes an Event; a failure to record one is logged, never fatal.
-async fn publish(
-    ctx: &Context,
-    mi: &MeshInstall,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: &str,
-) {
+async fn publish(ctx: &Context, mi: &MeshInstall, type_: EventType, reason: &str, action: &str, note: &str) {
     let event = Event {
         type_,
         reason: reason.to_string(),

@@ -30,11 +30,7 @@ pub fn deployment_health(d: &Deployment) -> Health {
     let total = s.replicas.unwrap_or(0);
     Health {
         counts: ReplicaCounts { desired, ready },
-        ready: observed
-            && updated >= desired
-            && available >= desired
-            && ready >= desired
-            && total == updated,
+        ready: observed && updated >= desired && available >= desired && ready >= desired && total == updated,
     }
 }
 
@@ -180,32 +176,18 @@ pub fn compute(input: &StatusInput) -> MeshInstallStatus {
     };
 
     let prev_conds = &previous.conditions;
-    let was_ready = prev_conds
-        .iter()
-        .any(|c| c.type_ == READY && c.status == "True");
+    let was_ready = prev_conds.iter().any(|c| c.type_ == READY && c.status == "True");
     let deleting = mesh.metadata.deletion_timestamp.is_some();
     let (ready, reconciling, stalled, state) = match (&input.stall, deleting) {
         (_, true) => (
-            (
-                false,
-                "Terminating",
-                "the MeshInstall is being deleted".to_string(),
-            ),
-            (
-                true,
-                "Terminating",
-                "removing what the MeshInstall owned".to_string(),
-            ),
+            (false, "Terminating", "the MeshInstall is being deleted".to_string()),
+            (true, "Terminating", "removing what the MeshInstall owned".to_string()),
             (false, "Terminating", String::new()),
             "Terminating",
         ),
         (Some(stall), false) => (
             (false, stall.reason, stall.message.clone()),
-            (
-                false,
-                stall.reason,
-                "waiting for the spec to be fixed".to_string(),
-            ),
+            (false, stall.reason, "waiting for the spec to be fixed".to_string()),
             (true, stall.reason, stall.message.clone()),
             "Stalled",
         ),
@@ -219,17 +201,12 @@ pub fn compute(input: &StatusInput) -> MeshInstallStatus {
                     target.map(|t| t.progress()).unwrap_or_default()
                 ),
             ),
-            (
-                false,
-                "Reconciled",
-                "everything owned is up to date".to_string(),
-            ),
+            (false, "Reconciled", "everything owned is up to date".to_string()),
             (false, "Reconciled", String::new()),
             "Healthy",
         ),
         (None, false) => {
-            let progress =
-                target.map_or_else(|| "objects not created yet".to_string(), |t| t.progress());
+            let progress = target.map_or_else(|| "objects not created yet".to_string(), |t| t.progress());
             let (reason, state) = if !was_ready {
                 let updating = previous.state.as_deref() == Some("Updating");
                 if updating {
@@ -243,25 +220,15 @@ pub fn compute(input: &StatusInput) -> MeshInstallStatus {
                 ("RollingOut", "Updating")
             };
             (
-                (
-                    false,
-                    reason,
-                    format!("revision {}: {progress}", input.target),
-                ),
-                (
-                    true,
-                    reason,
-                    format!("revision {}: {progress}", input.target),
-                ),
+                (false, reason, format!("revision {}: {progress}", input.target)),
+                (true, reason, format!("revision {}: {progress}", input.target)),
                 (false, "Reconciled", String::new()),
                 state,
             )
         }
     };
     let conditions = vec![
-        condition(
-            prev_conds, READY, ready.0, ready.1, ready.2, generation, &input.now,
-        ),
+        condition(prev_conds, READY, ready.0, ready.1, ready.2, generation, &input.now),
         condition(
             prev_conds,
             RECONCILING,
@@ -310,10 +277,7 @@ fn resolve_tags(
         let revision = match tag.target.as_deref().unwrap_or("Active") {
             "Active" => active,
             "Latest" => latest_ready.or(active),
-            pinned => installed
-                .iter()
-                .find(|r| r.name == pinned)
-                .map(|r| r.name.as_str()),
+            pinned => installed.iter().find(|r| r.name == pinned).map(|r| r.name.as_str()),
         };
         if let Some(revision) = revision {
             tags.push(TagStatus {
@@ -340,7 +304,10 @@ mod tests {
                 generation: Some(generation),
                 ..Default::default()
             },
-            spec: serde_saphyr::from_str::<MeshInstallSpec>("version: 1.0.0\nrevisionTags: [{name: canary, target: Latest}, {name: pinned, target: old}]").unwrap(),
+            spec: serde_saphyr::from_str::<MeshInstallSpec>(
+                "version: 1.0.0\nrevisionTags: [{name: canary, target: Latest}, {name: pinned, target: old}]",
+            )
+            .unwrap(),
             status,
         }
     }
@@ -357,10 +324,7 @@ mod tests {
                 ready,
             }),
             proxy: Some(Health {
-                counts: ReplicaCounts {
-                    desired: 3,
-                    ready: 3,
-                },
+                counts: ReplicaCounts { desired: 3, ready: 3 },
                 ready: true,
             }),
             proxy_wanted: true,
@@ -450,15 +414,8 @@ mod tests {
         assert_eq!(cond(&s, STALLED).reason, "UnsupportedVersion");
         assert_eq!(cond(&s, RECONCILING).status, "False");
         assert_eq!(cond(&s, READY).status, "False");
-        assert!(
-            s.revisions[0].ready,
-            "the running revision is still reported ready"
-        );
-        assert!(
-            s.conditions
-                .iter()
-                .all(|c| c.observed_generation == Some(2))
-        );
+        assert!(s.revisions[0].ready, "the running revision is still reported ready");
+        assert!(s.conditions.iter().all(|c| c.observed_generation == Some(2)));
     }
 
     #[test]

@@ -65,9 +65,7 @@ impl OwnedKind {
             OwnedKind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
             OwnedKind::Service => ApiResource::erase::<Service>(&()),
             OwnedKind::Deployment => ApiResource::erase::<Deployment>(&()),
-            OwnedKind::HorizontalPodAutoscaler => {
-                ApiResource::erase::<HorizontalPodAutoscaler>(&())
-            }
+            OwnedKind::HorizontalPodAutoscaler => ApiResource::erase::<HorizontalPodAutoscaler>(&()),
             OwnedKind::PodDisruptionBudget => ApiResource::erase::<PodDisruptionBudget>(&()),
             OwnedKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
         }

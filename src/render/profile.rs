@@ -4,16 +4,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, PodAffinityTerm, PodAntiAffinity, ResourceRequirements, Toleration,
-    TopologySpreadConstraint,
+    Affinity, PodAffinityTerm, PodAntiAffinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::mesh_install::{
-    AccessLog, LogLevel, MeshConfig, MeshInstallSpec, OutboundTrafficPolicy, Profile,
-};
+use crate::api::mesh_install::{AccessLog, LogLevel, MeshConfig, MeshInstallSpec, OutboundTrafficPolicy, Profile};
 
 use super::RenderError;
 
@@ -110,15 +107,9 @@ fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirement
 /// The pod labels the control plane's anti-affinity and spread select on.
 pub fn control_plane_selector(mesh: &str, revision: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (
-            crate::api::labels::COMPONENT.to_string(),
-            "control-plane".to_string(),
-        ),
+        (crate::api::labels::COMPONENT.to_string(), "control-plane".to_string()),
         (crate::api::labels::MESH.to_string(), mesh.to_string()),
-        (
-            crate::api::labels::REVISION.to_string(),
-            revision.to_string(),
-        ),
+        (crate::api::labels::REVISION.to_string(), revision.to_string()),
     ])
 }
 
@@ -204,11 +195,7 @@ fn defaults(profile: Profile) -> Defaults {
 }
 
 /// Applies the profile's defaults to a spec, field by field.
-pub fn resolve(
-    mesh: &str,
-    revision: &str,
-    spec: &MeshInstallSpec,
-) -> Result<Resolved, RenderError> {
+pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Resolved, RenderError> {
     let d = defaults(spec.profile);
     let cp = spec.control_plane.clone().unwrap_or_default();
     let replicas = cp.replicas.unwrap_or(d.replicas);
@@ -233,9 +220,7 @@ pub fn resolve(
             Some(Hpa {
                 min,
                 max,
-                cpu_percent: auto
-                    .target_cpu_utilization_percentage
-                    .unwrap_or(base.cpu_percent),
+                cpu_percent: auto.target_cpu_utilization_percentage.unwrap_or(base.cpu_percent),
             })
         }
     };
@@ -299,10 +284,8 @@ pub fn resolve(
     });
 
     let mut mc = spec.mesh_config.clone().unwrap_or_default();
-    mc.trust_domain
-        .get_or_insert_with(|| "cluster.local".to_string());
-    mc.cluster_name
-        .get_or_insert_with(|| "Kubernetes".to_string());
+    mc.trust_domain.get_or_insert_with(|| "cluster.local".to_string());
+    mc.cluster_name.get_or_insert_with(|| "Kubernetes".to_string());
     mc.outbound_traffic_policy
         .get_or_insert(OutboundTrafficPolicy::ALLOW_ANY);
     let log = mc.access_log.get_or_insert_with(AccessLog::default);

@@ -4,22 +4,20 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, Deployment, DeploymentSpec,
-    DeploymentStrategy, RollingUpdateDaemonSet, RollingUpdateDeployment,
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, Deployment, DeploymentSpec, DeploymentStrategy,
+    RollingUpdateDaemonSet, RollingUpdateDeployment,
 };
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
-    MetricTarget, ResourceMetricSource,
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount,
-    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
+    TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
-};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
@@ -116,10 +114,7 @@ impl Renderer<'_> {
         l.insert(labels::COMPONENT.to_string(), component.to_string());
         l.insert(labels::NAME.to_string(), name.to_string());
         l.insert(labels::INSTANCE.to_string(), self.revision().to_string());
-        l.insert(
-            labels::VERSION.to_string(),
-            self.input.version.version.to_string(),
-        );
+        l.insert(labels::VERSION.to_string(), self.input.version.version.to_string());
         l
     }
 
@@ -155,10 +150,7 @@ impl Renderer<'_> {
         let mut out = vec![
             Manifest::new(OwnedKind::ServiceAccount, &self.control_plane_account(&cp))?,
             Manifest::new(OwnedKind::ClusterRole, &self.cluster_role(&cp))?,
-            Manifest::new(
-                OwnedKind::ClusterRoleBinding,
-                &self.cluster_role_binding(&cp),
-            )?,
+            Manifest::new(OwnedKind::ClusterRoleBinding, &self.cluster_role_binding(&cp))?,
             Manifest::new(OwnedKind::Role, &self.role(&cp))?,
             Manifest::new(OwnedKind::RoleBinding, &self.role_binding(&cp))?,
         ];
@@ -178,10 +170,7 @@ impl Renderer<'_> {
         }
         if self.resolved.proxy.is_some() {
             let px = proxy_name(self.revision());
-            out.push(Manifest::new(
-                OwnedKind::ServiceAccount,
-                &self.proxy_account(&px),
-            )?);
+            out.push(Manifest::new(OwnedKind::ServiceAccount, &self.proxy_account(&px))?);
             let bootstrap = self.proxy_bootstrap(&px, &cp)?;
             let hash = fnv1a(&serde_json::to_string(&bootstrap.data).unwrap_or_default());
             out.push(Manifest::new(OwnedKind::ConfigMap, &bootstrap)?);
@@ -214,10 +203,7 @@ impl Renderer<'_> {
         let rule = |groups: &[&str], resources: &[&str]| PolicyRule {
             api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
             resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-            verbs: ["get", "list", "watch"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            verbs: ["get", "list", "watch"].iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
         ClusterRole {
@@ -258,10 +244,7 @@ impl Renderer<'_> {
         let rule = |groups: &[&str], resources: &[&str]| PolicyRule {
             api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
             resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-            verbs: ["get", "list", "watch"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            verbs: ["get", "list", "watch"].iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
         Role {
@@ -341,10 +324,7 @@ impl Renderer<'_> {
             .affinity
             .as_ref()
             .and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|p| {
-                p.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            })
+            .and_then(|p| p.required_during_scheduling_ignored_during_execution.as_ref())
             .is_some_and(|terms| !terms.is_empty());
         // With one pod per host a surge pod may have nowhere to go, so replace in place;
         // otherwise surge first so capacity never drops.
@@ -452,10 +432,8 @@ impl Renderer<'_> {
                             ..Default::default()
                         }]),
                         affinity: cp.affinity.clone(),
-                        topology_spread_constraints: (!cp.spread.is_empty())
-                            .then(|| cp.spread.clone()),
-                        node_selector: (!cp.node_selector.is_empty())
-                            .then(|| cp.node_selector.clone()),
+                        topology_spread_constraints: (!cp.spread.is_empty()).then(|| cp.spread.clone()),
+                        node_selector: (!cp.node_selector.is_empty()).then(|| cp.node_selector.clone()),
                         tolerations: (!cp.tolerations.is_empty()).then(|| cp.tolerations.clone()),
                         priority_class_name: cp.priority_class_name.clone(),
                         ..Default::default()
@@ -688,8 +666,7 @@ impl Renderer<'_> {
                                 ..Default::default()
                             },
                         ]),
-                        node_selector: (!p.node_selector.is_empty())
-                            .then(|| p.node_selector.clone()),
+                        node_selector: (!p.node_selector.is_empty()).then(|| p.node_selector.clone()),
                         tolerations: (!p.tolerations.is_empty()).then(|| p.tolerations.clone()),
                         ..Default::default()
                     }),

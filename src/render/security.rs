@@ -1,9 +1,7 @@
 //! Pod Security "restricted": the security contexts every rendered pod uses, and a checker
 //! that tests hold every rendered pod to.
 
-use k8s_openapi::api::core::v1::{
-    Capabilities, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext,
-};
+use k8s_openapi::api::core::v1::{Capabilities, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext};
 
 /// The pod-level security context of every pod Weft renders.
 pub fn pod_context(user: i64) -> PodSecurityContext {
@@ -40,8 +38,7 @@ pub fn container_context() -> SecurityContext {
 pub fn restricted_violations(spec: &PodSpec) -> Vec<String> {
     let mut v = Vec::new();
     let pod = spec.security_context.clone().unwrap_or_default();
-    if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true)
-    {
+    if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
         v.push("host namespaces".to_string());
     }
     for vol in spec.volumes.iter().flatten() {
@@ -50,10 +47,7 @@ pub fn restricted_violations(spec: &PodSpec) -> Vec<String> {
         }
     }
     let pod_seccomp = pod.seccomp_profile.as_ref().map(|p| p.type_.as_str());
-    let containers = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten());
+    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
     for c in containers {
         let sc = c.security_context.clone().unwrap_or_default();
         let name = &c.name;
@@ -69,15 +63,9 @@ pub fn restricted_violations(spec: &PodSpec) -> Vec<String> {
         if sc.run_as_user.or(pod.run_as_user) == Some(0) {
             v.push(format!("{name}: runAsUser must not be 0"));
         }
-        let seccomp = sc
-            .seccomp_profile
-            .as_ref()
-            .map(|p| p.type_.as_str())
-            .or(pod_seccomp);
+        let seccomp = sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()).or(pod_seccomp);
         if !matches!(seccomp, Some("RuntimeDefault") | Some("Localhost")) {
-            v.push(format!(
-                "{name}: seccompProfile must be RuntimeDefault or Localhost"
-            ));
+            v.push(format!("{name}: seccompProfile must be RuntimeDefault or Localhost"));
         }
         let caps = sc.capabilities.clone().unwrap_or_default();
         if !caps.drop.iter().flatten().any(|d| d == "ALL") {

@@ -54,12 +54,8 @@ fn golden(name: &str, actual: &str) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!(
-            "{} is missing; run WEFT_UPDATE_GOLDEN=1 cargo test",
-            path.display()
-        )
-    });
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing; run WEFT_UPDATE_GOLDEN=1 cargo test", path.display()));
     if expected != actual {
         let diff: Vec<String> = expected
             .lines()
@@ -99,13 +95,7 @@ fn golden_minimal_profile() {
 fn golden_demo_profile() {
     golden(
         "demo",
-        &to_yaml(
-            &render(&mesh(
-                "demo",
-                "version: 1.1.0\nprofile: demo\nnamespace: weft-demo",
-            ))
-            .unwrap(),
-        ),
+        &to_yaml(&render(&mesh("demo", "version: 1.1.0\nprofile: demo\nnamespace: weft-demo")).unwrap()),
     );
 }
 
@@ -131,13 +121,9 @@ fn ha_profile_is_highly_available() {
     let pdb = find(&objects, OwnedKind::PodDisruptionBudget);
     assert_eq!(pdb[0].object["spec"]["minAvailable"], 2);
     let deploy = find(&objects, OwnedKind::Deployment)[0];
-    assert!(
-        deploy.object["spec"].get("replicas").is_none(),
-        "the HPA owns replicas"
-    );
+    assert!(deploy.object["spec"].get("replicas").is_none(), "the HPA owns replicas");
     let pod = &deploy.object["spec"]["template"]["spec"];
-    let term =
-        &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    let term = &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
     assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
     assert_eq!(
         pod["topologySpreadConstraints"][0]["topologyKey"],
@@ -190,11 +176,7 @@ fn min_above_profile_max_is_a_clear_error() {
 fn minimal_profile_has_no_proxies_and_spec_overrides_profile() {
     let objects = render(&mesh("a", "version: 1.0.0\nprofile: minimal")).unwrap();
     assert!(find(&objects, OwnedKind::DaemonSet).is_empty());
-    let objects = render(&mesh(
-        "a",
-        "version: 1.0.0\nprofile: minimal\nproxy: {enabled: true}",
-    ))
-    .unwrap();
+    let objects = render(&mesh("a", "version: 1.0.0\nprofile: minimal\nproxy: {enabled: true}")).unwrap();
     assert_eq!(find(&objects, OwnedKind::DaemonSet).len(), 1);
 }
 
@@ -205,23 +187,14 @@ fn mesh_config_changes_roll_the_control_plane() {
             .clone()
     };
     let a = render(&mesh("a", "version: 1.0.0")).unwrap();
-    let b = render(&mesh(
-        "a",
-        "version: 1.0.0\nmeshConfig: {trustDomain: example.org}",
-    ))
-    .unwrap();
+    let b = render(&mesh("a", "version: 1.0.0\nmeshConfig: {trustDomain: example.org}")).unwrap();
     assert_ne!(hash(&a), hash(&b));
 }
 
 /// Every combination of the settings that change which objects exist.
 fn all_specs() -> Vec<MeshInstallSpec> {
     let mut specs = Vec::new();
-    for profile in [
-        Profile::Default,
-        Profile::Minimal,
-        Profile::Demo,
-        Profile::Ha,
-    ] {
+    for profile in [Profile::Default, Profile::Minimal, Profile::Demo, Profile::Ha] {
         for replicas in [None, Some(1), Some(2), Some(4)] {
             for auto in [None, Some(false), Some(true)] {
                 for pdb in [None, Some(false), Some(true)] {
@@ -300,37 +273,15 @@ fn every_rendered_object_carries_revision_label_owner_and_restricted_pods() {
         assert!(objects.iter().any(|m| m.kind == OwnedKind::Deployment));
         for m in &objects {
             let meta = &m.object["metadata"];
-            assert_eq!(
-                meta["labels"][labels::REVISION],
-                name.as_str(),
-                "{}",
-                m.describe()
-            );
-            assert_eq!(
-                meta["labels"][labels::MANAGED_BY],
-                labels::MANAGER,
-                "{}",
-                m.describe()
-            );
-            assert_eq!(
-                meta["labels"][labels::MESH],
-                name.as_str(),
-                "{}",
-                m.describe()
-            );
-            let owners = meta["ownerReferences"]
-                .as_array()
-                .expect("owner references");
+            assert_eq!(meta["labels"][labels::REVISION], name.as_str(), "{}", m.describe());
+            assert_eq!(meta["labels"][labels::MANAGED_BY], labels::MANAGER, "{}", m.describe());
+            assert_eq!(meta["labels"][labels::MESH], name.as_str(), "{}", m.describe());
+            let owners = meta["ownerReferences"].as_array().expect("owner references");
             assert_eq!(owners.len(), 1, "{}", m.describe());
             assert_eq!(owners[0]["kind"], "MeshInstall");
             assert_eq!(owners[0]["uid"], format!("uid-{i}"));
             assert_eq!(owners[0]["controller"], true);
-            assert_eq!(
-                m.namespace.is_some(),
-                m.kind.namespaced(),
-                "{}",
-                m.describe()
-            );
+            assert_eq!(m.namespace.is_some(), m.kind.namespaced(), "{}", m.describe());
             if let Some(ns) = &m.namespace {
                 assert_eq!(ns, "mesh-ns");
             }
@@ -343,11 +294,7 @@ fn every_rendered_object_carries_revision_label_owner_and_restricted_pods() {
         // A Deployment with an HPA leaves replicas to it, and a PDB never demands every pod.
         let deploy = find(&objects, OwnedKind::Deployment)[0];
         let has_hpa = !find(&objects, OwnedKind::HorizontalPodAutoscaler).is_empty();
-        assert_eq!(
-            deploy.object["spec"].get("replicas").is_none(),
-            has_hpa,
-            "spec {i}"
-        );
+        assert_eq!(deploy.object["spec"].get("replicas").is_none(), has_hpa, "spec {i}");
     }
 }
 
@@ -368,9 +315,6 @@ fn the_checker_catches_what_restricted_forbids() {
         "drop ALL",
         "NET_BIND_SERVICE",
     ] {
-        assert!(
-            v.iter().any(|s| s.contains(needle)),
-            "{needle} not reported in {v:?}"
-        );
+        assert!(v.iter().any(|s| s.contains(needle)), "{needle} not reported in {v:?}");
     }
 }
