@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CLUSTER ?= weft
 
-.PHONY: all build test lint unit e2e demo toolchain crds cluster-up cluster-down
+.PHONY: all build test lint unit e2e demo bench toolchain crds cluster-up cluster-down
 
 all: build
 
@@ -36,6 +36,15 @@ demo: build
 crds:
 	cargo run -q -- crd --out-dir crds
 	cargo run -q -- crd --out-dir deploy/helm/weft-operator/crds
+
+## bench: operator figures (apply to Ready, memory idle and with 50 MeshInstalls, writes per
+## reconcile) on a release build, on a cluster of its own.
+bench: toolchain
+	cargo build --release -p weft
+	cargo build -p weft-e2e --bin bench-operator
+	e2e/cluster down weft-bench >/dev/null; e2e/cluster up weft-bench >/dev/null
+	WEFT_E2E_CLUSTER=weft-bench WEFT_BIN=$${CARGO_TARGET_DIR:-target}/release/weft \
+	  $${CARGO_TARGET_DIR:-target}/debug/bench-operator; rc=$$?; e2e/cluster down weft-bench >/dev/null; exit $$rc
 
 cluster-up:
 	e2e/cluster up $(CLUSTER)

@@ -277,8 +277,31 @@ async fn changing_resources_rolls_out_and_becomes_ready_again() {
         (Some(1), Some(1)),
         "rolled out: {s:?}"
     );
+
+    // Objects no longer wanted are pruned: autoscaling on adds an HPA, off removes it.
+    let hpa: Api<HorizontalPodAutoscaler> = Api::namespaced(bed.client.clone(), "e2e-rollout");
+    let on = json!({"spec": {"controlPlane": {"autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 3}}}});
+    api.patch("rollout", &PatchParams::default(), &Patch::Merge(&on))
+        .await
+        .expect("enable autoscaling");
+    wait_ready(&api, "rollout", &op).await;
+    assert!(hpa.get_opt("weft-cp-rollout").await.unwrap().is_some(), "HPA created");
+    let off = json!({"spec": {"controlPlane": {"autoscaling": {"enabled": false}}}});
+    api.patch("rollout", &PatchParams::default(), &Patch::Merge(&off))
+        .await
+        .expect("disable autoscaling");
+    wait_for("the HPA to be pruned", TIMEOUT, || async {
+        match hpa.get_opt("weft-cp-rollout").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(h) => Err(format!(
+                "still there (deleting: {})",
+                h.metadata.deletion_timestamp.is_some()
+            )),
+        }
+    })
+    .await;
     delete_and_wait(&bed, "rollout").await;
-    op.stop();
+    assert!(op.stop().success(), "SIGTERM stops the operator cleanly");
 }
 
 #[tokio::test]
