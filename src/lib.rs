@@ -7,6 +7,7 @@ pub mod operator;
 pub mod render;
 pub mod telemetry;
 pub mod versions;
+pub mod xds;
 pub mod yaml;
 
 /// The operator's own version, as built.

@@ -149,7 +149,10 @@ async fn main() {
     let writes = sum_metric(&after, "weft_api_writes_total") - writes0;
     let recs = sum_metric(&after, "controller_runtime_reconcile_total") - recs0;
 
-    println!("operator benchmark: {} ({MESHES} MeshInstalls at once)", weft_e2e::weft_bin().display());
+    println!(
+        "operator benchmark: {} ({MESHES} MeshInstalls at once)",
+        weft_e2e::weft_bin().display()
+    );
     println!(
         "  apply -> Ready, one at a time: min {:?}, median {:?}, max {:?}",
         latencies[0], latencies[2], latencies[4]

@@ -1,0 +1,270 @@
+//! Translation tests: golden output, the protocol-relevant properties, and a round trip of
+//! every resource through the Envoy types' protobuf encoding.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action, route_match};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use prost::Message;
+
+use super::model::*;
+use super::translate::{Resources, translate};
+
+fn endpoint(address: &str, port: u16, zone: &str, ready: bool, terminating: bool) -> Endpoint {
+    Endpoint {
+        address: address.to_string(),
+        ports: BTreeMap::from([("grpc".to_string(), port)]),
+        zone: Some(zone.to_string()),
+        ready,
+        terminating,
+    }
+}
+
+fn service(name: &str, endpoints: Vec<Endpoint>) -> Service {
+    Service {
+        name: name.to_string(),
+        namespace: "shop".to_string(),
+        ports: vec![ServicePort {
+            name: "grpc".to_string(),
+            port: 50051,
+            http2: true,
+        }],
+        endpoints,
+    }
+}
+
+fn world() -> (Vec<Service>, Vec<HttpRoute>) {
+    let services = vec![
+        service(
+            "cart",
+            vec![
+                endpoint("198.51.100.10", 8080, "zone-a", true, false),
+                endpoint("198.51.100.11", 8080, "zone-b", true, false),
+                endpoint("198.51.100.12", 8080, "zone-b", false, false),
+                endpoint("198.51.100.13", 8080, "zone-c", true, true),
+            ],
+        ),
+        service("cart-v2", vec![endpoint("198.51.100.20", 8080, "zone-a", true, false)]),
+    ];
+    let routes = vec![HttpRoute {
+        name: "cart-split".to_string(),
+        namespace: "shop".to_string(),
+        parents: vec![ParentRef {
+            name: "cart".to_string(),
+            namespace: "shop".to_string(),
+            port: None,
+        }],
+        rules: vec![
+            RouteRule {
+                matches: vec![],
+                backends: vec![
+                    Backend {
+                        name: "cart".into(),
+                        namespace: "shop".into(),
+                        port: 50051,
+                        weight: 90,
+                    },
+                    Backend {
+                        name: "cart-v2".into(),
+                        namespace: "shop".into(),
+                        port: 50051,
+                        weight: 10,
+                    },
+                ],
+            },
+            RouteRule {
+                matches: vec![RouteMatch {
+                    path: Some(PathMatch::Prefix("/cart.Cart/Checkout".into())),
+                    headers: vec![HeaderMatch {
+                        name: "X-Canary".into(),
+                        value: "yes".into(),
+                        regex: false,
+                    }],
+                }],
+                backends: vec![Backend {
+                    name: "cart-v2".into(),
+                    namespace: "shop".into(),
+                    port: 50051,
+                    weight: 1,
+                }],
+            },
+        ],
+    }];
+    (services, routes)
+}
+
+fn telemetry() -> Telemetry {
+    Telemetry {
+        access_log: Some(("/dev/stdout".into(), None)),
+        zipkin: Some(("zipkin.tracing:9411".into(), 1.0)),
+    }
+}
+
+/// Compares with `src/xds/testdata/NAME.txt`; `WEFT_UPDATE_GOLDEN=1` rewrites it.
+fn golden(name: &str, r: &Resources) {
+    let actual = format!("{r:#?}\n");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/xds/testdata")
+        .join(format!("{name}.txt"));
+    if std::env::var("WEFT_UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing; run WEFT_UPDATE_GOLDEN=1 cargo test", path.display()));
+    if let Some((i, (e, a))) = expected
+        .lines()
+        .zip(actual.lines())
+        .enumerate()
+        .find(|(_, (e, a))| e != a)
+    {
+        panic!(
+            "{} differs at line {}:\n  golden: {e}\n  actual: {a}\n(WEFT_UPDATE_GOLDEN=1 if intended)",
+            path.display(),
+            i + 1
+        );
+    }
+    assert_eq!(
+        expected.lines().count(),
+        actual.lines().count(),
+        "{} differs in length",
+        path.display()
+    );
+}
+
+#[test]
+fn golden_services_and_routes() {
+    let (services, routes) = world();
+    golden("shop", &translate(&services, &routes, &telemetry()));
+}
+
+#[test]
+fn one_listener_route_cluster_and_assignment_per_service_port() {
+    let (services, routes) = world();
+    let r = translate(&services, &routes, &Telemetry::default());
+    let names: Vec<&String> = r.listeners.keys().collect();
+    assert_eq!(
+        names,
+        [
+            "cart-v2.shop.svc.cluster.local:50051",
+            "cart.shop.svc.cluster.local:50051"
+        ]
+    );
+    assert_eq!(r.routes.keys().collect::<Vec<_>>(), names);
+    assert!(r.clusters.contains_key("outbound|50051||cart.shop.svc.cluster.local"));
+    assert!(r.endpoints.contains_key("outbound|50051||cart.shop.svc.cluster.local"));
+}
+
+#[test]
+fn only_ready_serving_endpoints_by_zone_with_weights() {
+    let (services, routes) = world();
+    let r = translate(&services, &routes, &Telemetry::default());
+    let cla = &r.endpoints["outbound|50051||cart.shop.svc.cluster.local"];
+    for locality in &cla.endpoints {
+        let weight = locality
+            .load_balancing_weight
+            .expect("every locality has a weight")
+            .value;
+        assert_eq!(weight as usize, locality.lb_endpoints.len());
+    }
+    let text = format!("{cla:?}");
+    assert!(text.contains("198.51.100.10") && text.contains("198.51.100.11"));
+    assert!(!text.contains("198.51.100.12"), "not-ready endpoints are left out");
+    assert!(!text.contains("198.51.100.13"), "terminating endpoints are left out");
+    assert_eq!(cla.endpoints.len(), 2, "zone-a and zone-b");
+}
+
+fn hcm(listener: &Listener) -> HttpConnectionManager {
+    let any = listener.api_listener.clone().unwrap().api_listener.unwrap();
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    );
+    HttpConnectionManager::decode(any.value.as_slice()).expect("HCM decodes")
+}
+
+#[test]
+fn listeners_use_rds_over_ads_with_the_router_last_and_carry_telemetry() {
+    let (services, routes) = world();
+    let r = translate(&services, &routes, &telemetry());
+    for (name, l) in &r.listeners {
+        let h = hcm(l);
+        match h.route_specifier {
+            Some(http_connection_manager::RouteSpecifier::Rds(rds)) => assert_eq!(&rds.route_config_name, name),
+            other => panic!("{name}: expected RDS, got {other:?}"),
+        }
+        assert_eq!(h.http_filters.last().unwrap().name, "envoy.filters.http.router");
+        assert_eq!(h.access_log.len(), 1, "access log reaches the HCM");
+        assert!(h.tracing.is_some(), "tracing reaches the HCM");
+    }
+    assert!(r.clusters.contains_key("zipkin"), "the collector gets a cluster");
+    let plain = translate(&services, &routes, &Telemetry::default());
+    let h = hcm(plain.listeners.values().next().unwrap());
+    assert!(h.access_log.is_empty() && h.tracing.is_none());
+}
+
+fn routes_of(rc: &RouteConfiguration) -> &[envoy_types::pb::envoy::config::route::v3::Route] {
+    &rc.virtual_hosts[0].routes
+}
+
+#[test]
+fn httproute_weights_and_matches_become_envoy_routes_in_precedence_order() {
+    let (services, routes) = world();
+    let r = translate(&services, &routes, &Telemetry::default());
+    let rc = &r.routes["cart.shop.svc.cluster.local:50051"];
+    let vh = &rc.virtual_hosts[0];
+    assert!(
+        vh.domains.contains(&"cart".to_string())
+            && vh.domains.contains(&"cart.shop.svc.cluster.local:50051".to_string())
+    );
+    let rs = routes_of(rc);
+    assert_eq!(rs.len(), 2);
+    // The longer, header-qualified prefix outranks the catch-all.
+    match &rs[0].r#match.as_ref().unwrap().path_specifier {
+        Some(route_match::PathSpecifier::Prefix(p)) => assert_eq!(p, "/cart.Cart/Checkout"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rs[0].r#match.as_ref().unwrap().headers[0].name, "x-canary");
+    let Some(route::Action::Route(action)) = &rs[1].action else {
+        panic!("route action")
+    };
+    match &action.cluster_specifier {
+        Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
+            let weights: Vec<(String, u32)> = w
+                .clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.weight.unwrap().value))
+                .collect();
+            assert_eq!(
+                weights,
+                [
+                    ("outbound|50051||cart.shop.svc.cluster.local".to_string(), 90),
+                    ("outbound|50051||cart-v2.shop.svc.cluster.local".to_string(), 10)
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A service without routes gets one catch-all to itself.
+    let plain = routes_of(&r.routes["cart-v2.shop.svc.cluster.local:50051"]);
+    assert_eq!(plain.len(), 1);
+}
+
+#[test]
+fn every_resource_round_trips_through_the_envoy_types() {
+    let (services, routes) = world();
+    let r = translate(&services, &routes, &telemetry());
+    fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(m: &M) {
+        let bytes = m.encode_to_vec();
+        assert_eq!(&M::decode(bytes.as_slice()).expect("decodes"), m);
+    }
+    r.listeners.values().for_each(round_trip);
+    r.routes.values().for_each(round_trip);
+    r.clusters.values().for_each(round_trip);
+    r.endpoints.values().for_each(round_trip);
+}
