@@ -1,0 +1,129 @@
+//! The control plane's metrics: connected streams, pushes and their latency, NACKs, and
+//! resources by type.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `type` label: `sotw`/`delta` for streams, `lds`/`rds`/`cds`/`eds` for resources.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    /// The stream or resource type.
+    pub r#type: String,
+}
+
+fn latency_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Every xDS metric.
+#[derive(Clone)]
+pub struct XdsMetrics {
+    registry: Arc<Registry>,
+    streams: Family<TypeLabels, Gauge>,
+    pushes: Family<TypeLabels, Counter>,
+    push_latency: Family<TypeLabels, Histogram, fn() -> Histogram>,
+    nacks: Family<TypeLabels, Counter>,
+    /// Resources in the current snapshot, by type.
+    pub resources: Family<TypeLabels, Gauge>,
+}
+
+impl Default for XdsMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn labels(t: &str) -> TypeLabels {
+    TypeLabels { r#type: t.to_string() }
+}
+
+impl XdsMetrics {
+    /// Registers every metric.
+    pub fn new() -> XdsMetrics {
+        let mut r = Registry::default();
+        let streams = Family::<TypeLabels, Gauge>::default();
+        r.register(
+            "weft_xds_streams",
+            "Connected ADS streams, by protocol variant",
+            streams.clone(),
+        );
+        let pushes = Family::<TypeLabels, Counter>::default();
+        r.register("weft_xds_pushes", "Responses sent, by resource type", pushes.clone());
+        let push_latency = Family::<TypeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_buckets as fn() -> Histogram,
+        );
+        r.register(
+            "weft_xds_push_latency_seconds",
+            "Time from a change being seen to a response carrying it being sent",
+            push_latency.clone(),
+        );
+        let nacks = Family::<TypeLabels, Counter>::default();
+        r.register(
+            "weft_xds_nacks",
+            "Responses clients rejected, by resource type",
+            nacks.clone(),
+        );
+        let resources = Family::<TypeLabels, Gauge>::default();
+        r.register(
+            "weft_xds_resources",
+            "Resources in the current snapshot, by type",
+            resources.clone(),
+        );
+        XdsMetrics {
+            registry: Arc::new(r),
+            streams,
+            pushes,
+            push_latency,
+            nacks,
+            resources,
+        }
+    }
+
+    /// Counts an open stream until the guard drops.
+    pub fn stream_opened(&self, variant: &str) -> StreamGuard {
+        self.streams.get_or_create(&labels(variant)).inc();
+        StreamGuard {
+            metrics: self.clone(),
+            variant: variant.to_string(),
+        }
+    }
+
+    /// Counts a response and its latency.
+    pub fn pushed(&self, type_short: &str, changed_at: Instant) {
+        self.pushes.get_or_create(&labels(type_short)).inc();
+        self.push_latency
+            .get_or_create(&labels(type_short))
+            .observe(changed_at.elapsed().as_secs_f64());
+    }
+
+    /// Counts a NACK.
+    pub fn nack(&self, type_short: &str) {
+        self.nacks.get_or_create(&labels(type_short)).inc();
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Decrements the stream gauge when the stream ends.
+pub struct StreamGuard {
+    metrics: XdsMetrics,
+    variant: String,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.metrics.streams.get_or_create(&labels(&self.variant)).dec();
+    }
+}

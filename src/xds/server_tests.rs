@@ -1,0 +1,311 @@
+//! The ADS server over a real gRPC connection on loopback, with the generated client.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::Streaming;
+
+use super::metrics::XdsMetrics;
+use super::model::*;
+use super::server::{Admission, AdsServer};
+use super::snapshot::{CLUSTER, Cache, ENDPOINT, LISTENER, ROUTE, Snapshot};
+use super::translate::translate;
+
+fn service(name: &str, addresses: &[&str]) -> Service {
+    Service {
+        name: name.to_string(),
+        namespace: "ns".to_string(),
+        ports: vec![ServicePort {
+            name: "grpc".into(),
+            port: 50051,
+            http2: true,
+        }],
+        endpoints: addresses
+            .iter()
+            .map(|a| Endpoint {
+                address: a.to_string(),
+                ports: BTreeMap::from([("grpc".to_string(), 50051)]),
+                zone: Some("zone-a".into()),
+                ready: true,
+                terminating: false,
+            })
+            .collect(),
+    }
+}
+
+fn snapshot(version: u64, services: &[Service]) -> Snapshot {
+    Snapshot::new(
+        version,
+        Instant::now(),
+        &translate(services, &[], &Telemetry::default()),
+    )
+}
+
+async fn start(cache: Cache) -> String {
+    let admission: Admission = Arc::new(|c| match c.revision.as_deref() {
+        Some("rev-a") | Some("stable") => Ok(()),
+        other => Err(format!(
+            "this control plane serves revision rev-a; the client asked for {other:?}"
+        )),
+    });
+    let server = AdsServer::new(cache, admission, XdsMetrics::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(server))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+fn node(revision: &str) -> Node {
+    Node {
+        id: "test-client".into(),
+        metadata: Some(Struct {
+            fields: [(
+                "REVISION".to_string(),
+                Value {
+                    kind: Some(Kind::StringValue(revision.into())),
+                },
+            )]
+            .into(),
+        }),
+        ..Default::default()
+    }
+}
+
+struct Sotw {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: Streaming<DiscoveryResponse>,
+}
+
+async fn sotw(url: &str) -> Sotw {
+    let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let rx = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    Sotw { tx, rx }
+}
+
+impl Sotw {
+    async fn send(&self, r: DiscoveryRequest) {
+        self.tx.send(r).await.unwrap();
+    }
+    async fn next(&mut self) -> DiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a response within 5s")
+            .expect("no stream error")
+            .expect("stream open")
+    }
+    /// Nothing arrives within a short window: asserts quiet, not timing.
+    async fn quiet(&mut self) {
+        let got = tokio::time::timeout(Duration::from_millis(300), self.rx.message()).await;
+        assert!(got.is_err(), "expected no response, got {got:?}");
+    }
+}
+
+fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: type_url.into(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn sotw_wildcard_lds_then_named_rds_and_updates_only_where_changed() {
+    let cache = Cache::new();
+    cache.publish(snapshot(
+        1,
+        &[service("a", &["198.51.100.2"]), service("b", &["198.51.100.3"])],
+    ));
+    let url = start(cache.clone()).await;
+    let mut s = sotw(&url).await;
+
+    let mut first = request(LISTENER, &[], "", "");
+    first.node = Some(node("rev-a"));
+    s.send(first).await;
+    let lds = s.next().await;
+    assert_eq!(lds.resources.len(), 2, "wildcard LDS gets every listener");
+    s.send(request(LISTENER, &[], &lds.version_info, &lds.nonce)).await;
+
+    s.send(request(ROUTE, &["a.ns.svc.cluster.local:50051"], "", "")).await;
+    let rds = s.next().await;
+    assert_eq!(rds.resources.len(), 1, "only the requested route configuration");
+    s.send(request(
+        ROUTE,
+        &["a.ns.svc.cluster.local:50051"],
+        &rds.version_info,
+        &rds.nonce,
+    ))
+    .await;
+    s.send(request(ENDPOINT, &["outbound|50051||a.ns.svc.cluster.local"], "", ""))
+        .await;
+    let eds = s.next().await;
+    assert_eq!(eds.resources.len(), 1);
+    s.send(request(
+        ENDPOINT,
+        &["outbound|50051||a.ns.svc.cluster.local"],
+        &eds.version_info,
+        &eds.nonce,
+    ))
+    .await;
+
+    // b's endpoints change: this client watches only a's, so it hears nothing.
+    cache.publish(snapshot(
+        2,
+        &[service("a", &["198.51.100.2"]), service("b", &["198.51.100.4"])],
+    ));
+    s.quiet().await;
+    // a's endpoints change: exactly one EDS response.
+    cache.publish(snapshot(
+        3,
+        &[service("a", &["198.51.100.5"]), service("b", &["198.51.100.4"])],
+    ));
+    let eds2 = s.next().await;
+    assert_eq!(eds2.type_url, ENDPOINT);
+    assert_ne!(eds2.version_info, eds.version_info);
+    let cla = ClusterLoadAssignment::decode(eds2.resources[0].value.as_slice()).expect("a load assignment");
+    assert!(format!("{cla:?}").contains("198.51.100.5"), "the new endpoint: {cla:?}");
+    s.send(request(
+        ENDPOINT,
+        &["outbound|50051||a.ns.svc.cluster.local"],
+        &eds2.version_info,
+        &eds2.nonce,
+    ))
+    .await;
+    s.quiet().await;
+}
+
+#[tokio::test]
+async fn a_nacked_version_is_not_sent_again_and_a_later_change_is() {
+    let cache = Cache::new();
+    cache.publish(snapshot(1, &[service("a", &["198.51.100.2"])]));
+    let url = start(cache.clone()).await;
+    let mut s = sotw(&url).await;
+    let mut first = request(CLUSTER, &[], "", "");
+    first.node = Some(node("rev-a"));
+    s.send(first).await;
+    let cds = s.next().await;
+    let mut nack = request(CLUSTER, &[], "", &cds.nonce);
+    nack.error_detail = Some(RpcStatus {
+        code: 3,
+        message: "rejected on purpose".into(),
+        ..Default::default()
+    });
+    s.send(nack).await;
+    s.quiet().await;
+    cache.publish(snapshot(
+        2,
+        &[service("a", &["198.51.100.2"]), service("c", &["198.51.100.9"])],
+    ));
+    let next = s.next().await;
+    assert_eq!(next.resources.len(), 2, "the new state is sent after a NACK");
+}
+
+#[tokio::test]
+async fn clients_of_another_revision_are_refused_with_a_clear_status() {
+    let cache = Cache::new();
+    let url = start(cache).await;
+    let mut s = sotw(&url).await;
+    let mut first = request(LISTENER, &[], "", "");
+    first.node = Some(node("rev-b"));
+    s.send(first).await;
+    let err = tokio::time::timeout(Duration::from_secs(5), s.rx.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("serves revision rev-a"), "{}", err.message());
+}
+
+async fn delta(url: &str) -> (mpsc::Sender<DeltaDiscoveryRequest>, Streaming<DeltaDiscoveryResponse>) {
+    let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let stream = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, stream)
+}
+
+async fn next_delta(rx: &mut Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+    tokio::time::timeout(Duration::from_secs(5), rx.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn delta_sends_only_changes_and_signals_removals() {
+    let cache = Cache::new();
+    cache.publish(snapshot(
+        1,
+        &[service("a", &["198.51.100.2"]), service("b", &["198.51.100.3"])],
+    ));
+    let url = start(cache.clone()).await;
+    let (tx, mut rx) = delta(&url).await;
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(node("stable")),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let all = next_delta(&mut rx).await;
+    assert_eq!(all.resources.len(), 2, "wildcard CDS");
+    tx.send(DeltaDiscoveryRequest {
+        type_url: CLUSTER.into(),
+        response_nonce: all.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // b goes away, c arrives, a is unchanged.
+    cache.publish(snapshot(
+        2,
+        &[service("a", &["198.51.100.2"]), service("c", &["198.51.100.9"])],
+    ));
+    let change = next_delta(&mut rx).await;
+    let names: Vec<&str> = change.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["outbound|50051||c.ns.svc.cluster.local"]);
+    assert_eq!(change.removed_resources, ["outbound|50051||b.ns.svc.cluster.local"]);
+
+    // A named EDS subscription to a missing resource is answered with its removal.
+    tx.send(DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names_subscribe: vec!["outbound|50051||zzz.ns.svc.cluster.local".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let missing = next_delta(&mut rx).await;
+    assert_eq!(missing.removed_resources, ["outbound|50051||zzz.ns.svc.cluster.local"]);
+}

@@ -1,0 +1,169 @@
+//! Snapshots: an immutable, encoded set of every resource, with a version per resource (a
+//! hash of its bytes) so streams can tell exactly what changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+use tokio::sync::watch;
+
+use super::translate::Resources;
+use crate::render::fnv1a;
+
+/// Type URL of listeners.
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// Type URL of route configurations.
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// Type URL of clusters.
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// Type URL of load assignments.
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// Every served type, in the order updates go out: clusters before their endpoints, and
+/// listeners before their routes (make before break).
+pub const TYPES: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+
+/// Short names for metrics and logs.
+pub fn short(type_url: &str) -> &'static str {
+    match type_url {
+        LISTENER => "lds",
+        ROUTE => "rds",
+        CLUSTER => "cds",
+        ENDPOINT => "eds",
+        _ => "unknown",
+    }
+}
+
+/// Whether a type allows wildcard subscriptions (all resources without naming them).
+pub fn wildcard_type(type_url: &str) -> bool {
+    type_url == LISTENER || type_url == CLUSTER
+}
+
+/// One encoded resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Encoded {
+    /// The resource, packed.
+    pub any: Any,
+    /// Its version: a hash of its encoding.
+    pub version: String,
+}
+
+fn encode<M: Message + Name>(m: &M) -> Encoded {
+    let bytes = m.encode_to_vec();
+    let version = fnv1a_bytes(&bytes);
+    Encoded {
+        any: Any {
+            type_url: M::type_url(),
+            value: bytes,
+        },
+        version,
+    }
+}
+
+fn fnv1a_bytes(bytes: &[u8]) -> String {
+    // Hex of the bytes is what fnv1a hashes; the bytes are protobuf, not text.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Every resource at one moment.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Increases with every snapshot.
+    pub version: u64,
+    /// When the change that produced it was first seen (for push latency).
+    pub changed_at: Instant,
+    /// Resources by type URL, then name.
+    pub resources: BTreeMap<&'static str, BTreeMap<String, Encoded>>,
+}
+
+impl Snapshot {
+    /// An empty snapshot, version 0.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            version: 0,
+            changed_at: Instant::now(),
+            resources: TYPES.iter().map(|t| (*t, BTreeMap::new())).collect(),
+        }
+    }
+
+    /// Encodes translated resources.
+    pub fn new(version: u64, changed_at: Instant, r: &Resources) -> Snapshot {
+        let mut resources = BTreeMap::new();
+        resources.insert(
+            LISTENER,
+            r.listeners.iter().map(|(n, m)| (n.clone(), encode(m))).collect(),
+        );
+        resources.insert(ROUTE, r.routes.iter().map(|(n, m)| (n.clone(), encode(m))).collect());
+        resources.insert(
+            CLUSTER,
+            r.clusters.iter().map(|(n, m)| (n.clone(), encode(m))).collect(),
+        );
+        resources.insert(
+            ENDPOINT,
+            r.endpoints.iter().map(|(n, m)| (n.clone(), encode(m))).collect(),
+        );
+        Snapshot {
+            version,
+            changed_at,
+            resources,
+        }
+    }
+
+    /// The resources of one type.
+    pub fn of(&self, type_url: &str) -> Option<&BTreeMap<String, Encoded>> {
+        self.resources.get(type_url)
+    }
+}
+
+/// Where snapshots are published and streams watch for them.
+#[derive(Clone)]
+pub struct Cache {
+    tx: Arc<watch::Sender<Arc<Snapshot>>>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cache {
+    /// A cache holding the empty snapshot.
+    pub fn new() -> Cache {
+        let (tx, _) = watch::channel(Arc::new(Snapshot::empty()));
+        Cache { tx: Arc::new(tx) }
+    }
+
+    /// Publishes a snapshot to every stream.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.tx.send_replace(Arc::new(snapshot));
+    }
+
+    /// The current snapshot, and a receiver for the next ones.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+}
+
+/// A version for a set of (name, version) pairs, so a response's version names its content.
+pub fn set_version<'a>(items: impl Iterator<Item = (&'a String, Option<&'a String>)>) -> String {
+    let mut text = String::new();
+    for (name, version) in items {
+        text.push_str(name);
+        text.push('=');
+        text.push_str(version.map(String::as_str).unwrap_or("-"));
+        text.push(';');
+    }
+    fnv1a(&text)
+}
