@@ -23,7 +23,7 @@ progress() {
     kill -0 "$pid" 2>/dev/null || break
     local pkgs
     pkgs=$(find "$GOCACHE" -newer "$log" -name '*-d' 2>/dev/null | wc -l)
-    echo "  … still building ($((SECONDS - start))s, ${pkgs} packages compiled so far)"
+    echo "  … still building ($((SECONDS - start))s, ${pkgs} packages compiled so far)" >&2
   done
 }
 
@@ -74,7 +74,7 @@ build_kubernetes() {
   local v=$KUBERNETES_VERSION
   local out="$CACHE/kubernetes-$v"
   [ -x "$out/bin/kubectl" ] && return 0
-  echo "building Kubernetes v$v (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) from its Go module; the first build takes 15-25 minutes on 2 cores"
+  echo "building Kubernetes v$v (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) from its Go module; the first build takes 15-25 minutes on 2 cores" >&2
   local src="$CACHE/src/kubernetes-$v"
   rm -rf "$src" && mkdir -p "$src"
   local replaces=()
@@ -100,7 +100,7 @@ build_etcd() {
   local v=$ETCD_VERSION
   local out="$CACHE/etcd-$v"
   [ -x "$out/bin/etcd" ] && return 0
-  echo "building etcd v$v from its Go module"
+  echo "building etcd v$v from its Go module" >&2
   local src="$CACHE/src/etcd-$v"
   rm -rf "$src" && mkdir -p "$src"
   local m replaces=()
@@ -119,7 +119,7 @@ build_kwok() {
   local v=$KWOK_VERSION
   local out="$CACHE/kwok-$v"
   [ -x "$out/bin/kwok" ] && return 0
-  echo "building kwok v$v from its Go module"
+  echo "building kwok v$v from its Go module" >&2
   local src="$CACHE/src/kwok-$v"
   rm -rf "$src" && mkdir -p "$src"
   wrapper_module "$src" sigs.k8s.io/kwok "v$v"
@@ -134,7 +134,7 @@ build_helm() {
   local v=$HELM_VERSION
   local out="$CACHE/helm-$v"
   [ -x "$out/bin/helm" ] && return 0
-  echo "building helm v$v from its Go module"
+  echo "building helm v$v from its Go module" >&2
   local src="$CACHE/src/helm-$v"
   rm -rf "$src" && mkdir -p "$src"
   wrapper_module "$src" helm.sh/helm/v4 "v$v"
@@ -166,7 +166,7 @@ fetch_assets() {
   fi
   local gw="$CACHE/gateway-api-$GATEWAY_API_VERSION"
   if [ ! -d "$gw/crds" ]; then
-    echo "fetching the Gateway API v$GATEWAY_API_VERSION CRDs from its Go module"
+    echo "fetching the Gateway API v$GATEWAY_API_VERSION CRDs from its Go module" >&2
     dir=$(cd "$CACHE" && fetch_module_dir sigs.k8s.io/gateway-api "v$GATEWAY_API_VERSION")
     [ -d "$dir/config/crd/standard" ] || { echo "error: no config/crd/standard in $dir" >&2; return 1; }
     rm -rf "$gw" && mkdir -p "$gw/crds.tmp"
