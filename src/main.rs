@@ -46,6 +46,30 @@ enum Command {
     },
     /// Run the operator against the current kubeconfig (or in-cluster configuration).
     Operator(OperatorArgs),
+    /// Run the xDS control plane of one revision.
+    ControlPlane(ControlPlaneArgs),
+}
+
+#[derive(clap::Args)]
+struct ControlPlaneArgs {
+    /// The revision this control plane serves.
+    #[arg(long)]
+    revision: String,
+    /// A kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Where ADS listens.
+    #[arg(long, default_value = "0.0.0.0:15010")]
+    xds_address: SocketAddr,
+    /// Where `/metrics` and `/ready` listen.
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    monitoring_address: SocketAddr,
+    /// The mesh config file (the operator mounts it at /etc/weft/mesh.yaml).
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
+    /// Milliseconds of quiet that end a burst of changes before a push.
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -99,6 +123,7 @@ fn main() -> ExitCode {
         }),
         Command::Render { file, versions_file } => render(&file, versions_file.as_deref()),
         Command::Operator(args) => operator(args),
+        Command::ControlPlane(args) => control_plane(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,6 +186,38 @@ fn render(file: &Path, versions_file: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// A client for the kubeconfig given, or the usual defaults.
+async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+        }
+        None => Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+fn control_plane(args: ControlPlaneArgs) -> Result<()> {
+    weft::telemetry::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let client = client(args.kubeconfig.as_deref()).await?;
+        weft::xds::control_plane::run(
+            client,
+            weft::xds::control_plane::Options {
+                revision: args.revision,
+                xds_address: args.xds_address,
+                monitoring_address: args.monitoring_address,
+                mesh_config: args.mesh_config,
+                debounce: std::time::Duration::from_millis(args.debounce_ms),
+            },
+        )
+        .await?;
+        Ok(())
+    })
+}
+
 fn operator(args: OperatorArgs) -> Result<()> {
     weft::telemetry::init();
     let table = versions(args.versions_file.as_deref())?;
@@ -170,14 +227,7 @@ fn operator(args: OperatorArgs) -> Result<()> {
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let config = match &args.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path)?;
-                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
-            }
-            None => Config::infer().await?,
-        };
-        let client = Client::try_from(config)?;
+        let client = client(args.kubeconfig.as_deref()).await?;
         weft::operator::run(
             client,
             weft::operator::Options {

@@ -1,10 +1,12 @@
 //! The embedded xDS control plane: discovery's model, and its translation into Envoy
-//! resources. (The ADS server and the Kubernetes sources come next; see issue 4.)
+//! resources, served over ADS.
 
+pub mod control_plane;
 pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod snapshot;
+pub mod sources;
 pub mod translate;
 
 #[cfg(test)]

@@ -1,0 +1,496 @@
+//! Sources: watches on Services, EndpointSlices, Namespaces, HTTPRoutes and MeshInstalls,
+//! kept in reflector stores; `model()` builds discovery's model from them. Every change
+//! pings `changed` so the control plane can debounce and retranslate.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Service as K8sService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use tokio::sync::{Notify, watch};
+
+use super::model::{
+    Backend, Endpoint, HeaderMatch, HttpRoute, ParentRef, PathMatch, RouteMatch, RouteRule, Service, ServicePort,
+};
+use crate::api::MeshInstall;
+use crate::api::labels;
+
+/// The live objects discovery reads.
+#[derive(Clone)]
+pub struct Sources {
+    services: Store<K8sService>,
+    slices: Store<EndpointSlice>,
+    namespaces: Store<Namespace>,
+    routes: Store<DynamicObject>,
+    meshes: Store<MeshInstall>,
+    /// Pinged on every change.
+    pub changed: Arc<Notify>,
+    /// True once every watch has listed.
+    pub synced: watch::Receiver<bool>,
+}
+
+/// The HTTPRoute kind (Gateway API v1).
+pub fn httproute_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    )
+}
+
+fn run<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    async move {
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear())
+            .reflect(writer)
+            .for_each(|event| {
+                if let Err(e) = event {
+                    tracing::warn!(error = %e, "watch error; retrying");
+                }
+                changed.notify_one();
+                futures::future::ready(())
+            })
+            .await
+    }
+}
+
+/// Like `run`, for kinds whose CRD may not be installed (MeshInstall, HTTPRoute): when the
+/// API server does not know the kind, the store is marked synced and empty instead of
+/// waiting forever.
+fn run_optional<K>(
+    api: Api<K>,
+    mut writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+    what: &'static str,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    async move {
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                tracing::info!("{what} are not served by this cluster (CRD not installed); ignoring them");
+                writer.apply_watcher_event(&watcher::Event::Init);
+                writer.apply_watcher_event(&watcher::Event::InitDone);
+                changed.notify_one();
+                std::future::pending::<()>().await;
+            }
+            _ => run(api, writer, changed).await,
+        }
+    }
+}
+
+impl Sources {
+    /// Starts every watch. Runs until the process ends.
+    pub fn start(client: &Client) -> Sources {
+        let changed = Arc::new(Notify::new());
+        let (services, w_services) = reflector::store();
+        tokio::spawn(run(Api::<K8sService>::all(client.clone()), w_services, changed.clone()));
+        let (slices, w_slices) = reflector::store();
+        tokio::spawn(run(
+            Api::<EndpointSlice>::all(client.clone()),
+            w_slices,
+            changed.clone(),
+        ));
+        let (namespaces, w_namespaces) = reflector::store();
+        tokio::spawn(run(
+            Api::<Namespace>::all(client.clone()),
+            w_namespaces,
+            changed.clone(),
+        ));
+        let (meshes, w_meshes) = reflector::store();
+        tokio::spawn(run_optional(
+            Api::<MeshInstall>::all(client.clone()),
+            w_meshes,
+            changed.clone(),
+            "MeshInstalls",
+        ));
+        let ar = httproute_resource();
+        let w_routes = reflector::store::Writer::new(ar.clone());
+        let routes = w_routes.as_reader();
+        tokio::spawn(run(
+            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            w_routes,
+            changed.clone(),
+        ));
+
+        let (tx, synced) = watch::channel(false);
+        let (a, b, c, d, e) = (
+            services.clone(),
+            slices.clone(),
+            namespaces.clone(),
+            meshes.clone(),
+            routes.clone(),
+        );
+        tokio::spawn(async move {
+            // One waiter per store: a store wakes only one of several concurrent waiters.
+            let ok = a.wait_until_ready().await.is_ok()
+                && b.wait_until_ready().await.is_ok()
+                && c.wait_until_ready().await.is_ok()
+                && d.wait_until_ready().await.is_ok()
+                && e.wait_until_ready().await.is_ok();
+            if ok {
+                let _ = tx.send(true);
+            }
+        });
+        Sources {
+            services,
+            slices,
+            namespaces,
+            routes,
+            meshes,
+            changed,
+            synced,
+        }
+    }
+
+    /// Which revision a `weft.dev/rev` value names: a tag first (from every MeshInstall's
+    /// status), then a revision of that name.
+    pub fn resolve(&self, value: &str) -> Option<String> {
+        for mi in self.meshes.state() {
+            let status = mi.status.clone().unwrap_or_default();
+            if let Some(t) = status.tags.iter().find(|t| t.name == value) {
+                return Some(t.revision.clone());
+            }
+        }
+        Some(value.to_string())
+    }
+
+    /// Builds the model for `revision`, limited to namespaces matching `selectors` (all
+    /// when empty).
+    pub fn model(&self, revision: &str, selectors: &[LabelSelector]) -> (Vec<Service>, Vec<HttpRoute>) {
+        let in_mesh = |ns: &str| {
+            if selectors.is_empty() {
+                return true;
+            }
+            let labels = self
+                .namespaces
+                .state()
+                .into_iter()
+                .find(|n| n.name_any() == ns)
+                .and_then(|n| n.metadata.labels.clone())
+                .unwrap_or_default();
+            selectors.iter().any(|s| selector_matches(s, &labels))
+        };
+        let mut by_service: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
+        for slice in self.slices.state() {
+            let Some(svc) = slice.labels().get("kubernetes.io/service-name").cloned() else {
+                continue;
+            };
+            by_service
+                .entry((slice.namespace().unwrap_or_default(), svc))
+                .or_default()
+                .push(slice);
+        }
+        let mut services: Vec<Service> = self
+            .services
+            .state()
+            .iter()
+            .filter(|s| in_mesh(&s.namespace().unwrap_or_default()))
+            .map(|s| {
+                let ns = s.namespace().unwrap_or_default();
+                let slices = by_service.get(&(ns.clone(), s.name_any())).cloned().unwrap_or_default();
+                service_model(s, &slices)
+            })
+            .filter(|s| !s.ports.is_empty())
+            .collect();
+        services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        let mut routes: Vec<HttpRoute> = self
+            .routes
+            .state()
+            .iter()
+            .filter(|r| in_mesh(&r.namespace().unwrap_or_default()))
+            // Config labelled for a revision is used only by that revision.
+            .filter(|r| {
+                r.labels()
+                    .get(labels::REVISION)
+                    .is_none_or(|v| self.resolve(v).as_deref() == Some(revision))
+            })
+            .filter_map(|r| route_model(r))
+            .collect();
+        routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        (services, routes)
+    }
+}
+
+/// Whether labels match a Kubernetes label selector.
+pub fn selector_matches(s: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let exact = s.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let exprs = s.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    exact && exprs
+}
+
+fn service_model(s: &K8sService, slices: &[Arc<EndpointSlice>]) -> Service {
+    let spec = s.spec.clone().unwrap_or_default();
+    let ports = spec
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .map(|p| {
+            let name = p.name.clone().unwrap_or_default();
+            let app = p.app_protocol.clone().unwrap_or_default();
+            let http2 = app == "grpc"
+                || app == "kubernetes.io/h2c"
+                || app == "http2"
+                || name.starts_with("grpc")
+                || name.starts_with("http2");
+            ServicePort {
+                name,
+                port: u16::try_from(p.port).unwrap_or(0),
+                http2,
+            }
+        })
+        .filter(|p| p.port != 0)
+        .collect();
+    let mut endpoints = Vec::new();
+    for slice in slices {
+        let ports: BTreeMap<String, u16> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), u16::try_from(p.port?).ok()?)))
+            .collect();
+        for e in &slice.endpoints {
+            let c = e.conditions.clone().unwrap_or_default();
+            for address in &e.addresses {
+                endpoints.push(Endpoint {
+                    address: address.clone(),
+                    ports: ports.clone(),
+                    zone: e.zone.clone(),
+                    // Unset `ready` means ready (EndpointSlice API).
+                    ready: c.ready.unwrap_or(true),
+                    terminating: c.terminating.unwrap_or(false),
+                });
+            }
+        }
+    }
+    Service {
+        name: s.name_any(),
+        namespace: s.namespace().unwrap_or_default(),
+        ports,
+        endpoints,
+    }
+}
+
+/// Our minimal HTTPRoute types (until the gateway-api crate follows kube 5).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RouteSpec {
+    #[serde(default)]
+    parent_refs: Vec<RefSpec>,
+    #[serde(default)]
+    rules: Vec<RuleSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RefSpec {
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    weight: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RuleSpec {
+    #[serde(default)]
+    matches: Vec<MatchSpec>,
+    #[serde(default)]
+    backend_refs: Vec<RefSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct MatchSpec {
+    #[serde(default)]
+    path: Option<ValueMatch>,
+    #[serde(default)]
+    headers: Vec<HeaderSpec>,
+}
+
+#[derive(Deserialize, Default)]
+struct ValueMatch {
+    #[serde(default, rename = "type")]
+    type_: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct HeaderSpec {
+    #[serde(default, rename = "type")]
+    type_: Option<String>,
+    name: String,
+    value: String,
+}
+
+/// A backendRef names a Service unless it says otherwise (group "" and kind Service are
+/// the defaults for backends).
+fn is_service(group: &Option<String>, kind: &Option<String>) -> bool {
+    group.as_deref().unwrap_or("") == "" && kind.as_deref().unwrap_or("Service") == "Service"
+}
+
+/// A parentRef names a Service only explicitly: its defaults are a Gateway.
+fn is_service_parent(p: &RefSpec) -> bool {
+    p.group.as_deref() == Some("") && p.kind.as_deref() == Some("Service")
+}
+
+/// An HTTPRoute attached to Services (GAMMA), or `None` when it attaches to none.
+fn route_model(r: &DynamicObject) -> Option<HttpRoute> {
+    let spec: RouteSpec = serde_json::from_value(r.data.get("spec")?.clone()).ok()?;
+    let ns = r.namespace().unwrap_or_default();
+    let parents: Vec<ParentRef> = spec
+        .parent_refs
+        .iter()
+        .filter(|p| is_service_parent(p))
+        .map(|p| ParentRef {
+            name: p.name.clone(),
+            namespace: p.namespace.clone().unwrap_or_else(|| ns.clone()),
+            port: p.port,
+        })
+        .collect();
+    if parents.is_empty() {
+        return None;
+    }
+    let rules = spec
+        .rules
+        .iter()
+        .map(|rule| RouteRule {
+            matches: rule
+                .matches
+                .iter()
+                .map(|m| RouteMatch {
+                    path: m.path.as_ref().map(|p| {
+                        let value = p.value.clone().unwrap_or_else(|| "/".to_string());
+                        match p.type_.as_deref().unwrap_or("PathPrefix") {
+                            "Exact" => PathMatch::Exact(value),
+                            "RegularExpression" => PathMatch::Regex(value),
+                            _ => PathMatch::Prefix(value),
+                        }
+                    }),
+                    headers: m
+                        .headers
+                        .iter()
+                        .map(|h| HeaderMatch {
+                            name: h.name.clone(),
+                            value: h.value.clone(),
+                            regex: h.type_.as_deref() == Some("RegularExpression"),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            backends: rule
+                .backend_refs
+                .iter()
+                .filter(|b| is_service(&b.group, &b.kind))
+                .filter_map(|b| {
+                    Some(Backend {
+                        name: b.name.clone(),
+                        namespace: b.namespace.clone().unwrap_or_else(|| ns.clone()),
+                        port: b.port?,
+                        weight: b.weight.unwrap_or(1),
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    Some(HttpRoute {
+        name: r.name_any(),
+        namespace: ns,
+        parents,
+        rules,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn label_selectors_match_like_kubernetes() {
+        let labels = BTreeMap::from([("team".to_string(), "shop".to_string())]);
+        let by_label = LabelSelector {
+            match_labels: Some(BTreeMap::from([("team".to_string(), "shop".to_string())])),
+            ..Default::default()
+        };
+        assert!(selector_matches(&by_label, &labels));
+        let not_in = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["shop".into()]),
+            }]),
+            ..Default::default()
+        };
+        assert!(!selector_matches(&not_in, &labels));
+        assert!(selector_matches(&not_in, &BTreeMap::new()));
+    }
+
+    #[test]
+    fn httproutes_attached_to_services_become_routes() {
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "split", "namespace": "shop"},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "cart", "port": 50051}],
+                "rules": [{
+                    "matches": [{"path": {"type": "Exact", "value": "/a"}, "headers": [{"name": "x", "value": "1"}]}],
+                    "backendRefs": [{"name": "cart", "port": 50051, "weight": 90}, {"name": "cart-v2", "port": 50051, "weight": 10}]
+                }]
+            }
+        }))
+        .unwrap();
+        let r = route_model(&obj).expect("attached to a service");
+        assert_eq!(r.parents[0].namespace, "shop");
+        assert_eq!(r.rules[0].matches[0].path, Some(PathMatch::Exact("/a".into())));
+        assert_eq!(
+            r.rules[0].backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+            [90, 10]
+        );
+        let gateway_only: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "g", "namespace": "shop"},
+            "spec": {"parentRefs": [{"name": "ingress"}]}
+        }))
+        .unwrap();
+        assert!(
+            route_model(&gateway_only).is_none(),
+            "a Gateway parent is not a mesh route"
+        );
+    }
+}
