@@ -44,55 +44,42 @@ pub fn httproute_resource() -> ApiResource {
     )
 }
 
-fn run<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    changed: Arc<Notify>,
-) -> impl std::future::Future<Output = ()> + Send + 'static
+async fn run<K>(api: Api<K>, writer: reflector::store::Writer<K>, changed: Arc<Notify>)
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    async move {
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(|o| o.managed_fields_mut().clear())
-            .reflect(writer)
-            .for_each(|event| {
-                if let Err(e) = event {
-                    tracing::warn!(error = %e, "watch error; retrying");
-                }
-                changed.notify_one();
-                futures::future::ready(())
-            })
-            .await
-    }
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watch error; retrying");
+            }
+            changed.notify_one();
+            futures::future::ready(())
+        })
+        .await
 }
 
 /// Like `run`, for kinds whose CRD may not be installed (MeshInstall, HTTPRoute): when the
 /// API server does not know the kind, the store is marked synced and empty instead of
 /// waiting forever.
-fn run_optional<K>(
-    api: Api<K>,
-    mut writer: reflector::store::Writer<K>,
-    changed: Arc<Notify>,
-    what: &'static str,
-) -> impl std::future::Future<Output = ()> + Send + 'static
+async fn run_optional<K>(api: Api<K>, mut writer: reflector::store::Writer<K>, changed: Arc<Notify>, what: &'static str)
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    async move {
-        match api.list(&kube::api::ListParams::default().limit(1)).await {
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                tracing::info!("{what} are not served by this cluster (CRD not installed); ignoring them");
-                writer.apply_watcher_event(&watcher::Event::Init);
-                writer.apply_watcher_event(&watcher::Event::InitDone);
-                changed.notify_one();
-                std::future::pending::<()>().await;
-            }
-            _ => run(api, writer, changed).await,
+    match api.list(&kube::api::ListParams::default().limit(1)).await {
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::info!("{what} are not served by this cluster (CRD not installed); ignoring them");
+            writer.apply_watcher_event(&watcher::Event::Init);
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            changed.notify_one();
+            std::future::pending::<()>().await;
         }
+        _ => run(api, writer, changed).await,
     }
 }
 
@@ -361,7 +348,7 @@ struct HeaderSpec {
 /// A backendRef names a Service unless it says otherwise (group "" and kind Service are
 /// the defaults for backends).
 fn is_service(group: &Option<String>, kind: &Option<String>) -> bool {
-    group.as_deref().unwrap_or("") == "" && kind.as_deref().unwrap_or("Service") == "Service"
+    group.as_deref().unwrap_or("").is_empty() && kind.as_deref().unwrap_or("Service") == "Service"
 }
 
 /// A parentRef names a Service only explicitly: its defaults are a Gateway.
