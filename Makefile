@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CLUSTER ?= weft
 
-.PHONY: all build test lint unit e2e demo bench toolchain crds cluster-up cluster-down
+.PHONY: all build test lint unit e2e python-deps demo bench toolchain crds cluster-up cluster-down
 
 all: build
 
@@ -25,8 +25,12 @@ lint: toolchain
 unit: toolchain
 	cargo test --workspace --exclude weft-e2e
 
-e2e: toolchain
+e2e: toolchain python-deps
 	e2e/run-tests
+
+## python-deps: the real xDS clients the e2e tests drive (gRPC's Python package).
+python-deps:
+	@python3 -m pip install -q --disable-pip-version-check -r e2e/xds/requirements.txt
 
 ## demo: build, start the local test-bed cluster and show how to use it.
 demo: build

@@ -13,6 +13,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
 pub mod operator;
+pub mod testhost;
 
 /// The cluster the tests use unless `WEFT_E2E_CLUSTER` names another.
 pub const DEFAULT_CLUSTER: &str = "weft-e2e";

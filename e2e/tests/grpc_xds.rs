@@ -1,0 +1,325 @@
+//! Proven with clients we did not write: Python's grpcio, as a proxyless xDS client, gets
+//! its configuration from `weft control-plane` reading the test bed, and calls real gRPC
+//! backends. Backends and clients run in a test host (a network namespace on
+//! 198.51.100.0/24); the control plane listens on the host side of its veth pair.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
+use weft_e2e::{Bed, repo_root, wait_for, weft_bin};
+
+const REVISION: &str = "grpc-test";
+
+struct ControlPlane(Child);
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_control_plane(bed: &Bed, xds_port: u16, monitoring_port: u16) -> ControlPlane {
+    let log = bed.kubeconfig.parent().unwrap().join("control-plane-grpc.log");
+    let child = Command::new(weft_bin())
+        .args(["control-plane", "--revision", REVISION, "--debounce-ms", "50"])
+        .arg("--kubeconfig")
+        .arg(&bed.kubeconfig)
+        .args(["--xds-address", &format!("{HOST_ADDRESS}:{xds_port}")])
+        .args(["--monitoring-address", &format!("127.0.0.1:{monitoring_port}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+        .spawn()
+        .expect("start weft control-plane");
+    ControlPlane(child)
+}
+
+fn free_port(address: &str) -> u16 {
+    std::net::TcpListener::bind((address, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ready(port: u16) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    write!(s, "GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    if body.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(body)
+    }
+}
+
+fn script(name: &str) -> String {
+    repo_root().join("e2e/xds").join(name).display().to_string()
+}
+
+fn backend(host: &TestHost, address: &str, name: &str) -> Proc {
+    let mut p = host.spawn("python3", &[&script("backend.py"), &format!("{address}:50051"), name]);
+    assert_eq!(p.read_line().as_deref(), Some("ready"), "backend {name} did not start");
+    p
+}
+
+fn bootstrap(bed: &Bed, xds_port: u16, revision: &str, ns: &str) -> String {
+    let path = bed
+        .kubeconfig
+        .parent()
+        .unwrap()
+        .join(format!("bootstrap-{revision}.json"));
+    let doc = json!({
+        "xds_servers": [{"server_uri": format!("{HOST_ADDRESS}:{xds_port}"), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+        "node": {"id": format!("e2e-{revision}"), "metadata": {"REVISION": revision, "NAMESPACE": ns, "ROLE": "proxyless"}}
+    });
+    std::fs::write(&path, doc.to_string()).unwrap();
+    path.display().to_string()
+}
+
+/// What `call N` answered.
+struct Calls {
+    counts: BTreeMap<String, u64>,
+    errors: u64,
+    last_error: String,
+}
+
+fn call(client: &mut Proc, n: u32) -> Calls {
+    let line = client.ask(&format!("call {n}")).expect("the client answers");
+    let v: Value = serde_json::from_str(&line).expect("JSON from the client");
+    Calls {
+        counts: v["counts"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+            .collect(),
+        errors: v["errors"].as_u64().unwrap(),
+        last_error: v["last_error"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+fn slice(name: &str, service: &str, addresses: &[&str]) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
+        "endpoints": addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}, "zone": "zone-a"})).collect::<Vec<_>>()
+    }))
+    .unwrap()
+}
+
+fn service(name: &str) -> Service {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}})).unwrap()
+}
+
+fn route(ns: &str, main: u32, v2: u32) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "echo-split", "namespace": ns},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 50051}],
+            "rules": [{"backendRefs": [{"name": "echo", "port": 50051, "weight": main}, {"name": "echo-v2", "port": 50051, "weight": v2}]}]
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("grpc").await;
+    let host = TestHost::create();
+    for a in ["198.51.100.10", "198.51.100.11", "198.51.100.20"] {
+        host.add_address(a);
+    }
+    let xds_port = free_port(HOST_ADDRESS);
+    let monitoring = free_port("127.0.0.1");
+    let mut cp = start_control_plane(&bed, xds_port, monitoring);
+    wait_for("the control plane to be ready", Duration::from_secs(30), || async {
+        ready(monitoring)
+    })
+    .await;
+
+    let _a = backend(&host, "198.51.100.10", "a");
+    let _b = backend(&host, "198.51.100.11", "b");
+    let _v2 = backend(&host, "198.51.100.20", "v2");
+    let svcs: Api<Service> = Api::namespaced(bed.client.clone(), &ns.name);
+    svcs.create(&PostParams::default(), &service("echo")).await.unwrap();
+    svcs.create(&PostParams::default(), &service("echo-v2")).await.unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(bed.client.clone(), &ns.name);
+    slices
+        .create(
+            &PostParams::default(),
+            &slice("echo-1", "echo", &["198.51.100.10", "198.51.100.11"]),
+        )
+        .await
+        .unwrap();
+    slices
+        .create(
+            &PostParams::default(),
+            &slice("echo-v2-1", "echo-v2", &["198.51.100.20"]),
+        )
+        .await
+        .unwrap();
+
+    let target = format!("xds:///echo.{}.svc.cluster.local:50051", ns.name);
+    let boot = bootstrap(&bed, xds_port, REVISION, &ns.name);
+    let mut client = host.spawn("python3", &[&script("client.py"), &boot, &target]);
+
+    // Balanced across both backends.
+    let balanced = wait_for("calls to reach both backends", Duration::from_secs(30), || {
+        let c = call(&mut client, 60);
+        async move {
+            if c.counts.get("a").copied().unwrap_or(0) > 0
+                && c.counts.get("b").copied().unwrap_or(0) > 0
+                && c.errors == 0
+            {
+                Ok(c)
+            } else {
+                Err(format!("counts {:?} errors {} ({})", c.counts, c.errors, c.last_error))
+            }
+        }
+    })
+    .await;
+    assert!(
+        balanced.counts["a"] >= 15 && balanced.counts["b"] >= 15,
+        "round robin: {:?}",
+        balanced.counts
+    );
+
+    // An endpoint leaves: its traffic stops.
+    slices
+        .patch(
+            "echo-1",
+            &PatchParams::apply("weft-e2e").force(),
+            &Patch::Apply(&slice("echo-1", "echo", &["198.51.100.10"])),
+        )
+        .await
+        .unwrap();
+    wait_for("traffic to stop going to b", Duration::from_secs(30), || {
+        let c = call(&mut client, 20);
+        async move {
+            if c.counts.keys().all(|k| k == "a") && c.errors == 0 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", c.counts))
+            }
+        }
+    })
+    .await;
+    let after = call(&mut client, 50);
+    assert_eq!(
+        (after.counts.get("a").copied(), after.errors),
+        (Some(50), 0),
+        "{:?}",
+        after.counts
+    );
+
+    // An HTTPRoute splits 90/10.
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(bed.client.clone(), &ns.name, &weft::xds::sources::httproute_resource());
+    routes
+        .create(&PostParams::default(), &route(&ns.name, 90, 10))
+        .await
+        .expect("create HTTPRoute");
+    wait_for("the split to take effect", Duration::from_secs(30), || {
+        let c = call(&mut client, 100);
+        async move {
+            if c.counts.contains_key("v2") {
+                Ok(())
+            } else {
+                Err(format!("{:?}", c.counts))
+            }
+        }
+    })
+    .await;
+    let split = call(&mut client, 1000);
+    let v2 = split.counts.get("v2").copied().unwrap_or(0) as f64 / 1000.0;
+    assert_eq!(split.errors, 0, "{}", split.last_error);
+    assert!(
+        (0.06..=0.14).contains(&v2),
+        "90/10 split measured {v2:.3} to v2 (tolerance 0.06..0.14): {:?}",
+        split.counts
+    );
+
+    // 50/50, without call errors on the way.
+    routes
+        .patch(
+            "echo-split",
+            &PatchParams::apply("weft-e2e").force(),
+            &Patch::Apply(&route(&ns.name, 50, 50)),
+        )
+        .await
+        .unwrap();
+    let mut errors = 0;
+    wait_for("the 50/50 split to take effect", Duration::from_secs(30), || {
+        let c = call(&mut client, 100);
+        errors += c.errors;
+        async move {
+            let v2 = c.counts.get("v2").copied().unwrap_or(0);
+            if v2 >= 35 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", c.counts))
+            }
+        }
+    })
+    .await;
+    let even = call(&mut client, 1000);
+    errors += even.errors;
+    let v2 = even.counts.get("v2").copied().unwrap_or(0) as f64 / 1000.0;
+    assert_eq!(errors, 0, "calls failed during the weight change: {}", even.last_error);
+    assert!(
+        (0.44..=0.56).contains(&v2),
+        "50/50 split measured {v2:.3} (tolerance 0.44..0.56): {:?}",
+        even.counts
+    );
+
+    // A client of another revision is refused.
+    let other = bootstrap(&bed, xds_port, "someone-else", &ns.name);
+    let mut stranger = host.spawn("python3", &[&script("client.py"), &other, &target]);
+    let refused = call(&mut stranger, 1);
+    assert_eq!(
+        refused.errors, 1,
+        "a client of another revision must not be served: {:?}",
+        refused.counts
+    );
+    assert!(
+        refused.last_error.contains("serves revision grpc-test"),
+        "the refusal says why: {}",
+        refused.last_error
+    );
+
+    // The control plane restarts: the client reconnects and resumes.
+    drop(cp);
+    cp = start_control_plane(&bed, xds_port, monitoring);
+    wait_for(
+        "the restarted control plane to be ready",
+        Duration::from_secs(30),
+        || async { ready(monitoring) },
+    )
+    .await;
+    wait_for("calls to succeed after the restart", Duration::from_secs(30), || {
+        let c = call(&mut client, 20);
+        async move {
+            if c.errors == 0 && c.counts.values().sum::<u64>() == 20 {
+                Ok(())
+            } else {
+                Err(format!("{:?} {}", c.counts, c.last_error))
+            }
+        }
+    })
+    .await;
+    drop(cp);
+    ns.delete().await;
+}
