@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CLUSTER ?= weft
 
-.PHONY: all build test lint unit e2e python-deps demo bench toolchain crds cluster-up cluster-down
+.PHONY: all build test lint unit e2e xds-clients demo bench toolchain crds cluster-up cluster-down
 
 all: build
 
@@ -25,12 +25,13 @@ lint: toolchain
 unit: toolchain
 	cargo test --workspace --exclude weft-e2e
 
-e2e: toolchain python-deps
+e2e: toolchain xds-clients
 	e2e/run-tests
 
-## python-deps: the real xDS clients the e2e tests drive (gRPC's Python package).
-python-deps:
+## xds-clients: the real xDS clients the e2e tests drive (gRPC's Python and Node packages).
+xds-clients:
 	@python3 -m pip install -q --disable-pip-version-check -r e2e/xds/requirements.txt
+	@cd e2e/xds/node && npm install --no-package-lock --no-audit --no-fund --silent
 
 ## demo: build, start the local test-bed cluster and show how to use it.
 demo: build

@@ -80,7 +80,7 @@ fn bootstrap(bed: &Bed, xds_port: u16, revision: &str, ns: &str) -> String {
         .join(format!("bootstrap-{revision}.json"));
     let doc = json!({
         "xds_servers": [{"server_uri": format!("{HOST_ADDRESS}:{xds_port}"), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-        "node": {"id": format!("e2e-{revision}"), "metadata": {"REVISION": revision, "NAMESPACE": ns, "ROLE": "proxyless"}}
+        "node": {"id": format!("e2e-{revision}"), "locality": {"zone": "zone-a"}, "metadata": {"REVISION": revision, "NAMESPACE": ns, "ROLE": "proxyless"}}
     });
     std::fs::write(&path, doc.to_string()).unwrap();
     path.display().to_string()
@@ -134,8 +134,23 @@ fn route(ns: &str, main: u32, v2: u32) -> DynamicObject {
     .unwrap()
 }
 
-#[tokio::test]
-async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
+/// Everything a scenario needs: a namespace with two services and their endpoints, three
+/// backends in a test host, and a control plane on the host side.
+struct Scenario {
+    bed: Bed,
+    ns: weft_e2e::TestNamespace,
+    host: TestHost,
+    xds_port: u16,
+    monitoring: u16,
+    slices: Api<EndpointSlice>,
+    routes: Api<DynamicObject>,
+    _backends: Vec<Proc>,
+}
+
+/// Test hosts share 198.51.100.0/24: scenarios run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn scenario() -> (Scenario, ControlPlane) {
     let bed = Bed::connect().await;
     let ns = bed.namespace("grpc").await;
     let host = TestHost::create();
@@ -144,15 +159,16 @@ async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
     }
     let xds_port = free_port(HOST_ADDRESS);
     let monitoring = free_port("127.0.0.1");
-    let mut cp = start_control_plane(&bed, xds_port, monitoring);
+    let cp = start_control_plane(&bed, xds_port, monitoring);
     wait_for("the control plane to be ready", Duration::from_secs(30), || async {
         ready(monitoring)
     })
     .await;
-
-    let _a = backend(&host, "198.51.100.10", "a");
-    let _b = backend(&host, "198.51.100.11", "b");
-    let _v2 = backend(&host, "198.51.100.20", "v2");
+    let backends = vec![
+        backend(&host, "198.51.100.10", "a"),
+        backend(&host, "198.51.100.11", "b"),
+        backend(&host, "198.51.100.20", "v2"),
+    ];
     let svcs: Api<Service> = Api::namespaced(bed.client.clone(), &ns.name);
     svcs.create(&PostParams::default(), &service("echo")).await.unwrap();
     svcs.create(&PostParams::default(), &service("echo-v2")).await.unwrap();
@@ -171,14 +187,41 @@ async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
         )
         .await
         .unwrap();
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(bed.client.clone(), &ns.name, &weft::xds::sources::httproute_resource());
+    let s = Scenario {
+        bed,
+        ns,
+        host,
+        xds_port,
+        monitoring,
+        slices,
+        routes,
+        _backends: backends,
+    };
+    (s, cp)
+}
 
-    let target = format!("xds:///echo.{}.svc.cluster.local:50051", ns.name);
-    let boot = bootstrap(&bed, xds_port, REVISION, &ns.name);
-    let mut client = host.spawn("python3", &[&script("client.py"), &boot, &target]);
+impl Scenario {
+    fn target(&self) -> String {
+        format!("xds:///echo.{}.svc.cluster.local:50051", self.ns.name)
+    }
 
-    // Balanced across both backends.
+    /// Starts a client: `python3 client.py` or `node client.js`.
+    fn client(&self, program: &str, revision: &str) -> Proc {
+        let boot = bootstrap(&self.bed, self.xds_port, revision, &self.ns.name);
+        let script = match program {
+            "node" => repo_root().join("e2e/xds/node/client.js").display().to_string(),
+            _ => script("client.py"),
+        };
+        self.host.spawn(program, &[&script, &boot, &self.target()])
+    }
+}
+
+/// Calls until both `a` and `b` answered, then checks the spread.
+async fn assert_balanced(client: &mut Proc) {
     let balanced = wait_for("calls to reach both backends", Duration::from_secs(30), || {
-        let c = call(&mut client, 60);
+        let c = call(client, 60);
         async move {
             if c.counts.get("a").copied().unwrap_or(0) > 0
                 && c.counts.get("b").copied().unwrap_or(0) > 0
@@ -196,14 +239,65 @@ async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
         "round robin: {:?}",
         balanced.counts
     );
+}
+
+/// Applies a 90/10 split and measures it over 1000 calls.
+async fn assert_split_90_10(s: &Scenario, client: &mut Proc) {
+    let route = route(&s.ns.name, 90, 10);
+    s.routes
+        .patch(
+            "echo-split",
+            &PatchParams::apply("weft-e2e").force(),
+            &Patch::Apply(&route),
+        )
+        .await
+        .expect("apply HTTPRoute");
+    wait_for("the split to take effect", Duration::from_secs(30), || {
+        let c = call(client, 100);
+        async move {
+            if c.counts.contains_key("v2") {
+                Ok(())
+            } else {
+                Err(format!("{:?}", c.counts))
+            }
+        }
+    })
+    .await;
+    let split = call(client, 1000);
+    let v2 = split.counts.get("v2").copied().unwrap_or(0) as f64 / 1000.0;
+    assert_eq!(split.errors, 0, "{}", split.last_error);
+    assert!(
+        (0.06..=0.14).contains(&v2),
+        "90/10 split measured {v2:.3} to v2 (tolerance 0.06..0.14): {:?}",
+        split.counts
+    );
+}
+
+#[tokio::test]
+async fn grpc_js_xds_resolves_balances_and_splits() {
+    let _serial = SERIAL.lock().await;
+    let (s, cp) = scenario().await;
+    let mut client = s.client("node", REVISION);
+    assert_balanced(&mut client).await;
+    assert_split_90_10(&s, &mut client).await;
+    drop(client);
+    drop(cp);
+    s.ns.delete().await;
+}
+
+#[tokio::test]
+async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
+    let _serial = SERIAL.lock().await;
+    let (s, mut cp) = scenario().await;
+    let mut client = s.client("python3", REVISION);
+
+    // Balanced across both backends.
+    assert_balanced(&mut client).await;
 
     // An endpoint leaves: its traffic stops.
-    slices
-        .patch(
-            "echo-1",
-            &PatchParams::apply("weft-e2e").force(),
-            &Patch::Apply(&slice("echo-1", "echo", &["198.51.100.10"])),
-        )
+    let one = slice("echo-1", "echo", &["198.51.100.10"]);
+    s.slices
+        .patch("echo-1", &PatchParams::apply("weft-e2e").force(), &Patch::Apply(&one))
         .await
         .unwrap();
     wait_for("traffic to stop going to b", Duration::from_secs(30), || {
@@ -226,38 +320,15 @@ async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
     );
 
     // An HTTPRoute splits 90/10.
-    let routes: Api<DynamicObject> =
-        Api::namespaced_with(bed.client.clone(), &ns.name, &weft::xds::sources::httproute_resource());
-    routes
-        .create(&PostParams::default(), &route(&ns.name, 90, 10))
-        .await
-        .expect("create HTTPRoute");
-    wait_for("the split to take effect", Duration::from_secs(30), || {
-        let c = call(&mut client, 100);
-        async move {
-            if c.counts.contains_key("v2") {
-                Ok(())
-            } else {
-                Err(format!("{:?}", c.counts))
-            }
-        }
-    })
-    .await;
-    let split = call(&mut client, 1000);
-    let v2 = split.counts.get("v2").copied().unwrap_or(0) as f64 / 1000.0;
-    assert_eq!(split.errors, 0, "{}", split.last_error);
-    assert!(
-        (0.06..=0.14).contains(&v2),
-        "90/10 split measured {v2:.3} to v2 (tolerance 0.06..0.14): {:?}",
-        split.counts
-    );
+    assert_split_90_10(&s, &mut client).await;
 
     // 50/50, without call errors on the way.
-    routes
+    let even_route = route(&s.ns.name, 50, 50);
+    s.routes
         .patch(
             "echo-split",
             &PatchParams::apply("weft-e2e").force(),
-            &Patch::Apply(&route(&ns.name, 50, 50)),
+            &Patch::Apply(&even_route),
         )
         .await
         .unwrap();
@@ -286,8 +357,7 @@ async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
     );
 
     // A client of another revision is refused.
-    let other = bootstrap(&bed, xds_port, "someone-else", &ns.name);
-    let mut stranger = host.spawn("python3", &[&script("client.py"), &other, &target]);
+    let mut stranger = s.client("python3", "someone-else");
     let refused = call(&mut stranger, 1);
     assert_eq!(
         refused.errors, 1,
@@ -302,11 +372,11 @@ async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
 
     // The control plane restarts: the client reconnects and resumes.
     drop(cp);
-    cp = start_control_plane(&bed, xds_port, monitoring);
+    cp = start_control_plane(&s.bed, s.xds_port, s.monitoring);
     wait_for(
         "the restarted control plane to be ready",
         Duration::from_secs(30),
-        || async { ready(monitoring) },
+        || async { ready(s.monitoring) },
     )
     .await;
     wait_for("calls to succeed after the restart", Duration::from_secs(30), || {
@@ -321,5 +391,7 @@ async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
     })
     .await;
     drop(cp);
-    ns.delete().await;
+    drop(client);
+    drop(stranger);
+    s.ns.delete().await;
 }
