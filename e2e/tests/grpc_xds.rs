@@ -62,6 +62,19 @@ fn ready(port: u16) -> Result<(), String> {
     }
 }
 
+/// One sample of the control plane's metrics (the line starting with `series`).
+fn metric(port: u16, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("monitoring port");
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn script(name: &str) -> String {
     repo_root().join("e2e/xds").join(name).display().to_string()
 }
@@ -355,6 +368,71 @@ async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
         "50/50 split measured {v2:.3} (tolerance 0.44..0.56): {:?}",
         even.counts
     );
+
+    // A route the client cannot accept (an invalid RE2 regex) is NACKed: CSDS shows it, the
+    // client keeps its last good configuration, and the control plane does not resend it.
+    let bad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "echo-split", "namespace": s.ns.name},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 50051}],
+            "rules": [{
+                "matches": [{"path": {"type": "RegularExpression", "value": "/echo(["}}],
+                "backendRefs": [{"name": "echo-v2", "port": 50051}]
+            }]
+        }
+    }))
+    .unwrap();
+    s.routes
+        .patch(
+            "echo-split",
+            &PatchParams::apply("weft-e2e").force(),
+            &Patch::Apply(&bad),
+        )
+        .await
+        .unwrap();
+    let listener = format!("echo.{}.svc.cluster.local:50051", s.ns.name);
+    wait_for(
+        "the client to NACK the route (seen through CSDS)",
+        Duration::from_secs(30),
+        || {
+            let line = client.ask("csds").expect("csds answer");
+            let listener = listener.clone();
+            async move {
+                let v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+                let nacked = v["resources"].as_array().into_iter().flatten().any(|r| {
+                    r["type"].as_str().is_some_and(|t| t.ends_with("RouteConfiguration"))
+                        && r["name"] == listener.as_str()
+                        && r["status"] == "NACKED"
+                        && !r["error"].as_str().unwrap_or_default().is_empty()
+                });
+                if nacked { Ok(()) } else { Err(line) }
+            }
+        },
+    )
+    .await;
+    let nacks = metric(s.monitoring, "weft_xds_nacks_total{type=\"rds\"}");
+    assert!(nacks >= 1.0, "the control plane counted the NACK");
+    let rds_pushes = metric(s.monitoring, "weft_xds_pushes_total{type=\"rds\"}");
+    let kept = call(&mut client, 100);
+    assert_eq!(
+        kept.errors, 0,
+        "the client keeps its last good configuration: {}",
+        kept.last_error
+    );
+    assert_eq!(
+        metric(s.monitoring, "weft_xds_pushes_total{type=\"rds\"}"),
+        rds_pushes,
+        "the NACKed route was sent again"
+    );
+    s.routes
+        .patch(
+            "echo-split",
+            &PatchParams::apply("weft-e2e").force(),
+            &Patch::Apply(&route(&s.ns.name, 50, 50)),
+        )
+        .await
+        .unwrap();
 
     // A client of another revision is refused.
     let mut stranger = s.client("python3", "someone-else");

@@ -219,7 +219,8 @@ impl AdsServer {
         nonce: &mut u64,
         tx: &SotwTx,
     ) -> Result<(), Status> {
-        let Some(state) = types.get_mut(type_url) else {
+        // Nothing is answered before the sources have synced (the first snapshot is 1).
+        let Some(state) = types.get_mut(type_url).filter(|_| snap.version > 0) else {
             return Ok(());
         };
         let (resources, version) = state.view(snap, type_url);
@@ -304,7 +305,7 @@ impl AdsServer {
         nonce: &mut u64,
         tx: &DeltaTx,
     ) -> Result<(), Status> {
-        let Some(state) = types.get_mut(type_url) else {
+        let Some(state) = types.get_mut(type_url).filter(|_| snap.version > 0) else {
             return Ok(());
         };
         let empty = BTreeMap::new();

@@ -200,6 +200,19 @@ async fn sotw_wildcard_lds_then_named_rds_and_updates_only_where_changed() {
 }
 
 #[tokio::test]
+async fn nothing_is_answered_before_the_first_snapshot() {
+    let cache = Cache::new();
+    let url = start(cache.clone()).await;
+    let mut s = sotw(&url).await;
+    let mut first = request(LISTENER, &[], "", "");
+    first.node = Some(node("rev-a"));
+    s.send(first).await;
+    s.quiet().await;
+    cache.publish(snapshot(1, &[service("a", &["198.51.100.2"])]));
+    assert_eq!(s.next().await.resources.len(), 1, "answered once the sources synced");
+}
+
+#[tokio::test]
 async fn a_nacked_version_is_not_sent_again_and_a_later_change_is() {
     let cache = Cache::new();
     cache.publish(snapshot(1, &[service("a", &["198.51.100.2"])]));
