@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CLUSTER ?= weft
 
-.PHONY: all build test lint unit e2e xds-clients demo bench toolchain crds cluster-up cluster-down
+.PHONY: all build test lint unit e2e xds-clients demo bench bench-xds toolchain crds cluster-up cluster-down
 
 all: build
 
@@ -50,6 +50,14 @@ bench: toolchain
 	e2e/cluster down weft-bench >/dev/null; e2e/cluster up weft-bench >/dev/null
 	WEFT_E2E_CLUSTER=weft-bench WEFT_BIN=$${CARGO_TARGET_DIR:-target}/release/weft \
 	  $${CARGO_TARGET_DIR:-target}/debug/bench-operator; rc=$$?; e2e/cluster down weft-bench >/dev/null; exit $$rc
+
+## bench-xds: control-plane figures (1000 services, 2000 ADS streams) on a release build.
+bench-xds: toolchain
+	cargo build --release -p weft
+	cargo build --release -p weft-e2e --bin bench-xds
+	e2e/cluster down weft-bench >/dev/null; e2e/cluster up weft-bench >/dev/null
+	WEFT_E2E_CLUSTER=weft-bench WEFT_BIN=$${CARGO_TARGET_DIR:-target}/release/weft \
+	  $${CARGO_TARGET_DIR:-target}/release/bench-xds; rc=$$?; e2e/cluster down weft-bench >/dev/null; exit $$rc
 
 cluster-up:
 	e2e/cluster up $(CLUSTER)
