@@ -1,11 +1,9 @@
 //! Runs `weft operator` as a process against a test-bed cluster, as a user would, and reads
 //! its metrics endpoint.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use crate::{Bed, weft_bin};
 
@@ -71,24 +69,9 @@ impl Operator {
         }
     }
 
-    /// GET a path of the metrics endpoint; `Err` while it is not answering.
+    /// GET a path of one of its endpoints; `Err` while it is not answering.
     pub fn get(&self, port: u16, path: &str) -> Result<(u16, String), String> {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-        let code = body
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("bad response: {body}"))?;
-        let text = body
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, text))
+        crate::http_get(port, path)
     }
 
     /// The metrics text.

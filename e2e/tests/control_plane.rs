@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use weft_e2e::{Bed, wait_for, weft_bin};
+use weft_e2e::{Bed, http_get, wait_for, weft_bin};
 
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -62,16 +62,6 @@ fn start(bed: &Bed, revision: &str) -> ControlPlane {
         .spawn()
         .expect("start weft control-plane");
     ControlPlane { child, xds, monitoring }
-}
-
-fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-    let code = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((code, body))
 }
 
 fn node(revision: &str) -> Node {

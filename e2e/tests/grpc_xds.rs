@@ -50,25 +50,15 @@ fn free_port(address: &str) -> u16 {
 }
 
 fn ready(port: u16) -> Result<(), String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    write!(s, "GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-    if body.starts_with("HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(body)
+    match weft_e2e::http_get(port, "/ready")? {
+        (200, _) => Ok(()),
+        other => Err(format!("{other:?}")),
     }
 }
 
 /// One sample of the control plane's metrics (the line starting with `series`).
 fn metric(port: u16, series: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("monitoring port");
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let (_, body) = weft_e2e::http_get(port, "/metrics").expect("monitoring port");
     body.lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())

@@ -182,7 +182,7 @@ async fn main() {
         "the control plane to hold every cluster",
         Duration::from_secs(120),
         || async {
-            let text = http_get(monitoring, "/metrics")?;
+            let (_, text) = weft_e2e::http_get(monitoring, "/metrics")?;
             let eds = text
                 .lines()
                 .find(|l| l.starts_with("weft_xds_resources{type=\"eds\"}"))
@@ -288,13 +288,4 @@ async fn main() {
     let _ = cp.kill();
     let _ = cp.wait();
     ns.delete().await;
-}
-
-fn http_get(port: u16, path: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-    Ok(body)
 }
