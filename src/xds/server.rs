@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -71,6 +72,29 @@ impl AdsServer {
             cache,
             admission,
             metrics,
+        }
+    }
+
+    /// Checks common to every request: the first one must name an admitted client, and
+    /// requests for types this server does not serve are skipped (`Ok(false)`).
+    fn served(&self, client: &mut Option<ClientInfo>, node: Option<&Node>, type_url: &str) -> Result<bool, Status> {
+        if client.is_none() {
+            *client = Some(self.admit(node)?);
+        }
+        if !TYPES.contains(&type_url) {
+            let id = client.as_ref().map(|c| c.id.as_str()).unwrap_or_default();
+            debug!(client = id, type_url, "ignoring a request for an unserved type");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Logs and counts a NACK; the stream then keeps what it sent, so nothing is resent.
+    fn log_nack(&self, client: &Option<ClientInfo>, type_url: &str, nonce: &str, error: Option<&RpcStatus>) {
+        if let Some(err) = error {
+            self.metrics.nack(short(type_url));
+            let id = client.as_ref().map(|c| c.id.as_str()).unwrap_or_default();
+            warn!(client = id, type_url = short(type_url), nonce, error = %err.message, "client rejected a response (NACK); it keeps its last good configuration");
         }
     }
 
@@ -174,12 +198,7 @@ impl AdsServer {
             tokio::select! {
                 message = incoming.message() => {
                     let Some(req) = message? else { return Ok(()) };
-                    if client.is_none() {
-                        client = Some(self.admit(req.node.as_ref())?);
-                    }
-                    let id = client.as_ref().map(|c| c.id.as_str()).unwrap_or_default();
-                    if !TYPES.contains(&req.type_url.as_str()) {
-                        debug!(client = id, type_url = %req.type_url, "ignoring a request for an unserved type");
+                    if !self.served(&mut client, req.node.as_ref(), &req.type_url)? {
                         continue;
                     }
                     let state = types.entry(req.type_url.clone()).or_default();
@@ -187,10 +206,7 @@ impl AdsServer {
                         // An answer to an older response: the newer one is still on its way.
                         continue;
                     }
-                    if let Some(err) = &req.error_detail {
-                        self.metrics.nack(short(&req.type_url));
-                        warn!(client = id, type_url = short(&req.type_url), version = %req.version_info, error = %err.message, "client rejected a response (NACK); keeping its last good configuration");
-                    }
+                    self.log_nack(&client, &req.type_url, &req.response_nonce, req.error_detail.as_ref());
                     let names: BTreeSet<String> = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
                     state.wildcard = wildcard_type(&req.type_url) && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
                     state.names = names;
@@ -253,17 +269,10 @@ impl AdsServer {
             tokio::select! {
                 message = incoming.message() => {
                     let Some(req) = message? else { return Ok(()) };
-                    if client.is_none() {
-                        client = Some(self.admit(req.node.as_ref())?);
-                    }
-                    let id = client.as_ref().map(|c| c.id.as_str()).unwrap_or_default();
-                    if !TYPES.contains(&req.type_url.as_str()) {
+                    if !self.served(&mut client, req.node.as_ref(), &req.type_url)? {
                         continue;
                     }
-                    if let Some(err) = &req.error_detail {
-                        self.metrics.nack(short(&req.type_url));
-                        warn!(client = id, type_url = short(&req.type_url), nonce = %req.response_nonce, error = %err.message, "client rejected a delta response (NACK); keeping its last good configuration");
-                    }
+                    self.log_nack(&client, &req.type_url, &req.response_nonce, req.error_detail.as_ref());
                     let state = types.entry(req.type_url.clone()).or_default();
                     if !state.subscribed {
                         state.subscribed = true;
