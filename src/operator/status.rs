@@ -335,6 +335,21 @@ mod tests {
         Time(Timestamp::from_second(secs).unwrap())
     }
 
+    fn status(
+        m: &MeshInstall,
+        revisions: Vec<RevisionObservation>,
+        stall: Option<Stall>,
+        now: Time,
+    ) -> MeshInstallStatus {
+        compute(&StatusInput {
+            mesh: m,
+            target: "m",
+            revisions,
+            stall,
+            now,
+        })
+    }
+
     fn cond<'a>(s: &'a MeshInstallStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
     }
@@ -342,26 +357,14 @@ mod tests {
     #[test]
     fn installing_then_ready_then_unchanged() {
         let m = mesh(1, None);
-        let s1 = compute(&StatusInput {
-            mesh: &m,
-            target: "m",
-            revisions: vec![rev(false)],
-            stall: None,
-            now: at(10),
-        });
+        let s1 = status(&m, vec![rev(false)], None, at(10));
         assert_eq!(s1.state.as_deref(), Some("Installing"));
         assert_eq!(cond(&s1, READY).status, "False");
         assert_eq!(cond(&s1, RECONCILING).status, "True");
         assert!(cond(&s1, READY).message.contains("control plane 0/1 ready"));
 
         let m = mesh(1, Some(s1));
-        let s2 = compute(&StatusInput {
-            mesh: &m,
-            target: "m",
-            revisions: vec![rev(true)],
-            stall: None,
-            now: at(20),
-        });
+        let s2 = status(&m, vec![rev(true)], None, at(20));
         assert_eq!(s2.state.as_deref(), Some("Healthy"));
         assert_eq!(cond(&s2, READY).status, "True");
         assert_eq!(cond(&s2, READY).last_transition_time, at(20));
@@ -386,13 +389,7 @@ mod tests {
 
         // Nothing changed: the same status, so the operator writes nothing.
         let m = mesh(1, Some(s2.clone()));
-        let s3 = compute(&StatusInput {
-            mesh: &m,
-            target: "m",
-            revisions: vec![rev(true)],
-            stall: None,
-            now: at(30),
-        });
+        let s3 = status(&m, vec![rev(true)], None, at(30));
         assert_eq!(s3, s2);
     }
 
@@ -403,13 +400,7 @@ mod tests {
             reason: "UnsupportedVersion",
             message: "version 9.9.9 is not supported".into(),
         };
-        let s = compute(&StatusInput {
-            mesh: &m,
-            target: "m",
-            revisions: vec![rev(true)],
-            stall: Some(stall),
-            now: at(1),
-        });
+        let s = status(&m, vec![rev(true)], Some(stall), at(1));
         assert_eq!(cond(&s, STALLED).status, "True");
         assert_eq!(cond(&s, STALLED).reason, "UnsupportedVersion");
         assert_eq!(cond(&s, RECONCILING).status, "False");
@@ -421,30 +412,12 @@ mod tests {
     #[test]
     fn a_ready_mesh_that_loses_pods_without_a_spec_change_is_degraded() {
         let m = mesh(1, None);
-        let ready = compute(&StatusInput {
-            mesh: &m,
-            target: "m",
-            revisions: vec![rev(true)],
-            stall: None,
-            now: at(1),
-        });
+        let ready = status(&m, vec![rev(true)], None, at(1));
         let m = mesh(1, Some(ready.clone()));
-        let s = compute(&StatusInput {
-            mesh: &m,
-            target: "m",
-            revisions: vec![rev(false)],
-            stall: None,
-            now: at(2),
-        });
+        let s = status(&m, vec![rev(false)], None, at(2));
         assert_eq!(s.state.as_deref(), Some("Degraded"));
         let m = mesh(2, Some(ready));
-        let s = compute(&StatusInput {
-            mesh: &m,
-            target: "m",
-            revisions: vec![rev(false)],
-            stall: None,
-            now: at(2),
-        });
+        let s = status(&m, vec![rev(false)], None, at(2));
         assert_eq!(s.state.as_deref(), Some("Updating"));
     }
 }

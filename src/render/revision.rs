@@ -50,6 +50,16 @@ pub struct RevisionInput<'a> {
     pub version: &'a MeshVersion,
 }
 
+/// A read-only (get, list, watch) RBAC rule.
+fn read_rule(groups: &[&str], resources: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+        verbs: ["get", "list", "watch"].iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
 /// The name of a revision's control-plane objects.
 pub fn control_plane_name(revision: &str) -> String {
     format!("weft-cp-{revision}")
@@ -200,19 +210,13 @@ impl Renderer<'_> {
 
     /// Read-only access to what discovery watches across the cluster.
     fn cluster_role(&self, name: &str) -> ClusterRole {
-        let rule = |groups: &[&str], resources: &[&str]| PolicyRule {
-            api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-            resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-            verbs: ["get", "list", "watch"].iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        };
         ClusterRole {
             metadata: self.meta(name, false, "control-plane"),
             rules: Some(vec![
-                rule(&[""], &["services", "namespaces"]),
-                rule(&["discovery.k8s.io"], &["endpointslices"]),
-                rule(&["gateway.networking.k8s.io"], &["httproutes"]),
-                rule(&["weft.dev"], &["meshinstalls", "meshgateways"]),
+                read_rule(&[""], &["services", "namespaces"]),
+                read_rule(&["discovery.k8s.io"], &["endpointslices"]),
+                read_rule(&["gateway.networking.k8s.io"], &["httproutes"]),
+                read_rule(&["weft.dev"], &["meshinstalls", "meshgateways"]),
             ]),
             ..Default::default()
         }
@@ -241,17 +245,11 @@ impl Renderer<'_> {
 
     /// In its own namespace only: the remote-cluster credentials and the mesh config.
     fn role(&self, name: &str) -> Role {
-        let rule = |groups: &[&str], resources: &[&str]| PolicyRule {
-            api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-            resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-            verbs: ["get", "list", "watch"].iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        };
         Role {
             metadata: self.meta(name, true, "control-plane"),
             rules: Some(vec![
-                rule(&[""], &["configmaps", "secrets"]),
-                rule(&["weft.dev"], &["remoteclusters"]),
+                read_rule(&[""], &["configmaps", "secrets"]),
+                read_rule(&["weft.dev"], &["remoteclusters"]),
             ]),
         }
     }
