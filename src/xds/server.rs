@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use futures::Stream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
@@ -57,68 +57,12 @@ impl ClientInfo {
     }
 }
 
-/// How many streams may have an unacknowledged response at once. A stream holds one
-/// permit from sending until the client acknowledges (or rejects) its latest response, so
-/// responses are built only as fast as clients take them: memory stays bounded however many
-/// streams connect at once.
-pub const PUSH_BUDGET: usize = 64;
-
 /// The ADS service.
 #[derive(Clone)]
 pub struct AdsServer {
     cache: Cache,
     admission: Admission,
     metrics: XdsMetrics,
-    budget: Arc<Semaphore>,
-}
-
-/// How long a stream may keep its push permit without an answer: a client that never
-/// acknowledges must not hold up everyone else.
-const PERMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A stream's outgoing side: its nonce counter and its push permit.
-#[derive(Default)]
-struct Outbox {
-    nonce: u64,
-    permit: Option<(OwnedSemaphorePermit, tokio::time::Instant)>,
-}
-
-/// Resolves at `deadline`, or never.
-async fn until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-impl Outbox {
-    /// The nonce of the next response, once this stream may send (it waits only when it
-    /// holds no permit, so a stream never waits on itself).
-    async fn next_nonce(&mut self, budget: &Arc<Semaphore>) -> Result<String, Status> {
-        if self.permit.is_none() {
-            let permit = budget
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Status::unavailable("shutting down"))?;
-            self.permit = Some((permit, tokio::time::Instant::now() + PERMIT_TIMEOUT));
-        }
-        self.nonce += 1;
-        Ok(self.nonce.to_string())
-    }
-
-    /// The client answered `nonce`: when that is the latest response, everything sent has
-    /// arrived and the permit goes back.
-    fn answered(&mut self, nonce: &str) {
-        if nonce == self.nonce.to_string() {
-            self.permit = None;
-        }
-    }
-
-    /// When the permit must go back even without an answer.
-    fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.permit.as_ref().map(|(_, d)| *d)
-    }
 }
 
 impl AdsServer {
@@ -128,7 +72,6 @@ impl AdsServer {
             cache,
             admission,
             metrics,
-            budget: Arc::new(Semaphore::new(PUSH_BUDGET)),
         }
     }
 
@@ -250,17 +193,14 @@ impl AdsServer {
         let mut snapshots = self.cache.subscribe();
         let mut types: BTreeMap<String, SotwType> = BTreeMap::new();
         let mut client: Option<ClientInfo> = None;
-        let mut out = Outbox::default();
+        let mut nonce: u64 = 0;
         loop {
-            let deadline = out.deadline();
             tokio::select! {
-                _ = until(deadline) => out.permit = None,
                 message = incoming.message() => {
                     let Some(req) = message? else { return Ok(()) };
                     if !self.served(&mut client, req.node.as_ref(), &req.type_url)? {
                         continue;
                     }
-                    out.answered(&req.response_nonce);
                     let state = types.entry(req.type_url.clone()).or_default();
                     if !req.response_nonce.is_empty() && req.response_nonce != state.nonce {
                         // An answer to an older response: the newer one is still on its way.
@@ -271,14 +211,14 @@ impl AdsServer {
                     state.wildcard = wildcard_type(&req.type_url) && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
                     state.names = names;
                     let snap = snapshots.borrow_and_update().clone();
-                    self.push_sotw(&req.type_url, &snap, &mut types, &mut out, tx).await?;
+                    self.push_sotw(&req.type_url, &snap, &mut types, &mut nonce, tx).await?;
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() { return Ok(()) }
                     let snap = snapshots.borrow_and_update().clone();
                     for t in TYPES {
                         if types.contains_key(t) {
-                            self.push_sotw(t, &snap, &mut types, &mut out, tx).await?;
+                            self.push_sotw(t, &snap, &mut types, &mut nonce, tx).await?;
                         }
                     }
                 }
@@ -292,7 +232,7 @@ impl AdsServer {
         type_url: &str,
         snap: &Snapshot,
         types: &mut BTreeMap<String, SotwType>,
-        out: &mut Outbox,
+        nonce: &mut u64,
         tx: &SotwTx,
     ) -> Result<(), Status> {
         // Nothing is answered before the sources have synced (the first snapshot is 1).
@@ -303,7 +243,8 @@ impl AdsServer {
         if state.sent.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
-        state.nonce = out.next_nonce(&self.budget).await?;
+        *nonce += 1;
+        state.nonce = nonce.to_string();
         state.sent = Some(version.clone());
         let response = DiscoveryResponse {
             version_info: version,
@@ -323,17 +264,14 @@ impl AdsServer {
         let mut snapshots = self.cache.subscribe();
         let mut types: BTreeMap<String, DeltaType> = BTreeMap::new();
         let mut client: Option<ClientInfo> = None;
-        let mut out = Outbox::default();
+        let mut nonce: u64 = 0;
         loop {
-            let deadline = out.deadline();
             tokio::select! {
-                _ = until(deadline) => out.permit = None,
                 message = incoming.message() => {
                     let Some(req) = message? else { return Ok(()) };
                     if !self.served(&mut client, req.node.as_ref(), &req.type_url)? {
                         continue;
                     }
-                    out.answered(&req.response_nonce);
                     self.log_nack(&client, &req.type_url, &req.response_nonce, req.error_detail.as_ref());
                     let state = types.entry(req.type_url.clone()).or_default();
                     if !state.subscribed {
@@ -351,14 +289,14 @@ impl AdsServer {
                         state.told_missing.remove(name);
                     }
                     let snap = snapshots.borrow_and_update().clone();
-                    self.push_delta(&req.type_url, &snap, &mut types, &mut out, tx).await?;
+                    self.push_delta(&req.type_url, &snap, &mut types, &mut nonce, tx).await?;
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() { return Ok(()) }
                     let snap = snapshots.borrow_and_update().clone();
                     for t in TYPES {
                         if types.contains_key(t) {
-                            self.push_delta(t, &snap, &mut types, &mut out, tx).await?;
+                            self.push_delta(t, &snap, &mut types, &mut nonce, tx).await?;
                         }
                     }
                 }
@@ -373,7 +311,7 @@ impl AdsServer {
         type_url: &str,
         snap: &Snapshot,
         types: &mut BTreeMap<String, DeltaType>,
-        out: &mut Outbox,
+        nonce: &mut u64,
         tx: &DeltaTx,
     ) -> Result<(), Status> {
         let Some(state) = types.get_mut(type_url).filter(|_| snap.version > 0) else {
@@ -415,13 +353,13 @@ impl AdsServer {
         state.told_missing.extend(unknown.iter().cloned());
         let mut removed_resources = removed;
         removed_resources.extend(unknown);
-        let nonce = out.next_nonce(&self.budget).await?;
+        *nonce += 1;
         let response = DeltaDiscoveryResponse {
             system_version_info: snap.version.to_string(),
             resources,
             type_url: type_url.to_string(),
             removed_resources,
-            nonce,
+            nonce: nonce.to_string(),
             ..Default::default()
         };
         tx.send(Ok(response))
