@@ -32,8 +32,13 @@ pub enum RenderError {
 /// A short, stable hash of text (FNV-1a, 64 bits), for checksum annotations that roll pods
 /// when their configuration changes. Stable across Rust releases, unlike `DefaultHasher`.
 pub fn fnv1a(text: &str) -> String {
+    fnv1a_bytes(text.as_bytes())
+}
+
+/// FNV-1a (64 bits) of bytes, as 16 hex digits.
+pub fn fnv1a_bytes(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.as_bytes() {
+    for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

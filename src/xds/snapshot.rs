@@ -10,7 +10,7 @@ use prost::{Message, Name};
 use tokio::sync::watch;
 
 use super::translate::Resources;
-use crate::render::fnv1a;
+use crate::render::{fnv1a, fnv1a_bytes};
 
 /// Type URL of listeners.
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -59,16 +59,6 @@ fn encode<M: Message + Name>(m: &M) -> Encoded {
         },
         version,
     }
-}
-
-fn fnv1a_bytes(bytes: &[u8]) -> String {
-    // Hex of the bytes is what fnv1a hashes; the bytes are protobuf, not text.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }
 
 /// Every resource at one moment.
