@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Client;
 use serde::Deserialize;
 use tracing::info;
 
+use super::grpc::AdsService;
 use super::metrics::{TypeLabels, XdsMetrics};
 use super::model::Telemetry;
 use super::server::{Admission, AdsServer};
@@ -163,7 +163,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
                     let labels = TypeLabels {
                         r#type: super::snapshot::short(t).to_string(),
                     };
-                    metrics_t.resources.get_or_create(&labels).set(items.len() as i64);
+                    metrics_t.resources.get_or_create(&labels).set(items.items.len() as i64);
                 }
                 cache_t.publish(snap);
                 last = Some(resources);
@@ -228,7 +228,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
     info!(revision = %opts.revision, xds = %xaddr, monitoring = %maddr, "control plane starting");
     let server = AdsServer::new(cache, admission, metrics);
     tonic::transport::Server::builder()
-        .add_service(AggregatedDiscoveryServiceServer::new(server))
+        .add_service(AdsService::new(server))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stopped)
         .await?;
     info!("stopped");

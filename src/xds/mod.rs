@@ -2,6 +2,7 @@
 //! resources, served over ADS.
 
 pub mod control_plane;
+pub mod grpc;
 pub mod metrics;
 pub mod model;
 pub mod server;

@@ -4,24 +4,23 @@
 //! stream; a NACK is logged and counted, and the NACKed content is not sent again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::pin::Pin;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use prost::Message;
+use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
+use super::grpc::Sender;
 use super::metrics::XdsMetrics;
-use super::snapshot::{Cache, Snapshot, TYPES, set_version, short, wildcard_type};
+use super::snapshot::{
+    Cache, Encoded, Snapshot, TYPES, TypeSet, delta_field, set_version, short, sotw_field, wildcard_type,
+};
 
 /// Decides whether a client may be served: `Err` carries the reason it is refused.
 pub type Admission = Arc<dyn Fn(&ClientInfo) -> Result<(), String> + Send + Sync>;
@@ -106,8 +105,6 @@ impl AdsServer {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
 /// Per type, what a state-of-the-world stream asked for and was sent.
 #[derive(Default)]
 struct SotwType {
@@ -117,22 +114,6 @@ struct SotwType {
     sent: Option<String>,
     /// Nonce of the last response.
     nonce: String,
-}
-
-impl SotwType {
-    /// The resources this subscription sees, and their combined version.
-    fn view<'a>(&self, snap: &'a Snapshot, type_url: &str) -> (Vec<&'a super::snapshot::Encoded>, String) {
-        let Some(all) = snap.of(type_url) else {
-            return (Vec::new(), String::new());
-        };
-        if self.wildcard {
-            let version = set_version(all.iter().map(|(n, e)| (n, Some(&e.version))));
-            (all.values().collect(), format!("*{version}"))
-        } else {
-            let version = set_version(self.names.iter().map(|n| (n, all.get(n).map(|e| &e.version))));
-            (self.names.iter().filter_map(|n| all.get(n)).collect(), version)
-        }
-    }
 }
 
 /// Per type, what a delta stream is subscribed to and holds.
@@ -147,49 +128,29 @@ struct DeltaType {
     subscribed: bool,
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let mut incoming = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let server = self.clone();
-        tokio::spawn(async move {
-            let _connected = server.metrics.stream_opened("sotw");
-            if let Err(status) = server.serve_sotw(&mut incoming, &tx).await {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let mut incoming = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let server = self.clone();
-        tokio::spawn(async move {
-            let _connected = server.metrics.stream_opened("delta");
-            if let Err(status) = server.serve_delta(&mut incoming, &tx).await {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-type SotwTx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
-type DeltaTx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
-
 impl AdsServer {
-    async fn serve_sotw(&self, incoming: &mut Streaming<DiscoveryRequest>, tx: &SotwTx) -> Result<(), Status> {
+    /// Serves one state-of-the-world stream until the client ends it, then writes the
+    /// final status.
+    pub(super) async fn serve_sotw(self, mut incoming: Streaming<DiscoveryRequest>, out: Sender) {
+        let _connected = self.metrics.stream_opened("sotw");
+        let status = match self.sotw(&mut incoming, &out).await {
+            Ok(()) => Status::ok(""),
+            Err(status) => status,
+        };
+        out.finish(status).await;
+    }
+
+    /// Serves one delta stream, like [`AdsServer::serve_sotw`].
+    pub(super) async fn serve_delta(self, mut incoming: Streaming<DeltaDiscoveryRequest>, out: Sender) {
+        let _connected = self.metrics.stream_opened("delta");
+        let status = match self.delta(&mut incoming, &out).await {
+            Ok(()) => Status::ok(""),
+            Err(status) => status,
+        };
+        out.finish(status).await;
+    }
+
+    async fn sotw(&self, incoming: &mut Streaming<DiscoveryRequest>, out: &Sender) -> Result<(), Status> {
         let mut snapshots = self.cache.subscribe();
         let mut types: BTreeMap<String, SotwType> = BTreeMap::new();
         let mut client: Option<ClientInfo> = None;
@@ -211,14 +172,14 @@ impl AdsServer {
                     state.wildcard = wildcard_type(&req.type_url) && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
                     state.names = names;
                     let snap = snapshots.borrow_and_update().clone();
-                    self.push_sotw(&req.type_url, &snap, &mut types, &mut nonce, tx).await?;
+                    self.push_sotw(&req.type_url, &snap, &mut types, &mut nonce, out).await?;
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() { return Ok(()) }
                     let snap = snapshots.borrow_and_update().clone();
                     for t in TYPES {
                         if types.contains_key(t) {
-                            self.push_sotw(t, &snap, &mut types, &mut nonce, tx).await?;
+                            self.push_sotw(t, &snap, &mut types, &mut nonce, out).await?;
                         }
                     }
                 }
@@ -233,34 +194,48 @@ impl AdsServer {
         snap: &Snapshot,
         types: &mut BTreeMap<String, SotwType>,
         nonce: &mut u64,
-        tx: &SotwTx,
+        out: &Sender,
     ) -> Result<(), Status> {
         // Nothing is answered before the sources have synced (the first snapshot is 1).
         let Some(state) = types.get_mut(type_url).filter(|_| snap.version > 0) else {
             return Ok(());
         };
-        let (resources, version) = state.view(snap, type_url);
+        let empty = TypeSet::default();
+        let set = snap.of(type_url).unwrap_or(&empty);
+        let version = if state.wildcard {
+            set.wildcard_version.clone()
+        } else {
+            set_version(state.names.iter().map(|n| (n, set.items.get(n).map(|e| &e.version))))
+        };
         if state.sent.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
         *nonce += 1;
         state.nonce = nonce.to_string();
         state.sent = Some(version.clone());
-        let response = DiscoveryResponse {
+        let mut head = DiscoveryResponse {
             version_info: version,
-            resources: resources.into_iter().map(|e| e.any.clone()).collect(),
             type_url: type_url.to_string(),
             nonce: state.nonce.clone(),
             ..Default::default()
+        }
+        .encode_to_vec();
+        let shared = if state.wildcard {
+            Some(set.all_sotw.clone())
+        } else {
+            for e in state.names.iter().filter_map(|n| set.items.get(n)) {
+                sotw_field(&e.any, &mut head);
+            }
+            None
         };
-        tx.send(Ok(response))
+        out.message(head, shared)
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
         self.metrics.pushed(short(type_url), snap.changed_at);
         Ok(())
     }
 
-    async fn serve_delta(&self, incoming: &mut Streaming<DeltaDiscoveryRequest>, tx: &DeltaTx) -> Result<(), Status> {
+    async fn delta(&self, incoming: &mut Streaming<DeltaDiscoveryRequest>, out: &Sender) -> Result<(), Status> {
         let mut snapshots = self.cache.subscribe();
         let mut types: BTreeMap<String, DeltaType> = BTreeMap::new();
         let mut client: Option<ClientInfo> = None;
@@ -289,14 +264,14 @@ impl AdsServer {
                         state.told_missing.remove(name);
                     }
                     let snap = snapshots.borrow_and_update().clone();
-                    self.push_delta(&req.type_url, &snap, &mut types, &mut nonce, tx).await?;
+                    self.push_delta(&req.type_url, &snap, &mut types, &mut nonce, out).await?;
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() { return Ok(()) }
                     let snap = snapshots.borrow_and_update().clone();
                     for t in TYPES {
                         if types.contains_key(t) {
-                            self.push_delta(t, &snap, &mut types, &mut nonce, tx).await?;
+                            self.push_delta(t, &snap, &mut types, &mut nonce, out).await?;
                         }
                     }
                 }
@@ -312,25 +287,19 @@ impl AdsServer {
         snap: &Snapshot,
         types: &mut BTreeMap<String, DeltaType>,
         nonce: &mut u64,
-        tx: &DeltaTx,
+        out: &Sender,
     ) -> Result<(), Status> {
         let Some(state) = types.get_mut(type_url).filter(|_| snap.version > 0) else {
             return Ok(());
         };
-        let empty = BTreeMap::new();
-        let all = snap.of(type_url).unwrap_or(&empty);
+        let empty = TypeSet::default();
+        let set = snap.of(type_url).unwrap_or(&empty);
+        let all = &set.items;
         let in_scope = |name: &String| state.wildcard || state.names.contains(name);
-        let mut resources = Vec::new();
-        for (name, e) in all.iter().filter(|(n, _)| in_scope(n)) {
-            if state.held.get(name) != Some(&e.version) {
-                resources.push(Resource {
-                    name: name.clone(),
-                    version: e.version.clone(),
-                    resource: Some(e.any.clone()),
-                    ..Default::default()
-                });
-            }
-        }
+        let changed: Vec<(&String, &Encoded)> = all
+            .iter()
+            .filter(|(n, e)| in_scope(n) && state.held.get(*n) != Some(&e.version))
+            .collect();
         let removed: Vec<String> = state.held.keys().filter(|n| !all.contains_key(*n)).cloned().collect();
         // A subscribed name that does not exist is reported removed once, so the client
         // does not wait for it.
@@ -340,12 +309,12 @@ impl AdsServer {
             .filter(|n| !all.contains_key(*n) && !state.held.contains_key(*n) && !state.told_missing.contains(*n))
             .cloned()
             .collect();
-        if resources.is_empty() && removed.is_empty() && unknown.is_empty() {
+        if changed.is_empty() && removed.is_empty() && unknown.is_empty() {
             return Ok(());
         }
-        for r in &resources {
-            state.held.insert(r.name.clone(), r.version.clone());
-            state.told_missing.remove(&r.name);
+        for (name, e) in &changed {
+            state.held.insert((*name).clone(), e.version.clone());
+            state.told_missing.remove(*name);
         }
         for n in &removed {
             state.held.remove(n);
@@ -354,15 +323,24 @@ impl AdsServer {
         let mut removed_resources = removed;
         removed_resources.extend(unknown);
         *nonce += 1;
-        let response = DeltaDiscoveryResponse {
+        let mut head = DeltaDiscoveryResponse {
             system_version_info: snap.version.to_string(),
-            resources,
             type_url: type_url.to_string(),
             removed_resources,
             nonce: nonce.to_string(),
             ..Default::default()
+        }
+        .encode_to_vec();
+        // Everything at once (a new subscriber) shares the snapshot's encoding.
+        let shared = if changed.len() == all.len() {
+            Some(set.all_delta.clone())
+        } else {
+            for (name, e) in &changed {
+                delta_field(name, e, &mut head);
+            }
+            None
         };
-        tx.send(Ok(response))
+        out.message(head, shared)
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
         self.metrics.pushed(short(type_url), snap.changed_at);

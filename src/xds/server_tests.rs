@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -18,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::Streaming;
 
+use super::grpc::AdsService;
 use super::metrics::XdsMetrics;
 use super::model::*;
 use super::server::{Admission, AdsServer};
@@ -66,7 +66,7 @@ async fn start(cache: Cache) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(server))
+            .add_service(AdsService::new(server))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     format!("http://{addr}")
@@ -321,4 +321,52 @@ async fn delta_sends_only_changes_and_signals_removals() {
     .unwrap();
     let missing = next_delta(&mut rx).await;
     assert_eq!(missing.removed_resources, ["outbound|50051||zzz.ns.svc.cluster.local"]);
+}
+
+/// A wildcard response is this stream's head fields followed by the snapshot's shared
+/// bytes; decoded, it must be exactly the message those parts stand for.
+#[test]
+fn shared_encodings_decode_as_whole_messages() {
+    let snap = snapshot(1, &[service("a", &["10.0.0.1"]), service("b", &["10.0.0.2"])]);
+    let set = snap.of(CLUSTER).unwrap();
+    let head = DiscoveryResponse {
+        version_info: set.wildcard_version.clone(),
+        type_url: CLUSTER.into(),
+        nonce: "7".into(),
+        ..Default::default()
+    };
+    let mut bytes = head.encode_to_vec();
+    bytes.extend_from_slice(&set.all_sotw);
+    let decoded = DiscoveryResponse::decode(bytes.as_slice()).unwrap();
+    let expected = DiscoveryResponse {
+        resources: set.items.values().map(|e| e.any.clone()).collect(),
+        ..head
+    };
+    assert_eq!(decoded, expected);
+
+    let head = DeltaDiscoveryResponse {
+        system_version_info: "1".into(),
+        type_url: CLUSTER.into(),
+        nonce: "8".into(),
+        ..Default::default()
+    };
+    let mut bytes = head.encode_to_vec();
+    bytes.extend_from_slice(&set.all_delta);
+    let decoded = DeltaDiscoveryResponse::decode(bytes.as_slice()).unwrap();
+    let names: Vec<&str> = decoded.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "outbound|50051||a.ns.svc.cluster.local",
+            "outbound|50051||b.ns.svc.cluster.local"
+        ]
+    );
+    for r in &decoded.resources {
+        let e = &set.items[&r.name];
+        assert_eq!(
+            (r.version.as_str(), r.resource.as_ref()),
+            (e.version.as_str(), Some(&e.any))
+        );
+    }
+    assert_eq!((decoded.nonce.as_str(), decoded.type_url.as_str()), ("8", CLUSTER));
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use tokio::sync::watch;
@@ -61,6 +63,58 @@ fn encode<M: Message + Name>(m: &M) -> Encoded {
     }
 }
 
+/// Every resource of one type, plus the encodings that wildcard subscribers share.
+#[derive(Clone, Debug, Default)]
+pub struct TypeSet {
+    /// Resources by name.
+    pub items: BTreeMap<String, Encoded>,
+    /// The version of the whole set, as a wildcard subscriber sees it.
+    pub wildcard_version: String,
+    /// Every resource encoded as `DiscoveryResponse.resources` fields. Protobuf messages
+    /// concatenate, so every wildcard stream sends these same bytes after its own few
+    /// header fields: memory stays one copy however many streams there are.
+    pub all_sotw: Bytes,
+    /// Every resource encoded as `DeltaDiscoveryResponse.resources` fields (same idea).
+    pub all_delta: Bytes,
+}
+
+impl TypeSet {
+    fn new(items: BTreeMap<String, Encoded>) -> TypeSet {
+        let wildcard_version = format!("*{}", set_version(items.iter().map(|(n, e)| (n, Some(&e.version)))));
+        let mut all_sotw = Vec::new();
+        let mut all_delta = Vec::new();
+        for (name, e) in &items {
+            sotw_field(&e.any, &mut all_sotw);
+            delta_field(name, e, &mut all_delta);
+        }
+        TypeSet {
+            items,
+            wildcard_version,
+            all_sotw: all_sotw.into(),
+            all_delta: all_delta.into(),
+        }
+    }
+}
+
+/// Appends one resource as a `DiscoveryResponse.resources` field.
+pub fn sotw_field(any: &Any, out: &mut Vec<u8>) {
+    prost::encoding::message::encode(DISCOVERY_RESOURCES_FIELD, any, out);
+}
+
+/// Appends one resource as a `DeltaDiscoveryResponse.resources` field.
+pub fn delta_field(name: &str, e: &Encoded, out: &mut Vec<u8>) {
+    let resource = Resource {
+        name: name.to_string(),
+        version: e.version.clone(),
+        resource: Some(e.any.clone()),
+        ..Default::default()
+    };
+    prost::encoding::message::encode(DISCOVERY_RESOURCES_FIELD, &resource, out);
+}
+
+/// The field number of `resources` in both `DiscoveryResponse` and `DeltaDiscoveryResponse`.
+const DISCOVERY_RESOURCES_FIELD: u32 = 2;
+
 /// Every resource at one moment.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -68,8 +122,8 @@ pub struct Snapshot {
     pub version: u64,
     /// When the change that produced it was first seen (for push latency).
     pub changed_at: Instant,
-    /// Resources by type URL, then name.
-    pub resources: BTreeMap<&'static str, BTreeMap<String, Encoded>>,
+    /// Resources by type URL.
+    pub resources: BTreeMap<&'static str, TypeSet>,
 }
 
 impl Snapshot {
@@ -78,26 +132,21 @@ impl Snapshot {
         Snapshot {
             version: 0,
             changed_at: Instant::now(),
-            resources: TYPES.iter().map(|t| (*t, BTreeMap::new())).collect(),
+            resources: TYPES.iter().map(|t| (*t, TypeSet::default())).collect(),
         }
     }
 
     /// Encodes translated resources.
     pub fn new(version: u64, changed_at: Instant, r: &Resources) -> Snapshot {
-        let mut resources = BTreeMap::new();
-        resources.insert(
-            LISTENER,
-            r.listeners.iter().map(|(n, m)| (n.clone(), encode(m))).collect(),
-        );
-        resources.insert(ROUTE, r.routes.iter().map(|(n, m)| (n.clone(), encode(m))).collect());
-        resources.insert(
-            CLUSTER,
-            r.clusters.iter().map(|(n, m)| (n.clone(), encode(m))).collect(),
-        );
-        resources.insert(
-            ENDPOINT,
-            r.endpoints.iter().map(|(n, m)| (n.clone(), encode(m))).collect(),
-        );
+        fn set<M: Message + Name>(items: &BTreeMap<String, M>) -> TypeSet {
+            TypeSet::new(items.iter().map(|(n, m)| (n.clone(), encode(m))).collect())
+        }
+        let resources = BTreeMap::from([
+            (LISTENER, set(&r.listeners)),
+            (ROUTE, set(&r.routes)),
+            (CLUSTER, set(&r.clusters)),
+            (ENDPOINT, set(&r.endpoints)),
+        ]);
         Snapshot {
             version,
             changed_at,
@@ -106,7 +155,7 @@ impl Snapshot {
     }
 
     /// The resources of one type.
-    pub fn of(&self, type_url: &str) -> Option<&BTreeMap<String, Encoded>> {
+    pub fn of(&self, type_url: &str) -> Option<&TypeSet> {
         self.resources.get(type_url)
     }
 }
