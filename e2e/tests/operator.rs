@@ -1,134 +1,20 @@
 //! The MeshInstall operator end to end: `weft operator` runs as a process against the test
 //! bed, and each test checks what a user would see with kubectl.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use weft::api::MeshInstall;
-use weft_e2e::operator::{Operator, SERIAL};
+use weft_e2e::operator::{Operator, SERIAL, condition, delete_and_wait, install_crds, mesh, owned_objects, wait_ready};
 use weft_e2e::{Bed, repo_root, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Installs the CRDs from `crds/` (idempotent).
-fn install_crds(bed: &Bed) {
-    let dir = repo_root().join("crds");
-    bed.kubectl(&[
-        "apply",
-        "--server-side",
-        "--field-manager=weft-e2e",
-        "-f",
-        dir.to_str().unwrap(),
-    ])
-    .expect("CRDs apply");
-    bed.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/meshinstalls.weft.dev",
-    ])
-    .expect("CRDs established");
-}
-
-fn mesh(name: &str, namespace: &str, extra: serde_json::Value) -> MeshInstall {
-    let mut spec = json!({"version": "1.0.0", "namespace": namespace});
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "weft.dev/v1alpha1",
-        "kind": "MeshInstall",
-        "metadata": {"name": name},
-        "spec": spec
-    }))
-    .expect("valid MeshInstall")
-}
-
-fn condition(mi: &MeshInstall, type_: &str) -> Option<(String, String, String)> {
-    let c = mi.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-/// Waits until the MeshInstall is Ready for its current generation.
-async fn wait_ready(api: &Api<MeshInstall>, name: &str, op: &Operator) -> MeshInstall {
-    wait_for(&format!("MeshInstall {name} to be Ready"), TIMEOUT, || async {
-        let mi = api.get(name).await.map_err(|e| e.to_string())?;
-        let current = mi.status.as_ref().and_then(|s| s.observed_generation) == mi.metadata.generation;
-        match condition(&mi, "Ready") {
-            Some((s, _, _)) if s == "True" && current => Ok(mi),
-            other => Err(format!(
-                "Ready={other:?} status={:?}\noperator log:\n{}",
-                mi.status,
-                op.log_tail()
-            )),
-        }
-    })
-    .await
-}
-
-/// Deletes a MeshInstall and waits until it and everything it owned are gone.
-async fn delete_and_wait(bed: &Bed, name: &str) {
-    let api: Api<MeshInstall> = Api::all(bed.client.clone());
-    let _ = api.delete(name, &DeleteParams::default()).await;
-    wait_for(
-        &format!("MeshInstall {name} and its objects to be deleted"),
-        TIMEOUT,
-        || async {
-            let left = owned_objects(bed, name).await;
-            let mi = api.get_opt(name).await.map_err(|e| e.to_string())?;
-            if mi.is_none() && left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("mesh present={} left={left:?}", mi.is_some()))
-            }
-        },
-    )
-    .await;
-}
-
-/// Every object labelled as belonging to the MeshInstall: `Kind ns/name` → its spec's
-/// version: `generation` for kinds whose status other controllers write, else resourceVersion.
-async fn owned_objects(bed: &Bed, mesh: &str) -> BTreeMap<String, String> {
-    let lp = ListParams::default().labels(&format!("weft.dev/mesh={mesh}"));
-    let mut out = BTreeMap::new();
-    macro_rules! collect {
-        ($($k:ty),*) => {$(
-            let api: Api<$k> = Api::all(bed.client.clone());
-            for o in api.list(&lp).await.expect("list owned objects").items {
-                let version = match o.meta().generation {
-                    Some(g) => format!("generation {g}"),
-                    None => format!("resourceVersion {}", o.resource_version().unwrap_or_default()),
-                };
-                out.insert(
-                    format!("{} {}/{}", <$k as Resource>::kind(&()), o.namespace().unwrap_or_default(), o.name_any()),
-                    version,
-                );
-            }
-        )*};
-    }
-    collect!(
-        ServiceAccount,
-        ConfigMap,
-        Service,
-        Deployment,
-        DaemonSet,
-        HorizontalPodAutoscaler,
-        PodDisruptionBudget,
-        Role,
-        RoleBinding,
-        ClusterRole,
-        ClusterRoleBinding
-    );
-    out
-}
 
 #[tokio::test]
 async fn sample_becomes_ready_owns_its_objects_and_is_cleaned_up_on_delete() {

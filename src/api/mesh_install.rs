@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -379,6 +379,22 @@ pub struct MeshInstallStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub tags: Vec<TagStatus>,
+    /// The rollout under way (or last finished): which revision and spec generation, and
+    /// when it started, so the progress deadline survives an operator restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// A rollout of the target revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// The revision being rolled out.
+    pub revision: String,
+    /// The spec generation it started with.
+    pub generation: i64,
+    /// When it started.
+    pub start_time: Time,
 }
 
 /// One installed revision.
@@ -407,6 +423,17 @@ pub struct RevisionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub gateways: Vec<String>,
+    /// Tags that resolve to this revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub tags: Vec<String>,
+    /// Since when it has been Ready without interruption (for `minReadySeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_since: Option<Time>,
+    /// Since when it has been neither active, targeted nor in use (for the deletion grace
+    /// period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unused_since: Option<Time>,
 }
 
 /// Desired and ready replicas.

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::index::OwnedIndex;
 use super::metrics::Metrics;
+use crate::api::labels;
 use crate::render::{Manifest, OwnedKind};
 
 /// The field manager of every write the operator makes.
@@ -50,8 +51,27 @@ pub fn contains(live: &Value, want: &Value) -> bool {
     }
 }
 
-/// Whether the live object already holds every field we want. `apiVersion` and `kind` are
-/// left out: objects that arrive in list responses do not carry them.
+/// The annotation holding a hash of what was last applied. Containment alone cannot see a
+/// field we stopped wanting (the live object still has it); a changed hash can.
+pub const APPLIED_HASH: &str = "weft.dev/applied-hash";
+
+/// `want` with its own hash in the `APPLIED_HASH` annotation.
+pub fn with_hash(want: &Value) -> Value {
+    let hash = crate::render::fnv1a(&want.to_string());
+    let mut out = want.clone();
+    if let Some(meta) = out.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(APPLIED_HASH.to_string(), Value::String(hash));
+        }
+    }
+    out
+}
+
+/// Whether the live object already holds every field we want (`want` as sent, with its
+/// hash). `apiVersion` and `kind` are left out: objects in list responses lack them.
 pub fn up_to_date(live: &DynamicObject, want: &Value) -> bool {
     let live = serde_json::to_value(live).unwrap_or(Value::Null);
     match want {
@@ -79,14 +99,15 @@ pub async fn apply(
     m: &Manifest,
 ) -> Result<Applied, ApplyError> {
     let live = index.get(m.kind, m.namespace.as_deref(), &m.name);
+    let want = with_hash(&m.object);
     if let Some(live) = &live
-        && up_to_date(live, &m.object)
+        && up_to_date(live, &want)
     {
         return Ok(Applied::Unchanged);
     }
     let api = api_for(client, m.kind, m.namespace.as_deref());
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&m.name, &params, &Patch::Apply(&m.object))
+    api.patch(&m.name, &params, &Patch::Apply(&want))
         .await
         .map_err(|source| ApplyError {
             action: "apply",
@@ -101,16 +122,18 @@ pub async fn apply(
     })
 }
 
-/// Deletes every object owned by the MeshInstall (`mesh`, `uid`) that is not in `wanted`.
+/// Deletes every object owned by the MeshInstall (`mesh`, `uid`) that is not in `wanted`;
+/// with a `revision`, only objects of that revision (others are left as they are).
 /// Returns what was deleted, as `Kind namespace/name`.
 pub async fn prune(
     client: &Client,
     index: &OwnedIndex,
     metrics: &Metrics,
-    mesh: &str,
-    uid: &str,
+    owner: (&str, &str),
+    revision: Option<&str>,
     wanted: &[Manifest],
 ) -> Result<Vec<String>, ApplyError> {
+    let (mesh, uid) = owner;
     let keep: HashSet<(OwnedKind, Option<&str>, &str)> = wanted
         .iter()
         .map(|m| (m.kind, m.namespace.as_deref(), m.name.as_str()))
@@ -120,7 +143,12 @@ pub async fn prune(
         for obj in index.owned_by(*kind, mesh, uid) {
             let name = obj.name_any();
             let ns = obj.namespace();
-            if keep.contains(&(*kind, ns.as_deref(), name.as_str())) || obj.metadata.deletion_timestamp.is_some() {
+            let other_revision =
+                revision.is_some_and(|r| obj.labels().get(labels::REVISION).map(String::as_str) != Some(r));
+            if other_revision
+                || keep.contains(&(*kind, ns.as_deref(), name.as_str()))
+                || obj.metadata.deletion_timestamp.is_some()
+            {
                 continue;
             }
             let what = match &ns {
@@ -151,7 +179,7 @@ pub async fn prune(
 
 #[cfg(test)]
 mod tests {
-    use super::contains;
+    use super::{contains, up_to_date, with_hash};
     use serde_json::json;
 
     #[test]
@@ -163,6 +191,27 @@ mod tests {
         ));
         assert!(!contains(&live, &json!({"spec": {"replicas": 2}})));
         assert!(!contains(&live, &json!({"spec": {"strategy": {}}})));
+    }
+
+    #[test]
+    fn a_field_no_longer_wanted_changes_the_hash() {
+        let before = json!({"metadata": {"name": "a"}, "spec": {"nodeSelector": {"x": "1"}, "replicas": 1}});
+        let after = json!({"metadata": {"name": "a"}, "spec": {"replicas": 1}});
+        let live: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "X", "metadata": {"name": "a", "annotations": {"other": "kept"}},
+            "spec": {"nodeSelector": {"x": "1"}, "replicas": 1}
+        }))
+        .unwrap();
+        let mut live_json = serde_json::to_value(&live).unwrap();
+        live_json["metadata"]["annotations"][super::APPLIED_HASH] =
+            with_hash(&before)["metadata"]["annotations"][super::APPLIED_HASH].clone();
+        let live: kube::api::DynamicObject = serde_json::from_value(live_json).unwrap();
+        assert!(up_to_date(&live, &with_hash(&before)));
+        assert!(
+            contains(&serde_json::to_value(&live).unwrap(), &after),
+            "containment alone misses the removal"
+        );
+        assert!(!up_to_date(&live, &with_hash(&after)), "the hash does not");
     }
 
     #[test]

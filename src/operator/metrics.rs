@@ -50,6 +50,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of revision steps.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    /// `created`, `tag_moved`, `promoted`, `held` or `pruned`.
+    pub step: String,
+}
+
 fn reconcile_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
@@ -70,6 +77,7 @@ pub struct Metrics {
     pub leader: Family<NameLabels, Gauge>,
     writes: Family<WriteLabels, Counter>,
     stalled: Family<ReasonLabels, Counter>,
+    revision_steps: Family<StepLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -134,6 +142,12 @@ impl Metrics {
             "Times an object became Stalled, by reason",
             stalled.clone(),
         );
+        let revision_steps = Family::<StepLabels, Counter>::default();
+        r.register(
+            "weft_revision_steps",
+            "Steps of revision upgrades: created, tag_moved, promoted, held, pruned",
+            revision_steps.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             reconcile_total,
@@ -145,6 +159,7 @@ impl Metrics {
             leader,
             writes,
             stalled,
+            revision_steps,
         }
     }
 
@@ -203,6 +218,13 @@ impl Metrics {
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
             })
+            .inc();
+    }
+
+    /// Counts a revision step.
+    pub fn revision_step(&self, step: &str) {
+        self.revision_steps
+            .get_or_create(&StepLabels { step: step.to_string() })
             .inc();
     }
 

@@ -6,7 +6,9 @@ pub mod index;
 pub mod metrics;
 pub mod queue;
 pub mod reconcile;
+pub mod revisions;
 pub mod status;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use index::OwnedIndex;
 use metrics::{Metrics, NameLabels};
 use queue::Queue;
 use reconcile::{CONTROLLER, Context};
+use usage::UsageIndex;
 
 /// How the operator runs.
 #[derive(Clone, Debug)]
@@ -193,7 +196,9 @@ async fn run_controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (index, owned) = OwnedIndex::start(&client);
+    let (usage, usage_changes) = UsageIndex::start(&client);
     let queue = Queue::new(CONTROLLER, metrics.clone());
+    let (reader, writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
         index,
@@ -207,12 +212,13 @@ async fn run_controller(
             },
         ),
         queue: queue.clone(),
+        meshes: reader.clone(),
+        usage,
     });
 
     // Watched untyped and decoded one by one, so one malformed object cannot block the list.
     let ar = ApiResource::erase::<MeshInstall>(&());
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let (reader, writer) = reflector::store();
     let q = queue.clone();
     let main = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -245,6 +251,10 @@ async fn run_controller(
         };
         controller = controller.watches_stream_with(stream, owner, kind.api_resource());
     }
+    // A namespace label or gateway changed: usage may have moved between revisions. There
+    // are few MeshInstalls, so each looks again (a reconcile that changes nothing writes
+    // nothing).
+    controller = controller.reconcile_all_on(usage_changes);
     // The controller never ends by itself while requeues are scheduled, so once shutdown is
     // asked for, wait only for the reconciles in flight (at most ten seconds), then stop.
     let shutdown = shutdown.shared();

@@ -2,7 +2,7 @@
 //! and prune → observe → status. Each step is small; the decisions are pure functions in
 //! `render` and `status`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
@@ -21,10 +22,12 @@ use super::apply::{self, Applied, ApplyError, FIELD_MANAGER};
 use super::index::OwnedIndex;
 use super::metrics::Metrics;
 use super::queue::Queue;
+use super::revisions::{self, Neighbour, PlanInput, Usage};
 use super::status::{self, RevisionObservation, Stall, StatusInput};
+use super::usage::UsageIndex;
 use crate::api::common::condition::STALLED;
 use crate::api::labels;
-use crate::api::mesh_install::{MeshInstall, MeshInstallStatus, UpdateStrategyType};
+use crate::api::mesh_install::{MeshInstall, MeshInstallStatus};
 use crate::render::revision::{control_plane_name, proxy_name};
 use crate::render::{Manifest, OwnedKind, RenderError, RevisionInput, render_revision};
 use crate::versions::VersionTable;
@@ -50,6 +53,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// Pending-work bookkeeping for `workqueue_depth`.
     pub queue: Queue,
+    /// Every MeshInstall (tag and revision names are cluster-wide).
+    pub meshes: Store<MeshInstall>,
+    /// Who uses which revision.
+    pub usage: UsageIndex,
 }
 
 /// Reconcile failures (retried with a delay).
@@ -112,21 +119,8 @@ pub fn error_policy(mi: Arc<MeshInstall>, error: &Error, _ctx: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(5))
 }
 
-/// The revision a spec asks for.
-fn target_revision(mi: &MeshInstall) -> String {
-    mi.name_any()
-}
-
 /// Validate: what must hold before anything is touched. `Err` stalls the MeshInstall.
 fn validate<'v>(mi: &MeshInstall, versions: &'v VersionTable) -> Result<&'v crate::versions::MeshVersion, Stall> {
-    let strategy = mi.spec.update_strategy.as_ref().map(|s| s.type_).unwrap_or_default();
-    if strategy == UpdateStrategyType::RevisionBased {
-        return Err(Stall {
-            reason: "UnsupportedStrategy",
-            message: "updateStrategy RevisionBased is not available in this operator release yet; use InPlace"
-                .to_string(),
-        });
-    }
     versions.get(&mi.spec.version).ok_or_else(|| Stall {
         reason: "UnsupportedVersion",
         message: format!(
@@ -137,27 +131,71 @@ fn validate<'v>(mi: &MeshInstall, versions: &'v VersionTable) -> Result<&'v crat
     })
 }
 
+/// Tag and revision names are cluster-wide: what the other MeshInstalls claim, whether
+/// this one conflicts with an older one, and whether it owns the `default` tag.
+fn neighbours(ctx: &Context, mi: &MeshInstall) -> (Option<Stall>, BTreeSet<String>, bool) {
+    let key = |m: &MeshInstall| (m.creation_timestamp().map(|t| t.0), m.name_any());
+    let mine = key(mi);
+    let others: Vec<Neighbour> = ctx
+        .meshes
+        .state()
+        .iter()
+        .filter(|m| m.name_any() != mi.name_any())
+        .map(|m| Neighbour::of(m, key(m) < mine))
+        .collect();
+    let conflict = revisions::name_conflict(&Neighbour::of(mi, false), &others);
+    let taken = others
+        .iter()
+        .filter(|o| o.older)
+        .flat_map(|o| o.revisions.iter().chain(&o.tags).cloned())
+        .collect();
+    let owns_default = !others.iter().any(|o| o.older);
+    (conflict, taken, owns_default)
+}
+
+/// Who uses this mesh's revisions: index lookups for the label values that can name them.
+fn usage(ctx: &Context, mi: &MeshInstall, installed: &[RevisionObservation]) -> Usage {
+    let mut values: BTreeSet<String> = installed.iter().map(|r| r.name.clone()).collect();
+    values.insert("default".to_string());
+    values.extend(mi.spec.revision_tags.iter().flatten().map(|t| t.name.clone()));
+    let mesh = mi.name_any();
+    Usage {
+        synced: ctx.usage.synced(),
+        namespaces: values.iter().map(|v| (v.clone(), ctx.usage.namespaces(v))).collect(),
+        gateways: values
+            .iter()
+            .map(|v| (v.clone(), ctx.usage.gateways(&mesh, v)))
+            .collect(),
+    }
+}
+
 async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     let name = mi.name_any();
     let uid = mi.uid().unwrap_or_default();
-    let target = target_revision(mi);
+    let target = revisions::target_revision(mi);
+    let (conflict, taken, owns_default) = neighbours(ctx, mi);
 
     // Validate and build; a spec problem stalls without touching anything that runs.
-    let built: Result<Vec<Manifest>, Stall> = validate(mi, &ctx.versions).and_then(|version| {
-        render_revision(&RevisionInput {
-            mesh: mi,
-            revision: &target,
-            version,
-        })
-        .map_err(|e| Stall {
-            reason: match e {
-                RenderError::Invalid(_) => "InvalidSpec",
-                RenderError::Encode { .. } => "RenderFailed",
-            },
-            message: e.to_string(),
-        })
-    });
+    let built: Result<Vec<Manifest>, Stall> = match conflict {
+        Some(stall) => Err(stall),
+        None => validate(mi, &ctx.versions).and_then(|version| {
+            render_revision(&RevisionInput {
+                mesh: mi,
+                revision: &target,
+                version,
+            })
+            .map_err(|e| Stall {
+                reason: match e {
+                    RenderError::Invalid(_) => "InvalidSpec",
+                    RenderError::Encode { .. } => "RenderFailed",
+                },
+                message: e.to_string(),
+            })
+        }),
+    };
 
+    // Apply the target revision only: other revisions keep what they were installed with
+    // (a bad new spec must not reach the revision that is serving).
     let mut changes = Vec::new();
     if let Ok(manifests) = &built {
         ensure_namespace(ctx, &mi.spec.namespace).await?;
@@ -168,7 +206,8 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
                 Applied::Updated => changes.push(format!("updated {}", m.describe())),
             }
         }
-        for pruned in apply::prune(&ctx.client, &ctx.index, &ctx.metrics, &name, &uid, manifests).await? {
+        let owner = (name.as_str(), uid.as_str());
+        for pruned in apply::prune(&ctx.client, &ctx.index, &ctx.metrics, owner, Some(&target), manifests).await? {
             changes.push(format!("pruned {pruned}"));
         }
     }
@@ -181,17 +220,56 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         Ok(manifests) => manifests.iter().any(|m| m.kind == OwnedKind::DaemonSet),
         Err(_) => true,
     };
-    let observed = observe(ctx, &name, &uid, &target, proxy_wanted);
-    let stall = built.err();
+    let mut observed = observe(ctx, &name, &uid, &target, proxy_wanted);
+    let usage = usage(ctx, mi, &observed);
+    let now = Timestamp::now();
+    let plan = revisions::plan(&PlanInput {
+        mesh: mi,
+        target: &target,
+        installed: &observed,
+        usage: &usage,
+        owns_default,
+        taken: &taken,
+        now,
+    });
+
+    // Delete revisions past their grace period, unless the spec is stalled (then nothing
+    // that runs is touched).
+    let mut pruned = Vec::new();
+    if built.is_ok() {
+        for r in &plan.prune {
+            let owner = (name.as_str(), uid.as_str());
+            let removed = apply::prune(&ctx.client, &ctx.index, &ctx.metrics, owner, Some(r), &[]).await?;
+            info!(revision = %r, removed = ?removed, "pruned an unused revision");
+            pruned.push(r.clone());
+        }
+        observed.retain(|o| !pruned.contains(&o.name));
+    }
+
+    let stall = built.err().or_else(|| plan.failed.clone());
     let new_status = status::compute(&StatusInput {
         mesh: mi,
         target: &target,
         revisions: observed,
-        stall: stall.clone(),
-        now: Time(Timestamp::now()),
+        plan: &plan,
+        stall,
+        now: Time(now),
     });
+    let old_status = mi.status.clone().unwrap_or_default();
+    for step in revisions::transitions(&old_status, &new_status, &pruned) {
+        ctx.metrics.revision_step(step.kind);
+        info!(step = step.kind, "{}", step.message);
+        let (type_, reason) = match step.kind {
+            "created" => (EventType::Normal, "RevisionCreated"),
+            "tag_moved" => (EventType::Normal, "TagMoved"),
+            "promoted" => (EventType::Normal, "Promoted"),
+            "held" => (EventType::Warning, "UpgradeHeld"),
+            _ => (EventType::Normal, "RevisionPruned"),
+        };
+        publish(ctx, mi, type_, reason, "Upgrade", &step.message).await;
+    }
     write_status(ctx, mi, new_status).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(plan.requeue.map_or(RESYNC, |d| d.min(RESYNC))))
 }
 
 /// At most a few lines for an Event note.
@@ -335,7 +413,7 @@ async fn cleanup(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     let name = mi.name_any();
     let uid = mi.uid().unwrap_or_default();
     // Pruning against an empty wanted set removes every owned object, cluster-scoped included.
-    let removed = apply::prune(&ctx.client, &ctx.index, &ctx.metrics, &name, &uid, &[]).await?;
+    let removed = apply::prune(&ctx.client, &ctx.index, &ctx.metrics, (&name, &uid), None, &[]).await?;
     if !removed.is_empty() {
         info!(removed = ?removed, "cleaned up");
         publish(ctx, mi, EventType::Normal, "Deleted", "Cleanup", &summarise(&removed)).await;

@@ -5,10 +5,9 @@
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::revisions::Plan;
 use crate::api::common::condition::{READY, RECONCILING, STALLED};
-use crate::api::mesh_install::{
-    MeshInstall, MeshInstallStatus, ReplicaCounts, RevisionStatus, RevisionSummary, TagStatus,
-};
+use crate::api::mesh_install::{MeshInstall, MeshInstallStatus, ReplicaCounts, RevisionStatus, RevisionSummary};
 
 /// One component's replica counts and whether it has fully rolled out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +72,8 @@ impl RevisionObservation {
             && (!self.proxy_wanted || self.proxy.as_ref().is_some_and(|h| h.ready))
     }
 
-    fn progress(&self) -> String {
+    /// Replica progress, for condition messages.
+    pub fn progress(&self) -> String {
         let part = |what: &str, h: &Option<Health>| match h {
             Some(h) => format!("{what} {}/{} ready", h.counts.ready, h.counts.desired),
             None => format!("{what} not created yet"),
@@ -105,6 +105,8 @@ pub struct StatusInput<'a> {
     pub target: &'a str,
     /// Installed revisions.
     pub revisions: Vec<RevisionObservation>,
+    /// The revision plan: active revision, tags, users, remembered times.
+    pub plan: &'a Plan,
     /// Set when the spec cannot be acted on.
     pub stall: Option<Stall>,
     /// The time to stamp on conditions that flip.
@@ -143,29 +145,29 @@ pub fn compute(input: &StatusInput) -> MeshInstallStatus {
     let previous = mesh.status.clone().unwrap_or_default();
     let generation = mesh.metadata.generation;
     let target = input.revisions.iter().find(|r| r.name == input.target);
-    let target_ready = target.is_some_and(|r| r.ready());
-
-    // In place there is one revision, active as soon as it exists.
-    let active = target.map(|r| r.name.clone());
-    let tags = resolve_tags(
-        mesh,
-        active.as_deref(),
-        target.filter(|r| r.ready()).map(|r| r.name.as_str()),
-        &input.revisions,
-    );
+    let plan = input.plan;
+    let promoted = plan.active == input.target;
+    let target_ready = target.is_some_and(|r| r.ready()) && promoted;
+    let waiting_for_promotion = !promoted && target.is_some_and(|r| r.ready());
 
     let mut revisions: Vec<RevisionStatus> = input
         .revisions
         .iter()
-        .map(|r| RevisionStatus {
-            name: r.name.clone(),
-            version: r.version.clone(),
-            ready: r.ready(),
-            in_use: tags.iter().any(|t| t.revision == r.name),
-            control_plane: r.control_plane.as_ref().map(|h| h.counts.clone()),
-            proxy: r.proxy.as_ref().map(|h| h.counts.clone()),
-            namespaces: Vec::new(),
-            gateways: Vec::new(),
+        .map(|r| {
+            let users = plan.users.get(&r.name).cloned().unwrap_or_default();
+            RevisionStatus {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                ready: r.ready(),
+                in_use: users.any(),
+                control_plane: r.control_plane.as_ref().map(|h| h.counts.clone()),
+                proxy: r.proxy.as_ref().map(|h| h.counts.clone()),
+                namespaces: users.namespaces.into_iter().collect(),
+                gateways: users.gateways.into_iter().collect(),
+                tags: users.tags.into_iter().collect(),
+                ready_since: plan.ready_since.get(&r.name).cloned(),
+                unused_since: plan.unused_since.get(&r.name).cloned(),
+            }
         })
         .collect();
     revisions.sort_by(|a, b| a.name.cmp(&b.name));
@@ -205,6 +207,18 @@ pub fn compute(input: &StatusInput) -> MeshInstallStatus {
             (false, "Reconciled", String::new()),
             "Healthy",
         ),
+        (None, false) if waiting_for_promotion => {
+            let message = format!(
+                "revision {} is Ready and becomes active once it has stayed Ready for minReadySeconds; revision {} is active",
+                input.target, plan.active
+            );
+            (
+                (false, "Promoting", message.clone()),
+                (true, "Promoting", message),
+                (false, "Reconciled", String::new()),
+                "Updating",
+            )
+        }
         (None, false) => {
             let progress = target.map_or_else(|| "objects not created yet".to_string(), |t| t.progress());
             let (reason, state) = if !was_ready {
@@ -214,7 +228,7 @@ pub fn compute(input: &StatusInput) -> MeshInstallStatus {
                 } else {
                     ("Installing", "Installing")
                 }
-            } else if previous.observed_generation == generation {
+            } else if previous.observed_generation == generation && promoted {
                 ("Degraded", "Degraded")
             } else {
                 ("RollingOut", "Updating")
@@ -247,53 +261,19 @@ pub fn compute(input: &StatusInput) -> MeshInstallStatus {
         observed_generation: generation,
         conditions,
         state: Some(state.to_string()),
-        active_revision: active,
+        active_revision: Some(plan.active.clone()),
         target_revision: Some(input.target.to_string()),
         revisions,
         summary: Some(summary),
-        tags,
+        tags: plan.tags.clone(),
+        rollout: Some(plan.rollout.clone()),
     }
-}
-
-/// Where each tag points: `default` and `Active` tags at the active revision, `Latest` at the
-/// newest ready revision, a pinned tag at its revision if it is installed.
-fn resolve_tags(
-    mesh: &MeshInstall,
-    active: Option<&str>,
-    latest_ready: Option<&str>,
-    installed: &[RevisionObservation],
-) -> Vec<TagStatus> {
-    let mut tags = Vec::new();
-    if let Some(a) = active {
-        tags.push(TagStatus {
-            name: "default".to_string(),
-            revision: a.to_string(),
-        });
-    }
-    for tag in mesh.spec.revision_tags.iter().flatten() {
-        if tag.name == "default" {
-            continue;
-        }
-        let revision = match tag.target.as_deref().unwrap_or("Active") {
-            "Active" => active,
-            "Latest" => latest_ready.or(active),
-            pinned => installed.iter().find(|r| r.name == pinned).map(|r| r.name.as_str()),
-        };
-        if let Some(revision) = revision {
-            tags.push(TagStatus {
-                name: tag.name.clone(),
-                revision: revision.to_string(),
-            });
-        }
-    }
-    tags.sort_by(|a, b| a.name.cmp(&b.name));
-    tags
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::mesh_install::MeshInstallSpec;
+    use crate::api::mesh_install::{MeshInstallSpec, TagStatus};
     use k8s_openapi::jiff::Timestamp;
     use kube::core::ObjectMeta;
 
@@ -341,10 +321,23 @@ mod tests {
         stall: Option<Stall>,
         now: Time,
     ) -> MeshInstallStatus {
+        let plan = crate::operator::revisions::plan(&crate::operator::revisions::PlanInput {
+            mesh: m,
+            target: "m",
+            installed: &revisions,
+            usage: &crate::operator::revisions::Usage {
+                synced: true,
+                ..Default::default()
+            },
+            owns_default: true,
+            taken: &Default::default(),
+            now: now.0,
+        });
         compute(&StatusInput {
             mesh: m,
             target: "m",
             revisions,
+            plan: &plan,
             stall,
             now,
         })

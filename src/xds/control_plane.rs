@@ -126,14 +126,25 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
     let revision = opts.revision.clone();
     let resolver = sources.clone();
     let admission: Admission = Arc::new(move |c| {
-        let asked = c.revision.clone().unwrap_or_else(|| "default".to_string());
+        // What the client names, else its namespace's label, else the default tag.
+        let (asked, how) = match (
+            &c.revision,
+            c.namespace.as_deref().and_then(|ns| resolver.namespace_label(ns)),
+        ) {
+            (Some(r), _) => (r.clone(), "REVISION".to_string()),
+            (None, Some(label)) => (
+                label,
+                format!("namespace {}'s label", c.namespace.as_deref().unwrap_or_default()),
+            ),
+            (None, None) => ("default".to_string(), "default tag".to_string()),
+        };
         match resolver.resolve(&asked) {
             Some(r) if r == revision => Ok(()),
             Some(r) => Err(format!(
-                "this control plane serves revision {revision}; the client's REVISION {asked:?} resolves to {r:?}: connect to weft-cp-{r}"
+                "this control plane serves revision {revision}; the client's {how} {asked:?} resolves to {r:?}: connect to weft-cp-{r}"
             )),
             None => Err(format!(
-                "this control plane serves revision {revision}; the client's REVISION {asked:?} is unknown"
+                "this control plane serves revision {revision}; the client's {how} {asked:?} is unknown"
             )),
         }
     });

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
@@ -145,6 +145,12 @@ impl Sources {
             changed,
             synced,
         }
+    }
+
+    /// The `weft.dev/rev` label of a namespace, if it has one.
+    pub fn namespace_label(&self, namespace: &str) -> Option<String> {
+        let ns = self.namespaces.get(&ObjectRef::new(namespace))?;
+        ns.labels().get(labels::REVISION).cloned()
     }
 
     /// Which revision a `weft.dev/rev` value names: a tag first (from every MeshInstall's
