@@ -26,10 +26,14 @@ impl Drop for ControlPlane {
     }
 }
 
-fn start_control_plane(bed: &Bed, xds_port: u16, monitoring_port: u16) -> ControlPlane {
-    let log = bed.kubeconfig.parent().unwrap().join("control-plane-grpc.log");
+fn start_control_plane(bed: &Bed, revision: &str, xds_port: u16, monitoring_port: u16) -> ControlPlane {
+    let log = bed
+        .kubeconfig
+        .parent()
+        .unwrap()
+        .join(format!("control-plane-{revision}.log"));
     let child = Command::new(weft_bin())
-        .args(["control-plane", "--revision", REVISION, "--debounce-ms", "50"])
+        .args(["control-plane", "--revision", revision, "--debounce-ms", "50"])
         .arg("--kubeconfig")
         .arg(&bed.kubeconfig)
         .args(["--xds-address", &format!("{HOST_ADDRESS}:{xds_port}")])
@@ -65,6 +69,11 @@ fn metric(port: u16, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A short stable name for a bootstrap file.
+fn fnv(text: &str) -> String {
+    weft::render::fnv1a(text)
+}
+
 fn script(name: &str) -> String {
     repo_root().join("e2e/xds").join(name).display().to_string()
 }
@@ -75,15 +84,15 @@ fn backend(host: &TestHost, address: &str, name: &str) -> Proc {
     p
 }
 
-fn bootstrap(bed: &Bed, xds_port: u16, revision: &str, ns: &str) -> String {
-    let path = bed
-        .kubeconfig
-        .parent()
-        .unwrap()
-        .join(format!("bootstrap-{revision}.json"));
+/// A bootstrap for a client at `xds_port` with node `metadata` (REVISION, NAMESPACE, …).
+fn bootstrap(bed: &Bed, xds_port: u16, metadata: Value) -> String {
+    let id = format!("e2e-{xds_port}-{}", fnv(&metadata.to_string()));
+    let path = bed.kubeconfig.parent().unwrap().join(format!("bootstrap-{id}.json"));
+    let mut metadata = metadata;
+    metadata["ROLE"] = json!("proxyless");
     let doc = json!({
         "xds_servers": [{"server_uri": format!("{HOST_ADDRESS}:{xds_port}"), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-        "node": {"id": format!("e2e-{revision}"), "locality": {"zone": "zone-a"}, "metadata": {"REVISION": revision, "NAMESPACE": ns, "ROLE": "proxyless"}}
+        "node": {"id": id, "locality": {"zone": "zone-a"}, "metadata": metadata}
     });
     std::fs::write(&path, doc.to_string()).unwrap();
     path.display().to_string()
@@ -162,7 +171,7 @@ async fn scenario() -> (Scenario, ControlPlane) {
     }
     let xds_port = free_port(HOST_ADDRESS);
     let monitoring = free_port("127.0.0.1");
-    let cp = start_control_plane(&bed, xds_port, monitoring);
+    let cp = start_control_plane(&bed, REVISION, xds_port, monitoring);
     wait_for("the control plane to be ready", Duration::from_secs(30), || async {
         ready(monitoring)
     })
@@ -212,7 +221,16 @@ impl Scenario {
 
     /// Starts a client: `python3 client.py` or `node client.js`.
     fn client(&self, program: &str, revision: &str) -> Proc {
-        let boot = bootstrap(&self.bed, self.xds_port, revision, &self.ns.name);
+        self.client_of(
+            program,
+            self.xds_port,
+            json!({"REVISION": revision, "NAMESPACE": self.ns.name}),
+        )
+    }
+
+    /// Starts a client of the control plane at `xds_port` with node `metadata`.
+    fn client_of(&self, program: &str, xds_port: u16, metadata: Value) -> Proc {
+        let boot = bootstrap(&self.bed, xds_port, metadata);
         let script = match program {
             "node" => repo_root().join("e2e/xds/node/client.js").display().to_string(),
             _ => script("client.py"),
@@ -440,7 +458,7 @@ async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
 
     // The control plane restarts: the client reconnects and resumes.
     drop(cp);
-    cp = start_control_plane(&s.bed, s.xds_port, s.monitoring);
+    cp = start_control_plane(&s.bed, REVISION, s.xds_port, s.monitoring);
     wait_for(
         "the restarted control plane to be ready",
         Duration::from_secs(30),
@@ -461,5 +479,167 @@ async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
     drop(cp);
     drop(client);
     drop(stranger);
+    s.ns.delete().await;
+}
+
+/// Calls until they succeed (a refused client's xDS stream retries with backoff, and a
+/// control plane sees a tag move through its MeshInstall watch a moment later).
+async fn assert_served(s: &Scenario, xds_port: u16, namespace: &str, who: &str) {
+    let mut client = s.client_of("python3", xds_port, json!({"NAMESPACE": namespace}));
+    wait_for(who, Duration::from_secs(30), || {
+        let c = call(&mut client, 10);
+        async move {
+            if c.errors == 0 {
+                Ok(())
+            } else {
+                Err(format!("{} errors: {}", c.errors, c.last_error))
+            }
+        }
+    })
+    .await;
+}
+
+/// A fresh client is refused, and told which revision its namespace resolves to.
+async fn assert_refused(s: &Scenario, xds_port: u16, namespace: &str, resolves_to: &str) {
+    let expected = format!("resolves to \"{resolves_to}\"");
+    wait_for(
+        &format!("a client in {namespace} to be refused"),
+        Duration::from_secs(30),
+        || {
+            let mut client = s.client_of("python3", xds_port, json!({"NAMESPACE": namespace}));
+            let c = call(&mut client, 1);
+            let expected = expected.clone();
+            async move {
+                if c.errors == 1 && c.last_error.contains(&expected) {
+                    Ok(())
+                } else {
+                    Err(format!("counts {:?}, error {:?}", c.counts, c.last_error))
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// On the wire, during a canary upgrade run by the operator: a proxyless client in the
+/// namespace labelled with the Latest tag is served by the new revision's control plane,
+/// one in the namespace labelled with the Active tag by the old, until promotion.
+#[tokio::test]
+async fn canary_namespaces_are_served_by_the_new_revision_until_promotion() {
+    use weft_e2e::operator::{Operator, condition, delete_and_wait, install_crds, mesh, wait_ready};
+    let _serial = SERIAL.lock().await;
+    let _operators = weft_e2e::operator::SERIAL.lock().await;
+    let (s, scenario_cp) = scenario().await;
+    drop(scenario_cp);
+    install_crds(&s.bed);
+    let op = Operator::start(&s.bed, "wire", &[]);
+    let meshes: Api<weft::api::MeshInstall> = Api::all(s.bed.client.clone());
+    delete_and_wait(&s.bed, "wire").await;
+    let mi = mesh(
+        "wire",
+        "e2e-wire",
+        json!({
+            "profile": "minimal",
+            "updateStrategy": {"type": "RevisionBased", "inactiveRevisionDeletionGracePeriodSeconds": 1,
+                               "promotion": {"minReadySeconds": 20, "progressDeadlineSeconds": 120}},
+            "revisionTags": [{"name": "wire-stable", "target": "Active"}, {"name": "wire-canary", "target": "Latest"}]
+        }),
+    );
+    meshes
+        .create(&PostParams::default(), &mi)
+        .await
+        .expect("create MeshInstall");
+    wait_ready(&meshes, "wire", &op).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(s.bed.client.clone());
+    for (ns, tag) in [("e2e-wire-stable", "wire-stable"), ("e2e-wire-canary", "wire-canary")] {
+        let obj =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"weft.dev/rev": tag}}});
+        namespaces
+            .patch(ns, &PatchParams::apply("weft-e2e").force(), &Patch::Apply(&obj))
+            .await
+            .expect("label namespace");
+    }
+
+    // One control plane per revision, as the operator's Deployments would run them.
+    let (old, new) = ("wire-v1-0-0", "wire-v1-1-0");
+    let (old_port, new_port) = (free_port(HOST_ADDRESS), free_port(HOST_ADDRESS));
+    let (old_mon, new_mon) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let _old_cp = start_control_plane(&s.bed, old, old_port, old_mon);
+    let _new_cp = start_control_plane(&s.bed, new, new_port, new_mon);
+    for port in [old_mon, new_mon] {
+        wait_for("both control planes to be ready", Duration::from_secs(30), || async {
+            ready(port)
+        })
+        .await;
+    }
+
+    meshes
+        .patch(
+            "wire",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"version": "1.1.0"}})),
+        )
+        .await
+        .expect("upgrade");
+    wait_for("the canary tag to move", Duration::from_secs(60), || async {
+        let mi = meshes.get("wire").await.map_err(|e| e.to_string())?;
+        let tags = mi.status.clone().unwrap_or_default().tags;
+        let at = |t: &str| tags.iter().find(|x| x.name == t).map(|x| x.revision.clone());
+        if at("wire-canary").as_deref() == Some(new) && at("wire-stable").as_deref() == Some(old) {
+            Ok(())
+        } else {
+            Err(format!("{tags:?}\n{}", op.log_tail()))
+        }
+    })
+    .await;
+
+    // Canary: the new revision serves it, the old refuses it; stable: the other way round.
+    assert_served(
+        &s,
+        new_port,
+        "e2e-wire-canary",
+        "the new revision to serve the canary namespace",
+    )
+    .await;
+    assert_refused(&s, old_port, "e2e-wire-canary", new).await;
+    assert_served(
+        &s,
+        old_port,
+        "e2e-wire-stable",
+        "the old revision to serve the stable namespace",
+    )
+    .await;
+    assert_refused(&s, new_port, "e2e-wire-stable", old).await;
+    let mi = meshes.get("wire").await.unwrap();
+    assert_eq!(
+        mi.status.unwrap().active_revision.as_deref(),
+        Some(old),
+        "the checks above ran before promotion"
+    );
+
+    // Promoted: stable moves to the new revision.
+    wait_for("promotion", Duration::from_secs(60), || async {
+        let mi = meshes.get("wire").await.map_err(|e| e.to_string())?;
+        let active = mi.status.as_ref().and_then(|s| s.active_revision.clone());
+        match (active.as_deref(), condition(&mi, "Ready")) {
+            (Some(a), Some((r, _, _))) if a == new && r == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_served(
+        &s,
+        new_port,
+        "e2e-wire-stable",
+        "the new revision to serve the stable namespace",
+    )
+    .await;
+    assert_refused(&s, old_port, "e2e-wire-stable", new).await;
+
+    for ns in ["e2e-wire-stable", "e2e-wire-canary"] {
+        let _ = namespaces.delete(ns, &kube::api::DeleteParams::default()).await;
+    }
+    delete_and_wait(&s.bed, "wire").await;
+    op.stop();
     s.ns.delete().await;
 }

@@ -318,3 +318,22 @@ fn the_checker_catches_what_restricted_forbids() {
         assert!(v.iter().any(|s| s.contains(needle)), "{needle} not reported in {v:?}");
     }
 }
+
+/// Every sample in `config/samples/` is a MeshInstall that renders.
+#[test]
+fn every_sample_renders() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/samples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.starts_with("weft_v1alpha1_meshinstall") {
+            continue;
+        }
+        let mi: MeshInstall = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).expect(&name);
+        let objects = render(&mi).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!objects.is_empty(), "{name}");
+        seen += 1;
+    }
+    assert!(seen >= 2, "both samples were read");
+}

@@ -154,6 +154,20 @@ impl Snapshot {
         }
     }
 
+    /// Whether both hold the same resources (by name and content hash).
+    pub fn same_content(&self, other: &Snapshot) -> bool {
+        self.resources.len() == other.resources.len()
+            && self.resources.iter().all(|(t, set)| {
+                other.resources.get(t).is_some_and(|o| {
+                    o.items.len() == set.items.len()
+                        && o.items
+                            .iter()
+                            .zip(&set.items)
+                            .all(|((an, a), (bn, b))| an == bn && a.version == b.version)
+                })
+            })
+    }
+
     /// The resources of one type.
     pub fn of(&self, type_url: &str) -> Option<&TypeSet> {
         self.resources.get(type_url)

@@ -52,13 +52,18 @@ fn slice(i: usize, generation: usize) -> EndpointSlice {
     .expect("valid EndpointSlice")
 }
 
-fn proc_stat(pid: u32) -> (u64, f64) {
+/// A `/proc/<pid>/status` field in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+fn proc_stat(pid: u32) -> (u64, f64) {
+    let rss = status_kib(pid, "VmRSS:");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -268,14 +273,15 @@ async fn main() {
     }
     latencies.sort();
     let (final_rss, cpu) = proc_stat(pid);
+    let peak_rss = status_kib(pid, "VmHWM:");
 
     println!(
         "xDS benchmark: {} ({SERVICES} services x 5 endpoints, {STREAMS} streams over {CONNECTIONS} connections)",
         weft_bin().display()
     );
     println!(
-        "  control plane resident memory: {} KiB synced and idle, {} KiB with {STREAMS} streams, {} KiB after {CHANGES} changes",
-        idle_rss, loaded_rss, final_rss
+        "  control plane resident memory: {} KiB synced and idle, {} KiB with {STREAMS} streams, {} KiB after {CHANGES} changes, {} KiB peak",
+        idle_rss, loaded_rss, final_rss, peak_rss
     );
     println!("  control plane CPU: {:.2} s to sync, {:.2} s in total", idle_cpu, cpu);
     println!("  initial configuration (CDS: {SERVICES} clusters, EDS: 20 assignments) on every stream: {initial:?}");
