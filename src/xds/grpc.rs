@@ -59,8 +59,9 @@ impl Sender {
         Ok(())
     }
 
-    /// Ends the stream with `status` in the trailers.
-    pub async fn finish(&self, status: Status) {
+    /// Ends the stream: OK, or the error's status, in the trailers.
+    pub async fn finish(&self, result: Result<(), Status>) {
+        let status = result.err().unwrap_or_else(|| Status::ok(""));
         let mut trailers = HeaderMap::new();
         if status.add_header(&mut trailers).is_err() {
             trailers.insert("grpc-status", HeaderValue::from_static("13"));

@@ -133,21 +133,15 @@ impl AdsServer {
     /// final status.
     pub(super) async fn serve_sotw(self, mut incoming: Streaming<DiscoveryRequest>, out: Sender) {
         let _connected = self.metrics.stream_opened("sotw");
-        let status = match self.sotw(&mut incoming, &out).await {
-            Ok(()) => Status::ok(""),
-            Err(status) => status,
-        };
-        out.finish(status).await;
+        let result = self.sotw(&mut incoming, &out).await;
+        out.finish(result).await;
     }
 
     /// Serves one delta stream, like [`AdsServer::serve_sotw`].
     pub(super) async fn serve_delta(self, mut incoming: Streaming<DeltaDiscoveryRequest>, out: Sender) {
         let _connected = self.metrics.stream_opened("delta");
-        let status = match self.delta(&mut incoming, &out).await {
-            Ok(()) => Status::ok(""),
-            Err(status) => status,
-        };
-        out.finish(status).await;
+        let result = self.delta(&mut incoming, &out).await;
+        out.finish(result).await;
     }
 
     async fn sotw(&self, incoming: &mut Streaming<DiscoveryRequest>, out: &Sender) -> Result<(), Status> {
