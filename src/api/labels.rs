@@ -9,6 +9,8 @@ pub const REVISION: &str = "weft.dev/rev";
 pub const MESH: &str = "weft.dev/mesh";
 /// The component of an owned object (`control-plane`, `proxy`, `gateway`).
 pub const COMPONENT: &str = "weft.dev/component";
+/// The MeshGateway a gateway's objects and pods belong to.
+pub const GATEWAY: &str = "weft.dev/gateway";
 /// Who manages an object.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// The value of [`MANAGED_BY`] on everything the operator owns.
@@ -29,6 +31,17 @@ pub fn revision_labels(mesh: &str, revision: &str) -> BTreeMap<String, String> {
         (PART_OF.to_string(), "weft".to_string()),
         (MESH.to_string(), mesh.to_string()),
         (REVISION.to_string(), revision.to_string()),
+    ])
+}
+
+/// The `component` value of everything a MeshGateway owns.
+pub const GATEWAY_COMPONENT: &str = "gateway";
+
+/// The pod labels that select one gateway's pods (immutable: never the revision).
+pub fn gateway_selector(gateway: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (COMPONENT.to_string(), GATEWAY_COMPONENT.to_string()),
+        (GATEWAY.to_string(), gateway.to_string()),
     ])
 }
 

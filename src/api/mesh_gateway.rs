@@ -24,6 +24,7 @@ use super::common::{Autoscaling, DisruptionBudget};
     namespaced,
     status = "MeshGatewayStatus",
     doc = "MeshGateway runs an ingress, egress or east-west gateway for a mesh.",
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("a MeshGateway's name must start with a letter, hold only lowercase letters, digits and '-', and be at most 63 characters: it names the gateway's Service"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -41,6 +42,8 @@ use super::common::{Autoscaling, DisruptionBudget};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.service) || !has(self.service.externalTrafficPolicy) || (has(self.service.type) ? self.service.type != 'ClusterIP' : self.type != 'egress')").message("service.externalTrafficPolicy needs a NodePort or LoadBalancer Service (an egress gateway's Service is ClusterIP unless service.type says otherwise)"))]
+#[x_kube(validation = Rule::new("!has(self.network) || self.type == 'eastwest'").message("network applies to east-west gateways only (type: eastwest)"))]
 pub struct MeshGatewaySpec {
     /// The MeshInstall whose control plane serves this gateway.
     #[schemars(length(min = 1, max = 52))]
@@ -93,6 +96,34 @@ fn default_revision() -> String {
     "default".to_string()
 }
 
+impl MeshGatewaySpec {
+    /// The ports the gateway listens on: the Service's, or the type's default (`http` 80
+    /// for ingress and egress, `tls` 15443 for east-west).
+    pub fn ports(&self) -> Vec<GatewayPort> {
+        if let Some(ports) = self.service.as_ref().and_then(|s| s.ports.clone()) {
+            return ports;
+        }
+        let (name, port) = match self.type_ {
+            GatewayType::Ingress | GatewayType::Egress => ("http", 80),
+            GatewayType::Eastwest => ("tls", 15443),
+        };
+        vec![GatewayPort {
+            name: name.to_string(),
+            port,
+            target_port: None,
+        }]
+    }
+}
+
+impl GatewayPort {
+    /// The port the gateway container listens on. Ports below 1024 need privileges that Pod
+    /// Security "restricted" forbids, so they map to `port + 8000` unless `targetPort` says.
+    pub fn container_port(&self) -> i32 {
+        self.target_port
+            .unwrap_or(if self.port < 1024 { self.port + 8000 } else { self.port })
+    }
+}
+
 /// Gateway roles.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -116,7 +147,8 @@ pub struct GatewayService {
     /// The ports the gateway listens on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["port".into()]))]
-    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("service.ports: every port needs a name of its own"))]
+    #[schemars(length(min = 1, max = 64))]
     pub ports: Option<Vec<GatewayPort>>,
     /// Annotations for the Service (for example a cloud load balancer's settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,8 +182,10 @@ pub enum ExternalTrafficPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayPort {
-    /// The port's name (also used for the protocol when it starts with `http`, `grpc` or `tls`).
+    /// The port's name (an IANA service name: lowercase letters, digits and `-`; HTTPRoutes
+    /// pick it with `sectionName`).
     #[schemars(length(min = 1, max = 15))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.matches('[a-z]')").message("a port name holds lowercase letters, digits and '-', with at least one letter (for example http or http-alt)"))]
     pub name: String,
     /// The Service port.
     #[schemars(range(min = 1, max = 65535))]

@@ -122,25 +122,24 @@ pub async fn apply(
     })
 }
 
-/// Deletes every object owned by the MeshInstall (`mesh`, `uid`) that is not in `wanted`;
-/// with a `revision`, only objects of that revision (others are left as they are).
+/// Deletes every object whose controller is the owner with `owner_uid` that is not in
+/// `wanted`; with a `revision`, only objects of that revision (others are left as they are).
 /// Returns what was deleted, as `Kind namespace/name`.
 pub async fn prune(
     client: &Client,
     index: &OwnedIndex,
     metrics: &Metrics,
-    owner: (&str, &str),
+    owner_uid: &str,
     revision: Option<&str>,
     wanted: &[Manifest],
 ) -> Result<Vec<String>, ApplyError> {
-    let (mesh, uid) = owner;
     let keep: HashSet<(OwnedKind, Option<&str>, &str)> = wanted
         .iter()
         .map(|m| (m.kind, m.namespace.as_deref(), m.name.as_str()))
         .collect();
     let mut pruned = Vec::new();
     for kind in OwnedKind::ALL.iter().rev() {
-        for obj in index.owned_by(*kind, mesh, uid) {
+        for obj in index.owned_by(*kind, owner_uid) {
             let name = obj.name_any();
             let ns = obj.namespace();
             let other_revision =

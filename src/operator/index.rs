@@ -1,6 +1,7 @@
 //! Watch → index: one reflector per owned kind, restricted to objects labelled as managed by
-//! Weft. The stores answer "what is live?" without API calls, and the same watch streams
-//! trigger reconciles of the owning MeshInstall.
+//! Weft (one index for what MeshInstalls own, one for what MeshGateways own). The stores
+//! answer "what is live?" without API calls, and the same watch streams trigger reconciles
+//! of the owner.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,6 @@ use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Config};
 use kube::{Client, ResourceExt};
 
-use crate::api::labels;
 use crate::render::OwnedKind;
 
 /// A boxed stream of owned objects that changed (deleted ones included).
@@ -28,18 +28,17 @@ pub struct OwnedIndex {
 }
 
 impl OwnedIndex {
-    /// Starts one label-filtered watch per owned kind. The streams must be polled (the
-    /// controller does) for the stores to fill.
-    pub fn start(client: &Client) -> (OwnedIndex, Vec<(OwnedKind, OwnedStream)>) {
+    /// Starts one watch per kind, restricted to objects matching `selector`. The streams
+    /// must be polled (the controllers do) for the stores to fill.
+    pub fn start(client: &Client, selector: &str, kinds: &[OwnedKind]) -> (OwnedIndex, Vec<(OwnedKind, OwnedStream)>) {
         let mut stores = HashMap::new();
         let mut streams = Vec::new();
-        let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGER);
-        for kind in OwnedKind::ALL {
+        for &kind in kinds {
             let ar = kind.api_resource();
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
             let writer = reflector::store::Writer::new(ar.clone());
             stores.insert(kind, writer.as_reader());
-            let stream = watcher(api, Config::default().labels(&selector))
+            let stream = watcher(api, Config::default().labels(selector))
                 .default_backoff()
                 // Managed fields are most of an object's size and never read here.
                 .modify(|o: &mut DynamicObject| o.managed_fields_mut().clear())
@@ -82,16 +81,15 @@ impl OwnedIndex {
         store.get(&key)
     }
 
-    /// Every live object of a kind that belongs to the MeshInstall with this name and uid.
-    pub fn owned_by(&self, kind: OwnedKind, mesh: &str, uid: &str) -> Vec<Arc<DynamicObject>> {
+    /// Every live object of a kind whose controller is the owner with this uid.
+    pub fn owned_by(&self, kind: OwnedKind, owner_uid: &str) -> Vec<Arc<DynamicObject>> {
         let Some(store) = self.stores.get(&kind) else {
             return Vec::new();
         };
         store.state_filter(|o| {
-            o.labels().get(labels::MESH).map(String::as_str) == Some(mesh)
-                && o.owner_references()
-                    .iter()
-                    .any(|r| r.controller == Some(true) && r.kind == "MeshInstall" && r.uid == uid)
+            o.owner_references()
+                .iter()
+                .any(|r| r.controller == Some(true) && r.uid == owner_uid)
         })
     }
 }

@@ -1,7 +1,9 @@
-//! The operator: leader election, the MeshInstall controller and its owned-object index,
-//! health and metrics endpoints, and graceful shutdown.
+//! The operator: leader election, the MeshInstall and MeshGateway controllers and their
+//! owned-object indexes, health and metrics endpoints, and graceful shutdown.
 
 pub mod apply;
+pub mod gateway;
+pub mod gateway_status;
 pub mod index;
 pub mod metrics;
 pub mod queue;
@@ -25,9 +27,10 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::api::MeshInstall;
+use crate::api::{MeshGateway, MeshInstall, labels};
 use crate::http::{Health, HttpState};
 use crate::versions::VersionTable;
+use gateway::GatewayContext;
 use index::OwnedIndex;
 use metrics::{Metrics, NameLabels};
 use queue::Queue;
@@ -188,45 +191,75 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The MeshInstall controller, until `shutdown` resolves (finishing in-flight reconciles).
+/// The MeshInstall and MeshGateway controllers, until `shutdown` resolves (finishing
+/// in-flight reconciles).
 async fn run_controller(
     client: Client,
     opts: &Options,
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (index, owned) = OwnedIndex::start(&client);
+    // Two disjoint label-filtered indexes: what MeshInstalls own, and what gateways own.
+    let managed = format!("{}={}", labels::MANAGED_BY, labels::MANAGER);
+    let (index, owned) = OwnedIndex::start(
+        &client,
+        &format!("{managed},{}!={}", labels::COMPONENT, labels::GATEWAY_COMPONENT),
+        &crate::render::OwnedKind::ALL,
+    );
+    let (gw_index, gw_owned) = OwnedIndex::start(
+        &client,
+        &format!("{managed},{}={}", labels::COMPONENT, labels::GATEWAY_COMPONENT),
+        &gateway::OWNED_KINDS,
+    );
     let (usage, usage_changes) = UsageIndex::start(&client);
     let queue = Queue::new(CONTROLLER, metrics.clone());
+    let gw_queue = Queue::new(gateway::CONTROLLER, metrics.clone());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "weft-operator".into(),
+            instance: Some(opts.identity.clone()),
+        },
+    );
     let (reader, writer) = reflector::store();
+    let (gw_reader, gw_writer) = reflector::store::<MeshGateway>();
     let ctx = Arc::new(Context {
         client: client.clone(),
         index,
         versions: opts.versions.clone(),
         metrics: metrics.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "weft-operator".into(),
-                instance: Some(opts.identity.clone()),
-            },
-        ),
+        recorder: recorder.clone(),
         queue: queue.clone(),
         meshes: reader.clone(),
         usage,
     });
+    let gw_ctx = Arc::new(GatewayContext {
+        client: client.clone(),
+        index: gw_index,
+        versions: opts.versions.clone(),
+        metrics: metrics.clone(),
+        recorder,
+        queue: gw_queue.clone(),
+        meshes: reader.clone(),
+    });
 
+    // A MeshInstall changed (a tag moved, a revision appeared or became ready): its
+    // gateways look again.
+    let (mesh_tx, mesh_rx) = futures::channel::mpsc::unbounded::<String>();
     // Watched untyped and decoded one by one, so one malformed object cannot block the list.
     let ar = ApiResource::erase::<MeshInstall>(&());
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     let q = queue.clone();
     let main = watcher(api, watcher::Config::default())
         .default_backoff()
-        .filter_map(|e| future::ready(e.map(decode).transpose()))
+        .filter_map(|e| future::ready(e.map(decode::<MeshInstall>).transpose()))
         .reflect(writer)
         .applied_objects()
         .inspect(move |r| match r {
-            Ok(mi) => q.added(&mi.name_any()),
+            Ok(mi) => {
+                q.added(&mi.name_any());
+                let _ = mesh_tx.unbounded_send(mi.name_any());
+            }
             Err(e) => warn!(error = %e, "MeshInstall watch error"),
         });
     let mut controller =
@@ -237,14 +270,7 @@ async fn run_controller(
     for (kind, stream) in owned {
         let q = queue.clone();
         let owner = move |o: DynamicObject| {
-            let mesh = o
-                .owner_references()
-                .iter()
-                .find(|r| {
-                    r.controller == Some(true) && r.kind == "MeshInstall" && r.api_version.starts_with("weft.dev/")
-                })
-                .map(|r| r.name.clone());
-            mesh.map(|name| {
+            controller_owner(&o, "MeshInstall").map(|name| {
                 q.added(&name);
                 ObjectRef::<MeshInstall>::new(&name)
             })
@@ -255,42 +281,108 @@ async fn run_controller(
     // are few MeshInstalls, so each looks again (a reconcile that changes nothing writes
     // nothing).
     controller = controller.reconcile_all_on(usage_changes);
-    // The controller never ends by itself while requeues are scheduled, so once shutdown is
-    // asked for, wait only for the reconciles in flight (at most ten seconds), then stop.
+
+    let gw_ar = ApiResource::erase::<MeshGateway>(&());
+    let gw_api: Api<DynamicObject> = Api::all_with(client.clone(), &gw_ar);
+    let q = gw_queue.clone();
+    let gateways = watcher(gw_api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(|e| future::ready(e.map(decode::<MeshGateway>).transpose()))
+        .reflect(gw_writer)
+        .applied_objects()
+        .inspect(move |r| match r {
+            Ok(gw) => q.added(&gateway::key(gw)),
+            Err(e) => warn!(error = %e, "MeshGateway watch error"),
+        });
+    let mut gw_controller = Controller::for_stream(gateways, gw_reader.clone())
+        .with_config(ControllerConfig::default().concurrency(opts.concurrency));
+    for (kind, stream) in gw_owned {
+        let q = gw_queue.clone();
+        let owner = move |o: DynamicObject| {
+            let ns = o.namespace()?;
+            controller_owner(&o, "MeshGateway").map(|name| {
+                q.added(&format!("{ns}/{name}"));
+                ObjectRef::<MeshGateway>::new(&name).within(&ns)
+            })
+        };
+        gw_controller = gw_controller.watches_stream_with(stream, owner, kind.api_resource());
+    }
+    let q = gw_queue.clone();
+    let by_mesh = mesh_rx.flat_map(move |mesh| {
+        let refs: Vec<ObjectRef<MeshGateway>> = gw_reader
+            .state()
+            .iter()
+            .filter(|g| g.spec.mesh == mesh)
+            .map(|g| {
+                q.added(&gateway::key(g));
+                ObjectRef::from_obj(g.as_ref())
+            })
+            .collect();
+        futures::stream::iter(refs)
+    });
+    gw_controller = gw_controller.reconcile_on(by_mesh);
+
+    // The controllers never end by themselves while requeues are scheduled, so once
+    // shutdown is asked for, wait only for the reconciles in flight (at most ten seconds),
+    // then stop.
     let shutdown = shutdown.shared();
     let run = controller
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                match e {
-                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                    other => warn!(error = %other, "controller"),
-                }
-            }
-        });
+        .for_each(log_result);
+    let run_gateways = gw_controller
+        .graceful_shutdown_on(shutdown.clone())
+        .run(gateway::reconcile, gateway::error_policy, gw_ctx)
+        .for_each(log_result);
     let drained = async {
         shutdown.await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while metrics.active_reconciles(CONTROLLER) > 0 && tokio::time::Instant::now() < deadline {
+        while (metrics.active_reconciles(CONTROLLER) > 0 || metrics.active_reconciles(gateway::CONTROLLER) > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
     tokio::select! {
-        _ = run => {}
+        _ = future::join(run, run_gateways) => {}
         _ = drained => {}
     }
 }
 
-/// Decodes a watched object as a MeshInstall; a malformed one is logged and skipped (the
-/// rest of the list is unaffected), never a crash.
-fn decode(event: watcher::Event<DynamicObject>) -> Option<watcher::Event<MeshInstall>> {
+/// Logs what a controller reports, except objects deleted before their reconcile ran.
+fn log_result<T, E1, E2>(result: Result<T, kube::runtime::controller::Error<E1, E2>>) -> future::Ready<()>
+where
+    E1: std::error::Error + 'static,
+    E2: std::error::Error + 'static,
+{
+    match result {
+        Ok(_) | Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+        Err(other) => warn!(error = %other, "controller"),
+    }
+    future::ready(())
+}
+
+/// The name of an object's controller owner of `kind` (group `weft.dev`), if any.
+fn controller_owner(o: &DynamicObject, kind: &str) -> Option<String> {
+    o.owner_references()
+        .iter()
+        .find(|r| r.controller == Some(true) && r.kind == kind && r.api_version.starts_with("weft.dev/"))
+        .map(|r| r.name.clone())
+}
+
+/// Decodes a watched object as `K`; a malformed one is logged and skipped (the rest of the
+/// list is unaffected), never a crash.
+fn decode<K>(event: watcher::Event<DynamicObject>) -> Option<watcher::Event<K>>
+where
+    K: kube::Resource + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
     let convert = |o: DynamicObject| {
-        let name = o.name_any();
-        match o.try_parse::<MeshInstall>() {
-            Ok(mi) => Some(mi),
+        let name = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+        match o.try_parse::<K>() {
+            Ok(obj) => Some(obj),
             Err(error) => {
-                warn!(meshinstall = %name, %error, "skipping a MeshInstall that does not decode");
+                warn!(kind = %K::kind(&K::DynamicType::default()), object = %name, %error, "skipping an object that does not decode");
                 None
             }
         }

@@ -79,7 +79,8 @@ pub enum Error {
     Finalizer(String),
 }
 
-fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+/// Wraps an API error with what was attempted.
+pub(super) fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let action = action.into();
     move |source| Error::Kube { action, source }
 }
@@ -170,7 +171,6 @@ fn usage(ctx: &Context, mi: &MeshInstall, installed: &[RevisionObservation]) -> 
 }
 
 async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
-    let name = mi.name_any();
     let uid = mi.uid().unwrap_or_default();
     let target = revisions::target_revision(mi);
     let (conflict, taken, owns_default) = neighbours(ctx, mi);
@@ -206,8 +206,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
                 Applied::Updated => changes.push(format!("updated {}", m.describe())),
             }
         }
-        let owner = (name.as_str(), uid.as_str());
-        for pruned in apply::prune(&ctx.client, &ctx.index, &ctx.metrics, owner, Some(&target), manifests).await? {
+        for pruned in apply::prune(&ctx.client, &ctx.index, &ctx.metrics, &uid, Some(&target), manifests).await? {
             changes.push(format!("pruned {pruned}"));
         }
     }
@@ -220,7 +219,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         Ok(manifests) => manifests.iter().any(|m| m.kind == OwnedKind::DaemonSet),
         Err(_) => true,
     };
-    let mut observed = observe(ctx, &name, &uid, &target, proxy_wanted);
+    let mut observed = observe(ctx, &uid, &target, proxy_wanted);
     let usage = usage(ctx, mi, &observed);
     let now = Timestamp::now();
     let plan = revisions::plan(&PlanInput {
@@ -238,8 +237,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     let mut pruned = Vec::new();
     if built.is_ok() {
         for r in &plan.prune {
-            let owner = (name.as_str(), uid.as_str());
-            let removed = apply::prune(&ctx.client, &ctx.index, &ctx.metrics, owner, Some(r), &[]).await?;
+            let removed = apply::prune(&ctx.client, &ctx.index, &ctx.metrics, &uid, Some(r), &[]).await?;
             info!(revision = %r, removed = ?removed, "pruned an unused revision");
             pruned.push(r.clone());
         }
@@ -273,7 +271,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// At most a few lines for an Event note.
-fn summarise(changes: &[String]) -> String {
+pub(super) fn summarise(changes: &[String]) -> String {
     let mut note = changes.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
     if changes.len() > 5 {
         note.push_str(&format!("; and {} more", changes.len() - 5));
@@ -323,9 +321,9 @@ async fn ensure_namespace(ctx: &Context, ns: &str) -> Result<(), Error> {
 }
 
 /// Observe: the installed revisions of this MeshInstall, from the index.
-fn observe(ctx: &Context, mesh: &str, uid: &str, target: &str, proxy_wanted: bool) -> Vec<RevisionObservation> {
+fn observe(ctx: &Context, uid: &str, target: &str, proxy_wanted: bool) -> Vec<RevisionObservation> {
     let mut revisions: BTreeMap<String, RevisionObservation> = BTreeMap::new();
-    for d in ctx.index.owned_by(OwnedKind::Deployment, mesh, uid) {
+    for d in ctx.index.owned_by(OwnedKind::Deployment, uid) {
         let Some(rev) = d.labels().get(labels::REVISION).cloned() else {
             continue;
         };
@@ -410,10 +408,9 @@ async fn write_status(ctx: &Context, mi: &MeshInstall, new: MeshInstallStatus) -
 /// Cleanup on deletion: cluster-scoped objects first (namespaced ones go with the owner
 /// references when the MeshInstall is gone).
 async fn cleanup(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
-    let name = mi.name_any();
     let uid = mi.uid().unwrap_or_default();
     // Pruning against an empty wanted set removes every owned object, cluster-scoped included.
-    let removed = apply::prune(&ctx.client, &ctx.index, &ctx.metrics, (&name, &uid), None, &[]).await?;
+    let removed = apply::prune(&ctx.client, &ctx.index, &ctx.metrics, &uid, None, &[]).await?;
     if !removed.is_empty() {
         info!(removed = ?removed, "cleaned up");
         publish(ctx, mi, EventType::Normal, "Deleted", "Cleanup", &summarise(&removed)).await;

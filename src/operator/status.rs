@@ -113,7 +113,8 @@ pub struct StatusInput<'a> {
     pub now: Time,
 }
 
-fn condition(
+/// A condition, keeping its last transition time while its status stays the same.
+pub fn condition(
     previous: &[Condition],
     type_: &str,
     status: bool,

@@ -1,12 +1,14 @@
-//! Pure rendering: the objects one revision of a MeshInstall consists of. Nothing here talks
+//! Pure rendering: the objects one revision of a MeshInstall, or one MeshGateway, consists of. Nothing here talks
 //! to the API server, so what the operator applies can be unit-tested and reviewed
 //! (`weft render`).
 
+pub mod gateway;
 pub mod kinds;
 pub mod profile;
 pub mod revision;
 pub mod security;
 
+pub use gateway::{GatewayInput, render_gateway};
 pub use kinds::{Manifest, OwnedKind};
 pub use revision::{RevisionInput, render_revision};
 
@@ -45,5 +47,7 @@ pub fn fnv1a_bytes(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod tests;

@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, PodAffinityTerm, PodAntiAffinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::api::common::{Autoscaling, DisruptionBudget};
 use crate::api::mesh_install::{AccessLog, LogLevel, MeshConfig, MeshInstallSpec, OutboundTrafficPolicy, Profile};
 
 use super::RenderError;
@@ -89,7 +91,8 @@ pub struct Resolved {
     pub mesh_config: MeshConfig,
 }
 
-fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+/// Requests of CPU and memory, and a memory limit.
+pub fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity(cpu.to_string())),
@@ -113,6 +116,36 @@ pub fn control_plane_selector(mesh: &str, revision: &str) -> BTreeMap<String, St
     ])
 }
 
+/// Preferred anti-affinity across hosts: pods spread over nodes when they can, and still
+/// run when there are more pods than nodes.
+pub fn preferred_host_anti_affinity(selector: &BTreeMap<String, String>) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                weight: 100,
+                pod_affinity_term: PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(selector.clone()),
+                        ..Default::default()
+                    }),
+                    topology_key: "kubernetes.io/hostname".to_string(),
+                    ..Default::default()
+                },
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Whether an affinity demands one pod per host (then a surge pod may have nowhere to go).
+pub fn hard_anti_affinity(affinity: Option<&Affinity>) -> bool {
+    affinity
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .and_then(|p| p.required_during_scheduling_ignored_during_execution.as_ref())
+        .is_some_and(|terms| !terms.is_empty())
+}
+
 fn ha_affinity(selector: &BTreeMap<String, String>) -> Affinity {
     Affinity {
         pod_anti_affinity: Some(PodAntiAffinity {
@@ -130,7 +163,8 @@ fn ha_affinity(selector: &BTreeMap<String, String>) -> Affinity {
     }
 }
 
-fn zone_spread(selector: &BTreeMap<String, String>) -> TopologySpreadConstraint {
+/// Spread across zones, best effort.
+pub fn zone_spread(selector: &BTreeMap<String, String>) -> TopologySpreadConstraint {
     TopologySpreadConstraint {
         max_skew: 1,
         topology_key: "topology.kubernetes.io/zone".to_string(),
@@ -141,6 +175,59 @@ fn zone_spread(selector: &BTreeMap<String, String>) -> TopologySpreadConstraint 
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Autoscaling as asked for: `enabled` unset means `enabled_by_default`; unset bounds come
+/// from `base` (min 1, max 5, 80 % CPU when none). `field` and `source` name where the
+/// values came from, for the error a person reads.
+pub fn resolve_hpa(
+    auto: Option<&Autoscaling>,
+    enabled_by_default: bool,
+    base: Option<Hpa>,
+    field: &str,
+    source: &str,
+) -> Result<Option<Hpa>, RenderError> {
+    let auto = auto.cloned().unwrap_or_default();
+    if !auto.enabled.unwrap_or(enabled_by_default) {
+        return Ok(None);
+    }
+    let base = base.unwrap_or(Hpa {
+        min: 1,
+        max: 5,
+        cpu_percent: 80,
+    });
+    let min = auto.min_replicas.unwrap_or(base.min);
+    let max = auto.max_replicas.unwrap_or(base.max);
+    if min > max {
+        return Err(RenderError::Invalid(format!(
+            "{field}.autoscaling.minReplicas ({min}) is greater than maxReplicas ({max}, from {source}); set maxReplicas too"
+        )));
+    }
+    Ok(Some(Hpa {
+        min,
+        max,
+        cpu_percent: auto.target_cpu_utilization_percentage.unwrap_or(base.cpu_percent),
+    }))
+}
+
+/// The disruption budget for a workload that never runs fewer than `floor` pods: what the
+/// spec says, else `minAvailable` (at most `default_min`, 1 when none) once more than one
+/// pod runs or the budget is enabled explicitly.
+pub fn resolve_budget(budget: Option<&DisruptionBudget>, floor: i32, default_min: Option<i32>) -> Option<Budget> {
+    let budget = budget.cloned().unwrap_or_default();
+    if budget.enabled == Some(false) {
+        None
+    } else if let Some(v) = budget.min_available {
+        Some(Budget::MinAvailable(v))
+    } else if let Some(v) = budget.max_unavailable {
+        Some(Budget::MaxUnavailable(v))
+    } else if floor > 1 || budget.enabled == Some(true) {
+        // Never demand every pod: a budget of all pods would block node drains forever.
+        let min = default_min.unwrap_or(1).min((floor - 1).max(1));
+        Some(Budget::MinAvailable(IntOrString::Int(min)))
+    } else {
+        None
     }
 }
 
@@ -200,47 +287,15 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
     let cp = spec.control_plane.clone().unwrap_or_default();
     let replicas = cp.replicas.unwrap_or(d.replicas);
 
-    let auto = cp.autoscaling.clone().unwrap_or_default();
-    let hpa = match auto.enabled.unwrap_or(d.hpa.is_some()) {
-        false => None,
-        true => {
-            let base = d.hpa.clone().unwrap_or(Hpa {
-                min: 1,
-                max: 5,
-                cpu_percent: 80,
-            });
-            let min = auto.min_replicas.unwrap_or(base.min);
-            let max = auto.max_replicas.unwrap_or(base.max);
-            if min > max {
-                return Err(RenderError::Invalid(format!(
-                    "controlPlane.autoscaling.minReplicas ({min}) is greater than maxReplicas ({max}, from the {:?} profile); set maxReplicas too",
-                    spec.profile
-                )));
-            }
-            Some(Hpa {
-                min,
-                max,
-                cpu_percent: auto.target_cpu_utilization_percentage.unwrap_or(base.cpu_percent),
-            })
-        }
-    };
-
-    // The smallest number of pods the Deployment runs, which decides whether a PDB makes sense.
+    let hpa = resolve_hpa(
+        cp.autoscaling.as_ref(),
+        d.hpa.is_some(),
+        d.hpa.clone(),
+        "controlPlane",
+        &format!("the {:?} profile", spec.profile),
+    )?;
     let floor = hpa.as_ref().map_or(replicas, |h| h.min);
-    let budget = cp.pod_disruption_budget.clone().unwrap_or_default();
-    let pdb = if budget.enabled == Some(false) {
-        None
-    } else if let Some(v) = budget.min_available {
-        Some(Budget::MinAvailable(v))
-    } else if let Some(v) = budget.max_unavailable {
-        Some(Budget::MaxUnavailable(v))
-    } else if floor > 1 || budget.enabled == Some(true) {
-        // Never demand every pod: a budget of all pods would block node drains forever.
-        let min = d.pdb_min_available.unwrap_or(1).min((floor - 1).max(1));
-        Some(Budget::MinAvailable(IntOrString::Int(min)))
-    } else {
-        None
-    };
+    let pdb = resolve_budget(cp.pod_disruption_budget.as_ref(), floor, d.pdb_min_available);
 
     let selector = control_plane_selector(mesh, revision);
     let affinity = cp

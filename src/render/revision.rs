@@ -318,12 +318,7 @@ impl Renderer<'_> {
             .image
             .clone()
             .unwrap_or_else(|| self.input.version.images.control_plane.clone());
-        let hard_anti_affinity = cp
-            .affinity
-            .as_ref()
-            .and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|p| p.required_during_scheduling_ignored_during_execution.as_ref())
-            .is_some_and(|terms| !terms.is_empty());
+        let hard_anti_affinity = profile::hard_anti_affinity(cp.affinity.as_ref());
         // With one pod per host a surge pod may have nowhere to go, so replace in place;
         // otherwise surge first so capacity never drops.
         let (surge, unavailable) = if hard_anti_affinity { (0, 1) } else { (1, 0) };

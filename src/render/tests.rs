@@ -37,7 +37,7 @@ fn render(mi: &MeshInstall) -> Result<Vec<Manifest>, RenderError> {
     })
 }
 
-fn to_yaml(objects: &[Manifest]) -> String {
+pub(super) fn to_yaml(objects: &[Manifest]) -> String {
     objects
         .iter()
         .map(|m| crate::yaml::document(&m.object).unwrap())
@@ -45,7 +45,7 @@ fn to_yaml(objects: &[Manifest]) -> String {
 }
 
 /// Compares with `src/render/testdata/NAME.yaml`; `WEFT_UPDATE_GOLDEN=1` rewrites it.
-fn golden(name: &str, actual: &str) {
+pub(super) fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("src/render/testdata")
         .join(format!("{name}.yaml"));
@@ -107,7 +107,7 @@ fn golden_ha_profile() {
     );
 }
 
-fn find(objects: &[Manifest], kind: OwnedKind) -> Vec<&Manifest> {
+pub(super) fn find(objects: &[Manifest], kind: OwnedKind) -> Vec<&Manifest> {
     objects.iter().filter(|m| m.kind == kind).collect()
 }
 
@@ -232,7 +232,7 @@ fn all_specs() -> Vec<MeshInstallSpec> {
     specs
 }
 
-fn pod_specs(objects: &[Manifest]) -> Vec<PodSpec> {
+pub(super) fn pod_specs(objects: &[Manifest]) -> Vec<PodSpec> {
     let mut pods = Vec::new();
     for m in objects {
         match m.kind {

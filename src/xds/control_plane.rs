@@ -17,7 +17,7 @@ use super::model::Telemetry;
 use super::server::{Admission, AdsServer};
 use super::snapshot::{Cache, Snapshot};
 use super::sources::Sources;
-use super::translate::translate;
+use super::translate::translate_all;
 use crate::http::{Health, HttpState};
 
 /// How the control plane runs.
@@ -74,6 +74,9 @@ pub enum Error {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct MeshConfigFile {
+    /// The MeshInstall's name: gateways of that mesh are served.
+    #[serde(default)]
+    mesh: Option<String>,
     #[serde(default)]
     discovery_selectors: Vec<LabelSelector>,
     #[serde(default)]
@@ -106,16 +109,31 @@ struct ZipkinFile {
     address: String,
 }
 
-fn read_mesh_config(path: &Option<PathBuf>) -> Result<(Vec<LabelSelector>, Telemetry), Error> {
+/// What the control plane takes from the mesh config file.
+#[derive(Debug, Default, PartialEq)]
+struct MeshConfig {
+    /// The MeshInstall whose gateways are served (every gateway when unknown).
+    mesh: Option<String>,
+    /// Namespaces in the mesh (all when empty).
+    selectors: Vec<LabelSelector>,
+    /// Access log and tracing.
+    telemetry: Telemetry,
+}
+
+fn read_mesh_config(path: &Option<PathBuf>) -> Result<MeshConfig, Error> {
     let Some(path) = path else {
-        return Ok((Vec::new(), Telemetry::default()));
+        return Ok(MeshConfig::default());
     };
     let err = |message: String| Error::MeshConfig {
         path: path.display().to_string(),
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let file: MeshConfigFile = serde_saphyr::from_str(&text).map_err(|e| err(e.to_string()))?;
+    parse_mesh_config(&text).map_err(err)
+}
+
+fn parse_mesh_config(text: &str) -> Result<MeshConfig, String> {
+    let file: MeshConfigFile = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
     let access_log = file
         .access_log
         .filter(|a| a.enabled.unwrap_or(false))
@@ -123,12 +141,20 @@ fn read_mesh_config(path: &Option<PathBuf>) -> Result<(Vec<LabelSelector>, Telem
     let zipkin = file
         .tracing
         .and_then(|t| Some((t.zipkin?.address, t.sampling_percent.unwrap_or(1.0))));
-    Ok((file.discovery_selectors, Telemetry { access_log, zipkin }))
+    Ok(MeshConfig {
+        mesh: file.mesh.filter(|m| !m.is_empty()),
+        selectors: file.discovery_selectors,
+        telemetry: Telemetry { access_log, zipkin },
+    })
 }
 
 /// Runs until SIGTERM.
 pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
-    let (selectors, telemetry) = read_mesh_config(&opts.mesh_config)?;
+    let MeshConfig {
+        mesh,
+        selectors,
+        telemetry,
+    } = read_mesh_config(&opts.mesh_config)?;
     let sources = Sources::start(&client);
     let cache = Cache::new();
     let metrics = XdsMetrics::new();
@@ -176,17 +202,20 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
         let mut changed_at = Instant::now();
         loop {
             let (services, routes) = sources_t.model(&rev_t, &selectors);
-            let resources = translate(&services, &routes, &telemetry);
+            // Every gateway of the mesh, whichever revision it follows: during a gateway's
+            // rollout its old pods stay connected here and still need their listeners.
+            let gateways = sources_t.gateways(mesh.as_deref());
+            let resources = translate_all(&services, &gateways, &routes, &telemetry);
             let snap = Snapshot::new(version + 1, changed_at, &resources);
             drop(resources);
             // Compared by content hash with what is published: no second copy is kept.
             if version == 0 || !snap.same_content(&cache_t.current()) {
                 version += 1;
-                for (t, items) in &snap.resources {
+                for (t, count) in snap.counts() {
                     let labels = TypeLabels {
                         r#type: super::snapshot::short(t).to_string(),
                     };
-                    metrics_t.resources.get_or_create(&labels).set(items.items.len() as i64);
+                    metrics_t.resources.get_or_create(&labels).set(count as i64);
                 }
                 cache_t.publish(snap);
             } else {
@@ -258,4 +287,17 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
         .await?;
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mesh_name_comes_from_the_top_level_mesh_key() {
+        let c = parse_mesh_config("mesh: prod\ndiscoverySelectors: []\n").unwrap();
+        assert_eq!(c.mesh.as_deref(), Some("prod"));
+        let c = parse_mesh_config("discoverySelectors: []\n").unwrap();
+        assert_eq!(c.mesh, None, "no key: every gateway is served");
+    }
 }

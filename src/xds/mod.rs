@@ -2,6 +2,7 @@
 //! resources, served over ADS.
 
 pub mod control_plane;
+pub mod gateway;
 pub mod grpc;
 pub mod metrics;
 pub mod model;
@@ -10,6 +11,8 @@ pub mod snapshot;
 pub mod sources;
 pub mod translate;
 
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! What discovery knows, in the shape translation needs: services with their ready
-//! endpoints, and HTTP routes attached to services (GAMMA). Built from Kubernetes objects by
-//! the sources; pure data, so translation can be tested without a cluster.
+//! endpoints, the gateways this control plane serves, and HTTP routes attached to services
+//! (GAMMA) or gateways. Built from Kubernetes objects by the sources; pure data, so
+//! translation can be tested without a cluster.
 
 use std::collections::BTreeMap;
 
@@ -43,6 +44,18 @@ pub fn listener_name(name: &str, namespace: &str, port: u16) -> String {
     format!("{}:{port}", host(name, namespace))
 }
 
+/// The listener (and route-configuration) name of a gateway port. The `gateway|` prefix
+/// keeps it apart from mesh names (`host:port`) in the shared RDS set.
+pub fn gateway_listener_name(name: &str, namespace: &str, port: u16) -> String {
+    format!("gateway|{port}|{namespace}/{name}")
+}
+
+/// How a gateway is keyed in snapshots and named by its clients' node metadata
+/// (`NAMESPACE`/`GATEWAY`).
+pub fn gateway_key(name: &str, namespace: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
 /// One port of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
@@ -69,28 +82,78 @@ pub struct Endpoint {
     pub terminating: bool,
 }
 
-/// An HTTPRoute attached to mesh services.
+/// A MeshGateway this control plane serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its ports: one listener each.
+    pub ports: Vec<GatewayPort>,
+}
+
+/// One port of a gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayPort {
+    /// The port's name (what a parentRef's `sectionName` names).
+    pub name: String,
+    /// The gateway Service's port (what a parentRef's `port` names, and `Host` headers carry).
+    pub port: u16,
+    /// The port Envoy binds in the gateway pod.
+    pub container_port: u16,
+}
+
+/// An HTTPRoute attached to mesh services and/or gateways.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpRoute {
     /// Its name.
     pub name: String,
     /// Its namespace.
     pub namespace: String,
-    /// The services it attaches to.
+    /// The host names it serves on gateways (none: every host). Services ignore them (GAMMA).
+    pub hostnames: Vec<String>,
+    /// The services and gateways it attaches to.
     pub parents: Vec<ParentRef>,
     /// Its rules, in order.
     pub rules: Vec<RouteRule>,
 }
 
-/// A parent service of a route.
+impl HttpRoute {
+    /// Whether the route attaches to one port of a parent.
+    pub fn attaches_to(&self, kind: ParentKind, name: &str, namespace: &str, port: u16, port_name: &str) -> bool {
+        self.parents.iter().any(|p| {
+            p.kind == kind
+                && p.name == name
+                && p.namespace == namespace
+                && p.port.is_none_or(|pp| pp == port)
+                && p.section_name.as_deref().is_none_or(|s| s == port_name)
+        })
+    }
+}
+
+/// What a parentRef names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ParentKind {
+    /// A mesh Service (GAMMA: group `""`, kind `Service`).
+    Service,
+    /// A MeshGateway (group `weft.dev`, kind `MeshGateway`).
+    MeshGateway,
+}
+
+/// A parent (service or gateway) of a route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParentRef {
-    /// The service's name.
+    /// What it names.
+    pub kind: ParentKind,
+    /// The parent's name.
     pub name: String,
-    /// The service's namespace.
+    /// The parent's namespace.
     pub namespace: String,
-    /// Only this port (all ports when `None`).
+    /// Only this (Service) port (all ports when `None`).
     pub port: Option<u16>,
+    /// Only the port of this name (all ports when `None`).
+    pub section_name: Option<String>,
 }
 
 /// One rule: requests matching any of `matches` go to `backends`.

@@ -2,6 +2,8 @@
 //! assignments. Each stream keeps, per type, what it subscribed to and what it was last
 //! sent; a new snapshot is sent only where that stream's view changed. Nonces are per
 //! stream; a NACK is logged and counted, and the NACKed content is not sent again.
+//! Listeners depend on the client: a gateway's pods see only that gateway's listeners,
+//! every other client only the mesh's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,9 +20,13 @@ use tracing::{debug, warn};
 
 use super::grpc::Sender;
 use super::metrics::XdsMetrics;
+use super::model;
 use super::snapshot::{
-    Cache, Encoded, Snapshot, TYPES, TypeSet, delta_field, set_version, short, sotw_field, wildcard_type,
+    Cache, Encoded, Snapshot, TYPES, TypeSet, View, delta_field, set_version, short, sotw_field, wildcard_type,
 };
+
+/// The `ROLE` of a gateway's pods.
+pub const GATEWAY_ROLE: &str = "gateway";
 
 /// Decides whether a client may be served: `Err` carries the reason it is refused.
 pub type Admission = Arc<dyn Fn(&ClientInfo) -> Result<(), String> + Send + Sync>;
@@ -36,6 +42,8 @@ pub struct ClientInfo {
     pub namespace: Option<String>,
     /// `ROLE`: `proxyless`, `node-proxy` or `gateway`.
     pub role: Option<String>,
+    /// `GATEWAY`: the MeshGateway (in `NAMESPACE`) a gateway pod belongs to.
+    pub gateway: Option<String>,
 }
 
 impl ClientInfo {
@@ -52,8 +60,25 @@ impl ClientInfo {
             revision: field("REVISION"),
             namespace: field("NAMESPACE"),
             role: field("ROLE"),
+            gateway: field("GATEWAY"),
         }
     }
+
+    /// Which resources the client sees. A gateway pod names its gateway; one that does
+    /// not is refused at admission, so `None` means "not a gateway's view".
+    pub fn view(&self) -> Option<View> {
+        if self.role.as_deref() != Some(GATEWAY_ROLE) {
+            return Some(View::Mesh);
+        }
+        let (name, namespace) = (self.gateway.as_deref()?, self.namespace.as_deref()?);
+        Some(View::Gateway(model::gateway_key(name, namespace)))
+    }
+}
+
+/// An admitted client and what it sees.
+struct Client {
+    info: ClientInfo,
+    view: View,
 }
 
 /// The ADS service.
@@ -76,12 +101,12 @@ impl AdsServer {
 
     /// Checks common to every request: the first one must name an admitted client, and
     /// requests for types this server does not serve are skipped (`Ok(false)`).
-    fn served(&self, client: &mut Option<ClientInfo>, node: Option<&Node>, type_url: &str) -> Result<bool, Status> {
+    fn served(&self, client: &mut Option<Client>, node: Option<&Node>, type_url: &str) -> Result<bool, Status> {
         if client.is_none() {
             *client = Some(self.admit(node)?);
         }
         if !TYPES.contains(&type_url) {
-            let id = client.as_ref().map(|c| c.id.as_str()).unwrap_or_default();
+            let id = client.as_ref().map(|c| c.info.id.as_str()).unwrap_or_default();
             debug!(client = id, type_url, "ignoring a request for an unserved type");
             return Ok(false);
         }
@@ -89,19 +114,28 @@ impl AdsServer {
     }
 
     /// Logs and counts a NACK; the stream then keeps what it sent, so nothing is resent.
-    fn log_nack(&self, client: &Option<ClientInfo>, type_url: &str, nonce: &str, error: Option<&RpcStatus>) {
+    fn log_nack(&self, client: &Option<Client>, type_url: &str, nonce: &str, error: Option<&RpcStatus>) {
         if let Some(err) = error {
             self.metrics.nack(short(type_url));
-            let id = client.as_ref().map(|c| c.id.as_str()).unwrap_or_default();
+            let id = client.as_ref().map(|c| c.info.id.as_str()).unwrap_or_default();
             warn!(client = id, type_url = short(type_url), nonce, error = %err.message, "client rejected a response (NACK); it keeps its last good configuration");
         }
     }
 
-    fn admit(&self, node: Option<&Node>) -> Result<ClientInfo, Status> {
+    fn admit(&self, node: Option<&Node>) -> Result<Client, Status> {
         let node = node.ok_or_else(|| Status::invalid_argument("the first request of a stream must carry the node"))?;
         let info = ClientInfo::from_node(node);
+        let view = info.view().ok_or_else(|| {
+            Status::invalid_argument("a client with ROLE gateway must name its gateway in GATEWAY and NAMESPACE")
+        })?;
         (self.admission)(&info).map_err(Status::permission_denied)?;
-        Ok(info)
+        Ok(Client { info, view })
+    }
+
+    /// The view of an admitted client (every request is admitted before it is served).
+    fn view(client: &Option<Client>) -> &View {
+        static MESH: View = View::Mesh;
+        client.as_ref().map_or(&MESH, |c| &c.view)
     }
 }
 
@@ -147,7 +181,7 @@ impl AdsServer {
     async fn sotw(&self, incoming: &mut Streaming<DiscoveryRequest>, out: &Sender) -> Result<(), Status> {
         let mut snapshots = self.cache.subscribe();
         let mut types: BTreeMap<String, SotwType> = BTreeMap::new();
-        let mut client: Option<ClientInfo> = None;
+        let mut client: Option<Client> = None;
         let mut nonce: u64 = 0;
         loop {
             tokio::select! {
@@ -166,14 +200,14 @@ impl AdsServer {
                     state.wildcard = wildcard_type(&req.type_url) && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
                     state.names = names;
                     let snap = snapshots.borrow_and_update().clone();
-                    self.push_sotw(&req.type_url, &snap, &mut types, &mut nonce, out).await?;
+                    self.push_sotw(&req.type_url, &snap, Self::view(&client), &mut types, &mut nonce, out).await?;
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() { return Ok(()) }
                     let snap = snapshots.borrow_and_update().clone();
                     for t in TYPES {
                         if types.contains_key(t) {
-                            self.push_sotw(t, &snap, &mut types, &mut nonce, out).await?;
+                            self.push_sotw(t, &snap, Self::view(&client), &mut types, &mut nonce, out).await?;
                         }
                     }
                 }
@@ -186,6 +220,7 @@ impl AdsServer {
         &self,
         type_url: &str,
         snap: &Snapshot,
+        view: &View,
         types: &mut BTreeMap<String, SotwType>,
         nonce: &mut u64,
         out: &Sender,
@@ -195,7 +230,7 @@ impl AdsServer {
             return Ok(());
         };
         let empty = TypeSet::default();
-        let set = snap.of(type_url).unwrap_or(&empty);
+        let set = snap.of(type_url, view).unwrap_or(&empty);
         let version = if state.wildcard {
             set.wildcard_version.clone()
         } else {
@@ -232,7 +267,7 @@ impl AdsServer {
     async fn delta(&self, incoming: &mut Streaming<DeltaDiscoveryRequest>, out: &Sender) -> Result<(), Status> {
         let mut snapshots = self.cache.subscribe();
         let mut types: BTreeMap<String, DeltaType> = BTreeMap::new();
-        let mut client: Option<ClientInfo> = None;
+        let mut client: Option<Client> = None;
         let mut nonce: u64 = 0;
         loop {
             tokio::select! {
@@ -258,14 +293,14 @@ impl AdsServer {
                         state.told_missing.remove(name);
                     }
                     let snap = snapshots.borrow_and_update().clone();
-                    self.push_delta(&req.type_url, &snap, &mut types, &mut nonce, out).await?;
+                    self.push_delta(&req.type_url, &snap, Self::view(&client), &mut types, &mut nonce, out).await?;
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() { return Ok(()) }
                     let snap = snapshots.borrow_and_update().clone();
                     for t in TYPES {
                         if types.contains_key(t) {
-                            self.push_delta(t, &snap, &mut types, &mut nonce, out).await?;
+                            self.push_delta(t, &snap, Self::view(&client), &mut types, &mut nonce, out).await?;
                         }
                     }
                 }
@@ -279,6 +314,7 @@ impl AdsServer {
         &self,
         type_url: &str,
         snap: &Snapshot,
+        view: &View,
         types: &mut BTreeMap<String, DeltaType>,
         nonce: &mut u64,
         out: &Sender,
@@ -287,7 +323,7 @@ impl AdsServer {
             return Ok(());
         };
         let empty = TypeSet::default();
-        let set = snap.of(type_url).unwrap_or(&empty);
+        let set = snap.of(type_url, view).unwrap_or(&empty);
         let all = &set.items;
         let in_scope = |name: &String| state.wildcard || state.names.contains(name);
         let changed: Vec<(&String, &Encoded)> = all

@@ -21,8 +21,8 @@ use super::grpc::AdsService;
 use super::metrics::XdsMetrics;
 use super::model::*;
 use super::server::{Admission, AdsServer};
-use super::snapshot::{CLUSTER, Cache, ENDPOINT, LISTENER, ROUTE, Snapshot};
-use super::translate::translate;
+use super::snapshot::{CLUSTER, Cache, ENDPOINT, LISTENER, ROUTE, Snapshot, View};
+use super::translate::{translate, translate_all};
 
 fn service(name: &str, addresses: &[&str]) -> Service {
     Service {
@@ -328,7 +328,7 @@ async fn delta_sends_only_changes_and_signals_removals() {
 #[test]
 fn shared_encodings_decode_as_whole_messages() {
     let snap = snapshot(1, &[service("a", &["10.0.0.1"]), service("b", &["10.0.0.2"])]);
-    let set = snap.of(CLUSTER).unwrap();
+    let set = snap.of(CLUSTER, &View::Mesh).unwrap();
     let head = DiscoveryResponse {
         version_info: set.wildcard_version.clone(),
         type_url: CLUSTER.into(),
@@ -369,4 +369,211 @@ fn shared_encodings_decode_as_whole_messages() {
         );
     }
     assert_eq!((decoded.nonce.as_str(), decoded.type_url.as_str()), ("8", CLUSTER));
+}
+
+fn gateway(name: &str, ports: &[u16]) -> Gateway {
+    Gateway {
+        name: name.into(),
+        namespace: "edge".into(),
+        ports: ports
+            .iter()
+            .map(|p| GatewayPort {
+                name: format!("http-{p}"),
+                port: *p,
+                container_port: p + 8000,
+            })
+            .collect(),
+    }
+}
+
+/// Mesh service `a`, gateway `edge/ingress` on 80 and 443, gateway `edge/other` on `other`.
+fn gateway_snapshot(version: u64, other: &[u16]) -> Snapshot {
+    let gateways = [gateway("ingress", &[80, 443]), gateway("other", other)];
+    Snapshot::new(
+        version,
+        Instant::now(),
+        &translate_all(
+            &[service("a", &["198.51.100.2"])],
+            &gateways,
+            &[],
+            &Telemetry::default(),
+        ),
+    )
+}
+
+fn node_with(fields: &[(&str, &str)]) -> Node {
+    Node {
+        id: "test-client".into(),
+        metadata: Some(Struct {
+            fields: fields
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Value {
+                            kind: Some(Kind::StringValue(v.to_string())),
+                        },
+                    )
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn gateway_node(name: &str) -> Node {
+    node_with(&[
+        ("REVISION", "rev-a"),
+        ("ROLE", "gateway"),
+        ("GATEWAY", name),
+        ("NAMESPACE", "edge"),
+        ("MESH", "prod"),
+    ])
+}
+
+fn listener_names(resources: &[envoy_types::pb::google::protobuf::Any]) -> Vec<String> {
+    resources
+        .iter()
+        .map(|a| {
+            envoy_types::pb::envoy::config::listener::v3::Listener::decode(a.value.as_slice())
+                .expect("a listener")
+                .name
+        })
+        .collect()
+}
+
+const INGRESS: [&str; 2] = ["gateway|443|edge/ingress", "gateway|80|edge/ingress"];
+
+#[tokio::test]
+async fn sotw_lds_gives_a_gateway_only_its_listeners_and_mesh_clients_none_of_them() {
+    let cache = Cache::new();
+    cache.publish(gateway_snapshot(1, &[80]));
+    let url = start(cache.clone()).await;
+
+    let mut gw = sotw(&url).await;
+    let mut first = request(LISTENER, &[], "", "");
+    first.node = Some(gateway_node("ingress"));
+    gw.send(first).await;
+    let lds = gw.next().await;
+    assert_eq!(
+        listener_names(&lds.resources),
+        INGRESS,
+        "wildcard LDS: its own listeners only"
+    );
+    gw.send(request(LISTENER, &[], &lds.version_info, &lds.nonce)).await;
+    // Its route configurations come from the shared RDS set.
+    gw.send(request(ROUTE, &INGRESS, "", "")).await;
+    assert_eq!(gw.next().await.resources.len(), 2);
+
+    for role in ["proxyless", "node-proxy"] {
+        let mut mesh = sotw(&url).await;
+        let mut first = request(LISTENER, &["*"], "", "");
+        first.node = Some(node_with(&[
+            ("REVISION", "rev-a"),
+            ("ROLE", role),
+            ("NAMESPACE", "edge"),
+        ]));
+        mesh.send(first).await;
+        let lds = mesh.next().await;
+        assert_eq!(
+            listener_names(&lds.resources),
+            ["a.ns.svc.cluster.local:50051"],
+            "{role}"
+        );
+    }
+
+    // Asking by name does not reach across views either.
+    let mut named = sotw(&url).await;
+    let mut first = request(
+        LISTENER,
+        &["gateway|80|edge/other", "a.ns.svc.cluster.local:50051"],
+        "",
+        "",
+    );
+    first.node = Some(gateway_node("ingress"));
+    named.send(first).await;
+    assert!(named.next().await.resources.is_empty());
+    let mut named = sotw(&url).await;
+    let mut first = request(LISTENER, &["gateway|80|edge/ingress"], "", "");
+    first.node = Some(node_with(&[("REVISION", "rev-a"), ("ROLE", "proxyless")]));
+    named.send(first).await;
+    assert!(named.next().await.resources.is_empty());
+
+    // Another gateway's change is not this gateway's news.
+    cache.publish(gateway_snapshot(2, &[80, 8080]));
+    gw.quiet().await;
+}
+
+#[tokio::test]
+async fn delta_lds_gives_a_gateway_only_its_listeners_and_mesh_clients_none_of_them() {
+    let cache = Cache::new();
+    cache.publish(gateway_snapshot(1, &[80]));
+    let url = start(cache.clone()).await;
+
+    let (tx, mut rx) = delta(&url).await;
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(gateway_node("ingress")),
+        type_url: LISTENER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let all = next_delta(&mut rx).await;
+    let names: Vec<&str> = all.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, INGRESS);
+    let decoded: Vec<String> = all
+        .resources
+        .iter()
+        .filter_map(|r| r.resource.clone())
+        .map(|a| listener_names(&[a]).remove(0))
+        .collect();
+    assert_eq!(decoded, INGRESS);
+
+    let (mtx, mut mrx) = delta(&url).await;
+    mtx.send(DeltaDiscoveryRequest {
+        node: Some(node_with(&[("REVISION", "rev-a"), ("ROLE", "proxyless")])),
+        type_url: LISTENER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mesh = next_delta(&mut mrx).await;
+    let names: Vec<&str> = mesh.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["a.ns.svc.cluster.local:50051"]);
+}
+
+#[tokio::test]
+async fn a_gateway_client_must_name_its_gateway() {
+    let cache = Cache::new();
+    cache.publish(gateway_snapshot(1, &[80]));
+    let url = start(cache).await;
+    let mut s = sotw(&url).await;
+    let mut first = request(LISTENER, &[], "", "");
+    first.node = Some(node_with(&[
+        ("REVISION", "rev-a"),
+        ("ROLE", "gateway"),
+        ("NAMESPACE", "edge"),
+    ]));
+    s.send(first).await;
+    let err = tokio::time::timeout(Duration::from_secs(5), s.rx.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("GATEWAY"), "{}", err.message());
+}
+
+#[test]
+fn snapshots_differ_when_only_a_gateway_listener_does_and_cost_nothing_without_gateways() {
+    assert!(gateway_snapshot(1, &[80]).same_content(&gateway_snapshot(2, &[80])));
+    assert!(!gateway_snapshot(1, &[80]).same_content(&gateway_snapshot(2, &[81])));
+    let mesh_only = snapshot(1, &[service("a", &["198.51.100.2"])]);
+    assert!(mesh_only.gateway_listeners.is_empty());
+    assert!(!mesh_only.same_content(&gateway_snapshot(2, &[80])));
+    let view = View::Gateway("edge/ingress".into());
+    assert_eq!(gateway_snapshot(1, &[80]).of(LISTENER, &view).unwrap().items.len(), 2);
+    assert!(
+        mesh_only.of(LISTENER, &view).is_none(),
+        "an unknown gateway has no listeners"
+    );
 }

@@ -1,5 +1,6 @@
 //! Snapshots: an immutable, encoded set of every resource, with a version per resource (a
-//! hash of its bytes) so streams can tell exactly what changed.
+//! hash of its bytes) so streams can tell exactly what changed. Listeners depend on who
+//! asks (mesh clients or one gateway's pods: a [`View`]); every other type is shared.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -115,6 +116,16 @@ pub fn delta_field(name: &str, e: &Encoded, out: &mut Vec<u8>) {
 /// The field number of `resources` in both `DiscoveryResponse` and `DeltaDiscoveryResponse`.
 const DISCOVERY_RESOURCES_FIELD: u32 = 2;
 
+/// Whose resources a client sees.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum View {
+    /// A mesh client (proxyless or node proxy): the mesh listeners.
+    #[default]
+    Mesh,
+    /// A pod of the gateway with this `model::gateway_key`: only that gateway's listeners.
+    Gateway(String),
+}
+
 /// Every resource at one moment.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -122,8 +133,11 @@ pub struct Snapshot {
     pub version: u64,
     /// When the change that produced it was first seen (for push latency).
     pub changed_at: Instant,
-    /// Resources by type URL.
+    /// Resources by type URL, as mesh clients see them.
     pub resources: BTreeMap<&'static str, TypeSet>,
+    /// Each gateway's listeners, by gateway key: what its pods see instead of
+    /// `resources[LISTENER]`. Empty (no allocation) without gateways.
+    pub gateway_listeners: BTreeMap<String, TypeSet>,
 }
 
 impl Snapshot {
@@ -133,6 +147,7 @@ impl Snapshot {
             version: 0,
             changed_at: Instant::now(),
             resources: TYPES.iter().map(|t| (*t, TypeSet::default())).collect(),
+            gateway_listeners: BTreeMap::new(),
         }
     }
 
@@ -147,30 +162,54 @@ impl Snapshot {
             (CLUSTER, set(&r.clusters)),
             (ENDPOINT, set(&r.endpoints)),
         ]);
+        let gateway_listeners = r
+            .gateway_listeners
+            .iter()
+            .map(|(key, listeners)| (key.clone(), set(listeners)))
+            .collect();
         Snapshot {
             version,
             changed_at,
             resources,
+            gateway_listeners,
         }
     }
 
-    /// Whether both hold the same resources (by name and content hash).
+    /// Whether both hold the same resources (by name and content hash), for every view.
     pub fn same_content(&self, other: &Snapshot) -> bool {
-        self.resources.len() == other.resources.len()
-            && self.resources.iter().all(|(t, set)| {
-                other.resources.get(t).is_some_and(|o| {
-                    o.items.len() == set.items.len()
-                        && o.items
+        fn same_sets<K: Ord>(a: &BTreeMap<K, TypeSet>, b: &BTreeMap<K, TypeSet>) -> bool {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|((ak, a), (bk, b))| {
+                    ak == bk
+                        && a.items.len() == b.items.len()
+                        && a.items
                             .iter()
-                            .zip(&set.items)
+                            .zip(&b.items)
                             .all(|((an, a), (bn, b))| an == bn && a.version == b.version)
                 })
-            })
+        }
+        same_sets(&self.resources, &other.resources) && same_sets(&self.gateway_listeners, &other.gateway_listeners)
     }
 
-    /// The resources of one type.
-    pub fn of(&self, type_url: &str) -> Option<&TypeSet> {
-        self.resources.get(type_url)
+    /// The resources of one type as `view` sees them. A gateway that is not (or no longer)
+    /// translated has no listeners: `None`, like a type that is not served.
+    pub fn of(&self, type_url: &str, view: &View) -> Option<&TypeSet> {
+        match view {
+            View::Gateway(key) if type_url == LISTENER => self.gateway_listeners.get(key),
+            _ => self.resources.get(type_url),
+        }
+    }
+
+    /// How many resources of each type there are, counting every gateway's listeners.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
+        self.resources.iter().map(|(t, set)| {
+            let gateways: usize = if *t == LISTENER {
+                self.gateway_listeners.values().map(|s| s.items.len()).sum()
+            } else {
+                0
+            };
+            (*t, set.items.len() + gateways)
+        })
     }
 }
 

@@ -1,6 +1,7 @@
-//! Sources: watches on Services, EndpointSlices, Namespaces, HTTPRoutes and MeshInstalls,
-//! kept in reflector stores; `model()` builds discovery's model from them. Every change
-//! pings `changed` so the control plane can debounce and retranslate.
+//! Sources: watches on Services, EndpointSlices, Namespaces, HTTPRoutes, MeshInstalls and
+//! MeshGateways, kept in reflector stores; `model()` and `gateways()` build discovery's
+//! model from them. Every change pings `changed` so the control plane can debounce and
+//! retranslate.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,15 +13,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
 use super::model::{
-    Backend, Endpoint, HeaderMatch, HttpRoute, ParentRef, PathMatch, RouteMatch, RouteRule, Service, ServicePort,
+    Backend, Endpoint, Gateway, GatewayPort, HeaderMatch, HttpRoute, ParentKind, ParentRef, PathMatch, RouteMatch,
+    RouteRule, Service, ServicePort,
 };
-use crate::api::MeshInstall;
 use crate::api::labels;
+use crate::api::{MeshGateway, MeshGatewaySpec, MeshInstall};
 
 /// The live objects discovery reads.
 #[derive(Clone)]
@@ -30,6 +32,8 @@ pub struct Sources {
     namespaces: Store<Namespace>,
     routes: Store<DynamicObject>,
     meshes: Store<MeshInstall>,
+    /// Untyped, so one object that does not decode is skipped rather than failing the watch.
+    gateways: Store<DynamicObject>,
     /// Pinged on every change.
     pub changed: Arc<Notify>,
     /// True once every watch has listed.
@@ -117,13 +121,24 @@ impl Sources {
             changed.clone(),
         ));
 
+        let ar = ApiResource::erase::<MeshGateway>(&());
+        let w_gateways = reflector::store::Writer::new(ar.clone());
+        let gateways = w_gateways.as_reader();
+        tokio::spawn(run_optional(
+            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            w_gateways,
+            changed.clone(),
+            "MeshGateways",
+        ));
+
         let (tx, synced) = watch::channel(false);
-        let (a, b, c, d, e) = (
+        let (a, b, c, d, e, f) = (
             services.clone(),
             slices.clone(),
             namespaces.clone(),
             meshes.clone(),
             routes.clone(),
+            gateways.clone(),
         );
         tokio::spawn(async move {
             // One waiter per store: a store wakes only one of several concurrent waiters.
@@ -131,7 +146,8 @@ impl Sources {
                 && b.wait_until_ready().await.is_ok()
                 && c.wait_until_ready().await.is_ok()
                 && d.wait_until_ready().await.is_ok()
-                && e.wait_until_ready().await.is_ok();
+                && e.wait_until_ready().await.is_ok()
+                && f.wait_until_ready().await.is_ok();
             if ok {
                 let _ = tx.send(true);
             }
@@ -142,9 +158,22 @@ impl Sources {
             namespaces,
             routes,
             meshes,
+            gateways,
             changed,
             synced,
         }
+    }
+
+    /// The gateways of mesh `mesh` (every gateway when `None`), sorted by namespace and name.
+    pub fn gateways(&self, mesh: Option<&str>) -> Vec<Gateway> {
+        let mut gateways: Vec<Gateway> = self
+            .gateways
+            .state()
+            .iter()
+            .filter_map(|g| gateway_model(g, mesh))
+            .collect();
+        gateways.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        gateways
     }
 
     /// The `weft.dev/rev` label of a namespace, if it has one.
@@ -238,6 +267,39 @@ pub fn selector_matches(s: &LabelSelector, labels: &BTreeMap<String, String>) ->
     exact && exprs
 }
 
+/// A MeshGateway of mesh `mesh` (any mesh when `None`), or `None` when it belongs to
+/// another mesh or its spec does not decode.
+fn gateway_model(g: &DynamicObject, mesh: Option<&str>) -> Option<Gateway> {
+    let spec: MeshGatewaySpec = match g.data.get("spec").map(|s| serde_json::from_value(s.clone())) {
+        Some(Ok(spec)) => spec,
+        Some(Err(e)) => {
+            // Every retranslation meets it again: debug, not warn. The operator reports it.
+            tracing::debug!(gateway = %g.name_any(), error = %e, "skipping a MeshGateway whose spec does not decode");
+            return None;
+        }
+        None => return None,
+    };
+    if mesh.is_some_and(|m| m != spec.mesh) {
+        return None;
+    }
+    let ports = spec
+        .ports()
+        .iter()
+        .filter_map(|p| {
+            Some(GatewayPort {
+                name: p.name.clone(),
+                port: u16::try_from(p.port).ok().filter(|p| *p != 0)?,
+                container_port: u16::try_from(p.container_port()).ok().filter(|p| *p != 0)?,
+            })
+        })
+        .collect();
+    Some(Gateway {
+        name: g.name_any(),
+        namespace: g.namespace().unwrap_or_default(),
+        ports,
+    })
+}
+
 fn service_model(s: &K8sService, slices: &[Arc<EndpointSlice>]) -> Service {
     let spec = s.spec.clone().unwrap_or_default();
     let ports = spec
@@ -296,6 +358,8 @@ fn service_model(s: &K8sService, slices: &[Arc<EndpointSlice>]) -> Service {
 #[serde(rename_all = "camelCase")]
 struct RouteSpec {
     #[serde(default)]
+    hostnames: Vec<String>,
+    #[serde(default)]
     parent_refs: Vec<RefSpec>,
     #[serde(default)]
     rules: Vec<RuleSpec>,
@@ -313,6 +377,8 @@ struct RefSpec {
     namespace: Option<String>,
     #[serde(default)]
     port: Option<u16>,
+    #[serde(default)]
+    section_name: Option<String>,
     #[serde(default)]
     weight: Option<u32>,
 }
@@ -357,23 +423,32 @@ fn is_service(group: &Option<String>, kind: &Option<String>) -> bool {
     group.as_deref().unwrap_or("").is_empty() && kind.as_deref().unwrap_or("Service") == "Service"
 }
 
-/// A parentRef names a Service only explicitly: its defaults are a Gateway.
-fn is_service_parent(p: &RefSpec) -> bool {
-    p.group.as_deref() == Some("") && p.kind.as_deref() == Some("Service")
+/// What a parentRef names, if it is ours. Its defaults are a Gateway API Gateway, so a
+/// Service or MeshGateway parent must give both group and kind.
+fn parent_kind(p: &RefSpec) -> Option<ParentKind> {
+    match (p.group.as_deref()?, p.kind.as_deref()?) {
+        ("", "Service") => Some(ParentKind::Service),
+        (group, "MeshGateway") if group == MeshGateway::group(&()) => Some(ParentKind::MeshGateway),
+        _ => None,
+    }
 }
 
-/// An HTTPRoute attached to Services (GAMMA), or `None` when it attaches to none.
+/// An HTTPRoute attached to Services (GAMMA) and/or MeshGateways, or `None` when it attaches
+/// to neither.
 fn route_model(r: &DynamicObject) -> Option<HttpRoute> {
     let spec: RouteSpec = serde_json::from_value(r.data.get("spec")?.clone()).ok()?;
     let ns = r.namespace().unwrap_or_default();
     let parents: Vec<ParentRef> = spec
         .parent_refs
         .iter()
-        .filter(|p| is_service_parent(p))
-        .map(|p| ParentRef {
-            name: p.name.clone(),
-            namespace: p.namespace.clone().unwrap_or_else(|| ns.clone()),
-            port: p.port,
+        .filter_map(|p| {
+            Some(ParentRef {
+                kind: parent_kind(p)?,
+                name: p.name.clone(),
+                namespace: p.namespace.clone().unwrap_or_else(|| ns.clone()),
+                port: p.port,
+                section_name: p.section_name.clone(),
+            })
         })
         .collect();
     if parents.is_empty() {
@@ -424,6 +499,7 @@ fn route_model(r: &DynamicObject) -> Option<HttpRoute> {
     Some(HttpRoute {
         name: r.name_any(),
         namespace: ns,
+        hostnames: spec.hostnames,
         parents,
         rules,
     })
@@ -485,5 +561,121 @@ mod tests {
             route_model(&gateway_only).is_none(),
             "a Gateway parent is not a mesh route"
         );
+    }
+
+    fn route(spec: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn meshgateway_parents_need_both_group_and_kind() {
+        let r = route_model(&route(serde_json::json!({
+            "hostnames": ["shop.example.com"],
+            "parentRefs": [
+                {"group": "weft.dev", "kind": "MeshGateway", "name": "ingress", "sectionName": "http"},
+                {"group": "weft.dev", "kind": "MeshGateway", "name": "edge-gw", "namespace": "edge", "port": 443},
+                {"group": "", "kind": "Service", "name": "cart"},
+                {"kind": "MeshGateway", "name": "no-group"},
+                {"group": "weft.dev", "name": "no-kind"},
+                {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"},
+                {"group": "example.com", "kind": "MeshGateway", "name": "foreign"}
+            ],
+            "rules": [{"backendRefs": [{"name": "cart", "port": 8080}]}]
+        })))
+        .expect("attached to gateways and a service");
+        assert_eq!(r.hostnames, ["shop.example.com"]);
+        assert_eq!(
+            r.parents,
+            [
+                ParentRef {
+                    kind: ParentKind::MeshGateway,
+                    name: "ingress".into(),
+                    namespace: "shop".into(),
+                    port: None,
+                    section_name: Some("http".into()),
+                },
+                ParentRef {
+                    kind: ParentKind::MeshGateway,
+                    name: "edge-gw".into(),
+                    namespace: "edge".into(),
+                    port: Some(443),
+                    section_name: None,
+                },
+                ParentRef {
+                    kind: ParentKind::Service,
+                    name: "cart".into(),
+                    namespace: "shop".into(),
+                    port: None,
+                    section_name: None,
+                },
+            ]
+        );
+        assert!(r.attaches_to(ParentKind::MeshGateway, "ingress", "shop", 80, "http"));
+        assert!(!r.attaches_to(ParentKind::MeshGateway, "ingress", "shop", 8443, "http-alt"));
+        assert!(!r.attaches_to(ParentKind::Service, "ingress", "shop", 80, "http"));
+        assert!(r.attaches_to(ParentKind::MeshGateway, "edge-gw", "edge", 443, "https"));
+        assert!(!r.attaches_to(ParentKind::MeshGateway, "edge-gw", "shop", 443, "https"));
+    }
+
+    #[test]
+    fn routes_whose_only_parents_are_gateway_api_gateways_are_ignored() {
+        for parent in [
+            serde_json::json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "ingress"}),
+            serde_json::json!({"name": "ingress"}),
+            serde_json::json!({"kind": "MeshGateway", "name": "ingress"}),
+            serde_json::json!({"group": "weft.dev", "name": "ingress"}),
+        ] {
+            let r = route(serde_json::json!({"parentRefs": [parent.clone()]}));
+            assert!(route_model(&r).is_none(), "{parent}");
+        }
+    }
+
+    fn gateway(mesh: &str, service: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
+            "metadata": {"name": "ingress", "namespace": "edge"},
+            "spec": {"mesh": mesh, "service": service}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn meshgateways_of_the_mesh_become_gateways_with_container_ports() {
+        let g = gateway(
+            "prod",
+            serde_json::json!({"ports": [{"name": "http", "port": 80}, {"name": "alt", "port": 8443, "targetPort": 9443}]}),
+        );
+        let model = gateway_model(&g, Some("prod")).expect("same mesh");
+        assert_eq!((model.name.as_str(), model.namespace.as_str()), ("ingress", "edge"));
+        assert_eq!(
+            model.ports,
+            [
+                GatewayPort {
+                    name: "http".into(),
+                    port: 80,
+                    container_port: 8080
+                },
+                GatewayPort {
+                    name: "alt".into(),
+                    port: 8443,
+                    container_port: 9443
+                },
+            ]
+        );
+        assert!(gateway_model(&g, None).is_some(), "no mesh name: every gateway");
+        assert!(gateway_model(&g, Some("staging")).is_none(), "another mesh's gateway");
+        let defaults = gateway_model(&gateway("prod", serde_json::json!({})), None).unwrap();
+        assert_eq!(defaults.ports[0].container_port, 8080, "ingress default: http 80");
+    }
+
+    #[test]
+    fn a_meshgateway_that_does_not_decode_is_skipped() {
+        let bad = gateway("prod", serde_json::json!({"ports": "not a list"}));
+        assert!(gateway_model(&bad, None).is_none());
     }
 }

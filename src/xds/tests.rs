@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use prost::Message;
 
 use super::model::*;
-use super::translate::{Resources, translate};
+use super::translate::{translate, translate_all};
 
 fn endpoint(address: &str, port: u16, zone: &str, ready: bool, terminating: bool) -> Endpoint {
     Endpoint {
@@ -37,7 +37,7 @@ fn service(name: &str, endpoints: Vec<Endpoint>) -> Service {
     }
 }
 
-fn world() -> (Vec<Service>, Vec<HttpRoute>) {
+pub(super) fn world() -> (Vec<Service>, Vec<HttpRoute>) {
     let services = vec![
         service(
             "cart",
@@ -53,10 +53,13 @@ fn world() -> (Vec<Service>, Vec<HttpRoute>) {
     let routes = vec![HttpRoute {
         name: "cart-split".to_string(),
         namespace: "shop".to_string(),
+        hostnames: vec![],
         parents: vec![ParentRef {
+            kind: ParentKind::Service,
             name: "cart".to_string(),
             namespace: "shop".to_string(),
             port: None,
+            section_name: None,
         }],
         rules: vec![
             RouteRule {
@@ -97,7 +100,7 @@ fn world() -> (Vec<Service>, Vec<HttpRoute>) {
     (services, routes)
 }
 
-fn telemetry() -> Telemetry {
+pub(super) fn telemetry() -> Telemetry {
     Telemetry {
         access_log: Some(("/dev/stdout".into(), None)),
         zipkin: Some(("zipkin.tracing:9411".into(), 1.0)),
@@ -105,7 +108,7 @@ fn telemetry() -> Telemetry {
 }
 
 /// Compares with `src/xds/testdata/NAME.txt`; `WEFT_UPDATE_GOLDEN=1` rewrites it.
-fn golden(name: &str, r: &Resources) {
+pub(super) fn golden(name: &str, r: &impl std::fmt::Debug) {
     let actual = format!("{r:#?}\n");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("src/xds/testdata")
@@ -255,16 +258,88 @@ fn httproute_weights_and_matches_become_envoy_routes_in_precedence_order() {
     assert_eq!(plain.len(), 1);
 }
 
+fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(m: &M) {
+    let bytes = m.encode_to_vec();
+    assert_eq!(&M::decode(bytes.as_slice()).expect("decodes"), m);
+}
+
+/// Decodes a packed message as the type its URL names, and everything packed inside it.
+fn decode_any(any: &envoy_types::pb::google::protobuf::Any) {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log;
+    use envoy_types::pb::envoy::config::trace::v3::ZipkinConfig;
+    use envoy_types::pb::envoy::config::trace::v3::tracing;
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    fn decoded<M: Message + Default + prost::Name>(any: &envoy_types::pb::google::protobuf::Any) -> M {
+        assert_eq!(any.type_url, M::type_url());
+        M::decode(any.value.as_slice()).unwrap_or_else(|e| panic!("{}: {e}", any.type_url))
+    }
+    let name = any.type_url.rsplit('/').next().unwrap_or_default();
+    match name {
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
+            let h: HttpConnectionManager = decoded(any);
+            for f in &h.http_filters {
+                if let Some(http_filter::ConfigType::TypedConfig(a)) = &f.config_type {
+                    decode_any(a);
+                }
+            }
+            for l in &h.access_log {
+                if let Some(access_log::ConfigType::TypedConfig(a)) = &l.config_type {
+                    decode_any(a);
+                }
+            }
+            if let Some(tracing::http::ConfigType::TypedConfig(a)) = h
+                .tracing
+                .as_ref()
+                .and_then(|t| t.provider.as_ref()?.config_type.as_ref())
+            {
+                decode_any(a);
+            }
+            round_trip(&h);
+        }
+        "envoy.extensions.filters.http.router.v3.Router" => round_trip(&decoded::<Router>(any)),
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog" => round_trip(&decoded::<FileAccessLog>(any)),
+        "envoy.config.trace.v3.ZipkinConfig" => round_trip(&decoded::<ZipkinConfig>(any)),
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => round_trip(&decoded::<HttpProtocolOptions>(any)),
+        other => panic!("no decoder for {other}"),
+    }
+}
+
+fn decode_listener(l: &Listener) {
+    round_trip(l);
+    if let Some(any) = l.api_listener.as_ref().and_then(|a| a.api_listener.as_ref()) {
+        decode_any(any);
+    }
+    for chain in &l.filter_chains {
+        for f in &chain.filters {
+            match &f.config_type {
+                Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) => {
+                    decode_any(any)
+                }
+                other => panic!("{}: filter {} has no typed config: {other:?}", l.name, f.name),
+            }
+        }
+    }
+}
+
 #[test]
 fn every_resource_round_trips_through_the_envoy_types() {
-    let (services, routes) = world();
-    let r = translate(&services, &routes, &telemetry());
-    fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(m: &M) {
-        let bytes = m.encode_to_vec();
-        assert_eq!(&M::decode(bytes.as_slice()).expect("decodes"), m);
-    }
-    r.listeners.values().for_each(round_trip);
+    let (services, mut routes) = world();
+    let (gateways, gateway_routes) = super::gateway_tests::gateway_world();
+    routes.extend(gateway_routes);
+    let r = translate_all(&services, &gateways, &routes, &telemetry());
+    assert!(!r.gateway_listeners.is_empty(), "gateway resources are covered too");
+    r.listeners.values().for_each(decode_listener);
+    r.gateway_listeners
+        .values()
+        .flat_map(|l| l.values())
+        .for_each(decode_listener);
     r.routes.values().for_each(round_trip);
-    r.clusters.values().for_each(round_trip);
+    for c in r.clusters.values() {
+        round_trip(c);
+        c.typed_extension_protocol_options.values().for_each(decode_any);
+    }
     r.endpoints.values().for_each(round_trip);
 }

@@ -1,7 +1,8 @@
 //! Translation (pure): discovery's model → Envoy resources. For each service port a Listener
 //! (an `api_listener` HttpConnectionManager that gets its routes over RDS from ADS), a
 //! RouteConfiguration, an EDS Cluster and a ClusterLoadAssignment of the ready endpoints
-//! grouped by zone. HTTPRoutes attached to a service replace its default route.
+//! grouped by zone. HTTPRoutes attached to a service replace its default route. Gateways
+//! are translated in `gateway`, with the connection manager and route ranking shared here.
 
 use std::collections::BTreeMap;
 
@@ -32,7 +33,7 @@ use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
-use super::model::{self, Backend, HttpRoute, PathMatch, Service, ServicePort, Telemetry};
+use super::model::{self, Backend, Gateway, HttpRoute, ParentKind, PathMatch, Service, ServicePort, Telemetry};
 
 /// The name of the cluster that carries traces to the Zipkin collector.
 pub const ZIPKIN_CLUSTER: &str = "zipkin";
@@ -48,16 +49,33 @@ pub struct Resources {
     pub clusters: BTreeMap<String, Cluster>,
     /// EDS.
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+    /// LDS for gateway clients: each gateway's listeners, by `model::gateway_key`. Only
+    /// that gateway's pods see them; their route configurations are in `routes`.
+    pub gateway_listeners: BTreeMap<String, BTreeMap<String, Listener>>,
 }
 
-/// Translates every service (and the routes attached to them).
+/// Translates the mesh services and the gateways this control plane serves.
+pub fn translate_all(
+    services: &[Service],
+    gateways: &[Gateway],
+    routes: &[HttpRoute],
+    telemetry: &Telemetry,
+) -> Resources {
+    let mut out = translate(services, routes, telemetry);
+    let gw = super::gateway::translate(gateways, routes, telemetry);
+    out.routes.extend(gw.routes);
+    out.gateway_listeners = gw.listeners;
+    out
+}
+
+/// Translates every service (and the routes attached to them); no gateways (`translate_all`).
 pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemetry) -> Resources {
     let mut out = Resources::default();
     for svc in services {
         for port in &svc.ports {
             let name = model::listener_name(&svc.name, &svc.namespace, port.port);
             let cluster = model::cluster_name(&svc.name, &svc.namespace, port.port);
-            out.listeners.insert(name.clone(), listener(&name, telemetry));
+            out.listeners.insert(name.clone(), api_listener(&name, telemetry));
             out.routes.insert(name.clone(), route_configuration(svc, port, routes));
             out.clusters.insert(cluster.clone(), eds_cluster(&cluster, port));
             out.endpoints
@@ -78,12 +96,30 @@ fn ads() -> ConfigSource {
     }
 }
 
-fn listener(name: &str, telemetry: &Telemetry) -> Listener {
+/// A mesh listener: an `api_listener` (no socket) whose routes come over RDS, as proxyless
+/// gRPC clients and the node proxy's outbound side use it.
+fn api_listener(name: &str, telemetry: &Telemetry) -> Listener {
+    Listener {
+        name: name.to_string(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack_any(connection_manager(name, name, telemetry))),
+        }),
+        ..Default::default()
+    }
+}
+
+/// An HttpConnectionManager that gets route configuration `route_config` over RDS (ADS),
+/// with the router last and the mesh's access log and tracing.
+pub(super) fn connection_manager(
+    stat_prefix: &str,
+    route_config: &str,
+    telemetry: &Telemetry,
+) -> HttpConnectionManager {
     let mut hcm = HttpConnectionManager {
-        stat_prefix: name.to_string(),
+        stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: Some(ads()),
-            route_config_name: name.to_string(),
+            route_config_name: route_config.to_string(),
         })),
         // The router must be the last filter.
         http_filters: vec![HttpFilter {
@@ -127,13 +163,7 @@ fn listener(name: &str, telemetry: &Telemetry) -> Listener {
             ..Default::default()
         });
     }
-    Listener {
-        name: name.to_string(),
-        api_listener: Some(ApiListener {
-            api_listener: Some(pack_any(hcm)),
-        }),
-        ..Default::default()
-    }
+    hcm
 }
 
 /// The names a client may use for a service port: short, namespaced and fully qualified,
@@ -153,50 +183,9 @@ fn route_configuration(svc: &Service, port: &ServicePort, routes: &[HttpRoute]) 
     let name = model::listener_name(&svc.name, &svc.namespace, port.port);
     let attached: Vec<&HttpRoute> = routes
         .iter()
-        .filter(|r| {
-            r.parents
-                .iter()
-                .any(|p| p.name == svc.name && p.namespace == svc.namespace && p.port.is_none_or(|pp| pp == port.port))
-        })
+        .filter(|r| r.attaches_to(ParentKind::Service, &svc.name, &svc.namespace, port.port, &port.name))
         .collect();
-    let mut envoy_routes = Vec::new();
-    // Routes attached to the service, ordered by Gateway API precedence: exact paths, then
-    // longer prefixes, then more header matches; ties keep creation order.
-    let mut ranked: Vec<(u8, usize, usize, usize, Route)> = Vec::new();
-    let mut seq = 0;
-    for r in &attached {
-        for rule in &r.rules {
-            let Some(action) = backends_action(&rule.backends) else {
-                continue;
-            };
-            let matches = if rule.matches.is_empty() {
-                vec![model::RouteMatch {
-                    path: None,
-                    headers: Vec::new(),
-                }]
-            } else {
-                rule.matches.clone()
-            };
-            for m in matches {
-                let (kind_rank, len) = match &m.path {
-                    Some(PathMatch::Exact(p)) => (0, p.len()),
-                    Some(PathMatch::Regex(p)) => (1, p.len()),
-                    Some(PathMatch::Prefix(p)) => (2, p.len()),
-                    None => (2, 1),
-                };
-                let route = Route {
-                    name: format!("{}/{}", r.namespace, r.name),
-                    r#match: Some(route_match(&m)),
-                    action: Some(route::Action::Route(action.clone())),
-                    ..Default::default()
-                };
-                ranked.push((kind_rank, usize::MAX - len, usize::MAX - m.headers.len(), seq, route));
-                seq += 1;
-            }
-        }
-    }
-    ranked.sort_by_key(|r| (r.0, r.1, r.2, r.3));
-    envoy_routes.extend(ranked.into_iter().map(|r| r.4));
+    let mut envoy_routes = ranked_routes(&attached);
     if attached.is_empty() {
         envoy_routes.push(Route {
             name: "default".to_string(),
@@ -222,6 +211,47 @@ fn route_configuration(svc: &Service, port: &ServicePort, routes: &[HttpRoute]) 
         }],
         ..Default::default()
     }
+}
+
+/// The Envoy routes of some HTTPRoutes' rules, ordered by Gateway API precedence: exact
+/// paths, then regular expressions, then longer prefixes, then more header matches; ties
+/// keep the given order (creation order). Rules with nowhere to send traffic are left out.
+pub(super) fn ranked_routes(routes: &[&HttpRoute]) -> Vec<Route> {
+    let mut ranked: Vec<(u8, usize, usize, usize, Route)> = Vec::new();
+    let catch_all = [model::RouteMatch {
+        path: None,
+        headers: Vec::new(),
+    }];
+    for r in routes {
+        for rule in &r.rules {
+            let Some(action) = backends_action(&rule.backends) else {
+                continue;
+            };
+            let matches = if rule.matches.is_empty() {
+                &catch_all[..]
+            } else {
+                &rule.matches[..]
+            };
+            for m in matches {
+                let (kind_rank, len) = match &m.path {
+                    Some(PathMatch::Exact(p)) => (0, p.len()),
+                    Some(PathMatch::Regex(p)) => (1, p.len()),
+                    Some(PathMatch::Prefix(p)) => (2, p.len()),
+                    None => (2, 1),
+                };
+                let route = Route {
+                    name: format!("{}/{}", r.namespace, r.name),
+                    r#match: Some(route_match(m)),
+                    action: Some(route::Action::Route(action.clone())),
+                    ..Default::default()
+                };
+                let seq = ranked.len();
+                ranked.push((kind_rank, usize::MAX - len, usize::MAX - m.headers.len(), seq, route));
+            }
+        }
+    }
+    ranked.sort_by_key(|r| (r.0, r.1, r.2, r.3));
+    ranked.into_iter().map(|r| r.4).collect()
 }
 
 fn prefix_match(prefix: &str) -> EnvoyRouteMatch {

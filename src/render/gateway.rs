@@ -1,0 +1,514 @@
+//! The objects of one MeshGateway: identity, Envoy bootstrap, Service, Deployment,
+//! autoscaler and disruption budget. Everything is named after the gateway and owned by it,
+//! so deleting the gateway lets the garbage collector remove the rest.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::labels;
+use crate::api::mesh_gateway::{ExternalTrafficPolicy, GatewayPort, GatewayType, MeshGateway, ServiceType};
+use crate::versions::MeshVersion;
+
+use super::profile::{self, Budget, Hpa};
+use super::revision::{XDS_PORT, control_plane_name};
+use super::security::{container_context, pod_context};
+use super::{Manifest, OwnedKind, RenderError, fnv1a};
+
+/// Envoy's admin port, bound to loopback only.
+pub const ADMIN_PORT: i32 = 15000;
+/// The health port: `/healthz/ready` answers once Envoy has its first configuration.
+pub const HEALTH_PORT: i32 = 15021;
+/// The user Envoy's image runs as.
+const PROXY_UID: i64 = 101;
+
+/// What one gateway is rendered from.
+#[derive(Clone, Debug)]
+pub struct GatewayInput<'a> {
+    /// The MeshGateway (name, namespace, uid and spec).
+    pub gateway: &'a MeshGateway,
+    /// The MeshInstall it belongs to.
+    pub mesh: &'a str,
+    /// The revision its tag resolves to.
+    pub revision: &'a str,
+    /// The namespace of that revision's control plane.
+    pub control_plane_namespace: &'a str,
+    /// The version that revision runs (for the proxy image).
+    pub version: &'a MeshVersion,
+}
+
+/// The name of a gateway's bootstrap ConfigMap.
+pub fn bootstrap_name(gateway: &str) -> String {
+    format!("{gateway}-bootstrap")
+}
+
+/// The label selector of a gateway's pods, as `status.selector` and the scale subresource
+/// report it.
+pub fn selector_string(gateway: &str) -> String {
+    labels::gateway_selector(gateway)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Checks what admission cannot: that the ports the container binds are distinct and leave
+/// Envoy's own ports alone.
+pub fn validate_ports(ports: &[GatewayPort]) -> Result<(), RenderError> {
+    let mut seen: BTreeMap<i32, &str> = BTreeMap::new();
+    for p in ports {
+        let target = p.container_port();
+        if target == ADMIN_PORT || target == HEALTH_PORT {
+            return Err(RenderError::Invalid(format!(
+                "service port {} ({}) maps to container port {target}, which the gateway uses itself ({ADMIN_PORT} admin, {HEALTH_PORT} health); set another targetPort",
+                p.name, p.port
+            )));
+        }
+        if let Some(other) = seen.insert(target, &p.name) {
+            return Err(RenderError::Invalid(format!(
+                "service ports {other} and {} both map to container port {target}; give one of them another targetPort",
+                p.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Renders every object of one gateway, in apply order.
+pub fn render_gateway(input: &GatewayInput) -> Result<Vec<Manifest>, RenderError> {
+    let gw = input.gateway;
+    let spec = &gw.spec;
+    let name = gw.metadata.name.clone().unwrap_or_default();
+    let ports = spec.ports();
+    validate_ports(&ports)?;
+    let hpa = profile::resolve_hpa(
+        spec.autoscaling.as_ref(),
+        spec.autoscaling.is_some(),
+        None,
+        "spec",
+        "the default of 5",
+    )?;
+    let replicas = spec.replicas.unwrap_or(1);
+    let floor = hpa.as_ref().map_or(replicas, |h| h.min);
+    let r = Renderer {
+        input,
+        name: name.clone(),
+        ns: gw.metadata.namespace.clone().unwrap_or_default(),
+        ports,
+    };
+    let bootstrap = r.bootstrap()?;
+    let hash = fnv1a(&serde_json::to_string(&bootstrap.data).unwrap_or_default());
+    let mut out = vec![
+        Manifest::new(OwnedKind::ServiceAccount, &r.account())?,
+        Manifest::new(OwnedKind::ConfigMap, &bootstrap)?,
+        Manifest::new(OwnedKind::Service, &r.service())?,
+        Manifest::new(
+            OwnedKind::Deployment,
+            &r.deployment(&hash, hpa.is_none().then_some(replicas)),
+        )?,
+    ];
+    if let Some(h) = &hpa {
+        out.push(Manifest::new(OwnedKind::HorizontalPodAutoscaler, &r.hpa(h))?);
+    }
+    if let Some(b) = profile::resolve_budget(spec.pod_disruption_budget.as_ref(), floor, None) {
+        out.push(Manifest::new(OwnedKind::PodDisruptionBudget, &r.pdb(&b))?);
+    }
+    Ok(out)
+}
+
+struct Renderer<'a> {
+    input: &'a GatewayInput<'a>,
+    name: String,
+    ns: String,
+    ports: Vec<GatewayPort>,
+}
+
+impl Renderer<'_> {
+    fn owner(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: "weft.dev/v1alpha1".to_string(),
+            kind: "MeshGateway".to_string(),
+            name: self.name.clone(),
+            uid: self.input.gateway.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        let mut l = labels::revision_labels(self.input.mesh, self.input.revision);
+        l.extend(labels::gateway_selector(&self.name));
+        l.insert(labels::NAME.to_string(), self.name.clone());
+        l.insert(labels::INSTANCE.to_string(), self.name.clone());
+        l.insert(labels::VERSION.to_string(), self.input.version.version.to_string());
+        l
+    }
+
+    fn meta(&self, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(self.ns.clone()),
+            labels: Some(self.labels()),
+            owner_references: Some(vec![self.owner()]),
+            ..Default::default()
+        }
+    }
+
+    fn selector(&self) -> LabelSelector {
+        LabelSelector {
+            match_labels: Some(labels::gateway_selector(&self.name)),
+            ..Default::default()
+        }
+    }
+
+    fn account(&self) -> ServiceAccount {
+        // The gateway gets everything from xDS; it never talks to the API server.
+        ServiceAccount {
+            metadata: self.meta(&self.name),
+            automount_service_account_token: Some(false),
+            ..Default::default()
+        }
+    }
+
+    /// Envoy's bootstrap: ADS from the resolved revision's control plane, admin on
+    /// loopback, and a health listener that forwards `/healthz/ready` to admin `/ready`
+    /// (ready once the first listeners and clusters arrived).
+    fn bootstrap(&self) -> Result<ConfigMap, RenderError> {
+        let xds_host = format!(
+            "{}.{}.svc",
+            control_plane_name(self.input.revision),
+            self.input.control_plane_namespace
+        );
+        let socket =
+            |address: &str, port: i32| serde_json::json!({"socket_address": {"address": address, "port_value": port}});
+        let static_cluster = |name: &str, address: serde_json::Value, http2: bool| {
+            let mut c = serde_json::json!({
+                "name": name,
+                "type": if http2 { "STRICT_DNS" } else { "STATIC" },
+                "connect_timeout": "5s",
+                "load_assignment": {
+                    "cluster_name": name,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]
+                }
+            });
+            if http2 {
+                c["typed_extension_protocol_options"] = serde_json::json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}
+                    }
+                });
+            }
+            c
+        };
+        let health_listener = serde_json::json!({
+            "name": "health",
+            "address": socket("0.0.0.0", HEALTH_PORT),
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "health",
+                    "route_config": {"virtual_hosts": [{
+                        "name": "health",
+                        "domains": ["*"],
+                        "routes": [{
+                            "match": {"path": "/healthz/ready"},
+                            "route": {"cluster": "admin", "prefix_rewrite": "/ready"}
+                        }]
+                    }]},
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                    }]
+                }
+            }]}]
+        });
+        let bootstrap = serde_json::json!({
+            "node": {
+                "cluster": format!("{}.{}", self.name, self.ns),
+                "metadata": {
+                    "REVISION": self.input.revision,
+                    "NAMESPACE": self.ns,
+                    "ROLE": "gateway",
+                    "GATEWAY": self.name,
+                    "MESH": self.input.mesh,
+                }
+            },
+            "admin": {"address": socket("127.0.0.1", ADMIN_PORT)},
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]
+                },
+                "cds_config": {"ads": {}, "resource_api_version": "V3"},
+                "lds_config": {"ads": {}, "resource_api_version": "V3"}
+            },
+            "static_resources": {
+                "listeners": [health_listener],
+                "clusters": [
+                    static_cluster("xds", socket(&xds_host, XDS_PORT), true),
+                    static_cluster("admin", socket("127.0.0.1", ADMIN_PORT), false),
+                ]
+            }
+        });
+        let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| RenderError::Encode {
+            kind: "ConfigMap",
+            name: bootstrap_name(&self.name),
+            message: e.to_string(),
+        })?;
+        Ok(ConfigMap {
+            metadata: self.meta(&bootstrap_name(&self.name)),
+            data: Some(BTreeMap::from([("bootstrap.json".to_string(), text)])),
+            ..Default::default()
+        })
+    }
+
+    fn service(&self) -> Service {
+        let spec = &self.input.gateway.spec;
+        let svc = spec.service.clone().unwrap_or_default();
+        let type_ = svc.type_.unwrap_or(match spec.type_ {
+            GatewayType::Ingress | GatewayType::Eastwest => ServiceType::LoadBalancer,
+            GatewayType::Egress => ServiceType::ClusterIP,
+        });
+        let mut meta = self.meta(&self.name);
+        meta.annotations = svc.annotations.clone().filter(|a| !a.is_empty());
+        Service {
+            metadata: meta,
+            spec: Some(ServiceSpec {
+                type_: Some(
+                    match type_ {
+                        ServiceType::ClusterIP => "ClusterIP",
+                        ServiceType::NodePort => "NodePort",
+                        ServiceType::LoadBalancer => "LoadBalancer",
+                    }
+                    .to_string(),
+                ),
+                selector: Some(labels::gateway_selector(&self.name)),
+                ports: Some(
+                    self.ports
+                        .iter()
+                        .map(|p| ServicePort {
+                            name: Some(p.name.clone()),
+                            port: p.port,
+                            target_port: Some(IntOrString::Int(p.container_port())),
+                            protocol: Some("TCP".to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                external_traffic_policy: svc.external_traffic_policy.map(|p| {
+                    match p {
+                        ExternalTrafficPolicy::Cluster => "Cluster",
+                        ExternalTrafficPolicy::Local => "Local",
+                    }
+                    .to_string()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn deployment(&self, bootstrap_hash: &str, replicas: Option<i32>) -> Deployment {
+        let spec = &self.input.gateway.spec;
+        let pod_labels = labels::gateway_selector(&self.name);
+        let affinity = spec
+            .affinity
+            .clone()
+            .or_else(|| Some(profile::preferred_host_anti_affinity(&pod_labels)));
+        let spread = spec
+            .topology_spread_constraints
+            .clone()
+            .unwrap_or_else(|| vec![profile::zone_spread(&pod_labels)]);
+        // Surge first so ready capacity never drops below the replica count (and so never
+        // below the disruption budget); with one pod per host a surge pod may have nowhere
+        // to go, so then replace one at a time.
+        let (surge, unavailable) = if profile::hard_anti_affinity(affinity.as_ref()) {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        let mut ports: Vec<ContainerPort> = self
+            .ports
+            .iter()
+            .map(|p| ContainerPort {
+                name: Some(p.name.clone()),
+                container_port: p.container_port(),
+                protocol: Some("TCP".to_string()),
+                ..Default::default()
+            })
+            .collect();
+        ports.push(ContainerPort {
+            container_port: HEALTH_PORT,
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        });
+        let container = Container {
+            name: "gateway".to_string(),
+            image: Some(self.input.version.images.proxy.clone()),
+            args: Some(vec![
+                "--config-path".to_string(),
+                "/etc/weft/bootstrap.json".to_string(),
+                "--service-node".to_string(),
+                "$(POD_NAME)".to_string(),
+                "--log-level".to_string(),
+                "info".to_string(),
+            ]),
+            env: Some(vec![EnvVar {
+                name: "POD_NAME".to_string(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".to_string(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(ports),
+            readiness_probe: Some(Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some("/healthz/ready".to_string()),
+                    port: IntOrString::Int(HEALTH_PORT),
+                    scheme: Some("HTTP".to_string()),
+                    ..Default::default()
+                }),
+                period_seconds: Some(5),
+                ..Default::default()
+            }),
+            resources: Some(
+                spec.resources
+                    .clone()
+                    .unwrap_or_else(|| profile::resources("100m", "128Mi", "1Gi")),
+            ),
+            security_context: Some(container_context()),
+            volume_mounts: Some(vec![
+                VolumeMount {
+                    name: "bootstrap".to_string(),
+                    mount_path: "/etc/weft".to_string(),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+                // Envoy writes its hot-restart and admin files; the root filesystem is read-only.
+                VolumeMount {
+                    name: "tmp".to_string(),
+                    mount_path: "/tmp".to_string(),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        Deployment {
+            metadata: self.meta(&self.name),
+            spec: Some(DeploymentSpec {
+                replicas,
+                selector: self.selector(),
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".to_string()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_surge: Some(IntOrString::Int(surge)),
+                        max_unavailable: Some(IntOrString::Int(unavailable)),
+                    }),
+                }),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(self.labels()),
+                        annotations: Some(BTreeMap::from([(
+                            "weft.dev/config-hash".to_string(),
+                            bootstrap_hash.to_string(),
+                        )])),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        service_account_name: Some(self.name.clone()),
+                        automount_service_account_token: Some(false),
+                        security_context: Some(pod_context(PROXY_UID)),
+                        containers: vec![container],
+                        volumes: Some(vec![
+                            Volume {
+                                name: "bootstrap".to_string(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: bootstrap_name(&self.name),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            },
+                            Volume {
+                                name: "tmp".to_string(),
+                                empty_dir: Some(Default::default()),
+                                ..Default::default()
+                            },
+                        ]),
+                        affinity,
+                        topology_spread_constraints: (!spread.is_empty()).then_some(spread),
+                        node_selector: spec.node_selector.clone().filter(|n| !n.is_empty()),
+                        tolerations: spec.tolerations.clone().filter(|t| !t.is_empty()),
+                        ..Default::default()
+                    }),
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn hpa(&self, h: &Hpa) -> HorizontalPodAutoscaler {
+        HorizontalPodAutoscaler {
+            metadata: self.meta(&self.name),
+            spec: Some(HorizontalPodAutoscalerSpec {
+                scale_target_ref: CrossVersionObjectReference {
+                    api_version: Some("apps/v1".to_string()),
+                    kind: "Deployment".to_string(),
+                    name: self.name.clone(),
+                },
+                min_replicas: Some(h.min),
+                max_replicas: h.max,
+                metrics: Some(vec![MetricSpec {
+                    type_: "Resource".to_string(),
+                    resource: Some(ResourceMetricSource {
+                        name: "cpu".to_string(),
+                        target: MetricTarget {
+                            type_: "Utilization".to_string(),
+                            average_utilization: Some(h.cpu_percent),
+                            ..Default::default()
+                        },
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn pdb(&self, budget: &Budget) -> PodDisruptionBudget {
+        let (min_available, max_unavailable) = match budget {
+            Budget::MinAvailable(v) => (Some(v.clone()), None),
+            Budget::MaxUnavailable(v) => (None, Some(v.clone())),
+        };
+        PodDisruptionBudget {
+            metadata: self.meta(&self.name),
+            spec: Some(PodDisruptionBudgetSpec {
+                min_available,
+                max_unavailable,
+                selector: Some(self.selector()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}

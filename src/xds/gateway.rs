@@ -1,0 +1,190 @@
+//! Gateway translation (pure): every port of a MeshGateway becomes a real Envoy listener on
+//! `0.0.0.0:<container port>` whose HttpConnectionManager gets its RouteConfiguration over
+//! RDS. The routes come from the HTTPRoutes attached to the gateway, ranked like mesh routes,
+//! in one virtual host per hostname plus a `*` one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::util::pack_any;
+
+use super::model::{self, Gateway, GatewayPort, HttpRoute, ParentKind, Telemetry};
+use super::translate::{connection_manager, ranked_routes};
+
+/// The virtual host (and hostname key) of requests no hostname claims.
+const ANY_HOST: &str = "*";
+
+/// The resources of every gateway.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GatewayResources {
+    /// Each gateway's listeners by name, keyed by `model::gateway_key`.
+    pub listeners: BTreeMap<String, BTreeMap<String, Listener>>,
+    /// Every gateway port's route configuration, named like its listener.
+    pub routes: BTreeMap<String, RouteConfiguration>,
+}
+
+/// Translates every gateway (and the routes attached to it).
+pub fn translate(gateways: &[Gateway], routes: &[HttpRoute], telemetry: &Telemetry) -> GatewayResources {
+    let mut out = GatewayResources::default();
+    for gw in gateways {
+        let listeners = out
+            .listeners
+            .entry(model::gateway_key(&gw.name, &gw.namespace))
+            .or_default();
+        // Envoy rejects a whole LDS update with two listeners on one address; the operator
+        // refuses such specs, so this only guards against a spec it has not checked yet.
+        let mut bound = BTreeSet::new();
+        for port in gw.ports.iter().filter(|p| bound.insert(p.container_port)) {
+            let name = model::gateway_listener_name(&gw.name, &gw.namespace, port.port);
+            listeners.insert(name.clone(), listener(&name, port, telemetry));
+            out.routes
+                .insert(name.clone(), route_configuration(&name, gw, port, routes));
+        }
+    }
+    out
+}
+
+fn listener(name: &str, port: &GatewayPort, telemetry: &Telemetry) -> Listener {
+    // Stats are per pod, and a pod runs one gateway: Istio's short prefix is unique enough.
+    let mut hcm = connection_manager(&format!("0.0.0.0_{}", port.container_port), name, telemetry);
+    // A gateway is the edge: it appends the real peer to X-Forwarded-For and does not take
+    // a client's word for being internal.
+    hcm.use_remote_address = Some(BoolValue { value: true });
+    Listener {
+        name: name.to_string(),
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: "0.0.0.0".to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port.container_port))),
+                ..Default::default()
+            })),
+        }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A route's hostname keys: lowercased and distinct (Envoy compares domains without case
+/// and rejects duplicates); `*` when it names none. Hostnames Gateway API would refuse (a
+/// port, a path, a misplaced wildcard) are dropped, so a route naming only such hostnames
+/// attaches nowhere rather than to every host.
+fn host_keys(r: &HttpRoute) -> BTreeSet<String> {
+    if r.hostnames.is_empty() {
+        return BTreeSet::from([ANY_HOST.to_string()]);
+    }
+    r.hostnames
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| valid_hostname(h))
+        .collect()
+}
+
+fn valid_hostname(h: &str) -> bool {
+    let bare = h.strip_prefix("*.").unwrap_or(h);
+    h == ANY_HOST || (!bare.is_empty() && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+}
+
+/// Whether a route for hostname `pattern` serves requests for virtual host `host`: the same
+/// name, a wildcard (`*.example.com`) over it, or `*`.
+fn covers(pattern: &str, host: &str) -> bool {
+    pattern == host
+        || pattern == ANY_HOST
+        || pattern
+            .strip_prefix('*')
+            .is_some_and(|suffix| suffix.starts_with('.') && host.len() > suffix.len() && host.ends_with(suffix))
+}
+
+/// The names a virtual host answers to: the hostname with and without the port (`*` alone).
+fn domains(host: &str, port: u16) -> Vec<String> {
+    if host == ANY_HOST {
+        vec![host.to_string()]
+    } else {
+        vec![host.to_string(), format!("{host}:{port}")]
+    }
+}
+
+fn route_configuration(name: &str, gw: &Gateway, port: &GatewayPort, routes: &[HttpRoute]) -> RouteConfiguration {
+    let attached: Vec<&HttpRoute> = routes
+        .iter()
+        .filter(|r| r.attaches_to(ParentKind::MeshGateway, &gw.name, &gw.namespace, port.port, &port.name))
+        .collect();
+    // Hostname → indices of the routes naming it, in the given (creation) order. `*` is
+    // always there, so a port without routes still answers (404) like Istio's.
+    let mut by_host: BTreeMap<String, Vec<usize>> = BTreeMap::from([(ANY_HOST.to_string(), Vec::new())]);
+    for (i, r) in attached.iter().enumerate() {
+        for key in host_keys(r) {
+            by_host.entry(key).or_default().push(i);
+        }
+    }
+    let virtual_hosts = by_host
+        .keys()
+        .map(|host| {
+            // Gateway API precedence: the most specific matching hostname first (exact,
+            // then longer wildcards, then none); a route counts once, at its most specific.
+            let mut patterns: Vec<&String> = by_host.keys().filter(|p| covers(p, host)).collect();
+            patterns.sort_by_key(|p| (p.as_str() == ANY_HOST, std::cmp::Reverse(p.len())));
+            let mut seen = BTreeSet::new();
+            let mut envoy_routes = Vec::new();
+            for p in patterns {
+                let group: Vec<&HttpRoute> = by_host[p]
+                    .iter()
+                    .filter(|i| seen.insert(**i))
+                    .map(|i| attached[*i])
+                    .collect();
+                envoy_routes.extend(ranked_routes(&group));
+            }
+            VirtualHost {
+                name: format!("{host}:{}", port.port),
+                domains: domains(host, port.port),
+                routes: envoy_routes,
+                ..Default::default()
+            }
+        })
+        .collect();
+    RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_cover_subdomains_only() {
+        assert!(covers("*.example.com", "a.example.com"));
+        assert!(covers("*.example.com", "*.a.example.com"));
+        assert!(!covers("*.example.com", "example.com"));
+        assert!(!covers("*.example.com", "aexample.com"));
+        assert!(covers("*", "example.com"));
+        assert!(!covers("a.example.com", "b.example.com"));
+    }
+
+    #[test]
+    fn hostnames_are_normalised_and_invalid_ones_dropped() {
+        let r = |hostnames: &[&str]| HttpRoute {
+            name: "r".into(),
+            namespace: "ns".into(),
+            hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
+            parents: vec![],
+            rules: vec![],
+        };
+        assert_eq!(host_keys(&r(&[])), BTreeSet::from(["*".to_string()]));
+        assert_eq!(
+            host_keys(&r(&["Shop.Example.com", "shop.example.com", "*.example.com"])),
+            BTreeSet::from(["*.example.com".to_string(), "shop.example.com".to_string()])
+        );
+        assert!(host_keys(&r(&["shop.example.com:80", "a/b", "a.*.com", ""])).is_empty());
+    }
+}
