@@ -46,6 +46,11 @@ fn free_port() -> u16 {
 impl Operator {
     /// Starts an operator with a short lease (so failover tests are quick) and `extra` flags.
     pub fn start(bed: &Bed, identity: &str, extra: &[&str]) -> Operator {
+        Operator::start_with(bed, &bed.kubeconfig, identity, extra)
+    }
+
+    /// Like [`Operator::start`], with the credentials of another kubeconfig.
+    pub fn start_with(bed: &Bed, kubeconfig: &std::path::Path, identity: &str, extra: &[&str]) -> Operator {
         let metrics_port = free_port();
         let health_port = free_port();
         let log = bed
@@ -57,11 +62,16 @@ impl Operator {
         let child = Command::new(weft_bin())
             .arg("operator")
             .arg("--kubeconfig")
-            .arg(&bed.kubeconfig)
+            .arg(kubeconfig)
             .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
             .args(["--health-address", &format!("127.0.0.1:{health_port}")])
             .args(["--identity", identity, "--lease-duration", "4", "--lease-grace", "1"])
-            .args(["--leader-election-namespace", "default"])
+            // The Lease lives in `default` unless the test names another namespace.
+            .args(if extra.contains(&"--leader-election-namespace") {
+                &[][..]
+            } else {
+                &["--leader-election-namespace", "default"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "info,weft=debug")
             .stdout(Stdio::null())
@@ -104,6 +114,11 @@ impl Operator {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(12)..].join("\n")
+    }
+
+    /// Its whole log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The process id.

@@ -591,3 +591,79 @@ async fn invalid_gateways_are_rejected_or_stalled_with_clear_messages() {
     ns.delete().await;
     delete_and_wait(&bed, "gw-bad").await;
 }
+
+/// The operator needs no more than `config/rbac` grants: run as its ServiceAccount (by
+/// impersonation), it installs a mesh — cluster-scoped RBAC for the control plane included —
+/// and a gateway with autoscaler and budget, and reports both Ready.
+#[tokio::test]
+async fn the_operator_runs_on_its_own_least_privilege_role() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let _ = bed.kubectl(&["create", "namespace", "weft-system"]);
+    let rbac = weft_e2e::repo_root().join("config/rbac");
+    bed.kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager=weft-e2e",
+        "-n",
+        "weft-system",
+        "-k",
+        rbac.to_str().unwrap(),
+    ])
+    .expect("apply config/rbac");
+    let admin = std::fs::read_to_string(&bed.kubeconfig).expect("read kubeconfig");
+    let as_operator = admin.replacen(
+        "  user:\n",
+        "  user:\n    as: system:serviceaccount:weft-system:weft-operator\n",
+        1,
+    );
+    assert_ne!(admin, as_operator, "the kubeconfig has a user to impersonate with");
+    let kubeconfig = bed.kubeconfig.with_file_name("kubeconfig-as-operator");
+    std::fs::write(&kubeconfig, as_operator).expect("write kubeconfig");
+    let whoami = std::process::Command::new(weft_e2e::kubectl_path())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])
+        .output()
+        .expect("run kubectl");
+    assert_eq!(
+        String::from_utf8_lossy(&whoami.stdout),
+        "system:serviceaccount:weft-system:weft-operator",
+        "{}",
+        String::from_utf8_lossy(&whoami.stderr)
+    );
+    let op = Operator::start_with(
+        &bed,
+        &kubeconfig,
+        "gateway-rbac",
+        &["--leader-election-namespace", "weft-system"],
+    );
+
+    let meshes: Api<MeshInstall> = Api::all(bed.client.clone());
+    delete_and_wait(&bed, "gw-rbac").await;
+    meshes
+        .create(&PostParams::default(), &tagged_mesh("gw-rbac"))
+        .await
+        .expect("create mesh");
+    wait_ready(&meshes, "gw-rbac", &op).await;
+    let ns = bed.namespace("e2e-gw-rbac").await;
+    let api: Api<MeshGateway> = Api::namespaced(bed.client.clone(), &ns.name);
+    let spec = json!({"mesh": "gw-rbac", "revision": "gw-rbac-stable", "autoscaling": {"minReplicas": 2, "maxReplicas": 3}, "podDisruptionBudget": {"minAvailable": 1}});
+    api.create(&PostParams::default(), &gateway("ingress", &ns.name, spec))
+        .await
+        .expect("create gateway");
+    gateway_when(&api, "ingress", "the gateway to be Ready", &op, |s| {
+        ready(s) && s.ready_replicas == Some(2)
+    })
+    .await;
+    assert!(
+        !op.log_text().to_lowercase().contains("forbidden"),
+        "the operator was refused something:\n{}",
+        op.log_text()
+    );
+
+    delete_gateway_and_wait(&bed, &api, &ns.name, "ingress").await;
+    ns.delete().await;
+    delete_and_wait(&bed, "gw-rbac").await;
+}
