@@ -5,16 +5,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
-use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
-    ResourceMetricSource,
-};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
     VolumeMount,
 };
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -22,10 +17,10 @@ use crate::api::labels;
 use crate::api::mesh_gateway::{ExternalTrafficPolicy, GatewayPort, GatewayType, MeshGateway, ServiceType};
 use crate::versions::MeshVersion;
 
-use super::profile::{self, Budget, Hpa};
+use super::profile;
 use super::revision::{XDS_PORT, control_plane_name};
 use super::security::{container_context, pod_context};
-use super::{Manifest, OwnedKind, RenderError, fnv1a};
+use super::{Manifest, OwnedKind, RenderError, fnv1a, scaling};
 
 /// Envoy's admin port, bound to loopback only.
 pub const ADMIN_PORT: i32 = 15000;
@@ -120,10 +115,16 @@ pub fn render_gateway(input: &GatewayInput) -> Result<Vec<Manifest>, RenderError
         )?,
     ];
     if let Some(h) = &hpa {
-        out.push(Manifest::new(OwnedKind::HorizontalPodAutoscaler, &r.hpa(h))?);
+        out.push(Manifest::new(
+            OwnedKind::HorizontalPodAutoscaler,
+            &scaling::autoscaler(r.meta(&name), &name, h),
+        )?);
     }
     if let Some(b) = profile::resolve_budget(spec.pod_disruption_budget.as_ref(), floor, None) {
-        out.push(Manifest::new(OwnedKind::PodDisruptionBudget, &r.pdb(&b))?);
+        out.push(Manifest::new(
+            OwnedKind::PodDisruptionBudget,
+            &scaling::disruption_budget(r.meta(&name), r.selector(), &b),
+        )?);
     }
     Ok(out)
 }
@@ -460,52 +461,6 @@ impl Renderer<'_> {
                         ..Default::default()
                     }),
                 },
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn hpa(&self, h: &Hpa) -> HorizontalPodAutoscaler {
-        HorizontalPodAutoscaler {
-            metadata: self.meta(&self.name),
-            spec: Some(HorizontalPodAutoscalerSpec {
-                scale_target_ref: CrossVersionObjectReference {
-                    api_version: Some("apps/v1".to_string()),
-                    kind: "Deployment".to_string(),
-                    name: self.name.clone(),
-                },
-                min_replicas: Some(h.min),
-                max_replicas: h.max,
-                metrics: Some(vec![MetricSpec {
-                    type_: "Resource".to_string(),
-                    resource: Some(ResourceMetricSource {
-                        name: "cpu".to_string(),
-                        target: MetricTarget {
-                            type_: "Utilization".to_string(),
-                            average_utilization: Some(h.cpu_percent),
-                            ..Default::default()
-                        },
-                    }),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn pdb(&self, budget: &Budget) -> PodDisruptionBudget {
-        let (min_available, max_unavailable) = match budget {
-            Budget::MinAvailable(v) => (Some(v.clone()), None),
-            Budget::MaxUnavailable(v) => (None, Some(v.clone())),
-        };
-        PodDisruptionBudget {
-            metadata: self.meta(&self.name),
-            spec: Some(PodDisruptionBudgetSpec {
-                min_available,
-                max_unavailable,
-                selector: Some(self.selector()),
                 ..Default::default()
             }),
             ..Default::default()

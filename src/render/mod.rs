@@ -6,6 +6,7 @@ pub mod gateway;
 pub mod kinds;
 pub mod profile;
 pub mod revision;
+pub mod scaling;
 pub mod security;
 
 pub use gateway::{GatewayInput, render_gateway};

@@ -7,16 +7,13 @@ use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, Deployment, DeploymentSpec, DeploymentStrategy,
     RollingUpdateDaemonSet, RollingUpdateDeployment,
 };
-use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
-    ResourceMetricSource,
-};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
     TCPSocketAction, Volume, VolumeMount,
 };
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -26,9 +23,9 @@ use crate::api::labels;
 use crate::api::mesh_install::{LogLevel, MeshConfig, MeshInstall};
 use crate::versions::MeshVersion;
 
-use super::profile::{self, Budget, Resolved};
+use super::profile::{self, Resolved};
 use super::security::{container_context, pod_context};
-use super::{Manifest, OwnedKind, RenderError, fnv1a};
+use super::{Manifest, OwnedKind, RenderError, fnv1a, scaling};
 
 /// The xDS port of every control plane.
 pub const XDS_PORT: i32 = 15010;
@@ -440,53 +437,20 @@ impl Renderer<'_> {
 
     fn hpa(&self, name: &str) -> Option<HorizontalPodAutoscaler> {
         let h = self.resolved.control_plane.hpa.as_ref()?;
-        Some(HorizontalPodAutoscaler {
-            metadata: self.meta(name, true, "control-plane"),
-            spec: Some(HorizontalPodAutoscalerSpec {
-                scale_target_ref: CrossVersionObjectReference {
-                    api_version: Some("apps/v1".to_string()),
-                    kind: "Deployment".to_string(),
-                    name: name.to_string(),
-                },
-                min_replicas: Some(h.min),
-                max_replicas: h.max,
-                metrics: Some(vec![MetricSpec {
-                    type_: "Resource".to_string(),
-                    resource: Some(ResourceMetricSource {
-                        name: "cpu".to_string(),
-                        target: MetricTarget {
-                            type_: "Utilization".to_string(),
-                            average_utilization: Some(h.cpu_percent),
-                            ..Default::default()
-                        },
-                    }),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        Some(scaling::autoscaler(self.meta(name, true, "control-plane"), name, h))
     }
 
     fn pdb(&self, name: &str) -> Option<PodDisruptionBudget> {
         let budget = self.resolved.control_plane.pdb.as_ref()?;
-        let (min_available, max_unavailable) = match budget {
-            Budget::MinAvailable(v) => (Some(v.clone()), None),
-            Budget::MaxUnavailable(v) => (None, Some(v.clone())),
-        };
-        Some(PodDisruptionBudget {
-            metadata: self.meta(name, true, "control-plane"),
-            spec: Some(PodDisruptionBudgetSpec {
-                min_available,
-                max_unavailable,
-                selector: Some(LabelSelector {
-                    match_labels: Some(self.cp_selector()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+        let selector = LabelSelector {
+            match_labels: Some(self.cp_selector()),
             ..Default::default()
-        })
+        };
+        Some(scaling::disruption_budget(
+            self.meta(name, true, "control-plane"),
+            selector,
+            budget,
+        ))
     }
 
     /// Envoy's bootstrap: ADS from this revision's control plane, admin on loopback only.
