@@ -231,11 +231,13 @@ fn operator(args: OperatorArgs) -> Result<()> {
         weft::operator::run(
             client,
             weft::operator::Options {
-                lease_namespace: args.leader_election_namespace,
-                lease_name: args.lease_name,
-                identity,
-                lease_duration: args.lease_duration,
-                lease_grace: args.lease_grace,
+                lease: weft::operator::leader::LeaseOptions {
+                    namespace: args.leader_election_namespace,
+                    name: args.lease_name,
+                    identity,
+                    duration: args.lease_duration,
+                    grace: args.lease_grace,
+                },
                 metrics_address: args.metrics_address,
                 health_address: args.health_address,
                 versions: table,

@@ -53,5 +53,40 @@ pub mod condition {
     pub const STALLED: &str = "Stalled";
 }
 
+/// Why an object is `Stalled`: errors that will not fix themselves. The one place these
+/// reasons become the API's strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StallReason {
+    /// The spec names a mesh version this operator cannot install.
+    UnsupportedVersion,
+    /// The spec is inconsistent in a way admission could not catch.
+    InvalidSpec,
+    /// An object could not be encoded (a bug, not a user error).
+    RenderFailed,
+    /// A tag or revision name is already used by an older MeshInstall.
+    NameConflict,
+    /// A new revision did not become Ready within its progress deadline.
+    RevisionFailed,
+}
+
+impl StallReason {
+    /// The condition reason, as written in status and Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StallReason::UnsupportedVersion => "UnsupportedVersion",
+            StallReason::InvalidSpec => "InvalidSpec",
+            StallReason::RenderFailed => "RenderFailed",
+            StallReason::NameConflict => "NameConflict",
+            StallReason::RevisionFailed => "RevisionFailed",
+        }
+    }
+}
+
+impl std::fmt::Display for StallReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The regular expression a DNS label (RFC 1123) matches.
 pub const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";

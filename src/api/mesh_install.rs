@@ -385,6 +385,45 @@ pub struct MeshInstallStatus {
     pub rollout: Option<Rollout>,
 }
 
+/// The one-word `status.state` of a MeshInstall. The one place these become the API's strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeshState {
+    /// Installed for the first time, not yet Ready.
+    Installing,
+    /// Everything owned is healthy.
+    Healthy,
+    /// A new spec or revision is rolling out, or waiting for promotion.
+    Updating,
+    /// It was Ready, and lost pods without a spec change.
+    Degraded,
+    /// The spec cannot be acted on.
+    Stalled,
+    /// Being deleted.
+    Terminating,
+}
+
+impl MeshState {
+    /// The word written in `status.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeshState::Installing => "Installing",
+            MeshState::Healthy => "Healthy",
+            MeshState::Updating => "Updating",
+            MeshState::Degraded => "Degraded",
+            MeshState::Stalled => "Stalled",
+            MeshState::Terminating => "Terminating",
+        }
+    }
+
+    /// The state a status records, if it holds a known word.
+    pub fn of(status: &MeshInstallStatus) -> Option<MeshState> {
+        use MeshState::*;
+        [Installing, Healthy, Updating, Degraded, Stalled, Terminating]
+            .into_iter()
+            .find(|s| status.state.as_deref() == Some(s.as_str()))
+    }
+}
+
 /// A rollout of the target revision.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

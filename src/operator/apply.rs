@@ -5,11 +5,14 @@
 use std::collections::HashSet;
 
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::Value;
+use tracing::info;
 
+use super::events::{Note, publish, summarise};
 use super::index::OwnedIndex;
 use super::metrics::Metrics;
+use super::shared::Shared;
 use crate::api::labels;
 use crate::render::{Manifest, OwnedKind};
 
@@ -120,6 +123,35 @@ pub async fn apply(
     } else {
         Applied::Created
     })
+}
+
+/// Applies every manifest, then prunes what `owner` has and no longer wants (only objects
+/// of `revision`, when given); what changed is logged and recorded as one Event.
+pub async fn converge<K: Resource<DynamicType = ()>>(
+    shared: &Shared,
+    index: &OwnedIndex,
+    owner: &K,
+    revision: Option<&str>,
+    manifests: &[Manifest],
+) -> Result<(), ApplyError> {
+    let (client, metrics) = (&shared.client, &shared.metrics);
+    let mut changes = Vec::new();
+    for m in manifests {
+        match apply(client, index, metrics, m).await? {
+            Applied::Unchanged => {}
+            Applied::Created => changes.push(format!("created {}", m.describe())),
+            Applied::Updated => changes.push(format!("updated {}", m.describe())),
+        }
+    }
+    let uid = owner.meta().uid.clone().unwrap_or_default();
+    for pruned in prune(client, index, metrics, &uid, revision, manifests).await? {
+        changes.push(format!("pruned {pruned}"));
+    }
+    if !changes.is_empty() {
+        info!(changes = ?changes, "applied");
+        publish(shared, owner, &Note::normal("Applied", "Apply", summarise(&changes))).await;
+    }
+    Ok(())
 }
 
 /// Deletes every object whose controller is the owner with `owner_uid` that is not in

@@ -1,5 +1,5 @@
-//! Watch → index: one reflector per owned kind, restricted to objects labelled as managed by
-//! Weft (one index for what MeshInstalls own, one for what MeshGateways own). The stores
+//! Watch → index: one reflector per owned kind, restricted to objects matching a label
+//! selector (each controller indexes what it owns: the selectors are disjoint). The stores
 //! answer "what is live?" without API calls, and the same watch streams trigger reconciles
 //! of the owner.
 
@@ -15,8 +15,21 @@ use kube::{Client, ResourceExt};
 
 use crate::render::OwnedKind;
 
-/// A boxed stream of owned objects that changed (deleted ones included).
-pub type OwnedStream = std::pin::Pin<Box<dyn Stream<Item = Result<DynamicObject, watcher::Error>> + Send>>;
+/// Owned objects of one kind that changed (deleted ones included): a controller trigger.
+pub struct OwnedStream {
+    /// The kind.
+    pub kind: OwnedKind,
+    /// The objects.
+    pub stream: std::pin::Pin<Box<dyn Stream<Item = Result<DynamicObject, watcher::Error>> + Send>>,
+}
+
+/// An index and the streams that fill it (the controller polls them as triggers).
+pub struct OwnedWatch {
+    /// The index.
+    pub index: OwnedIndex,
+    /// One stream per kind.
+    pub streams: Vec<OwnedStream>,
+}
 
 /// The live objects the operator owns, by kind.
 #[derive(Clone)]
@@ -30,7 +43,7 @@ pub struct OwnedIndex {
 impl OwnedIndex {
     /// Starts one watch per kind, restricted to objects matching `selector`. The streams
     /// must be polled (the controllers do) for the stores to fill.
-    pub fn start(client: &Client, selector: &str, kinds: &[OwnedKind]) -> (OwnedIndex, Vec<(OwnedKind, OwnedStream)>) {
+    pub fn start(client: &Client, selector: &str, kinds: &[OwnedKind]) -> OwnedWatch {
         let mut stores = HashMap::new();
         let mut streams = Vec::new();
         for &kind in kinds {
@@ -44,7 +57,10 @@ impl OwnedIndex {
                 .modify(|o: &mut DynamicObject| o.managed_fields_mut().clear())
                 .reflect(writer)
                 .touched_objects();
-            streams.push((kind, Box::pin(stream) as OwnedStream));
+            streams.push(OwnedStream {
+                kind,
+                stream: Box::pin(stream),
+            });
         }
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
         let waiting: Vec<Store<DynamicObject>> = stores.values().cloned().collect();
@@ -57,18 +73,28 @@ impl OwnedIndex {
             }
             let _ = ready_tx.send(true);
         });
-        (
-            OwnedIndex {
+        OwnedWatch {
+            index: OwnedIndex {
                 stores: Arc::new(stores),
                 ready,
             },
             streams,
-        )
+        }
     }
 
     /// Waits until every store has its initial list.
     pub async fn ready(&self) {
         let _ = self.ready.clone().wait_for(|r| *r).await;
+    }
+
+    /// The live object, typed, if any and if it decodes.
+    pub fn get_typed<K: kube::Resource + serde::de::DeserializeOwned>(
+        &self,
+        kind: OwnedKind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<K> {
+        self.get(kind, namespace, name)?.as_ref().clone().try_parse().ok()
     }
 
     /// The live object, if any.
@@ -92,4 +118,12 @@ impl OwnedIndex {
                 .any(|r| r.controller == Some(true) && r.uid == owner_uid)
         })
     }
+}
+
+/// The name of an object's controller owner of `kind` (group `weft.dev`), if any.
+pub fn controller_owner(o: &DynamicObject, kind: &str) -> Option<String> {
+    o.owner_references()
+        .iter()
+        .find(|r| r.controller == Some(true) && r.kind == kind && r.api_version.starts_with("weft.dev/"))
+        .map(|r| r.name.clone())
 }

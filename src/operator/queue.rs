@@ -1,10 +1,24 @@
-//! Pending-work bookkeeping: which MeshInstalls have a trigger waiting for a reconcile, so
-//! `workqueue_depth` means what it means in controller-runtime.
+//! Pending-work bookkeeping: which objects have a trigger waiting for a reconcile, so
+//! `workqueue_depth` means what it means in controller-runtime. Every trigger of a
+//! controller goes through `controller::Triggers`, which counts it here.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use kube::runtime::reflector::ObjectRef;
+
 use super::metrics::{Metrics, NameLabels};
+
+/// The key of an object in queues and logs: `namespace/name`, or `name` when cluster-scoped.
+pub fn key<K: kube::Resource>(r: &ObjectRef<K>) -> String
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    match &r.namespace {
+        Some(ns) => format!("{ns}/{}", r.name),
+        None => r.name.clone(),
+    }
+}
 
 /// The set of objects waiting to be reconciled.
 #[derive(Clone)]
@@ -36,7 +50,7 @@ impl Queue {
         }
     }
 
-    /// The reconcile of `key` started.
+    /// The reconcile of `key` started, or will not run (its object is gone).
     pub fn started(&self, key: &str) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.remove(key) {

@@ -1,7 +1,8 @@
 //! Revision planning (pure): given what is installed, who uses it and what the status
 //! remembered, decide the active revision, where every tag points, whether the rollout has
-//! failed, which revisions to delete and when to look again. The reconcile applies the
-//! plan; nothing here talks to the API server.
+//! failed, which revisions to delete and when to look again. `plan` runs the steps in
+//! order: ready-since, rollout, active, failed, tags, users, prune. Nothing here talks to
+//! the API server.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -10,8 +11,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::status::{RevisionObservation, Stall};
+use super::observe::{RevisionObservation, Usage};
+use crate::api::common::StallReason;
 use crate::api::mesh_install::{MeshInstall, MeshInstallStatus, Rollout, TagStatus, UpdateStrategyType};
+use crate::operator::conditions::Stall;
 
 /// How long a new revision may take to become Ready when the spec does not say (as for a
 /// Deployment's `progressDeadlineSeconds`).
@@ -42,19 +45,6 @@ pub fn target_revision(mi: &MeshInstall) -> String {
             format!("{}-v{version}", mi.name_any())
         }
     }
-}
-
-/// Who uses the revisions, looked up in the usage index for just the label values that
-/// matter (this mesh's tags and revision names).
-#[derive(Clone, Debug, Default)]
-pub struct Usage {
-    /// Whether the index has listed everything once. Until then usage is unknown, and an
-    /// unknown usage never deletes anything.
-    pub synced: bool,
-    /// Namespaces by their `weft.dev/rev` value.
-    pub namespaces: BTreeMap<String, BTreeSet<String>>,
-    /// Gateways (`namespace/name`) of this mesh by the tag or revision they follow.
-    pub gateways: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Who uses one revision.
@@ -127,176 +117,65 @@ fn elapsed(since: &Time, now: Timestamp) -> i64 {
     now.as_second() - since.0.as_second()
 }
 
-/// Makes the plan.
+/// What every step reads: the input, the status last written, and the spec's timings.
+struct Frame<'a> {
+    input: &'a PlanInput<'a>,
+    prev: MeshInstallStatus,
+    now: Timestamp,
+    installed: BTreeMap<&'a str, &'a RevisionObservation>,
+    /// `promotion.minReadySeconds`.
+    min_ready: i64,
+    /// `promotion.progressDeadlineSeconds`.
+    deadline: i64,
+    /// `inactiveRevisionDeletionGracePeriodSeconds`.
+    grace: i64,
+}
+
+impl<'a> Frame<'a> {
+    fn new(input: &'a PlanInput<'a>) -> Frame<'a> {
+        let strategy = input.mesh.spec.update_strategy.clone().unwrap_or_default();
+        let promotion = strategy.promotion.unwrap_or_default();
+        Frame {
+            input,
+            prev: input.mesh.status.clone().unwrap_or_default(),
+            now: seconds(input.now),
+            installed: input.installed.iter().map(|r| (r.name.as_str(), r)).collect(),
+            min_ready: promotion.min_ready_seconds.unwrap_or(0).max(0),
+            deadline: promotion
+                .progress_deadline_seconds
+                .unwrap_or(DEFAULT_PROGRESS_DEADLINE)
+                .max(1),
+            grace: strategy
+                .inactive_revision_deletion_grace_period_seconds
+                .unwrap_or(DEFAULT_GRACE)
+                .max(0),
+        }
+    }
+
+    fn ready(&self, revision: &str) -> bool {
+        self.installed.get(revision).is_some_and(|o| o.ready())
+    }
+
+    fn target(&self) -> &'a str {
+        self.input.target
+    }
+
+    fn remembered(&self, revision: &str) -> Option<&crate::api::mesh_install::RevisionStatus> {
+        self.prev.revisions.iter().find(|s| s.name == revision)
+    }
+}
+
+/// Makes the plan. Steps that find something due later add how many seconds to `due`.
 pub fn plan(input: &PlanInput) -> Plan {
-    let mi = input.mesh;
-    let prev: MeshInstallStatus = mi.status.clone().unwrap_or_default();
-    let now = seconds(input.now);
-    let strategy = mi.spec.update_strategy.clone().unwrap_or_default();
-    let min_ready = strategy
-        .promotion
-        .as_ref()
-        .and_then(|p| p.min_ready_seconds)
-        .unwrap_or(0)
-        .max(0);
-    let deadline = strategy
-        .promotion
-        .as_ref()
-        .and_then(|p| p.progress_deadline_seconds)
-        .unwrap_or(DEFAULT_PROGRESS_DEADLINE)
-        .max(1);
-    let grace = strategy
-        .inactive_revision_deletion_grace_period_seconds
-        .unwrap_or(DEFAULT_GRACE)
-        .max(0);
-    let installed: BTreeMap<&str, &RevisionObservation> =
-        input.installed.iter().map(|r| (r.name.as_str(), r)).collect();
-    let ready = |r: &str| installed.get(r).is_some_and(|o| o.ready());
-    let prev_rev = |r: &str| prev.revisions.iter().find(|s| s.name == r);
+    let f = Frame::new(input);
     let mut due: Vec<i64> = Vec::new();
-
-    let ready_since: BTreeMap<String, Time> = installed
-        .keys()
-        .filter(|r| ready(r))
-        .map(|r| {
-            let since = prev_rev(r).and_then(|s| s.ready_since.clone()).unwrap_or(Time(now));
-            (r.to_string(), since)
-        })
-        .collect();
-
-    // A rollout is one (target, generation); a spec fix starts a new one, and a new deadline.
-    let generation = mi.metadata.generation.unwrap_or(0);
-    let rollout = match &prev.rollout {
-        Some(r) if r.revision == input.target && r.generation == generation => r.clone(),
-        _ => Rollout {
-            revision: input.target.to_string(),
-            generation,
-            start_time: Time(now),
-        },
-    };
-
-    // The active revision moves to the target once it has stayed Ready long enough. With
-    // nothing active yet (a new install, or the active revision gone) the target is active.
-    let prev_active = prev
-        .active_revision
-        .clone()
-        .filter(|a| installed.contains_key(a.as_str()));
-    let active = match prev_active {
-        Some(a) if a != input.target => match ready_since.get(input.target) {
-            Some(since) if elapsed(since, now) >= min_ready => input.target.to_string(),
-            Some(since) => {
-                due.push(min_ready - elapsed(since, now));
-                a
-            }
-            None => a,
-        },
-        _ => input.target.to_string(),
-    };
-
-    let failed = if active != input.target && !ready(input.target) {
-        let waited = elapsed(&rollout.start_time, now);
-        if waited >= deadline {
-            let progress = installed
-                .get(input.target)
-                .map_or_else(|| "its objects do not exist".to_string(), |o| o.progress());
-            Some(Stall {
-                reason: "RevisionFailed",
-                message: format!(
-                    "revision {} did not become Ready within {deadline}s ({progress}); nothing was promoted, \
-                     every tag stays where it was and revision {active} keeps serving. Fix the spec, or set \
-                     version back to roll back",
-                    input.target
-                ),
-            })
-        } else {
-            due.push(deadline - waited);
-            None
-        }
-    } else {
-        None
-    };
-
-    // Tags: `Latest` follows the target once it is Ready and otherwise stays where it was.
-    let prev_tag = |name: &str| {
-        prev.tags
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.revision.clone())
-            .filter(|r| installed.contains_key(r.as_str()))
-    };
-    let mut tags: Vec<TagStatus> = Vec::new();
-    if input.owns_default {
-        tags.push(TagStatus {
-            name: "default".to_string(),
-            revision: active.clone(),
-        });
-    }
-    for tag in mi.spec.revision_tags.iter().flatten().filter(|t| t.name != "default") {
-        let revision = match tag.target.as_deref().unwrap_or("Active") {
-            "Active" => Some(active.clone()),
-            "Latest" if ready(input.target) => Some(input.target.to_string()),
-            "Latest" => prev_tag(&tag.name).or_else(|| Some(active.clone())),
-            pinned => installed.contains_key(pinned).then(|| pinned.to_string()),
-        };
-        if let Some(revision) = revision {
-            tags.push(TagStatus {
-                name: tag.name.clone(),
-                revision,
-            });
-        }
-    }
-    tags.retain(|t| !input.taken.contains(&t.name));
-    tags.sort_by(|a, b| a.name.cmp(&b.name));
-
-    // Who uses what: a label value is a tag first, then a revision name.
-    let mut users: BTreeMap<String, Users> = installed.keys().map(|r| (r.to_string(), Users::default())).collect();
-    let mut values: Vec<(String, String)> = tags.iter().map(|t| (t.name.clone(), t.revision.clone())).collect();
-    for r in installed.keys() {
-        if !tags.iter().any(|t| t.name == *r) {
-            values.push((r.to_string(), r.to_string()));
-        }
-    }
-    for (value, revision) in values {
-        let Some(u) = users.get_mut(&revision) else { continue };
-        if tags.iter().any(|t| t.name == value) {
-            u.tags.insert(value.clone());
-        }
-        u.namespaces
-            .extend(input.usage.namespaces.get(&value).into_iter().flatten().cloned());
-        u.gateways
-            .extend(input.usage.gateways.get(&value).into_iter().flatten().cloned());
-    }
-
-    // Deletion: neither active nor target, unused for the grace period, and usage known.
-    let mut unused_since = BTreeMap::new();
-    let mut prune = Vec::new();
-    for r in installed.keys().filter(|r| **r != active && **r != input.target) {
-        let remembered = prev_rev(r).and_then(|s| s.unused_since.clone());
-        if !input.usage.synced {
-            if let Some(since) = remembered {
-                unused_since.insert(r.to_string(), since);
-            }
-            continue;
-        }
-        if users.get(*r).is_some_and(Users::any) {
-            continue;
-        }
-        let since = remembered.unwrap_or(Time(now));
-        let waited = elapsed(&since, now);
-        if waited >= grace {
-            prune.push(r.to_string());
-        } else {
-            due.push(grace - waited);
-        }
-        unused_since.insert(r.to_string(), since);
-    }
-
-    // Times are whole seconds; a little extra makes sure the next look is past the mark.
-    let requeue = due
-        .into_iter()
-        .filter(|d| *d >= 0)
-        .min()
-        .map(|d| Duration::from_secs(d as u64) + Duration::from_millis(200));
+    let ready_since = ready_since(&f);
+    let rollout = rollout(&f);
+    let active = active(&f, &ready_since, &mut due);
+    let failed = failed(&f, &active, &rollout, &mut due);
+    let tags = tags(&f, &active);
+    let users = users(&f, &tags);
+    let Pruning { unused_since, prune } = prune(&f, &active, &users, &mut due);
     Plan {
         active,
         tags,
@@ -306,139 +185,197 @@ pub fn plan(input: &PlanInput) -> Plan {
         unused_since,
         users,
         prune,
-        requeue,
+        requeue: requeue(due),
     }
 }
 
-/// A MeshInstall's view of another, for name conflicts.
-#[derive(Clone, Debug)]
-pub struct Neighbour {
-    /// Its name.
-    pub name: String,
-    /// Revision names it has or asks for.
-    pub revisions: BTreeSet<String>,
-    /// Tag names it defines.
-    pub tags: BTreeSet<String>,
-    /// Whether it is older than the MeshInstall being reconciled (it then wins).
-    pub older: bool,
-}
-
-impl Neighbour {
-    /// What `mi` claims: its target and installed revisions and its tags.
-    pub fn of(mi: &MeshInstall, older: bool) -> Neighbour {
-        let mut revisions: BTreeSet<String> = mi
-            .status
-            .iter()
-            .flat_map(|s| s.revisions.iter().map(|r| r.name.clone()))
-            .collect();
-        revisions.insert(target_revision(mi));
-        let tags = mi
-            .spec
-            .revision_tags
-            .iter()
-            .flatten()
-            .filter(|t| t.name != "default")
-            .map(|t| t.name.clone())
-            .collect();
-        Neighbour {
-            name: mi.name_any(),
-            revisions,
-            tags,
-            older,
-        }
-    }
-}
-
-/// Tags and revision names are cluster-wide: a name this MeshInstall wants that an older
-/// one already has is a conflict, and the newer one stalls.
-pub fn name_conflict(me: &Neighbour, others: &[Neighbour]) -> Option<Stall> {
-    for other in others.iter().filter(|o| o.older) {
-        let theirs: BTreeSet<&String> = other.revisions.iter().chain(&other.tags).collect();
-        let clash = me
-            .revisions
-            .iter()
-            .map(|r| ("revision", r))
-            .chain(me.tags.iter().map(|t| ("tag", t)))
-            .find(|(_, n)| theirs.contains(n));
-        if let Some((what, n)) = clash {
-            return Some(Stall {
-                reason: "NameConflict",
-                message: format!(
-                    "{what} name {n} is already used by the older MeshInstall {}; tag and revision names are \
-                     cluster-wide. Rename the tag or the MeshInstall; nothing of this one was changed",
-                    other.name
-                ),
-            });
-        }
-    }
-    None
-}
-
-/// One step of an upgrade, for Events and metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transition {
-    /// Metric label and Event reason: `created`, `tag_moved`, `promoted`, `held`, `pruned`.
-    pub kind: &'static str,
-    /// What happened, for a person.
-    pub message: String,
-}
-
-/// The steps between the status written before and the status about to be written.
-pub fn transitions(prev: &MeshInstallStatus, new: &MeshInstallStatus, pruned: &[String]) -> Vec<Transition> {
-    let mut out = Vec::new();
-    for r in &new.revisions {
-        if !prev.revisions.iter().any(|p| p.name == r.name) {
-            out.push(Transition {
-                kind: "created",
-                message: format!("revision {} (version {}) installed", r.name, r.version),
-            });
-        }
-    }
-    for t in &new.tags {
-        match prev.tags.iter().find(|p| p.name == t.name) {
-            Some(p) if p.revision != t.revision => out.push(Transition {
-                kind: "tag_moved",
-                message: format!("tag {} moved from {} to {}", t.name, p.revision, t.revision),
-            }),
-            _ => {}
-        }
-    }
-    if let (Some(a), Some(b)) = (&prev.active_revision, &new.active_revision)
-        && a != b
-    {
-        out.push(Transition {
-            kind: "promoted",
-            message: format!("revision {b} is now active (was {a})"),
-        });
-    }
-    let failed = |s: &MeshInstallStatus| {
-        s.conditions.iter().any(|c| {
-            c.type_ == crate::api::common::condition::STALLED && c.status == "True" && c.reason == "RevisionFailed"
+/// Ready-since: per Ready revision, since when (remembered across reconciles).
+fn ready_since(f: &Frame) -> BTreeMap<String, Time> {
+    f.installed
+        .keys()
+        .filter(|r| f.ready(r))
+        .map(|r| {
+            let since = f
+                .remembered(r)
+                .and_then(|s| s.ready_since.clone())
+                .unwrap_or(Time(f.now));
+            (r.to_string(), since)
         })
+        .collect()
+}
+
+/// Rollout: one (target, generation); a spec fix starts a new one, and a new deadline.
+fn rollout(f: &Frame) -> Rollout {
+    let generation = f.input.mesh.metadata.generation.unwrap_or(0);
+    match &f.prev.rollout {
+        Some(r) if r.revision == f.target() && r.generation == generation => r.clone(),
+        _ => Rollout {
+            revision: f.target().to_string(),
+            generation,
+            start_time: Time(f.now),
+        },
+    }
+}
+
+/// Active: moves to the target once it has stayed Ready long enough. With nothing active
+/// yet (a new install, or the active revision gone) the target is active.
+fn active(f: &Frame, ready_since: &BTreeMap<String, Time>, due: &mut Vec<i64>) -> String {
+    let prev_active = f
+        .prev
+        .active_revision
+        .clone()
+        .filter(|a| f.installed.contains_key(a.as_str()));
+    match prev_active {
+        Some(a) if a != f.target() => match ready_since.get(f.target()) {
+            Some(since) if elapsed(since, f.now) >= f.min_ready => f.target().to_string(),
+            Some(since) => {
+                due.push(f.min_ready - elapsed(since, f.now));
+                a
+            }
+            None => a,
+        },
+        _ => f.target().to_string(),
+    }
+}
+
+/// Failed: the target is not active, not Ready, and its deadline has passed.
+fn failed(f: &Frame, active: &str, rollout: &Rollout, due: &mut Vec<i64>) -> Option<Stall> {
+    if active == f.target() || f.ready(f.target()) {
+        return None;
+    }
+    let waited = elapsed(&rollout.start_time, f.now);
+    if waited < f.deadline {
+        due.push(f.deadline - waited);
+        return None;
+    }
+    let progress = f
+        .installed
+        .get(f.target())
+        .map_or_else(|| "its objects do not exist".to_string(), |o| o.progress());
+    Some(Stall {
+        reason: StallReason::RevisionFailed,
+        message: format!(
+            "revision {} did not become Ready within {}s ({progress}); nothing was promoted, \
+             every tag stays where it was and revision {active} keeps serving. Fix the spec, or set \
+             version back to roll back",
+            f.target(),
+            f.deadline
+        ),
+    })
+}
+
+/// Tags: `default` and `Active` follow the active revision; `Latest` follows the target
+/// once it is Ready and otherwise stays where it was; a pinned tag resolves only to an
+/// installed revision. Names an older MeshInstall has are not published.
+fn tags(f: &Frame, active: &str) -> Vec<TagStatus> {
+    let prev_tag = |name: &str| {
+        f.prev
+            .tags
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.revision.clone())
+            .filter(|r| f.installed.contains_key(r.as_str()))
     };
-    if failed(new) && !failed(prev) {
-        out.push(Transition {
-            kind: "held",
-            message: format!(
-                "upgrade to {} held: it did not become Ready in time",
-                new.target_revision.clone().unwrap_or_default()
-            ),
+    let mut tags: Vec<TagStatus> = Vec::new();
+    if f.input.owns_default {
+        tags.push(TagStatus {
+            name: "default".to_string(),
+            revision: active.to_string(),
         });
     }
-    for r in pruned {
-        out.push(Transition {
-            kind: "pruned",
-            message: format!("revision {r} deleted: not active, not targeted and unused for the grace period"),
-        });
+    let spec_tags = f.input.mesh.spec.revision_tags.iter().flatten();
+    for tag in spec_tags.filter(|t| t.name != "default") {
+        let revision = match tag.target.as_deref().unwrap_or("Active") {
+            "Active" => Some(active.to_string()),
+            "Latest" if f.ready(f.target()) => Some(f.target().to_string()),
+            "Latest" => prev_tag(&tag.name).or_else(|| Some(active.to_string())),
+            pinned => f.installed.contains_key(pinned).then(|| pinned.to_string()),
+        };
+        if let Some(revision) = revision {
+            tags.push(TagStatus {
+                name: tag.name.clone(),
+                revision,
+            });
+        }
+    }
+    tags.retain(|t| !f.input.taken.contains(&t.name));
+    tags.sort_by(|a, b| a.name.cmp(&b.name));
+    tags
+}
+
+/// Users: who uses each installed revision. A label value is a tag first, then a revision.
+fn users(f: &Frame, tags: &[TagStatus]) -> BTreeMap<String, Users> {
+    let mut users: BTreeMap<String, Users> = f.installed.keys().map(|r| (r.to_string(), Users::default())).collect();
+    let mut values: Vec<(String, String)> = tags.iter().map(|t| (t.name.clone(), t.revision.clone())).collect();
+    for r in f.installed.keys() {
+        if !tags.iter().any(|t| t.name == *r) {
+            values.push((r.to_string(), r.to_string()));
+        }
+    }
+    let usage = f.input.usage;
+    for (value, revision) in values {
+        let Some(u) = users.get_mut(&revision) else { continue };
+        if tags.iter().any(|t| t.name == value) {
+            u.tags.insert(value.clone());
+        }
+        u.namespaces
+            .extend(usage.namespaces.get(&value).into_iter().flatten().cloned());
+        u.gateways
+            .extend(usage.gateways.get(&value).into_iter().flatten().cloned());
+    }
+    users
+}
+
+/// What the prune step decided.
+struct Pruning {
+    unused_since: BTreeMap<String, Time>,
+    prune: Vec<String>,
+}
+
+/// Prune: a revision neither active nor target, unused for the grace period, is deleted;
+/// while usage is not known (the index has not synced) nothing is.
+fn prune(f: &Frame, active: &str, users: &BTreeMap<String, Users>, due: &mut Vec<i64>) -> Pruning {
+    let mut out = Pruning {
+        unused_since: BTreeMap::new(),
+        prune: Vec::new(),
+    };
+    for r in f.installed.keys().filter(|r| **r != active && **r != f.target()) {
+        let remembered = f.remembered(r).and_then(|s| s.unused_since.clone());
+        if !f.input.usage.synced {
+            if let Some(since) = remembered {
+                out.unused_since.insert(r.to_string(), since);
+            }
+            continue;
+        }
+        if users.get(*r).is_some_and(Users::any) {
+            continue;
+        }
+        let since = remembered.unwrap_or(Time(f.now));
+        let waited = elapsed(&since, f.now);
+        if waited >= f.grace {
+            out.prune.push(r.to_string());
+        } else {
+            due.push(f.grace - waited);
+        }
+        out.unused_since.insert(r.to_string(), since);
     }
     out
+}
+
+/// When to look again: the soonest thing due. Times are whole seconds; a little extra
+/// makes sure the next look is past the mark.
+fn requeue(due: Vec<i64>) -> Option<Duration> {
+    due.into_iter()
+        .filter(|d| *d >= 0)
+        .min()
+        .map(|d| Duration::from_secs(d as u64) + Duration::from_millis(200))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::mesh_install::{MeshInstallSpec, ReplicaCounts, RevisionStatus};
-    use crate::operator::status::Health;
+    use crate::operator::health::Health;
     use kube::core::ObjectMeta;
 
     const SPEC: &str = "version: 1.1.0\nupdateStrategy: {type: RevisionBased, inactiveRevisionDeletionGracePeriodSeconds: 30, \
@@ -615,7 +552,7 @@ mod tests {
         assert!(p.failed.is_none());
         let (p, mi) = step(&mi, &both(false), &synced(), 70);
         let failed = p.failed.clone().expect("failed after the deadline");
-        assert_eq!(failed.reason, "RevisionFailed");
+        assert_eq!(failed.reason, StallReason::RevisionFailed);
         assert!(failed.message.contains("m-v1-0-0 keeps serving"), "{}", failed.message);
         assert_eq!(p.tags, before, "no tag moved");
         assert_eq!(p.active, "m-v1-0-0");
@@ -663,66 +600,6 @@ mod tests {
         assert!(
             p.unused_since.contains_key("m"),
             "the in-place revision is deleted after the grace period"
-        );
-    }
-
-    #[test]
-    fn names_clash_only_with_older_meshes() {
-        let mine = Neighbour::of(&mesh(SPEC, 1, None), false);
-        let other = |older, tags: &[&str]| Neighbour {
-            name: "other".into(),
-            revisions: BTreeSet::from(["other".to_string()]),
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            older,
-        };
-        assert_eq!(name_conflict(&mine, &[other(true, &["prod"])]), None);
-        let stall = name_conflict(&mine, &[other(true, &["canary"])]).unwrap();
-        assert_eq!(stall.reason, "NameConflict");
-        assert!(stall.message.contains("tag name canary"), "{}", stall.message);
-        assert_eq!(
-            name_conflict(&mine, &[other(false, &["canary"])]),
-            None,
-            "the older one keeps working"
-        );
-    }
-
-    #[test]
-    fn transitions_name_every_step() {
-        let s = |active: &str, canary: &str, revs: &[&str]| MeshInstallStatus {
-            active_revision: Some(active.into()),
-            tags: vec![TagStatus {
-                name: "canary".into(),
-                revision: canary.into(),
-            }],
-            revisions: revs
-                .iter()
-                .map(|r| RevisionStatus {
-                    name: r.to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let kinds = |t: Vec<Transition>| t.into_iter().map(|t| t.kind).collect::<Vec<_>>();
-        assert_eq!(
-            kinds(transitions(&s("a", "a", &["a"]), &s("a", "a", &["a"]), &[])),
-            Vec::<&str>::new()
-        );
-        assert_eq!(
-            kinds(transitions(&s("a", "a", &["a"]), &s("a", "a", &["a", "b"]), &[])),
-            ["created"]
-        );
-        assert_eq!(
-            kinds(transitions(&s("a", "a", &["a", "b"]), &s("b", "b", &["a", "b"]), &[])),
-            ["tag_moved", "promoted"]
-        );
-        assert_eq!(
-            kinds(transitions(
-                &s("b", "b", &["a", "b"]),
-                &s("b", "b", &["b"]),
-                &["a".into()]
-            )),
-            ["pruned"]
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Watch → index: who uses which revision. Namespaces labelled `weft.dev/rev` (only those:
 //! the watch is label-filtered) and MeshGateways are indexed by the tag or revision they
 //! name, so a reconcile looks up the few values of its own mesh instead of listing every
-//! namespace. The same watches trigger reconciles when usage changes.
+//! namespace. Each visible change triggers the MeshInstalls to look again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
@@ -9,15 +9,18 @@ use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
 use tracing::warn;
 
 use crate::api::MeshGateway;
 use crate::api::labels;
+use crate::operator::controller::describe;
+use crate::operator::watch::Guarded;
 
 /// Keys (`name` or `namespace/name`) by the value they carry, kept up to date from a watch.
 #[derive(Debug)]
@@ -109,61 +112,64 @@ struct Inner {
     gateways: ByValue<(String, String)>,
 }
 
-/// The usage index (cheap to clone).
-#[derive(Clone, Debug, Default)]
+/// The usage index (cheap to clone). The namespace watch is its own; gateways come from
+/// the operator's shared MeshGateway watch.
+#[derive(Clone, Debug)]
 pub struct UsageIndex {
     inner: Arc<RwLock<Inner>>,
+    /// Bumped after each change readers can see.
+    changed: Arc<watch::Sender<()>>,
 }
 
-/// A stream that keeps the index current and yields `()` after each visible change.
-pub type UsageStream = std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>;
+impl Default for UsageIndex {
+    fn default() -> Self {
+        UsageIndex {
+            inner: Arc::default(),
+            changed: Arc::new(watch::Sender::new(())),
+        }
+    }
+}
 
 impl UsageIndex {
-    /// The index and the stream that fills it (the controller polls it as a trigger).
-    pub fn start(client: &Client) -> (UsageIndex, UsageStream) {
-        let index = UsageIndex::default();
-        let ns_api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-        let ix = index.clone();
-        let namespaces = watcher::watcher(ns_api, watcher::Config::default().labels(labels::REVISION))
+    /// Watches namespaces labelled `weft.dev/rev` into the index, until the process stops.
+    pub async fn watch_namespaces(&self, client: &Client) {
+        let api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+        watcher::watcher(api, watcher::Config::default().labels(labels::REVISION))
             .default_backoff()
-            .filter_map(move |e| {
-                let changed = match e {
+            .for_each(|e| {
+                match e {
                     Ok(e) => {
-                        let e = map_event(e, |o| (o.name_any(), o.labels().get(labels::REVISION).cloned()));
-                        ix.write(|i| i.namespaces.apply(e))
+                        let e = map_event(&e, |o| (o.name_any(), o.labels().get(labels::REVISION).cloned()));
+                        self.write(|i| i.namespaces.apply(e));
                     }
-                    Err(error) => {
-                        warn!(%error, "namespace watch error");
-                        false
-                    }
-                };
-                future::ready(changed.then_some(()))
-            });
-        let ar = ApiResource::erase::<MeshGateway>(&());
-        let gw_api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        let ix = index.clone();
-        let gateways = watcher::watcher(gw_api, watcher::Config::default())
-            .default_backoff()
-            .filter_map(move |e| {
-                let changed = match e {
-                    Ok(e) => {
-                        let e = map_event(e, |o| (gateway_key(&o), gateway_follows(&o)));
-                        ix.write(|i| i.gateways.apply(e))
-                    }
-                    Err(error) => {
-                        warn!(%error, "MeshGateway watch error");
-                        false
-                    }
-                };
-                future::ready(changed.then_some(()))
-            });
-        let stream = futures::stream::select(namespaces, gateways);
-        (index, Box::pin(stream))
+                    Err(error) => warn!(%error, "namespace watch error"),
+                }
+                future::ready(())
+            })
+            .await;
     }
 
-    fn write<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+    /// Takes in one event of the shared MeshGateway watch.
+    pub fn gateway_event(&self, e: &Event<Guarded<MeshGateway>>) {
+        let e = map_event(e, |g| (describe(g), gateway_follows(g)));
+        self.write(|i| i.gateways.apply(e));
+    }
+
+    /// Yields after each change readers can see (bursts may coalesce into one).
+    pub fn changes(&self) -> impl Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.changed.subscribe(), |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+    }
+
+    fn write(&self, f: impl FnOnce(&mut Inner) -> bool) {
         let mut guard = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut guard)
+        let changed = f(&mut guard);
+        drop(guard);
+        if changed {
+            self.changed.send_replace(());
+        }
     }
 
     fn read<T>(&self, f: impl FnOnce(&Inner) -> T) -> T {
@@ -187,7 +193,7 @@ impl UsageIndex {
     }
 }
 
-fn map_event<K, T>(e: Event<K>, f: impl Fn(K) -> T) -> Event<T> {
+fn map_event<K, T>(e: &Event<K>, f: impl Fn(&K) -> T) -> Event<T> {
     match e {
         Event::Init => Event::Init,
         Event::InitApply(o) => Event::InitApply(f(o)),
@@ -197,23 +203,14 @@ fn map_event<K, T>(e: Event<K>, f: impl Fn(K) -> T) -> Event<T> {
     }
 }
 
-fn gateway_key(o: &DynamicObject) -> String {
-    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
-}
-
-/// The (mesh, tag or revision) a gateway follows; a gateway being deleted follows nothing.
-fn gateway_follows(o: &DynamicObject) -> Option<(String, String)> {
-    if o.meta().deletion_timestamp.is_some() {
+/// The (mesh, tag or revision) a gateway follows; a gateway being deleted, or one that
+/// does not decode, follows nothing.
+fn gateway_follows(g: &Guarded<MeshGateway>) -> Option<(String, String)> {
+    let gw = g.0.as_ref().ok()?;
+    if gw.metadata.deletion_timestamp.is_some() {
         return None;
     }
-    let spec = o.data.get("spec")?;
-    let mesh = spec.get("mesh")?.as_str()?.to_string();
-    let revision = spec
-        .get("revision")
-        .and_then(|r| r.as_str())
-        .unwrap_or("default")
-        .to_string();
-    Some((mesh, revision))
+    Some((gw.spec.mesh.clone(), gw.spec.revision.clone()))
 }
 
 #[cfg(test)]

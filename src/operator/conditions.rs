@@ -1,0 +1,201 @@
+//! kstatus conditions: every kind reports `Ready`, `Reconciling` and `Stalled`, each with
+//! the generation it describes, and a condition keeps its `lastTransitionTime` unless its
+//! status flips. `Stalled` and `Reconciling` are never both true.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::common::StallReason;
+use crate::api::common::condition::{READY, RECONCILING, STALLED};
+use crate::render::RenderError;
+
+/// An error that will not fix itself: the object is `Stalled` and nothing that runs is
+/// touched until the spec changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stall {
+    /// Why.
+    pub reason: StallReason,
+    /// What a person should know, and do.
+    pub message: String,
+}
+
+impl From<RenderError> for Stall {
+    fn from(e: RenderError) -> Stall {
+        Stall {
+            reason: match e {
+                RenderError::Invalid(_) => StallReason::InvalidSpec,
+                RenderError::Encode { .. } => StallReason::RenderFailed,
+            },
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A status that carries kstatus conditions.
+pub trait Conditioned {
+    /// The conditions.
+    fn conditions(&self) -> &[Condition];
+
+    /// Whether condition `type_` is True.
+    fn is(&self, type_: &str) -> bool {
+        self.conditions().iter().any(|c| c.type_ == type_ && c.status == "True")
+    }
+
+    /// Condition `type_`, if present.
+    fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions().iter().find(|c| c.type_ == type_)
+    }
+}
+
+/// One condition's wanted state, before times and generations are stamped on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    /// True or False.
+    pub status: bool,
+    /// The reason.
+    pub reason: String,
+    /// The message.
+    pub message: String,
+}
+
+impl Wanted {
+    /// A condition of this status, reason and message.
+    pub fn new(status: bool, reason: &str, message: String) -> Wanted {
+        Wanted {
+            status,
+            reason: reason.to_string(),
+            message,
+        }
+    }
+}
+
+/// The three kstatus conditions of one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conditions {
+    /// `Ready`.
+    pub ready: Wanted,
+    /// `Reconciling`.
+    pub reconciling: Wanted,
+    /// `Stalled`.
+    pub stalled: Wanted,
+}
+
+impl Conditions {
+    /// Everything owned is healthy.
+    pub fn ready(reason: &str, message: String) -> Conditions {
+        Conditions {
+            ready: Wanted::new(true, reason, message),
+            reconciling: Wanted::new(false, reason, String::new()),
+            stalled: Wanted::new(false, reason, String::new()),
+        }
+    }
+
+    /// Work is under way (or awaited); `message` says what.
+    pub fn progressing(reason: &str, message: String) -> Conditions {
+        Conditions {
+            ready: Wanted::new(false, reason, message.clone()),
+            reconciling: Wanted::new(true, reason, message),
+            stalled: Wanted::new(false, reason, String::new()),
+        }
+    }
+
+    /// Stalled: not ready, not reconciling until the spec is fixed.
+    pub fn stalled(stall: &Stall) -> Conditions {
+        let reason = stall.reason.as_str();
+        Conditions {
+            ready: Wanted::new(false, reason, stall.message.clone()),
+            reconciling: Wanted::new(false, reason, "waiting for the spec to be fixed".to_string()),
+            stalled: Wanted::new(true, reason, stall.message.clone()),
+        }
+    }
+
+    /// The same, with another reason on the `Stalled=False` condition.
+    pub fn with_stalled_reason(mut self, reason: &str) -> Conditions {
+        self.stalled.reason = reason.to_string();
+        self
+    }
+
+    /// The same, with another `Reconciling` reason and message.
+    pub fn with_reconciling(mut self, reason: &str, message: String) -> Conditions {
+        self.reconciling.reason = reason.to_string();
+        self.reconciling.message = message;
+        self
+    }
+
+    /// The conditions to write: stamped with `generation`, and keeping the transition time
+    /// of every condition in `previous` whose status did not flip.
+    pub fn build(self, previous: &[Condition], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+        [
+            (READY, self.ready),
+            (RECONCILING, self.reconciling),
+            (STALLED, self.stalled),
+        ]
+        .into_iter()
+        .map(|(type_, w)| condition(previous, type_, w.status, &w.reason, w.message, generation, now))
+        .collect()
+    }
+}
+
+/// A condition, keeping its last transition time while its status stays the same.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: last,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn a_condition_keeps_its_time_until_it_flips() {
+        let first = Conditions::progressing("Installing", "wait".into()).build(&[], Some(1), &at(10));
+        let again = Conditions::progressing("RollingOut", "still".into()).build(&first, Some(2), &at(20));
+        assert!(again.iter().all(|c| c.last_transition_time == at(10)));
+        assert!(again.iter().all(|c| c.observed_generation == Some(2)));
+        let ready = Conditions::ready("Ready", "ok".into()).build(&again, Some(2), &at(30));
+        let time = |cs: &[Condition], t: &str| cs.iter().find(|c| c.type_ == t).unwrap().last_transition_time.clone();
+        assert_eq!(time(&ready, READY), at(30));
+        assert_eq!(time(&ready, RECONCILING), at(30));
+        assert_eq!(time(&ready, STALLED), at(10), "Stalled stayed False");
+    }
+
+    #[test]
+    fn stalled_is_never_reconciling() {
+        let stall = Stall {
+            reason: StallReason::InvalidSpec,
+            message: "bad".into(),
+        };
+        let c = Conditions::stalled(&stall).build(&[], None, &at(1));
+        let get = |t: &str| c.iter().find(|c| c.type_ == t).unwrap();
+        assert_eq!(
+            (get(STALLED).status.as_str(), get(STALLED).reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert_eq!(get(RECONCILING).status, "False");
+        assert_eq!(get(READY).status, "False");
+    }
+}

@@ -1,0 +1,41 @@
+//! The one error type of every reconcile. A reconcile fails only on API errors, which are
+//! retried; spec errors are not failures but `Stalled` conditions (see `conditions`).
+
+use super::apply::ApplyError;
+
+/// Reconcile failures (retried with a delay by the controller's error policy).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Applying or pruning an owned object failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// Another API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was attempted.
+        action: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Adding or removing a finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// A short label for logs and metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Apply(_) => "apply",
+            Error::Kube { .. } => "api",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// Wraps an API error with what was attempted.
+pub fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}

@@ -1,0 +1,150 @@
+//! Which revision a MeshGateway follows (pure): its `revision` is a tag first, then a
+//! revision name, resolved against its MeshInstall's status. The status holds only tags
+//! that moved after validation, so a gateway moves only when its tag does. A gateway whose
+//! mesh, tag or revision does not exist yet waits: GitOps may apply the MeshInstall later.
+
+use crate::api::mesh_gateway::MeshGateway;
+use crate::api::mesh_install::MeshInstall;
+
+/// Where a gateway's tag points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// The tag (or revision name) names an installed revision.
+    Resolved {
+        /// The revision.
+        revision: String,
+        /// The mesh version it runs.
+        version: String,
+        /// The namespace of its control plane.
+        namespace: String,
+        /// Whether its control plane is ready.
+        ready: bool,
+    },
+    /// Nothing to follow yet; the message says what is missing.
+    Waiting(String),
+}
+
+/// Resolves a gateway's `revision` against the status of its MeshInstall.
+pub fn resolve(gw: &MeshGateway, mesh: Option<&MeshInstall>) -> Resolution {
+    let (mesh_name, wanted) = (&gw.spec.mesh, &gw.spec.revision);
+    let Some(mi) = mesh else {
+        return Resolution::Waiting(format!("MeshInstall {mesh_name} does not exist yet"));
+    };
+    if mi.metadata.deletion_timestamp.is_some() {
+        return Resolution::Waiting(format!("MeshInstall {mesh_name} is being deleted"));
+    }
+    let status = mi.status.clone().unwrap_or_default();
+    let revision = status
+        .tags
+        .iter()
+        .find(|t| &t.name == wanted)
+        .map(|t| t.revision.clone())
+        .or_else(|| {
+            status
+                .revisions
+                .iter()
+                .find(|r| &r.name == wanted)
+                .map(|r| r.name.clone())
+        });
+    let Some(revision) = revision else {
+        let tags: Vec<&str> = status.tags.iter().map(|t| t.name.as_str()).collect();
+        let revisions: Vec<&str> = status.revisions.iter().map(|r| r.name.as_str()).collect();
+        return Resolution::Waiting(format!(
+            "MeshInstall {mesh_name} has no tag or revision {wanted} yet (tags: [{}], revisions: [{}])",
+            tags.join(", "),
+            revisions.join(", ")
+        ));
+    };
+    match status.revisions.iter().find(|r| r.name == revision) {
+        Some(r) => Resolution::Resolved {
+            revision,
+            version: r.version.clone(),
+            namespace: mi.spec.namespace.clone(),
+            ready: r.ready,
+        },
+        None => Resolution::Waiting(format!(
+            "{wanted} resolves to revision {revision} of MeshInstall {mesh_name}, which is not installed yet"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::mesh_install::{MeshInstallStatus, RevisionStatus, TagStatus};
+
+    fn gw(yaml: &str) -> MeshGateway {
+        let mut g = MeshGateway::new("ingress", serde_saphyr::from_str(yaml).unwrap());
+        g.metadata.namespace = Some("shop".into());
+        g.metadata.generation = Some(3);
+        g
+    }
+
+    fn mesh(tags: &[(&str, &str)], revisions: &[(&str, bool)]) -> MeshInstall {
+        let mut mi = MeshInstall::new(
+            "mesh",
+            serde_saphyr::from_str("version: 1.0.0\nnamespace: weft-mesh\n").unwrap(),
+        );
+        mi.status = Some(MeshInstallStatus {
+            tags: tags
+                .iter()
+                .map(|(n, r)| TagStatus {
+                    name: n.to_string(),
+                    revision: r.to_string(),
+                })
+                .collect(),
+            revisions: revisions
+                .iter()
+                .map(|(n, ready)| RevisionStatus {
+                    name: n.to_string(),
+                    version: "1.0.0".into(),
+                    ready: *ready,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        mi
+    }
+
+    #[test]
+    fn resolution_waits_for_mesh_tag_and_revision() {
+        let g = gw("mesh: mesh\nrevision: prod\n");
+        assert_eq!(
+            resolve(&g, None),
+            Resolution::Waiting("MeshInstall mesh does not exist yet".into())
+        );
+        let Resolution::Waiting(why) = resolve(&g, Some(&mesh(&[("canary", "mesh-a")], &[("mesh-a", true)]))) else {
+            panic!("no prod tag yet");
+        };
+        assert_eq!(
+            why,
+            "MeshInstall mesh has no tag or revision prod yet (tags: [canary], revisions: [mesh-a])"
+        );
+        let Resolution::Waiting(why) = resolve(&g, Some(&mesh(&[("prod", "mesh-b")], &[]))) else {
+            panic!("revision not installed");
+        };
+        assert!(why.contains("mesh-b") && why.contains("not installed yet"), "{why}");
+        assert_eq!(
+            resolve(
+                &g,
+                Some(&mesh(
+                    &[("prod", "mesh-a"), ("canary", "mesh-b")],
+                    &[("mesh-a", true), ("mesh-b", false)]
+                ))
+            ),
+            Resolution::Resolved {
+                revision: "mesh-a".into(),
+                version: "1.0.0".into(),
+                namespace: "weft-mesh".into(),
+                ready: true
+            }
+        );
+        // A revision name works too.
+        let pinned = gw("mesh: mesh\nrevision: mesh-b\n");
+        assert!(matches!(
+            resolve(&pinned, Some(&mesh(&[], &[("mesh-b", false)]))),
+            Resolution::Resolved { ready: false, .. }
+        ));
+    }
+}

@@ -1,0 +1,269 @@
+//! Decide (pure): one function turns a MeshInstall, what was observed and the time into
+//! everything the reconcile does: the objects of the target revision to apply (none when
+//! the spec cannot be acted on), the revisions to delete, the status and the upgrade steps
+//! to record. Validate → build → plan → status.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::names::Neighbours;
+use super::observe::Observed;
+use super::revisions::{self, PlanInput};
+use super::status::{self, StatusInput};
+use super::steps::{self, Transition};
+use crate::api::common::StallReason;
+use crate::api::mesh_install::{MeshInstall, MeshInstallStatus};
+use crate::operator::conditions::Stall;
+use crate::operator::controller::RESYNC;
+use crate::render::{Manifest, OwnedKind, RevisionInput, render_revision};
+use crate::versions::{MeshVersion, VersionTable};
+
+/// What the reconcile of one MeshInstall does.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// The revision the spec asks for.
+    pub target: String,
+    /// The target revision's objects, to apply in its namespace; `None` when stalled: then
+    /// nothing that runs is touched.
+    pub install: Option<Vec<Manifest>>,
+    /// Revisions to delete now (only when not stalled).
+    pub prune: Vec<String>,
+    /// The status to write.
+    pub status: MeshInstallStatus,
+    /// The upgrade steps the status records, for Events and metrics.
+    pub steps: Vec<Transition>,
+    /// When to look again.
+    pub requeue: Duration,
+}
+
+/// Decides what to do about `mi`.
+pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, now: Timestamp) -> Decision {
+    let target = revisions::target_revision(mi);
+    let neighbours = Neighbours::of(mi, &observed.others);
+    let built = build(mi, versions, &target, &neighbours);
+
+    // Node proxies are wanted for the target when its objects include them (or, stalled,
+    // when unknown); other revisions keep what they were installed with.
+    let mut installed = observed.revisions.clone();
+    let proxy_wanted = built
+        .as_ref()
+        .map_or(true, |m| m.iter().any(|m| m.kind == OwnedKind::DaemonSet));
+    if let Some(r) = installed.iter_mut().find(|r| r.name == target) {
+        r.proxy_wanted = proxy_wanted;
+    }
+    let plan = revisions::plan(&PlanInput {
+        mesh: mi,
+        target: &target,
+        installed: &installed,
+        usage: &observed.usage,
+        owns_default: neighbours.owns_default,
+        taken: &neighbours.taken,
+        now,
+    });
+
+    // Revisions past their grace period go, unless the spec is stalled.
+    let prune = if built.is_ok() { plan.prune.clone() } else { Vec::new() };
+    installed.retain(|r| !prune.contains(&r.name));
+    let status = status::compute(&StatusInput {
+        mesh: mi,
+        target: &target,
+        revisions: installed,
+        plan: &plan,
+        stall: built.as_ref().err().cloned().or_else(|| plan.failed.clone()),
+        now: Time(now),
+    });
+    let previous = mi.status.clone().unwrap_or_default();
+    Decision {
+        steps: steps::transitions(&previous, &status, &prune),
+        requeue: plan.requeue.map_or(RESYNC, |d| d.min(RESYNC)),
+        install: built.ok(),
+        target,
+        prune,
+        status,
+    }
+}
+
+/// Validate and build: the target revision's objects, or why the spec cannot be acted on.
+fn build(
+    mi: &MeshInstall,
+    versions: &VersionTable,
+    target: &str,
+    neighbours: &Neighbours,
+) -> Result<Vec<Manifest>, Stall> {
+    if let Some(conflict) = &neighbours.conflict {
+        return Err(conflict.clone());
+    }
+    let version = supported(mi, versions)?;
+    Ok(render_revision(&RevisionInput {
+        mesh: mi,
+        revision: target,
+        version,
+    })?)
+}
+
+/// The spec's version, if this operator supports it.
+fn supported<'v>(mi: &MeshInstall, versions: &'v VersionTable) -> Result<&'v MeshVersion, Stall> {
+    versions.get(&mi.spec.version).ok_or_else(|| Stall {
+        reason: StallReason::UnsupportedVersion,
+        message: format!(
+            "version {} is not supported by this operator (supported: {}); the running mesh is left as it is",
+            mi.spec.version,
+            versions.list()
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::mesh_install::{MeshInstallSpec, ReplicaCounts};
+    use crate::operator::health::Health;
+    use crate::operator::mesh_install::names::Neighbour;
+    use crate::operator::mesh_install::observe::{RevisionObservation, Usage};
+    use crate::operator::mesh_install::steps::RevisionStep;
+    use kube::core::ObjectMeta;
+    use std::collections::BTreeSet;
+
+    const CANARY: &str = "version: 1.1.0\nupdateStrategy: {type: RevisionBased, inactiveRevisionDeletionGracePeriodSeconds: 30, \
+                          promotion: {minReadySeconds: 0}}\nrevisionTags: [{name: canary, target: Latest}]";
+
+    fn mesh(spec: &str, status: Option<MeshInstallStatus>) -> MeshInstall {
+        MeshInstall {
+            metadata: ObjectMeta {
+                name: Some("m".into()),
+                uid: Some("uid-m".into()),
+                generation: Some(1),
+                ..Default::default()
+            },
+            spec: serde_saphyr::from_str::<MeshInstallSpec>(spec).unwrap(),
+            status,
+        }
+    }
+
+    fn rev(name: &str, ready: bool) -> RevisionObservation {
+        let health = |ready: bool| Health {
+            counts: ReplicaCounts {
+                desired: 1,
+                ready: ready as i32,
+            },
+            ready,
+        };
+        RevisionObservation {
+            name: name.into(),
+            version: "x".into(),
+            control_plane: Some(health(ready)),
+            proxy: Some(health(true)),
+            proxy_wanted: true,
+        }
+    }
+
+    fn observed(revisions: Vec<RevisionObservation>) -> Observed {
+        Observed {
+            revisions,
+            usage: Usage {
+                synced: true,
+                ..Default::default()
+            },
+            others: Vec::new(),
+        }
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn a_new_mesh_installs_its_revision_and_says_so() {
+        let mi = mesh("version: 1.0.0", None);
+        let d = decide(&mi, &VersionTable::builtin(), &observed(vec![]), at(0));
+        assert_eq!(d.target, "m");
+        let objects = d.install.expect("objects to apply");
+        assert!(
+            objects
+                .iter()
+                .any(|m| m.kind == OwnedKind::Deployment && m.name == "weft-cp-m")
+        );
+        assert!(d.prune.is_empty());
+        assert_eq!(d.status.state.as_deref(), Some("Installing"));
+        assert_eq!(d.requeue, RESYNC, "nothing falls due");
+    }
+
+    #[test]
+    fn an_unsupported_version_stalls_and_touches_nothing() {
+        let mi = mesh("version: 9.9.9", None);
+        let d = decide(&mi, &VersionTable::builtin(), &observed(vec![rev("m", true)]), at(0));
+        assert!(d.install.is_none(), "nothing is applied");
+        assert_eq!(d.status.state.as_deref(), Some("Stalled"));
+        let stalled = d.status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert_eq!(stalled.reason, "UnsupportedVersion");
+        assert!(stalled.message.contains("9.9.9"), "{}", stalled.message);
+        assert!(d.status.revisions[0].ready, "the running revision is still reported");
+    }
+
+    #[test]
+    fn a_name_an_older_mesh_has_stalls_the_newer() {
+        let mi = mesh(CANARY, None);
+        let older = Neighbour {
+            name: "first".into(),
+            revisions: BTreeSet::from(["first".to_string()]),
+            tags: BTreeSet::from(["canary".to_string()]),
+            older: true,
+        };
+        let mut o = observed(vec![]);
+        o.others.push(older);
+        let d = decide(&mi, &VersionTable::builtin(), &o, at(0));
+        assert!(d.install.is_none());
+        let stalled = d.status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert_eq!(stalled.reason, "NameConflict");
+        assert!(
+            d.status.tags.is_empty(),
+            "neither default nor the conflicting tag is published"
+        );
+    }
+
+    /// The whole upgrade through decide: installed beside the old one, promoted, then the
+    /// old one deleted after the grace period, with each step recorded once.
+    #[test]
+    fn an_upgrade_promotes_then_prunes_with_its_steps() {
+        let old = mesh(&CANARY.replace("1.1.0", "1.0.0"), None);
+        let versions = VersionTable::builtin();
+        let d = decide(&old, &versions, &observed(vec![rev("m-v1-0-0", true)]), at(0));
+        let step = |status: MeshInstallStatus| mesh(CANARY, Some(status));
+
+        let mi = step(d.status);
+        let both = vec![rev("m-v1-0-0", true), rev("m-v1-1-0", true)];
+        let d = decide(&mi, &versions, &observed(both.clone()), at(10));
+        let kinds: Vec<RevisionStep> = d.steps.iter().map(|t| t.step).collect();
+        let moved = [RevisionStep::TagMoved, RevisionStep::TagMoved];
+        assert_eq!(
+            kinds,
+            [&[RevisionStep::Created][..], &moved, &[RevisionStep::Promoted]].concat(),
+            "created, canary and default moved, promoted"
+        );
+        assert_eq!(d.status.active_revision.as_deref(), Some("m-v1-1-0"));
+        assert!(d.prune.is_empty(), "the grace period has only started");
+        assert_eq!(d.requeue.as_secs(), 30);
+
+        let mi = step(d.status);
+        let d = decide(&mi, &versions, &observed(both), at(40));
+        assert_eq!(d.prune, ["m-v1-0-0"]);
+        assert_eq!(d.status.revisions.len(), 1, "the pruned revision leaves the status");
+        assert_eq!(
+            d.steps.iter().map(|t| t.step).collect::<Vec<_>>(),
+            [RevisionStep::Pruned]
+        );
+    }
+
+    #[test]
+    fn an_unchanged_world_decides_the_same_status() {
+        let mi = mesh("version: 1.0.0", None);
+        let versions = VersionTable::builtin();
+        let d = decide(&mi, &versions, &observed(vec![rev("m", true)]), at(0));
+        let mi = mesh("version: 1.0.0", Some(d.status.clone()));
+        let again = decide(&mi, &versions, &observed(vec![rev("m", true)]), at(100));
+        assert_eq!(again.status, d.status, "no write");
+        assert!(again.steps.is_empty());
+    }
+}

@@ -1,0 +1,134 @@
+//! The MeshInstall controller. Each reconcile is a pipeline:
+//! observe (indexes → [`observe::Observed`]) → decide (pure, [`decide::decide`]) →
+//! apply (namespace, target revision, pruning) → write status → record the upgrade steps.
+//! A finalizer removes cluster-scoped objects on deletion.
+
+pub mod apply;
+pub mod decide;
+pub mod names;
+pub mod observe;
+pub mod revisions;
+pub mod status;
+pub mod steps;
+pub mod usage;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::{StreamExt, stream};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use tracing::info;
+
+use super::controller::{Shutdown, Triggers, cluster_ref};
+use super::error::Error;
+use super::events::publish;
+use super::index::{OwnedIndex, OwnedWatch, controller_owner};
+use super::shared::Shared;
+use super::status::write as write_status;
+use super::watch::{Guarded, SharedWatch};
+use crate::api::labels;
+use crate::api::mesh_install::MeshInstall;
+use crate::render::OwnedKind;
+use steps::Transition;
+use usage::UsageIndex;
+
+/// The controller's name in metrics and logs.
+pub const CONTROLLER: &str = "meshinstall";
+/// The finalizer that removes cluster-scoped objects before a MeshInstall goes.
+pub const FINALIZER: &str = "weft.dev/cleanup";
+
+/// What every MeshInstall reconcile reads.
+pub struct Context {
+    /// What every controller shares.
+    pub shared: Shared,
+    /// Live objects MeshInstalls own.
+    pub index: OwnedIndex,
+    /// Every MeshInstall (tag and revision names are cluster-wide).
+    pub meshes: Store<Guarded<MeshInstall>>,
+    /// Who uses which revision.
+    pub usage: UsageIndex,
+}
+
+/// Builds the controller over the shared MeshInstall watch; it runs until `shutdown`.
+pub fn controller(
+    shared: &Shared,
+    meshes: &SharedWatch<MeshInstall>,
+    usage: &UsageIndex,
+    shutdown: Shutdown,
+) -> impl Future<Output = ()> + use<> {
+    // Everything Weft manages except what gateways own (their controller indexes that).
+    let selector = format!(
+        "{}={},{}!={}",
+        labels::MANAGED_BY,
+        labels::MANAGER,
+        labels::COMPONENT,
+        labels::GATEWAY_COMPONENT
+    );
+    let OwnedWatch { index, streams } = OwnedIndex::start(&shared.client, &selector, &OwnedKind::ALL);
+    let ctx = Arc::new(Context {
+        shared: shared.clone(),
+        index,
+        meshes: meshes.store(),
+        usage: usage.clone(),
+    });
+    // A namespace label or gateway changed: usage may have moved between revisions. There
+    // are few MeshInstalls, so each looks again (a reconcile that changes nothing writes
+    // nothing).
+    let all = meshes.store();
+    let usage_changed = usage.changes().flat_map(move |()| {
+        let refs: Vec<_> = all.state().iter().map(|m| ObjectRef::from_obj(m.as_ref())).collect();
+        stream::iter(refs)
+    });
+    Triggers::new(CONTROLLER, shared, meshes.store(), meshes.subscribe())
+        // Owned objects name their MeshInstall as controller owner (the built-in `owns`
+        // assumes owner and child share a namespace; a MeshInstall is cluster-scoped).
+        .owns(streams, |o| controller_owner(o, "MeshInstall").map(|n| cluster_ref(&n)))
+        .on(usage_changed)
+        .run(ctx, reconcile, shutdown)
+}
+
+/// Reconciles one MeshInstall, under its finalizer.
+async fn reconcile(mi: Arc<MeshInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Until every owned kind is listed, a missing object might only be not yet seen.
+    ctx.index.ready().await;
+    let api: Api<MeshInstall> = Api::all(ctx.shared.client.clone());
+    if !mi.finalizers().iter().any(|f| f == FINALIZER) && mi.metadata.deletion_timestamp.is_none() {
+        ctx.shared.metrics.write("MeshInstall", "finalizer");
+    }
+    finalizer(&api, FINALIZER, mi, |event| async {
+        match event {
+            finalizer::Event::Apply(mi) => converge(&ctx, &mi).await,
+            finalizer::Event::Cleanup(mi) => apply::cleanup(&ctx, &mi).await.map(|()| Action::await_change()),
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// observe → decide → apply → write status → record the steps.
+async fn converge(ctx: &Context, mi: &MeshInstall) -> Result<Action, Error> {
+    let observed = observe::observe(ctx, mi);
+    let decision = decide::decide(mi, &ctx.shared.versions, &observed, Timestamp::now());
+    apply::apply(ctx, mi, &decision).await?;
+    if write_status(&ctx.shared, mi, &decision.status).await? {
+        record(ctx, mi, &decision.steps).await;
+    }
+    Ok(Action::requeue(decision.requeue))
+}
+
+/// Logs, counts and records each upgrade step as an Event.
+async fn record(ctx: &Context, mi: &MeshInstall, steps: &[Transition]) {
+    for t in steps {
+        ctx.shared.metrics.revision_step(t.step.label());
+        info!(step = t.step.label(), "{}", t.message);
+        publish(&ctx.shared, mi, &t.note()).await;
+    }
+}

@@ -1,0 +1,43 @@
+//! What every controller shares: the API client, metrics, the Event recorder and the
+//! supported versions. Each controller's own context adds its indexes to this.
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use super::metrics::Metrics;
+use crate::versions::VersionTable;
+
+/// What every controller shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// API client.
+    pub client: Client,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Supported versions.
+    pub versions: VersionTable,
+    /// Reconciles one controller may run at once.
+    pub concurrency: u16,
+}
+
+impl Shared {
+    /// The shared parts, recording Events as this process (`identity`).
+    pub fn new(client: Client, metrics: Metrics, versions: VersionTable, concurrency: u16, identity: &str) -> Shared {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "weft-operator".into(),
+                instance: Some(identity.to_string()),
+            },
+        );
+        Shared {
+            client,
+            metrics,
+            recorder,
+            versions,
+            concurrency,
+        }
+    }
+}
