@@ -2,7 +2,6 @@
 //! resources, served over ADS.
 
 pub mod control_plane;
-pub mod gateway;
 pub mod grpc;
 pub mod metrics;
 pub mod model;
@@ -12,8 +11,4 @@ pub mod sources;
 pub mod translate;
 
 #[cfg(test)]
-mod gateway_tests;
-#[cfg(test)]
 mod server_tests;
-#[cfg(test)]
-mod tests;

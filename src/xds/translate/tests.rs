@@ -11,8 +11,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use prost::Message;
 
-use super::model::*;
-use super::translate::{translate, translate_all};
+use super::{translate, translate_all};
+use crate::xds::model::*;
 
 fn endpoint(address: &str, port: u16, zone: &str, ready: bool, terminating: bool) -> Endpoint {
     Endpoint {
