@@ -6,6 +6,7 @@
 //! every other client only the mesh's.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -18,7 +19,7 @@ use prost::Message;
 use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
-use super::grpc::Sender;
+use super::grpc::{Sender, StreamHandler};
 use super::metrics::XdsMetrics;
 use super::model;
 use super::snapshot::{
@@ -162,20 +163,35 @@ struct DeltaType {
     subscribed: bool,
 }
 
+impl StreamHandler for AdsServer {
+    fn sotw<'a>(
+        &'a self,
+        incoming: Streaming<DiscoveryRequest>,
+        out: &'a Sender,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        self.serve_sotw(incoming, out)
+    }
+
+    fn delta<'a>(
+        &'a self,
+        incoming: Streaming<DeltaDiscoveryRequest>,
+        out: &'a Sender,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        self.serve_delta(incoming, out)
+    }
+}
+
 impl AdsServer {
-    /// Serves one state-of-the-world stream until the client ends it, then writes the
-    /// final status.
-    pub(super) async fn serve_sotw(self, mut incoming: Streaming<DiscoveryRequest>, out: Sender) {
+    /// Serves one state-of-the-world stream until the client ends it.
+    async fn serve_sotw(&self, mut incoming: Streaming<DiscoveryRequest>, out: &Sender) -> Result<(), Status> {
         let _connected = self.metrics.stream_opened("sotw");
-        let result = self.sotw(&mut incoming, &out).await;
-        out.finish(result).await;
+        self.sotw(&mut incoming, out).await
     }
 
     /// Serves one delta stream, like [`AdsServer::serve_sotw`].
-    pub(super) async fn serve_delta(self, mut incoming: Streaming<DeltaDiscoveryRequest>, out: Sender) {
+    async fn serve_delta(&self, mut incoming: Streaming<DeltaDiscoveryRequest>, out: &Sender) -> Result<(), Status> {
         let _connected = self.metrics.stream_opened("delta");
-        let result = self.delta(&mut incoming, &out).await;
-        out.finish(result).await;
+        self.delta(&mut incoming, out).await
     }
 
     async fn sotw(&self, incoming: &mut Streaming<DiscoveryRequest>, out: &Sender) -> Result<(), Status> {
