@@ -8,6 +8,7 @@ pub mod model;
 pub mod server;
 pub mod snapshot;
 pub mod sources;
+pub mod subscription;
 pub mod translate;
 
 #[cfg(test)]
