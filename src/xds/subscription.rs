@@ -211,7 +211,8 @@ impl Subscription {
     }
 
     /// Delta: records `owed` as sent with `nonce`: the client now holds the changed
-    /// resources and none of the removed ones, and knows the unknown ones are absent.
+    /// resources and none of the removed ones, and knows the removed and unknown names it
+    /// subscribed to are absent (so they are not reported again).
     pub fn delta_sent(&mut self, owed: &DeltaOwed<'_>, nonce: &str) {
         for (name, e) in &owed.changed {
             self.held.insert((*name).to_string(), e.version.clone());
@@ -219,6 +220,10 @@ impl Subscription {
         }
         for name in &owed.removed {
             self.held.remove(name);
+            // Still subscribed by name: the client now knows it is absent.
+            if self.names.contains(name) {
+                self.told_missing.insert(name.clone());
+            }
         }
         self.told_missing.extend(owed.unknown.iter().cloned());
         self.nonce = nonce.to_string();
@@ -441,6 +446,7 @@ mod tests {
         assert!(owed.changed.is_empty());
         assert_eq!(owed.removed, ["b"]);
         assert!(owed.unknown.is_empty(), "zzz was reported already");
+        assert!(sub.delta_owed(&v2).is_none(), "b was reported already");
         // zzz appears, then goes away again: reported again.
         delta_send(&mut sub, &set(&[("a", "1"), ("zzz", "1")]), "3").unwrap();
         let owed = delta_send(&mut sub, &v2, "4").unwrap();
