@@ -5,6 +5,7 @@ pub mod api;
 pub mod http;
 pub mod operator;
 pub mod render;
+pub mod signal;
 pub mod telemetry;
 pub mod versions;
 pub mod xds;
