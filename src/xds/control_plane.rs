@@ -19,7 +19,7 @@ use tracing::info;
 
 use super::grpc::AdsService;
 use super::metrics::{TypeLabels, XdsMetrics};
-use super::model::Telemetry;
+use super::model::{FileLog, MeshModel, Telemetry, Zipkin};
 use super::server::{Admission, AdsServer};
 use super::snapshot::{Cache, Snapshot, short};
 use super::sources::Sources;
@@ -140,13 +140,16 @@ fn read_mesh_config(path: &Option<PathBuf>) -> Result<MeshConfig, Error> {
 
 fn parse_mesh_config(text: &str) -> Result<MeshConfig, String> {
     let file: MeshConfigFile = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
-    let access_log = file
-        .access_log
-        .filter(|a| a.enabled.unwrap_or(false))
-        .map(|a| (a.path.unwrap_or_else(|| "/dev/stdout".to_string()), a.format));
-    let zipkin = file
-        .tracing
-        .and_then(|t| Some((t.zipkin?.address, t.sampling_percent.unwrap_or(1.0))));
+    let access_log = file.access_log.filter(|a| a.enabled.unwrap_or(false)).map(|a| FileLog {
+        path: a.path.unwrap_or_else(|| "/dev/stdout".to_string()),
+        format: a.format,
+    });
+    let zipkin = file.tracing.and_then(|t| {
+        Some(Zipkin {
+            address: t.zipkin?.address,
+            sampling_percent: t.sampling_percent.unwrap_or(1.0),
+        })
+    });
     Ok(MeshConfig {
         mesh: file.mesh.filter(|m| !m.is_empty()),
         selectors: file.discovery_selectors,
@@ -247,7 +250,7 @@ impl Translator {
             selectors,
             telemetry,
         } = &self.config;
-        let (services, routes) = self.sources.model(&self.revision, selectors);
+        let MeshModel { services, routes } = self.sources.model(&self.revision, selectors);
         // Every gateway of the mesh, whichever revision it follows: during a gateway's
         // rollout its old pods stay connected here and still need their listeners.
         let gateways = self.sources.gateways(mesh.as_deref());

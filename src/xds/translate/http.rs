@@ -58,8 +58,8 @@ pub(super) fn connection_manager(
         }],
         ..Default::default()
     };
-    if let Some((path, format)) = &telemetry.access_log {
-        let access_log_format = format.as_ref().map(|f| {
+    if let Some(log) = &telemetry.access_log {
+        let access_log_format = log.format.as_ref().map(|f| {
             file_access_log::AccessLogFormat::LogFormat(SubstitutionFormatString {
                 format: Some(substitution_format_string::Format::TextFormatSource(DataSource {
                     specifier: Some(data_source::Specifier::InlineString(f.clone())),
@@ -71,15 +71,17 @@ pub(super) fn connection_manager(
         hcm.access_log = vec![AccessLog {
             name: "envoy.access_loggers.file".to_string(),
             config_type: Some(access_log::ConfigType::TypedConfig(pack_any(FileAccessLog {
-                path: path.clone(),
+                path: log.path.clone(),
                 access_log_format,
             }))),
             ..Default::default()
         }];
     }
-    if let Some((_, sampling)) = &telemetry.zipkin {
+    if let Some(zipkin) = &telemetry.zipkin {
         hcm.tracing = Some(http_connection_manager::Tracing {
-            random_sampling: Some(Percent { value: *sampling }),
+            random_sampling: Some(Percent {
+                value: zipkin.sampling_percent,
+            }),
             provider: Some(tracing::Http {
                 name: "envoy.tracers.zipkin".to_string(),
                 config_type: Some(tracing::http::ConfigType::TypedConfig(pack_any(ZipkinConfig {

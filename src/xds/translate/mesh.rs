@@ -51,8 +51,9 @@ pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemet
                 .insert(cluster.clone(), load_assignment(&cluster, svc, port));
         }
     }
-    if let Some((address, _)) = &telemetry.zipkin {
-        out.clusters.insert(ZIPKIN_CLUSTER.to_string(), zipkin_cluster(address));
+    if let Some(zipkin) = &telemetry.zipkin {
+        out.clusters
+            .insert(ZIPKIN_CLUSTER.to_string(), zipkin_cluster(&zipkin.address));
     }
     out
 }

@@ -102,8 +102,14 @@ pub(super) fn world() -> (Vec<Service>, Vec<HttpRoute>) {
 
 pub(super) fn telemetry() -> Telemetry {
     Telemetry {
-        access_log: Some(("/dev/stdout".into(), None)),
-        zipkin: Some(("zipkin.tracing:9411".into(), 1.0)),
+        access_log: Some(FileLog {
+            path: "/dev/stdout".into(),
+            format: None,
+        }),
+        zipkin: Some(Zipkin {
+            address: "zipkin.tracing:9411".into(),
+            sampling_percent: 1.0,
+        }),
     }
 }
 
