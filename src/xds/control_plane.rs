@@ -55,13 +55,21 @@ fn release_free_memory() {
 /// Errors that stop the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The mesh config could not be read.
-    #[error("mesh config {path}: {message}")]
-    MeshConfig {
+    /// The mesh config file could not be read.
+    #[error("mesh config {path}: {source}")]
+    ReadMeshConfig {
         /// The file.
-        path: String,
-        /// What went wrong.
-        message: String,
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The mesh config file does not parse.
+    #[error("mesh config {path}: {source}")]
+    ParseMeshConfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<serde_saphyr::Error>,
     },
     /// A listener could not bind.
     #[error("cannot listen on {address}: {source}")]
@@ -130,16 +138,18 @@ fn read_mesh_config(path: &Option<PathBuf>) -> Result<MeshConfig, Error> {
     let Some(path) = path else {
         return Ok(MeshConfig::default());
     };
-    let err = |message: String| Error::MeshConfig {
-        path: path.display().to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    parse_mesh_config(&text).map_err(err)
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadMeshConfig {
+        path: path.clone(),
+        source,
+    })?;
+    parse_mesh_config(&text).map_err(|source| Error::ParseMeshConfig {
+        path: path.clone(),
+        source: Box::new(source),
+    })
 }
 
-fn parse_mesh_config(text: &str) -> Result<MeshConfig, String> {
-    let file: MeshConfigFile = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+fn parse_mesh_config(text: &str) -> Result<MeshConfig, serde_saphyr::Error> {
+    let file: MeshConfigFile = serde_saphyr::from_str(text)?;
     let access_log = file.access_log.filter(|a| a.enabled.unwrap_or(false)).map(|a| FileLog {
         path: a.path.unwrap_or_else(|| "/dev/stdout".to_string()),
         format: a.format,
@@ -337,6 +347,18 @@ mod tests {
         assert_eq!(c.mesh.as_deref(), Some("prod"));
         let c = parse_mesh_config("discoverySelectors: []\n").unwrap();
         assert_eq!(c.mesh, None, "no key: every gateway is served");
+    }
+
+    #[test]
+    fn mesh_config_errors_name_the_file() {
+        let missing = read_mesh_config(&Some(PathBuf::from("/nonexistent/mesh.yaml"))).unwrap_err();
+        assert!(matches!(missing, Error::ReadMeshConfig { .. }), "{missing:?}");
+        assert!(
+            missing.to_string().starts_with("mesh config /nonexistent/mesh.yaml: "),
+            "{missing}"
+        );
+        assert!(parse_mesh_config("discoverySelectors: 7\n").is_err());
+        assert_eq!(read_mesh_config(&None).unwrap(), MeshConfig::default());
     }
 
     #[tokio::test]
