@@ -1,7 +1,7 @@
-//! Process signals: both `weft operator` and `weft control-plane` stop gracefully on
-//! SIGTERM (what Kubernetes sends) or Ctrl-C.
+//! Process signals: the one way every long-running command learns that it should stop.
 
-/// Resolves on SIGTERM or Ctrl-C.
+/// Resolves when the process is asked to stop: SIGTERM (what Kubernetes sends) or Ctrl-C.
+/// Where SIGTERM cannot be watched (or off unix), Ctrl-C alone.
 pub async fn terminated() {
     #[cfg(unix)]
     {

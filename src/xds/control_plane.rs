@@ -1,21 +1,27 @@
 //! `weft control-plane`: sources → debounced translation → snapshot → ADS, plus `/metrics`
-//! and `/ready` (ready once every source has synced and the first snapshot is out).
+//! and `/ready` (ready once every source has synced and the first snapshot is out). `run`
+//! wires the steps: the admission check, the translation loop (`Translator`), and serving
+//! until SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Client;
 use serde::Deserialize;
+use tokio::sync::{Notify, watch};
+use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 use super::grpc::AdsService;
 use super::metrics::{TypeLabels, XdsMetrics};
-use super::model::Telemetry;
+use super::model::{FileLog, MeshModel, Telemetry, Zipkin};
 use super::server::{Admission, AdsServer};
-use super::snapshot::{Cache, Snapshot};
+use super::snapshot::{Cache, Snapshot, short};
 use super::sources::Sources;
 use super::translate::translate_all;
 use crate::http::{Health, HttpState};
@@ -49,13 +55,21 @@ fn release_free_memory() {
 /// Errors that stop the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The mesh config could not be read.
-    #[error("mesh config {path}: {message}")]
-    MeshConfig {
+    /// The mesh config file could not be read.
+    #[error("mesh config {path}: {source}")]
+    ReadMeshConfig {
         /// The file.
-        path: String,
-        /// What went wrong.
-        message: String,
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The mesh config file does not parse.
+    #[error("mesh config {path}: {source}")]
+    ParseMeshConfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<serde_saphyr::Error>,
     },
     /// A listener could not bind.
     #[error("cannot listen on {address}: {source}")]
@@ -124,23 +138,28 @@ fn read_mesh_config(path: &Option<PathBuf>) -> Result<MeshConfig, Error> {
     let Some(path) = path else {
         return Ok(MeshConfig::default());
     };
-    let err = |message: String| Error::MeshConfig {
-        path: path.display().to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    parse_mesh_config(&text).map_err(err)
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadMeshConfig {
+        path: path.clone(),
+        source,
+    })?;
+    parse_mesh_config(&text).map_err(|source| Error::ParseMeshConfig {
+        path: path.clone(),
+        source: Box::new(source),
+    })
 }
 
-fn parse_mesh_config(text: &str) -> Result<MeshConfig, String> {
-    let file: MeshConfigFile = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
-    let access_log = file
-        .access_log
-        .filter(|a| a.enabled.unwrap_or(false))
-        .map(|a| (a.path.unwrap_or_else(|| "/dev/stdout".to_string()), a.format));
-    let zipkin = file
-        .tracing
-        .and_then(|t| Some((t.zipkin?.address, t.sampling_percent.unwrap_or(1.0))));
+fn parse_mesh_config(text: &str) -> Result<MeshConfig, serde_saphyr::Error> {
+    let file: MeshConfigFile = serde_saphyr::from_str(text)?;
+    let access_log = file.access_log.filter(|a| a.enabled.unwrap_or(false)).map(|a| FileLog {
+        path: a.path.unwrap_or_else(|| "/dev/stdout".to_string()),
+        format: a.format,
+    });
+    let zipkin = file.tracing.and_then(|t| {
+        Some(Zipkin {
+            address: t.zipkin?.address,
+            sampling_percent: t.sampling_percent.unwrap_or(1.0),
+        })
+    });
     Ok(MeshConfig {
         mesh: file.mesh.filter(|m| !m.is_empty()),
         selectors: file.discovery_selectors,
@@ -148,22 +167,32 @@ fn parse_mesh_config(text: &str) -> Result<MeshConfig, String> {
     })
 }
 
-/// Runs until SIGTERM.
+/// Runs until SIGTERM or Ctrl-C.
 pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
-    let MeshConfig {
-        mesh,
-        selectors,
-        telemetry,
-    } = read_mesh_config(&opts.mesh_config)?;
+    let config = read_mesh_config(&opts.mesh_config)?;
     let sources = Sources::start(&client);
     let cache = Cache::new();
     let metrics = XdsMetrics::new();
     let health = Arc::new(Health::default());
+    let admission = admission(opts.revision.clone(), sources.clone());
+    let translator = Translator {
+        sources,
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        revision: opts.revision.clone(),
+        config,
+        debounce: opts.debounce,
+    };
+    tokio::spawn(translator.run());
+    let server = AdsServer::new(cache, admission, metrics.clone());
+    serve(&opts, server, metrics, health).await
+}
 
-    let revision = opts.revision.clone();
-    let resolver = sources.clone();
-    let admission: Admission = Arc::new(move |c| {
-        // What the client names, else its namespace's label, else the default tag.
+/// Admits the clients whose revision resolves to `revision`: the one they name, else their
+/// namespace's label, else the default tag.
+fn admission(revision: String, resolver: Sources) -> Admission {
+    Arc::new(move |c| {
         let (asked, how) = match (
             &c.revision,
             c.namespace.as_deref().and_then(|ns| resolver.namespace_label(ns)),
@@ -184,109 +213,128 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
                 "this control plane serves revision {revision}; the client's {how} {asked:?} is unknown"
             )),
         }
-    });
+    })
+}
 
-    // Translation: after sync, then after every burst of changes has been quiet for
-    // `debounce` (at most ten times that, so a constant trickle still gets through).
-    let (cache_t, metrics_t, health_t, sources_t, rev_t) = (
-        cache.clone(),
-        metrics.clone(),
-        health.clone(),
-        sources.clone(),
-        opts.revision.clone(),
-    );
-    let debounce = opts.debounce;
-    tokio::spawn(async move {
-        let _ = sources_t.synced.clone().wait_for(|s| *s).await;
+/// Turns the sources into snapshots: once they have synced, then after every burst of
+/// changes.
+struct Translator {
+    sources: Sources,
+    cache: Cache,
+    metrics: XdsMetrics,
+    health: Arc<Health>,
+    /// The revision served.
+    revision: String,
+    config: MeshConfig,
+    /// Quiet time that ends a burst.
+    debounce: Duration,
+}
+
+impl Translator {
+    /// Runs until the process ends. Ready once the first snapshot is out.
+    async fn run(self) {
+        let _ = self.sources.synced.clone().wait_for(|s| *s).await;
         let mut version = 0u64;
         let mut changed_at = Instant::now();
         loop {
-            let (services, routes) = sources_t.model(&rev_t, &selectors);
-            // Every gateway of the mesh, whichever revision it follows: during a gateway's
-            // rollout its old pods stay connected here and still need their listeners.
-            let gateways = sources_t.gateways(mesh.as_deref());
-            let resources = translate_all(&services, &gateways, &routes, &telemetry);
-            let snap = Snapshot::new(version + 1, changed_at, &resources);
-            drop(resources);
+            let snap = self.snapshot(version + 1, changed_at);
             // Compared by content hash with what is published: no second copy is kept.
-            if version == 0 || !snap.same_content(&cache_t.current()) {
+            if version == 0 || !snap.same_content(&self.cache.current()) {
                 version += 1;
-                for (t, count) in snap.counts() {
-                    let labels = TypeLabels {
-                        r#type: super::snapshot::short(t).to_string(),
-                    };
-                    metrics_t.resources.get_or_create(&labels).set(count as i64);
-                }
-                cache_t.publish(snap);
+                self.publish(snap);
             } else {
                 drop(snap);
             }
             release_free_memory();
-            health_t.set_ready(true);
-            sources_t.changed.notified().await;
+            self.health.set_ready(true);
+            self.sources.changed.notified().await;
             changed_at = Instant::now();
-            let deadline = tokio::time::Instant::now() + debounce * 10;
-            loop {
-                tokio::select! {
-                    _ = sources_t.changed.notified() => {}
-                    _ = tokio::time::sleep(debounce) => break,
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-            }
+            quiet(&self.sources.changed, self.debounce).await;
         }
-    });
+    }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    /// Translates the sources as they are now into snapshot `version`.
+    fn snapshot(&self, version: u64, changed_at: Instant) -> Snapshot {
+        let MeshConfig {
+            mesh,
+            selectors,
+            telemetry,
+        } = &self.config;
+        let MeshModel { services, routes } = self.sources.model(&self.revision, selectors);
+        // Every gateway of the mesh, whichever revision it follows: during a gateway's
+        // rollout its old pods stay connected here and still need their listeners.
+        let gateways = self.sources.gateways(mesh.as_deref());
+        let resources = translate_all(&services, &gateways, &routes, telemetry);
+        Snapshot::new(version, changed_at, &resources)
+    }
+
+    /// Publishes a snapshot to every stream, and counts its resources.
+    fn publish(&self, snap: Snapshot) {
+        for (t, count) in snap.counts() {
+            let labels = TypeLabels {
+                r#type: short(t).to_string(),
+            };
+            self.metrics.resources.get_or_create(&labels).set(count as i64);
+        }
+        self.cache.publish(snap);
+    }
+}
+
+/// Waits until `changed` has been quiet for `debounce`, but at most ten times that, so a
+/// constant trickle of changes still gets through.
+async fn quiet(changed: &Notify, debounce: Duration) {
+    let deadline = tokio::time::Instant::now() + debounce * 10;
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(debounce) => break,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+}
+
+/// A future that resolves, in every clone, once the process is asked to stop.
+fn stop_signal() -> Shared<BoxFuture<'static, ()>> {
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        crate::signal::terminated().await;
         let _ = stop_tx.send(true);
     });
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let stopped = {
-        let mut rx = stop_rx.clone();
-        async move {
-            #[cfg(unix)]
-            if let Some(t) = term.as_mut() {
-                tokio::select! { _ = t.recv() => {}, _ = rx.wait_for(|s| *s) => {} }
-                return;
-            }
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let stopped = futures::FutureExt::shared(Box::pin(stopped));
+    async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }
+    .boxed()
+    .shared()
+}
 
-    let m = metrics.clone();
+/// Serves `/metrics` and `/ready`, and ADS, until the process is asked to stop.
+async fn serve(opts: &Options, server: AdsServer, metrics: XdsMetrics, health: Arc<Health>) -> Result<(), Error> {
+    let stopped = stop_signal();
     let state = HttpState {
         health,
-        metrics: Arc::new(move || m.encode()),
+        metrics: Arc::new(move || metrics.encode()),
     };
     let (maddr, _) = crate::http::serve(opts.monitoring_address, state, stopped.clone())
         .await
-        .map_err(|source| Error::Listen {
-            address: opts.monitoring_address,
-            source,
-        })?;
+        .map_err(listen_error(opts.monitoring_address))?;
     let listener = tokio::net::TcpListener::bind(opts.xds_address)
         .await
-        .map_err(|source| Error::Listen {
-            address: opts.xds_address,
-            source,
-        })?;
-    let xaddr = listener.local_addr().map_err(|source| Error::Listen {
-        address: opts.xds_address,
-        source,
-    })?;
+        .map_err(listen_error(opts.xds_address))?;
+    let xaddr = listener.local_addr().map_err(listen_error(opts.xds_address))?;
     info!(revision = %opts.revision, xds = %xaddr, monitoring = %maddr, "control plane starting");
-    let server = AdsServer::new(cache, admission, metrics);
     tonic::transport::Server::builder()
         .add_service(AdsService::new(server))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stopped)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
         .await?;
     info!("stopped");
     Ok(())
+}
+
+/// Turns a failure to listen on `address` into an [`Error`].
+fn listen_error(address: SocketAddr) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Listen { address, source }
 }
 
 #[cfg(test)]
@@ -299,5 +347,39 @@ mod tests {
         assert_eq!(c.mesh.as_deref(), Some("prod"));
         let c = parse_mesh_config("discoverySelectors: []\n").unwrap();
         assert_eq!(c.mesh, None, "no key: every gateway is served");
+    }
+
+    #[test]
+    fn mesh_config_errors_name_the_file() {
+        let missing = read_mesh_config(&Some(PathBuf::from("/nonexistent/mesh.yaml"))).unwrap_err();
+        assert!(matches!(missing, Error::ReadMeshConfig { .. }), "{missing:?}");
+        assert!(
+            missing.to_string().starts_with("mesh config /nonexistent/mesh.yaml: "),
+            "{missing}"
+        );
+        assert!(parse_mesh_config("discoverySelectors: 7\n").is_err());
+        assert_eq!(read_mesh_config(&None).unwrap(), MeshConfig::default());
+    }
+
+    #[tokio::test]
+    async fn a_burst_ends_when_quiet_or_after_ten_times_the_debounce() {
+        let changed = Arc::new(Notify::new());
+        let debounce = Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        quiet(&changed, debounce).await;
+        assert!(started.elapsed() >= debounce, "quiet for the debounce");
+
+        let trickle = changed.clone();
+        let pinger = tokio::spawn(async move {
+            loop {
+                trickle.notify_one();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let started = std::time::Instant::now();
+        quiet(&changed, debounce).await;
+        pinger.abort();
+        let took = started.elapsed();
+        assert!(took >= debounce && took < Duration::from_secs(5), "{took:?}");
     }
 }

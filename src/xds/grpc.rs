@@ -3,9 +3,12 @@
 //! with 2000 streams and a 250 KB cluster list that alone was 500 MB. Here a response is
 //! a few per-stream bytes followed by bytes shared with every other stream that sees the
 //! same resources (see `snapshot::TypeSet`), so memory stays one copy of the snapshot.
+//!
+//! This module only frames: what a stream is answered is up to a [`StreamHandler`] (the
+//! ADS server), so it depends on nothing else in the control plane.
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
+use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -19,8 +22,6 @@ use tonic::codegen::{Service, StdError};
 use tonic::server::NamedService;
 use tonic::{Status, Streaming};
 use tonic_prost::ProstDecoder;
-
-use super::server::AdsServer;
 
 /// The gRPC service name.
 const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -88,20 +89,39 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// The ADS service, mounted on a tonic server with `add_service`.
-#[derive(Clone)]
-pub struct AdsService {
-    server: AdsServer,
+/// What answers the streams an [`AdsService`] accepts: one call per stream, which reads
+/// the requests and writes responses until the stream ends. The service then ends the
+/// response with the returned status.
+pub trait StreamHandler: Clone + Send + Sync + 'static {
+    /// Serves one state-of-the-world stream (`StreamAggregatedResources`).
+    fn sotw<'a>(
+        &'a self,
+        incoming: Streaming<DiscoveryRequest>,
+        out: &'a Sender,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a;
+
+    /// Serves one delta stream (`DeltaAggregatedResources`).
+    fn delta<'a>(
+        &'a self,
+        incoming: Streaming<DeltaDiscoveryRequest>,
+        out: &'a Sender,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a;
 }
 
-impl AdsService {
-    /// Serves `server`'s streams.
-    pub fn new(server: AdsServer) -> AdsService {
-        AdsService { server }
+/// The ADS service, mounted on a tonic server with `add_service`.
+#[derive(Clone)]
+pub struct AdsService<H> {
+    handler: H,
+}
+
+impl<H: StreamHandler> AdsService<H> {
+    /// Serves `handler`'s streams.
+    pub fn new(handler: H) -> AdsService<H> {
+        AdsService { handler }
     }
 }
 
-impl NamedService for AdsService {
+impl<H> NamedService for AdsService<H> {
     const NAME: &'static str = SERVICE;
 }
 
@@ -116,8 +136,9 @@ where
     Streaming::new_request(ProstDecoder::<M>::default(), body, None, Some(MAX_REQUEST))
 }
 
-impl<B> Service<http::Request<B>> for AdsService
+impl<H, B> Service<http::Request<B>> for AdsService<H>
 where
+    H: StreamHandler,
     B: http_body::Body + Send + 'static,
     B::Error: Into<StdError>,
 {
@@ -141,15 +162,21 @@ where
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let out = Sender { tx };
-        let server = self.server.clone();
+        let handler = self.handler.clone();
         match req.uri().path() {
             SOTW_PATH => {
                 let incoming = requests::<DiscoveryRequest, B>(req.into_body());
-                tokio::spawn(async move { server.serve_sotw(incoming, out).await });
+                tokio::spawn(async move {
+                    let result = handler.sotw(incoming, &out).await;
+                    out.finish(result).await;
+                });
             }
             DELTA_PATH => {
                 let incoming = requests::<DeltaDiscoveryRequest, B>(req.into_body());
-                tokio::spawn(async move { server.serve_delta(incoming, out).await });
+                tokio::spawn(async move {
+                    let result = handler.delta(incoming, &out).await;
+                    out.finish(result).await;
+                });
             }
             other => {
                 let status = Status::unimplemented(format!("no method {other}"));

@@ -1,19 +1,24 @@
 //! The embedded xDS control plane: discovery's model, and its translation into Envoy
 //! resources, served over ADS.
+//!
+//! - Data flows `sources` (Kubernetes watches) → `model` (plain data) → `translate` (Envoy
+//!   resources) → `snapshot` (encoded and versioned, shared by every stream) → `server`
+//!   (ADS streams).
+//! - `server` keeps a `subscription` per stream and type (what that stream is owed) and
+//!   hands the bytes to `grpc` (the framing, which knows nothing of ADS).
+//! - `control_plane` (`weft control-plane`) wires them together, with `metrics`.
+//!
+//! No two modules depend on each other (no import cycles).
 
 pub mod control_plane;
-pub mod gateway;
 pub mod grpc;
 pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod snapshot;
 pub mod sources;
+pub mod subscription;
 pub mod translate;
 
 #[cfg(test)]
-mod gateway_tests;
-#[cfg(test)]
 mod server_tests;
-#[cfg(test)]
-mod tests;

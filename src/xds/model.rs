@@ -212,8 +212,36 @@ pub struct Backend {
 /// Mesh-config settings that reach every HttpConnectionManager.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Telemetry {
-    /// File access logging: path and optional format.
-    pub access_log: Option<(String, Option<String>)>,
-    /// Zipkin tracing: collector `host:port` and sampling percentage.
-    pub zipkin: Option<(String, f64)>,
+    /// File access logging.
+    pub access_log: Option<FileLog>,
+    /// Zipkin tracing.
+    pub zipkin: Option<Zipkin>,
+}
+
+/// File access logging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileLog {
+    /// The file (`/dev/stdout` by default).
+    pub path: String,
+    /// The log line format (Envoy's default when `None`).
+    pub format: Option<String>,
+}
+
+/// Zipkin tracing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Zipkin {
+    /// The collector's `host:port` (port 9411 when it has none).
+    pub address: String,
+    /// The percentage of requests sampled.
+    pub sampling_percent: f64,
+}
+
+/// The mesh as discovery sees it for one revision: what translation takes besides the
+/// gateways.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshModel {
+    /// Mesh services, sorted by namespace and name.
+    pub services: Vec<Service>,
+    /// HTTPRoutes attached to services or gateways, sorted by namespace and name.
+    pub routes: Vec<HttpRoute>,
 }

@@ -1,13 +1,16 @@
 //! The ADS server: state of the world and delta, for listeners, routes, clusters and load
-//! assignments. Each stream keeps, per type, what it subscribed to and what it was last
-//! sent; a new snapshot is sent only where that stream's view changed. Nonces are per
-//! stream; a NACK is logged and counted, and the NACKed content is not sent again.
-//! Listeners depend on the client: a gateway's pods see only that gateway's listeners,
-//! every other client only the mesh's.
+//! assignments. Each stream keeps, per type, a [`Subscription`]: what it subscribed to and
+//! what it was last sent; a new snapshot is sent only where that stream's view changed.
+//! Nonces are per stream; a NACK is logged and counted, and the NACKed content is not sent
+//! again. Listeners depend on the client: a gateway's pods see only that gateway's
+//! listeners, every other client only the mesh's. One stream loop serves both variants;
+//! a `Variant` says how each reads its requests and encodes its responses.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -18,12 +21,11 @@ use prost::Message;
 use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
-use super::grpc::Sender;
+use super::grpc::{Sender, StreamHandler};
 use super::metrics::XdsMetrics;
 use super::model;
-use super::snapshot::{
-    Cache, Encoded, Snapshot, TYPES, TypeSet, View, delta_field, set_version, short, sotw_field, wildcard_type,
-};
+use super::snapshot::{Cache, Snapshot, TYPES, TypeSet, View, delta_field, short, sotw_field};
+use super::subscription::{Freshness, SotwOwed, SotwResources, Subscription};
 
 /// The `ROLE` of a gateway's pods.
 pub const GATEWAY_ROLE: &str = "gateway";
@@ -139,238 +141,239 @@ impl AdsServer {
     }
 }
 
-/// Per type, what a state-of-the-world stream asked for and was sent.
+/// One stream's state: who the client is, and its subscriptions by type URL.
 #[derive(Default)]
-struct SotwType {
-    wildcard: bool,
-    names: BTreeSet<String>,
-    /// Version of the content last sent (none before the first response).
-    sent: Option<String>,
-    /// Nonce of the last response.
-    nonce: String,
+struct StreamState {
+    client: Option<Client>,
+    subscriptions: BTreeMap<String, Subscription>,
+    nonces: Nonces,
 }
 
-/// Per type, what a delta stream is subscribed to and holds.
+/// A stream's nonces: one sequence across its types.
 #[derive(Default)]
-struct DeltaType {
-    wildcard: bool,
-    names: BTreeSet<String>,
-    /// What the client holds: name → version.
-    held: BTreeMap<String, String>,
-    /// Subscribed names already reported as absent.
-    told_missing: BTreeSet<String>,
-    subscribed: bool,
+struct Nonces(u64);
+
+impl Nonces {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        self.0.to_string()
+    }
 }
 
-impl AdsServer {
-    /// Serves one state-of-the-world stream until the client ends it, then writes the
-    /// final status.
-    pub(super) async fn serve_sotw(self, mut incoming: Streaming<DiscoveryRequest>, out: Sender) {
-        let _connected = self.metrics.stream_opened("sotw");
-        let result = self.sotw(&mut incoming, &out).await;
-        out.finish(result).await;
-    }
+/// An encoded response: this stream's own fields, then the bytes it shares with others.
+struct Outgoing {
+    head: Vec<u8>,
+    shared: Option<Bytes>,
+}
 
-    /// Serves one delta stream, like [`AdsServer::serve_sotw`].
-    pub(super) async fn serve_delta(self, mut incoming: Streaming<DeltaDiscoveryRequest>, out: Sender) {
-        let _connected = self.metrics.stream_opened("delta");
-        let result = self.delta(&mut incoming, &out).await;
-        out.finish(result).await;
-    }
-
-    async fn sotw(&self, incoming: &mut Streaming<DiscoveryRequest>, out: &Sender) -> Result<(), Status> {
-        let mut snapshots = self.cache.subscribe();
-        let mut types: BTreeMap<String, SotwType> = BTreeMap::new();
-        let mut client: Option<Client> = None;
-        let mut nonce: u64 = 0;
-        loop {
-            tokio::select! {
-                message = incoming.message() => {
-                    let Some(req) = message? else { return Ok(()) };
-                    if !self.served(&mut client, req.node.as_ref(), &req.type_url)? {
-                        continue;
-                    }
-                    let state = types.entry(req.type_url.clone()).or_default();
-                    if !req.response_nonce.is_empty() && req.response_nonce != state.nonce {
-                        // An answer to an older response: the newer one is still on its way.
-                        continue;
-                    }
-                    self.log_nack(&client, &req.type_url, &req.response_nonce, req.error_detail.as_ref());
-                    let names: BTreeSet<String> = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
-                    state.wildcard = wildcard_type(&req.type_url) && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
-                    state.names = names;
-                    let snap = snapshots.borrow_and_update().clone();
-                    self.push_sotw(&req.type_url, &snap, Self::view(&client), &mut types, &mut nonce, out).await?;
-                }
-                changed = snapshots.changed() => {
-                    if changed.is_err() { return Ok(()) }
-                    let snap = snapshots.borrow_and_update().clone();
-                    for t in TYPES {
-                        if types.contains_key(t) {
-                            self.push_sotw(t, &snap, Self::view(&client), &mut types, &mut nonce, out).await?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Sends one type's view if it differs from what the stream was last sent.
-    async fn push_sotw(
-        &self,
+/// One of the two ADS variants: what its requests say, and how what a subscription is
+/// owed becomes a response.
+trait Variant {
+    /// Its request message.
+    type Request: Send + 'static;
+    /// Its label in the streams metric.
+    const LABEL: &'static str;
+    /// The node, which only the first request must carry.
+    fn node(req: &Self::Request) -> Option<&Node>;
+    /// The requested type.
+    fn type_url(req: &Self::Request) -> &str;
+    /// The nonce the request answers, and the error when it is a NACK.
+    fn nack(req: &Self::Request) -> (&str, Option<&RpcStatus>);
+    /// Applies a request to its type's subscription: `false` when it is ignored.
+    fn apply(sub: &mut Subscription, req: &Self::Request) -> bool;
+    /// The response `set` owes `sub`, if any, encoded and recorded as sent.
+    fn respond(
+        sub: &mut Subscription,
         type_url: &str,
-        snap: &Snapshot,
-        view: &View,
-        types: &mut BTreeMap<String, SotwType>,
-        nonce: &mut u64,
-        out: &Sender,
-    ) -> Result<(), Status> {
-        // Nothing is answered before the sources have synced (the first snapshot is 1).
-        let Some(state) = types.get_mut(type_url).filter(|_| snap.version > 0) else {
-            return Ok(());
-        };
-        let empty = TypeSet::default();
-        let set = snap.of(type_url, view).unwrap_or(&empty);
-        let version = if state.wildcard {
-            set.wildcard_version.clone()
-        } else {
-            set_version(state.names.iter().map(|n| (n, set.items.get(n).map(|e| &e.version))))
-        };
-        if state.sent.as_deref() == Some(version.as_str()) {
-            return Ok(());
-        }
-        *nonce += 1;
-        state.nonce = nonce.to_string();
-        state.sent = Some(version.clone());
+        set: &TypeSet,
+        snapshot: u64,
+        nonces: &mut Nonces,
+    ) -> Option<Outgoing>;
+}
+
+/// State of the world: every response carries the whole view.
+struct Sotw;
+
+impl Variant for Sotw {
+    type Request = DiscoveryRequest;
+    const LABEL: &'static str = "sotw";
+
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn type_url(req: &DiscoveryRequest) -> &str {
+        &req.type_url
+    }
+
+    fn nack(req: &DiscoveryRequest) -> (&str, Option<&RpcStatus>) {
+        (&req.response_nonce, req.error_detail.as_ref())
+    }
+
+    fn apply(sub: &mut Subscription, req: &DiscoveryRequest) -> bool {
+        sub.sotw_request(&req.resource_names, &req.response_nonce) == Freshness::Current
+    }
+
+    fn respond(sub: &mut Subscription, type_url: &str, set: &TypeSet, _: u64, nonces: &mut Nonces) -> Option<Outgoing> {
+        let owed = sub.sotw_owed(set)?;
+        let nonce = nonces.next();
+        sub.sotw_sent(&owed, &nonce);
+        let SotwOwed { version, resources } = owed;
         let mut head = DiscoveryResponse {
             version_info: version,
             type_url: type_url.to_string(),
-            nonce: state.nonce.clone(),
+            nonce,
             ..Default::default()
         }
         .encode_to_vec();
-        let shared = if state.wildcard {
-            Some(set.all_sotw.clone())
-        } else {
-            for e in state.names.iter().filter_map(|n| set.items.get(n)) {
-                sotw_field(&e.any, &mut head);
+        let shared = match resources {
+            SotwResources::Shared(all) => Some(all),
+            SotwResources::Named(items) => {
+                for e in items {
+                    sotw_field(&e.any, &mut head);
+                }
+                None
             }
-            None
         };
-        out.message(head, shared)
-            .await
-            .map_err(|_| Status::cancelled("stream closed"))?;
-        self.metrics.pushed(short(type_url), snap.changed_at);
-        Ok(())
+        Some(Outgoing { head, shared })
+    }
+}
+
+/// Delta: responses carry what changed since the client last heard.
+struct Delta;
+
+impl Variant for Delta {
+    type Request = DeltaDiscoveryRequest;
+    const LABEL: &'static str = "delta";
+
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
     }
 
-    async fn delta(&self, incoming: &mut Streaming<DeltaDiscoveryRequest>, out: &Sender) -> Result<(), Status> {
-        let mut snapshots = self.cache.subscribe();
-        let mut types: BTreeMap<String, DeltaType> = BTreeMap::new();
-        let mut client: Option<Client> = None;
-        let mut nonce: u64 = 0;
-        loop {
-            tokio::select! {
-                message = incoming.message() => {
-                    let Some(req) = message? else { return Ok(()) };
-                    if !self.served(&mut client, req.node.as_ref(), &req.type_url)? {
-                        continue;
-                    }
-                    self.log_nack(&client, &req.type_url, &req.response_nonce, req.error_detail.as_ref());
-                    let state = types.entry(req.type_url.clone()).or_default();
-                    if !state.subscribed {
-                        state.subscribed = true;
-                        // Wildcard when the first request names nothing (or `*`).
-                        state.wildcard = wildcard_type(&req.type_url) && req.resource_names_subscribe.is_empty();
-                        state.held = req.initial_resource_versions.clone().into_iter().collect();
-                    }
-                    for name in &req.resource_names_subscribe {
-                        if name == "*" { state.wildcard = true } else { state.names.insert(name.clone()); }
-                    }
-                    for name in &req.resource_names_unsubscribe {
-                        if name == "*" { state.wildcard = false } else { state.names.remove(name); }
-                        state.held.remove(name);
-                        state.told_missing.remove(name);
-                    }
-                    let snap = snapshots.borrow_and_update().clone();
-                    self.push_delta(&req.type_url, &snap, Self::view(&client), &mut types, &mut nonce, out).await?;
-                }
-                changed = snapshots.changed() => {
-                    if changed.is_err() { return Ok(()) }
-                    let snap = snapshots.borrow_and_update().clone();
-                    for t in TYPES {
-                        if types.contains_key(t) {
-                            self.push_delta(t, &snap, Self::view(&client), &mut types, &mut nonce, out).await?;
-                        }
-                    }
-                }
-            }
-        }
+    fn type_url(req: &DeltaDiscoveryRequest) -> &str {
+        &req.type_url
     }
 
-    /// Sends what changed for one type since the client last heard: new or changed
-    /// resources, and the names of those that no longer exist.
-    async fn push_delta(
-        &self,
+    fn nack(req: &DeltaDiscoveryRequest) -> (&str, Option<&RpcStatus>) {
+        (&req.response_nonce, req.error_detail.as_ref())
+    }
+
+    fn apply(sub: &mut Subscription, req: &DeltaDiscoveryRequest) -> bool {
+        sub.delta_request(
+            &req.resource_names_subscribe,
+            &req.resource_names_unsubscribe,
+            &req.initial_resource_versions,
+        );
+        true
+    }
+
+    fn respond(
+        sub: &mut Subscription,
         type_url: &str,
-        snap: &Snapshot,
-        view: &View,
-        types: &mut BTreeMap<String, DeltaType>,
-        nonce: &mut u64,
-        out: &Sender,
-    ) -> Result<(), Status> {
-        let Some(state) = types.get_mut(type_url).filter(|_| snap.version > 0) else {
-            return Ok(());
-        };
-        let empty = TypeSet::default();
-        let set = snap.of(type_url, view).unwrap_or(&empty);
-        let all = &set.items;
-        let in_scope = |name: &String| state.wildcard || state.names.contains(name);
-        let changed: Vec<(&String, &Encoded)> = all
-            .iter()
-            .filter(|(n, e)| in_scope(n) && state.held.get(*n) != Some(&e.version))
-            .collect();
-        let removed: Vec<String> = state.held.keys().filter(|n| !all.contains_key(*n)).cloned().collect();
-        // A subscribed name that does not exist is reported removed once, so the client
-        // does not wait for it.
-        let unknown: Vec<String> = state
-            .names
-            .iter()
-            .filter(|n| !all.contains_key(*n) && !state.held.contains_key(*n) && !state.told_missing.contains(*n))
-            .cloned()
-            .collect();
-        if changed.is_empty() && removed.is_empty() && unknown.is_empty() {
-            return Ok(());
-        }
-        for (name, e) in &changed {
-            state.held.insert((*name).clone(), e.version.clone());
-            state.told_missing.remove(*name);
-        }
-        for n in &removed {
-            state.held.remove(n);
-        }
-        state.told_missing.extend(unknown.iter().cloned());
-        let mut removed_resources = removed;
-        removed_resources.extend(unknown);
-        *nonce += 1;
+        set: &TypeSet,
+        snapshot: u64,
+        nonces: &mut Nonces,
+    ) -> Option<Outgoing> {
+        let owed = sub.delta_owed(set)?;
+        let nonce = nonces.next();
+        sub.delta_sent(&owed, &nonce);
         let mut head = DeltaDiscoveryResponse {
-            system_version_info: snap.version.to_string(),
+            system_version_info: snapshot.to_string(),
             type_url: type_url.to_string(),
-            removed_resources,
-            nonce: nonce.to_string(),
+            removed_resources: owed.removed_resources(),
+            nonce,
             ..Default::default()
         }
         .encode_to_vec();
         // Everything at once (a new subscriber) shares the snapshot's encoding.
-        let shared = if changed.len() == all.len() {
+        let shared = if owed.whole_set {
             Some(set.all_delta.clone())
         } else {
-            for (name, e) in &changed {
+            for (name, e) in &owed.changed {
                 delta_field(name, e, &mut head);
             }
             None
         };
-        out.message(head, shared)
+        Some(Outgoing { head, shared })
+    }
+}
+
+impl StreamHandler for AdsServer {
+    fn sotw<'a>(
+        &'a self,
+        incoming: Streaming<DiscoveryRequest>,
+        out: &'a Sender,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        self.serve::<Sotw>(incoming, out)
+    }
+
+    fn delta<'a>(
+        &'a self,
+        incoming: Streaming<DeltaDiscoveryRequest>,
+        out: &'a Sender,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        self.serve::<Delta>(incoming, out)
+    }
+}
+
+impl AdsServer {
+    /// Serves one stream until the client ends it: each request updates its type's
+    /// subscription and is answered from the current snapshot; each new snapshot is sent
+    /// to every subscribed type it changes.
+    async fn serve<V: Variant>(&self, mut incoming: Streaming<V::Request>, out: &Sender) -> Result<(), Status> {
+        let _connected = self.metrics.stream_opened(V::LABEL);
+        let mut snapshots = self.cache.subscribe();
+        let mut stream = StreamState::default();
+        loop {
+            tokio::select! {
+                message = incoming.message() => {
+                    let Some(req) = message? else { return Ok(()) };
+                    let type_url = V::type_url(&req);
+                    if !self.served(&mut stream.client, V::node(&req), type_url)? {
+                        continue;
+                    }
+                    let sub = stream
+                        .subscriptions
+                        .entry(type_url.to_string())
+                        .or_insert_with(|| Subscription::new(type_url));
+                    if !V::apply(sub, &req) {
+                        // An answer to an older response: the newer one is still on its way.
+                        continue;
+                    }
+                    let (nonce, error) = V::nack(&req);
+                    self.log_nack(&stream.client, type_url, nonce, error);
+                    let snap = snapshots.borrow_and_update().clone();
+                    self.push::<V>(type_url, &snap, &mut stream, out).await?;
+                }
+                changed = snapshots.changed() => {
+                    if changed.is_err() { return Ok(()) }
+                    let snap = snapshots.borrow_and_update().clone();
+                    for t in TYPES {
+                        self.push::<V>(t, &snap, &mut stream, out).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one subscribed type what the snapshot owes it, if anything.
+    async fn push<V: Variant>(
+        &self,
+        type_url: &str,
+        snap: &Snapshot,
+        stream: &mut StreamState,
+        out: &Sender,
+    ) -> Result<(), Status> {
+        // Nothing is answered before the sources have synced (the first snapshot is 1).
+        let Some(sub) = stream.subscriptions.get_mut(type_url).filter(|_| snap.version > 0) else {
+            return Ok(());
+        };
+        let empty = TypeSet::default();
+        let set = snap.of(type_url, Self::view(&stream.client)).unwrap_or(&empty);
+        let Some(response) = V::respond(sub, type_url, set, snap.version, &mut stream.nonces) else {
+            return Ok(());
+        };
+        out.message(response.head, response.shared)
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
         self.metrics.pushed(short(type_url), snap.changed_at);

@@ -80,7 +80,8 @@ pub struct TypeSet {
 }
 
 impl TypeSet {
-    fn new(items: BTreeMap<String, Encoded>) -> TypeSet {
+    /// A set of `items`, with its wildcard version and shared encodings.
+    pub fn new(items: BTreeMap<String, Encoded>) -> TypeSet {
         let wildcard_version = format!("*{}", set_version(items.iter().map(|(n, e)| (n, Some(&e.version)))));
         let mut all_sotw = Vec::new();
         let mut all_delta = Vec::new();

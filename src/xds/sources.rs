@@ -18,11 +18,11 @@ use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
 use super::model::{
-    Backend, Endpoint, Gateway, GatewayPort, HeaderMatch, HttpRoute, ParentKind, ParentRef, PathMatch, RouteMatch,
-    RouteRule, Service, ServicePort,
+    Backend, Endpoint, Gateway, GatewayPort, HeaderMatch, HttpRoute, MeshModel, ParentKind, ParentRef, PathMatch,
+    RouteMatch, RouteRule, Service, ServicePort,
 };
 use crate::api::labels;
-use crate::api::{MeshGateway, MeshGatewaySpec, MeshInstall};
+use crate::api::{MeshGateway, MeshInstall};
 
 /// The live objects discovery reads.
 #[derive(Clone)]
@@ -196,7 +196,7 @@ impl Sources {
 
     /// Builds the model for `revision`, limited to namespaces matching `selectors` (all
     /// when empty).
-    pub fn model(&self, revision: &str, selectors: &[LabelSelector]) -> (Vec<Service>, Vec<HttpRoute>) {
+    pub fn model(&self, revision: &str, selectors: &[LabelSelector]) -> MeshModel {
         let in_mesh = |ns: &str| {
             if selectors.is_empty() {
                 return true;
@@ -247,7 +247,7 @@ impl Sources {
             .filter_map(|r| route_model(r))
             .collect();
         routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        (services, routes)
+        MeshModel { services, routes }
     }
 }
 
@@ -268,17 +268,17 @@ pub fn selector_matches(s: &LabelSelector, labels: &BTreeMap<String, String>) ->
 }
 
 /// A MeshGateway of mesh `mesh` (any mesh when `None`), or `None` when it belongs to
-/// another mesh or its spec does not decode.
+/// another mesh or does not decode.
 fn gateway_model(g: &DynamicObject, mesh: Option<&str>) -> Option<Gateway> {
-    let spec: MeshGatewaySpec = match g.data.get("spec").map(|s| serde_json::from_value(s.clone())) {
-        Some(Ok(spec)) => spec,
-        Some(Err(e)) => {
+    let gateway = match g.clone().try_parse::<MeshGateway>() {
+        Ok(gateway) => gateway,
+        Err(e) => {
             // Every retranslation meets it again: debug, not warn. The operator reports it.
-            tracing::debug!(gateway = %g.name_any(), error = %e, "skipping a MeshGateway whose spec does not decode");
+            tracing::debug!(gateway = %g.name_any(), error = %e, "skipping a MeshGateway that does not decode");
             return None;
         }
-        None => return None,
     };
+    let spec = &gateway.spec;
     if mesh.is_some_and(|m| m != spec.mesh) {
         return None;
     }
@@ -294,8 +294,8 @@ fn gateway_model(g: &DynamicObject, mesh: Option<&str>) -> Option<Gateway> {
         })
         .collect();
     Some(Gateway {
-        name: g.name_any(),
-        namespace: g.namespace().unwrap_or_default(),
+        name: gateway.name_any(),
+        namespace: gateway.namespace().unwrap_or_default(),
         ports,
     })
 }
@@ -677,5 +677,18 @@ mod tests {
     fn a_meshgateway_that_does_not_decode_is_skipped() {
         let bad = gateway("prod", serde_json::json!({"ports": "not a list"}));
         assert!(gateway_model(&bad, None).is_none());
+    }
+
+    #[test]
+    fn a_meshgateway_without_a_spec_is_skipped_and_its_status_is_no_obstacle() {
+        let no_spec: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
+            "metadata": {"name": "ingress", "namespace": "edge"}
+        }))
+        .unwrap();
+        assert!(gateway_model(&no_spec, None).is_none());
+        let mut with_status = gateway("prod", serde_json::json!({}));
+        with_status.data["status"] = serde_json::json!({"revision": "rev-a", "replicas": 2});
+        assert!(gateway_model(&with_status, Some("prod")).is_some());
     }
 }

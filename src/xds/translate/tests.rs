@@ -11,8 +11,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use prost::Message;
 
-use super::model::*;
-use super::translate::{translate, translate_all};
+use super::{translate, translate_all};
+use crate::xds::model::*;
 
 fn endpoint(address: &str, port: u16, zone: &str, ready: bool, terminating: bool) -> Endpoint {
     Endpoint {
@@ -102,8 +102,14 @@ pub(super) fn world() -> (Vec<Service>, Vec<HttpRoute>) {
 
 pub(super) fn telemetry() -> Telemetry {
     Telemetry {
-        access_log: Some(("/dev/stdout".into(), None)),
-        zipkin: Some(("zipkin.tracing:9411".into(), 1.0)),
+        access_log: Some(FileLog {
+            path: "/dev/stdout".into(),
+            format: None,
+        }),
+        zipkin: Some(Zipkin {
+            address: "zipkin.tracing:9411".into(),
+            sampling_percent: 1.0,
+        }),
     }
 }
 

@@ -11,8 +11,8 @@ use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost}
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
-use super::model::{self, Gateway, GatewayPort, HttpRoute, ParentKind, Telemetry};
-use super::translate::{connection_manager, ranked_routes};
+use super::http::{connection_manager, ranked_routes};
+use crate::xds::model::{self, Gateway, GatewayPort, HttpRoute, ParentKind, Telemetry};
 
 /// The virtual host (and hostname key) of requests no hostname claims.
 const ANY_HOST: &str = "*";

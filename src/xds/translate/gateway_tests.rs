@@ -12,9 +12,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use prost::Message;
 
 use super::gateway::translate;
-use super::model::*;
 use super::tests::{golden, telemetry, world};
-use super::translate::translate_all;
+use super::translate_all;
+use crate::xds::model::*;
 
 const HTTP: &str = "gateway|80|edge/ingress";
 const ALT: &str = "gateway|8443|edge/ingress";
