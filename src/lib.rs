@@ -1,5 +1,5 @@
 //! Weft: a Kubernetes operator that installs, upgrades and runs a service mesh, with its own
-//! embedded xDS control plane. See `DESIGN.md` in the shared docs for the architecture.
+//! embedded xDS control plane. `docs/architecture.md` describes the architecture.
 
 pub mod api;
 pub mod http;
