@@ -109,39 +109,18 @@ fn revision_changed(gw: &MeshGateway, new: &MeshGatewayStatus) -> Option<Note> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::mesh_install::{MeshInstallStatus, RevisionStatus, TagStatus};
+    use crate::operator::mesh_gateway::fixtures;
     use crate::render::OwnedKind;
 
     fn gw(yaml: &str, status: Option<MeshGatewayStatus>) -> MeshGateway {
-        let mut g = MeshGateway::new("ingress", serde_saphyr::from_str(yaml).unwrap());
-        g.metadata.namespace = Some("shop".into());
-        g.metadata.generation = Some(1);
-        g.status = status;
-        g
+        MeshGateway {
+            status,
+            ..fixtures::gw(yaml)
+        }
     }
 
     fn mesh(version: &str, stable: &str) -> MeshInstall {
-        let mut mi = MeshInstall::new(
-            "mesh",
-            serde_saphyr::from_str("version: 1.0.0\nnamespace: weft-mesh\n").unwrap(),
-        );
-        mi.status = Some(MeshInstallStatus {
-            tags: vec![TagStatus {
-                name: "stable".into(),
-                revision: stable.into(),
-            }],
-            revisions: ["mesh-a", "mesh-b"]
-                .iter()
-                .map(|n| RevisionStatus {
-                    name: n.to_string(),
-                    version: version.into(),
-                    ready: true,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        });
-        mi
+        fixtures::mesh(version, &[("stable", stable)], &[("mesh-a", true), ("mesh-b", true)])
     }
 
     fn observed(mesh: Option<MeshInstall>) -> Observed {

@@ -5,6 +5,8 @@
 //! remove them; no finalizer is needed.
 
 pub mod decide;
+#[cfg(test)]
+mod fixtures;
 pub mod resolve;
 pub mod status;
 

@@ -71,40 +71,10 @@ pub fn resolve(gw: &MeshGateway, mesh: Option<&MeshInstall>) -> Resolution {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::mesh_install::{MeshInstallStatus, RevisionStatus, TagStatus};
-
-    fn gw(yaml: &str) -> MeshGateway {
-        let mut g = MeshGateway::new("ingress", serde_saphyr::from_str(yaml).unwrap());
-        g.metadata.namespace = Some("shop".into());
-        g.metadata.generation = Some(3);
-        g
-    }
+    use crate::operator::mesh_gateway::fixtures::{self, gw};
 
     fn mesh(tags: &[(&str, &str)], revisions: &[(&str, bool)]) -> MeshInstall {
-        let mut mi = MeshInstall::new(
-            "mesh",
-            serde_saphyr::from_str("version: 1.0.0\nnamespace: weft-mesh\n").unwrap(),
-        );
-        mi.status = Some(MeshInstallStatus {
-            tags: tags
-                .iter()
-                .map(|(n, r)| TagStatus {
-                    name: n.to_string(),
-                    revision: r.to_string(),
-                })
-                .collect(),
-            revisions: revisions
-                .iter()
-                .map(|(n, ready)| RevisionStatus {
-                    name: n.to_string(),
-                    version: "1.0.0".into(),
-                    ready: *ready,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        });
-        mi
+        fixtures::mesh("1.0.0", tags, revisions)
     }
 
     #[test]

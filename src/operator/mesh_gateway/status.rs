@@ -112,13 +112,7 @@ fn conditions(o: &GatewayObservation) -> Conditions {
 mod tests {
     use super::*;
     use crate::api::common::condition::{READY, RECONCILING, STALLED};
-
-    fn gw(yaml: &str) -> MeshGateway {
-        let mut g = MeshGateway::new("ingress", serde_saphyr::from_str(yaml).unwrap());
-        g.metadata.namespace = Some("shop".into());
-        g.metadata.generation = Some(3);
-        g
-    }
+    use crate::operator::mesh_gateway::fixtures::gw;
 
     fn deployment(desired: i32, ready: i32) -> Deployment {
         serde_json::from_value(serde_json::json!({

@@ -118,45 +118,17 @@ fn supported<'v>(mi: &MeshInstall, versions: &'v VersionTable) -> Result<&'v Mes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::mesh_install::{MeshInstallSpec, ReplicaCounts};
-    use crate::operator::health::Health;
+    use crate::operator::mesh_install::fixtures::{self, at, mesh, with_proxies};
     use crate::operator::mesh_install::names::Neighbour;
     use crate::operator::mesh_install::observe::{RevisionObservation, Usage};
     use crate::operator::mesh_install::steps::RevisionStep;
-    use kube::core::ObjectMeta;
     use std::collections::BTreeSet;
 
     const CANARY: &str = "version: 1.1.0\nupdateStrategy: {type: RevisionBased, inactiveRevisionDeletionGracePeriodSeconds: 30, \
                           promotion: {minReadySeconds: 0}}\nrevisionTags: [{name: canary, target: Latest}]";
 
-    fn mesh(spec: &str, status: Option<MeshInstallStatus>) -> MeshInstall {
-        MeshInstall {
-            metadata: ObjectMeta {
-                name: Some("m".into()),
-                uid: Some("uid-m".into()),
-                generation: Some(1),
-                ..Default::default()
-            },
-            spec: serde_saphyr::from_str::<MeshInstallSpec>(spec).unwrap(),
-            status,
-        }
-    }
-
     fn rev(name: &str, ready: bool) -> RevisionObservation {
-        let health = |ready: bool| Health {
-            counts: ReplicaCounts {
-                desired: 1,
-                ready: ready as i32,
-            },
-            ready,
-        };
-        RevisionObservation {
-            name: name.into(),
-            version: "x".into(),
-            control_plane: Some(health(ready)),
-            proxy: Some(health(true)),
-            proxy_wanted: true,
-        }
+        with_proxies(fixtures::rev(name, ready))
     }
 
     fn observed(revisions: Vec<RevisionObservation>) -> Observed {
@@ -170,13 +142,9 @@ mod tests {
         }
     }
 
-    fn at(secs: i64) -> Timestamp {
-        Timestamp::from_second(1_700_000_000 + secs).unwrap()
-    }
-
     #[test]
     fn a_new_mesh_installs_its_revision_and_says_so() {
-        let mi = mesh("version: 1.0.0", None);
+        let mi = mesh("version: 1.0.0", 1, None);
         let d = decide(&mi, &VersionTable::builtin(), &observed(vec![]), at(0));
         assert_eq!(d.target, "m");
         let objects = d.install.expect("objects to apply");
@@ -192,7 +160,7 @@ mod tests {
 
     #[test]
     fn an_unsupported_version_stalls_and_touches_nothing() {
-        let mi = mesh("version: 9.9.9", None);
+        let mi = mesh("version: 9.9.9", 1, None);
         let d = decide(&mi, &VersionTable::builtin(), &observed(vec![rev("m", true)]), at(0));
         assert!(d.install.is_none(), "nothing is applied");
         assert_eq!(d.status.state.as_deref(), Some("Stalled"));
@@ -204,7 +172,7 @@ mod tests {
 
     #[test]
     fn a_name_an_older_mesh_has_stalls_the_newer() {
-        let mi = mesh(CANARY, None);
+        let mi = mesh(CANARY, 1, None);
         let older = Neighbour {
             name: "first".into(),
             revisions: BTreeSet::from(["first".to_string()]),
@@ -227,10 +195,10 @@ mod tests {
     /// old one deleted after the grace period, with each step recorded once.
     #[test]
     fn an_upgrade_promotes_then_prunes_with_its_steps() {
-        let old = mesh(&CANARY.replace("1.1.0", "1.0.0"), None);
+        let old = mesh(&CANARY.replace("1.1.0", "1.0.0"), 1, None);
         let versions = VersionTable::builtin();
         let d = decide(&old, &versions, &observed(vec![rev("m-v1-0-0", true)]), at(0));
-        let step = |status: MeshInstallStatus| mesh(CANARY, Some(status));
+        let step = |status: MeshInstallStatus| mesh(CANARY, 1, Some(status));
 
         let mi = step(d.status);
         let both = vec![rev("m-v1-0-0", true), rev("m-v1-1-0", true)];
@@ -258,10 +226,10 @@ mod tests {
 
     #[test]
     fn an_unchanged_world_decides_the_same_status() {
-        let mi = mesh("version: 1.0.0", None);
+        let mi = mesh("version: 1.0.0", 1, None);
         let versions = VersionTable::builtin();
         let d = decide(&mi, &versions, &observed(vec![rev("m", true)]), at(0));
-        let mi = mesh("version: 1.0.0", Some(d.status.clone()));
+        let mi = mesh("version: 1.0.0", 1, Some(d.status.clone()));
         let again = decide(&mi, &versions, &observed(vec![rev("m", true)]), at(100));
         assert_eq!(again.status, d.status, "no write");
         assert!(again.steps.is_empty());

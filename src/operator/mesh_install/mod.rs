@@ -5,6 +5,8 @@
 
 pub mod apply;
 pub mod decide;
+#[cfg(test)]
+mod fixtures;
 pub mod names;
 pub mod observe;
 pub mod revisions;

@@ -104,27 +104,14 @@ impl Neighbours {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::mesh_install::MeshInstallSpec;
-    use kube::core::ObjectMeta;
+    use crate::operator::mesh_install::fixtures::mesh;
 
     const SPEC: &str = "version: 1.1.0\nupdateStrategy: {type: RevisionBased}\n\
                         revisionTags: [{name: stable, target: Active}, {name: canary, target: Latest}]";
 
-    fn mesh(spec: &str, generation: i64) -> MeshInstall {
-        MeshInstall {
-            metadata: ObjectMeta {
-                name: Some("m".into()),
-                generation: Some(generation),
-                ..Default::default()
-            },
-            spec: serde_saphyr::from_str::<MeshInstallSpec>(spec).unwrap(),
-            status: None,
-        }
-    }
-
     #[test]
     fn names_clash_only_with_older_meshes() {
-        let mine = Neighbour::of(&mesh(SPEC, 1), false);
+        let mine = Neighbour::of(&mesh(SPEC, 1, None), false);
         let other = |older, tags: &[&str]| Neighbour {
             name: "other".into(),
             revisions: BTreeSet::from(["other".to_string()]),
@@ -150,11 +137,11 @@ mod tests {
             tags: BTreeSet::from(["prod".to_string()]),
             older: true,
         };
-        let n = Neighbours::of(&mesh(SPEC, 1), std::slice::from_ref(&older));
+        let n = Neighbours::of(&mesh(SPEC, 1, None), std::slice::from_ref(&older));
         assert!(!n.owns_default);
         assert_eq!(n.taken, BTreeSet::from(["old".to_string(), "prod".to_string()]));
         assert_eq!(n.conflict, None);
         let newer = Neighbour { older: false, ..older };
-        assert!(Neighbours::of(&mesh(SPEC, 1), &[newer]).owns_default);
+        assert!(Neighbours::of(&mesh(SPEC, 1, None), &[newer]).owns_default);
     }
 }

@@ -374,46 +374,12 @@ fn requeue(due: Vec<i64>) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::mesh_install::{MeshInstallSpec, ReplicaCounts, RevisionStatus};
-    use crate::operator::health::Health;
-    use kube::core::ObjectMeta;
+    use crate::api::mesh_install::RevisionStatus;
+    use crate::operator::mesh_install::fixtures::{at, mesh, rev};
 
     const SPEC: &str = "version: 1.1.0\nupdateStrategy: {type: RevisionBased, inactiveRevisionDeletionGracePeriodSeconds: 30, \
                         promotion: {minReadySeconds: 20, progressDeadlineSeconds: 60}}\n\
                         revisionTags: [{name: stable, target: Active}, {name: canary, target: Latest}, {name: pin, target: m-v1-0-0}]";
-
-    fn mesh(spec: &str, generation: i64, status: Option<MeshInstallStatus>) -> MeshInstall {
-        MeshInstall {
-            metadata: ObjectMeta {
-                name: Some("m".into()),
-                generation: Some(generation),
-                ..Default::default()
-            },
-            spec: serde_saphyr::from_str::<MeshInstallSpec>(spec).unwrap(),
-            status,
-        }
-    }
-
-    fn rev(name: &str, ready: bool) -> RevisionObservation {
-        let health = Health {
-            counts: ReplicaCounts {
-                desired: 1,
-                ready: ready as i32,
-            },
-            ready,
-        };
-        RevisionObservation {
-            name: name.into(),
-            version: "x".into(),
-            control_plane: Some(health),
-            proxy: None,
-            proxy_wanted: false,
-        }
-    }
-
-    fn at(secs: i64) -> Timestamp {
-        Timestamp::from_second(1_700_000_000 + secs).unwrap()
-    }
 
     fn synced() -> Usage {
         Usage {

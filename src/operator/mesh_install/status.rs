@@ -151,44 +151,14 @@ fn rollout_reason(previous: &MeshInstallStatus, generation: Option<i64>, promote
 mod tests {
     use super::*;
     use crate::api::common::condition::RECONCILING;
-    use crate::api::mesh_install::{MeshInstallSpec, ReplicaCounts, TagStatus};
-    use crate::operator::health::Health;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    use crate::api::mesh_install::TagStatus;
+    use crate::operator::mesh_install::fixtures::{self, mesh, with_proxies};
     use k8s_openapi::jiff::Timestamp;
-    use kube::core::ObjectMeta;
 
-    fn mesh(generation: i64, status: Option<MeshInstallStatus>) -> MeshInstall {
-        MeshInstall {
-            metadata: ObjectMeta {
-                name: Some("m".into()),
-                generation: Some(generation),
-                ..Default::default()
-            },
-            spec: serde_saphyr::from_str::<MeshInstallSpec>(
-                "version: 1.0.0\nrevisionTags: [{name: canary, target: Latest}, {name: pinned, target: old}]",
-            )
-            .unwrap(),
-            status,
-        }
-    }
+    const SPEC: &str = "version: 1.0.0\nrevisionTags: [{name: canary, target: Latest}, {name: pinned, target: old}]";
 
     fn rev(ready: bool) -> RevisionObservation {
-        RevisionObservation {
-            name: "m".into(),
-            version: "1.0.0".into(),
-            control_plane: Some(Health {
-                counts: ReplicaCounts {
-                    desired: 1,
-                    ready: ready as i32,
-                },
-                ready,
-            }),
-            proxy: Some(Health {
-                counts: ReplicaCounts { desired: 3, ready: 3 },
-                ready: true,
-            }),
-            proxy_wanted: true,
-        }
+        with_proxies(fixtures::rev("m", ready))
     }
 
     fn at(secs: i64) -> Time {
@@ -229,14 +199,14 @@ mod tests {
 
     #[test]
     fn installing_then_ready_then_unchanged() {
-        let m = mesh(1, None);
+        let m = mesh(SPEC, 1, None);
         let s1 = status(&m, vec![rev(false)], None, at(10));
         assert_eq!(s1.state.as_deref(), Some("Installing"));
         assert_eq!(cond(&s1, READY).status, "False");
         assert_eq!(cond(&s1, RECONCILING).status, "True");
         assert!(cond(&s1, READY).message.contains("control plane 0/1 ready"));
 
-        let m = mesh(1, Some(s1));
+        let m = mesh(SPEC, 1, Some(s1));
         let s2 = status(&m, vec![rev(true)], None, at(20));
         assert_eq!(s2.state.as_deref(), Some("Healthy"));
         assert_eq!(cond(&s2, READY).status, "True");
@@ -261,14 +231,14 @@ mod tests {
         );
 
         // Nothing changed: the same status, so the operator writes nothing.
-        let m = mesh(1, Some(s2.clone()));
+        let m = mesh(SPEC, 1, Some(s2.clone()));
         let s3 = status(&m, vec![rev(true)], None, at(30));
         assert_eq!(s3, s2);
     }
 
     #[test]
     fn stalled_keeps_revision_health_and_is_never_reconciling() {
-        let m = mesh(2, None);
+        let m = mesh(SPEC, 2, None);
         let stall = Stall {
             reason: StallReason::UnsupportedVersion,
             message: "version 9.9.9 is not supported".into(),
@@ -284,12 +254,12 @@ mod tests {
 
     #[test]
     fn a_ready_mesh_that_loses_pods_without_a_spec_change_is_degraded() {
-        let m = mesh(1, None);
+        let m = mesh(SPEC, 1, None);
         let ready = status(&m, vec![rev(true)], None, at(1));
-        let m = mesh(1, Some(ready.clone()));
+        let m = mesh(SPEC, 1, Some(ready.clone()));
         let s = status(&m, vec![rev(false)], None, at(2));
         assert_eq!(s.state.as_deref(), Some("Degraded"));
-        let m = mesh(2, Some(ready));
+        let m = mesh(SPEC, 2, Some(ready));
         let s = status(&m, vec![rev(false)], None, at(2));
         assert_eq!(s.state.as_deref(), Some("Updating"));
     }
