@@ -61,3 +61,33 @@ impl Queue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{MeshGateway, MeshInstall};
+
+    #[test]
+    fn depth_counts_each_waiting_object_once_until_its_reconcile_starts() {
+        let metrics = Metrics::new();
+        let q = Queue::new("test", metrics.clone());
+        let depth = || {
+            metrics
+                .workqueue_depth
+                .get_or_create(&NameLabels { name: "test".into() })
+                .get()
+        };
+        let mesh = key(&ObjectRef::<MeshInstall>::new("m"));
+        let gw = key(&ObjectRef::<MeshGateway>::new("ingress").within("shop"));
+        assert_eq!((mesh.as_str(), gw.as_str()), ("m", "shop/ingress"));
+        q.added(&mesh);
+        q.added(&mesh);
+        q.added(&gw);
+        assert_eq!(depth(), 2, "one trigger or two, an object waits once");
+        q.started(&mesh);
+        q.started("never-added");
+        assert_eq!(depth(), 1);
+        q.started(&gw);
+        assert_eq!(depth(), 0);
+    }
+}

@@ -121,3 +121,40 @@ fn warn_undecodable<K: Resource<DynamicType = ()> + Clone>(event: &watcher::Even
         warn!(kind = %K::kind(&()), object = %name, error = %e, "skipping an object that does not decode");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MeshInstall;
+
+    fn guarded(json: serde_json::Value) -> Guarded<MeshInstall> {
+        serde_json::from_value(json).expect("a guard always decodes")
+    }
+
+    #[test]
+    fn an_object_that_does_not_decode_is_carried_and_skipped() {
+        let good = guarded(serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "MeshInstall",
+            "metadata": {"name": "good"}, "spec": {"version": "1.0.0"}
+        }));
+        let bad = guarded(serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "MeshInstall",
+            "metadata": {"name": "bad"}, "spec": {"version": ["not", "a", "string"]}
+        }));
+        assert!(bad.0.is_err(), "the spec does not decode");
+        let mut writer = reflector::store::Writer::<Guarded<MeshInstall>>::default();
+        for o in [good, bad] {
+            writer.apply_watcher_event(&watcher::Event::Apply(o));
+        }
+        let store = writer.as_reader();
+        assert_eq!(
+            store.state().len(),
+            2,
+            "both are in the store, so the list is not blocked"
+        );
+        let names: Vec<String> = valid(&store).iter().map(|m| m.name_any()).collect();
+        assert_eq!(names, ["good"]);
+        assert!(get(&store, "bad", None).is_none());
+        assert!(get(&store, "good", None).is_some());
+    }
+}
