@@ -10,18 +10,18 @@ use std::time::Duration;
 
 use futures::future::{self, BoxFuture};
 use futures::{FutureExt, Stream, StreamExt};
+use kube::Resource;
 use kube::api::DynamicObject;
 use kube::runtime::controller::{self, Action, Config, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::error::Error;
 use super::index::OwnedStream;
 use super::metrics::Metrics;
-use super::queue::{Queue, key};
+use super::queue::{Queue, describe, key};
 use super::shared::Shared;
 use super::watch::Guarded;
 
@@ -63,7 +63,7 @@ where
     ) -> Triggers<K> {
         let queue = Queue::new(name, shared.metrics.clone());
         let q = queue.clone();
-        let changed = changed.inspect(move |o| q.added(&key(&ObjectRef::from_obj(o.as_ref()))));
+        let changed = changed.inspect(move |o| q.added(&describe(o.as_ref())));
         Triggers {
             name,
             controller: Controller::for_shared_stream(changed, store)
@@ -133,7 +133,7 @@ where
             metrics: self.metrics.clone(),
         };
         let reconciler = move |obj: Arc<Guarded<K>>, ctx: Arc<Ctx>| {
-            let object = key(&ObjectRef::from_obj(obj.as_ref()));
+            let object = describe(obj.as_ref());
             let span = info_span!("reconcile", controller = name, %object);
             step.clone()
                 .reconcile(object, obj, ctx, reconcile.clone())
@@ -204,7 +204,7 @@ fn error_policy<K, Ctx>(obj: Arc<Guarded<K>>, error: &Error, _ctx: Arc<Ctx>) -> 
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    let object = key(&ObjectRef::from_obj(obj.as_ref()));
+    let object = describe(obj.as_ref());
     warn!(%object, kind = error.metric_label(), %error, "reconcile failed; retrying");
     Action::requeue(RETRY)
 }
@@ -222,22 +222,4 @@ fn log_result<T>(queue: &Queue, result: Result<T, controller::Error<Error, watch
 /// The shutdown signal as a [`Shutdown`] several controllers can wait on.
 pub fn shutdown(signal: impl Future<Output = ()> + Send + 'static) -> Shutdown {
     signal.boxed().shared()
-}
-
-/// The reference of a cluster-scoped object named `name`.
-pub fn cluster_ref<K: Resource<DynamicType = ()> + Clone>(name: &str) -> Ref<K> {
-    ObjectRef::new(name)
-}
-
-/// The reference of a namespaced object.
-pub fn namespaced_ref<K: Resource<DynamicType = ()> + Clone>(name: &str, namespace: &str) -> Ref<K> {
-    ObjectRef::new(name).within(namespace)
-}
-
-/// The `namespace/name` (or `name`) of an object, for logs.
-pub fn describe<K: ResourceExt>(obj: &K) -> String {
-    match obj.namespace() {
-        Some(ns) => format!("{ns}/{}", obj.name_any()),
-        None => obj.name_any(),
-    }
 }

@@ -20,6 +20,14 @@ where
     }
 }
 
+/// The same key, of an object.
+pub fn describe<K: kube::ResourceExt>(obj: &K) -> String {
+    match obj.namespace() {
+        Some(ns) => format!("{ns}/{}", obj.name_any()),
+        None => obj.name_any(),
+    }
+}
+
 /// The set of objects waiting to be reconciled.
 #[derive(Clone)]
 pub struct Queue {

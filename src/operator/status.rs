@@ -43,31 +43,36 @@ where
     .await
     .map_err(kube_err("write status"))?;
     shared.metrics.write(&K::kind(&()), "status");
-    for note in kstatus_notes(&old, new) {
-        if note.warning {
-            shared.metrics.stalled(&note.reason);
-            warn!(reason = %note.reason, message = %note.message, "stalled");
-        }
-        publish(shared, obj, &note).await;
+    let flips = Flips::between(&old, new);
+    if let Some(note) = &flips.stalled {
+        shared.metrics.stalled(&note.reason);
+        warn!(reason = %note.reason, message = %note.message, "stalled");
+        publish(shared, obj, note).await;
+    }
+    if let Some(note) = &flips.ready {
+        publish(shared, obj, note).await;
     }
     Ok(true)
 }
 
-/// The Events between two statuses: a warning when it became Stalled, and a note when it
-/// became Ready (with the Ready condition's message).
-pub fn kstatus_notes<S: Conditioned>(old: &S, new: &S) -> Vec<Note> {
-    let mut notes = Vec::new();
-    if let Some(c) = new.condition(STALLED).filter(|c| c.status == "True")
-        && !old.is(STALLED)
-    {
-        notes.push(Note::warning(c.reason.clone(), "Validate", c.message.clone()));
+/// The kstatus flips between two statuses, as the Events that record them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flips {
+    /// It became Stalled: a warning with the reason and message.
+    pub stalled: Option<Note>,
+    /// It became Ready: a note with the Ready condition's message.
+    pub ready: Option<Note>,
+}
+
+impl Flips {
+    /// What flipped from `old` to `new`.
+    pub fn between<S: Conditioned>(old: &S, new: &S) -> Flips {
+        let became = |t: &str| new.condition(t).filter(|c| c.status == "True" && !old.is(t));
+        Flips {
+            stalled: became(STALLED).map(|c| Note::warning(c.reason.clone(), "Validate", c.message.clone())),
+            ready: became(READY).map(|c| Note::normal("Ready", "Reconcile", c.message.clone())),
+        }
     }
-    if let Some(c) = new.condition(READY).filter(|c| c.status == "True")
-        && !old.is(READY)
-    {
-        notes.push(Note::normal("Ready", "Reconcile", c.message.clone()));
-    }
-    notes
 }
 
 #[cfg(test)]
@@ -96,14 +101,20 @@ mod tests {
         };
         let stalled = status(Conditions::stalled(&stall));
         assert_eq!(
-            kstatus_notes(&waiting, &ready),
-            [Note::normal("Ready", "Reconcile", "2/2 replicas ready")]
+            Flips::between(&waiting, &ready),
+            Flips {
+                stalled: None,
+                ready: Some(Note::normal("Ready", "Reconcile", "2/2 replicas ready")),
+            }
         );
-        assert!(kstatus_notes(&ready, &ready).is_empty(), "no flip, no event");
+        assert_eq!(Flips::between(&ready, &ready), Flips::default(), "no flip, no event");
         assert_eq!(
-            kstatus_notes(&ready, &stalled),
-            [Note::warning("InvalidSpec", "Validate", "two ports on 8080")]
+            Flips::between(&ready, &stalled),
+            Flips {
+                stalled: Some(Note::warning("InvalidSpec", "Validate", "two ports on 8080")),
+                ready: None,
+            }
         );
-        assert!(kstatus_notes(&stalled, &stalled).is_empty());
+        assert_eq!(Flips::between(&stalled, &stalled), Flips::default());
     }
 }

@@ -19,7 +19,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::apply;
-use super::controller::{RESYNC, Ref, Shutdown, Triggers, namespaced_ref};
+use super::controller::{RESYNC, Ref, Shutdown, Triggers};
 use super::error::Error;
 use super::events::publish_all;
 use super::index::{OwnedIndex, OwnedWatch, controller_owner};
@@ -78,7 +78,7 @@ pub fn controller(
     Triggers::new(CONTROLLER, shared, gateways.store(), gateways.subscribe())
         .owns(streams, |o| {
             let ns = o.namespace()?;
-            controller_owner(o, "MeshGateway").map(|n| namespaced_ref(&n, &ns))
+            controller_owner(o, "MeshGateway").map(|n| ObjectRef::new(&n).within(&ns))
         })
         // A MeshInstall changed (a tag moved, a revision appeared or became ready): its
         // gateways look again.

@@ -26,7 +26,7 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::info;
 
-use super::controller::{Shutdown, Triggers, cluster_ref};
+use super::controller::{Shutdown, Triggers};
 use super::error::Error;
 use super::events::publish;
 use super::index::{OwnedIndex, OwnedWatch, controller_owner};
@@ -89,7 +89,9 @@ pub fn controller(
     Triggers::new(CONTROLLER, shared, meshes.store(), meshes.subscribe())
         // Owned objects name their MeshInstall as controller owner (the built-in `owns`
         // assumes owner and child share a namespace; a MeshInstall is cluster-scoped).
-        .owns(streams, |o| controller_owner(o, "MeshInstall").map(|n| cluster_ref(&n)))
+        .owns(streams, |o| {
+            controller_owner(o, "MeshInstall").map(|n| ObjectRef::new(&n))
+        })
         .on(usage_changed)
         .run(ctx, reconcile, shutdown)
 }

@@ -19,7 +19,7 @@ use tracing::warn;
 
 use crate::api::MeshGateway;
 use crate::api::labels;
-use crate::operator::controller::describe;
+use crate::operator::queue::describe;
 use crate::operator::watch::Guarded;
 
 /// Keys (`name` or `namespace/name`) by the value they carry, kept up to date from a watch.
