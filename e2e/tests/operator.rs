@@ -488,7 +488,12 @@ async fn two_operators_elect_one_leader_and_fail_over() {
     let (a_leads, _) = wait_for("exactly one leader", TIMEOUT, || async {
         match leaders(&a, &b)? {
             (x, y) if x != y => Ok((x, y)),
-            other => Err(format!("leading (a, b) = {other:?}")),
+            // The logs say what each one believes, should this ever time out.
+            other => Err(format!(
+                "leading (a, b) = {other:?}\n--- a:\n{}\n--- b:\n{}",
+                a.log_tail(),
+                b.log_tail()
+            )),
         }
     })
     .await;
