@@ -10,13 +10,24 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-/// Shared health flags.
+use crate::watch_health::{GRACE, WatchHealth};
+
+/// Shared health: a flag the process sets, and the watches it depends on.
 #[derive(Default)]
 pub struct Health {
     ready: AtomicBool,
+    watches: WatchHealth,
 }
 
 impl Health {
+    /// Health that also requires every watch in `watches` to flow.
+    pub fn watching(watches: WatchHealth) -> Health {
+        Health {
+            ready: AtomicBool::new(false),
+            watches,
+        }
+    }
+
     /// Marks the process ready (or not).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
@@ -36,11 +47,19 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// 200 when the process is ready and every watch flows; otherwise 503 saying why.
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
+    if !s.health.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready".to_string());
+    }
+    let problems = s.health.watches.problems(std::time::Instant::now(), GRACE);
+    if problems.is_empty() {
+        (StatusCode::OK, "ok".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}", problems.join("; ")),
+        )
     }
 }
 

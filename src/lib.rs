@@ -8,6 +8,7 @@ pub mod render;
 pub mod signal;
 pub mod telemetry;
 pub mod versions;
+pub mod watch_health;
 pub mod xds;
 pub mod yaml;
 

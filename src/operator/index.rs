@@ -6,14 +6,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt, future};
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Config};
 use kube::{Client, ResourceExt};
 
+use tracing::warn;
+
 use crate::render::OwnedKind;
+use crate::watch_health::{WatchBackoff, WatchHealth};
 
 /// Owned objects of one kind that changed (deleted ones included): a controller trigger.
 pub struct OwnedStream {
@@ -41,9 +44,16 @@ pub struct OwnedIndex {
 }
 
 impl OwnedIndex {
-    /// Starts one watch per kind, restricted to objects matching `selector`. The streams
-    /// must be polled (the controllers do) for the stores to fill.
-    pub fn start(client: &Client, selector: &str, kinds: &[OwnedKind]) -> OwnedWatch {
+    /// Starts one watch per kind, restricted to objects matching `selector`, each tracked
+    /// in `health` as `<owner>/<kind>`. The streams must be polled (the controllers do) for
+    /// the stores to fill.
+    pub fn start(
+        client: &Client,
+        health: &WatchHealth,
+        owner: &str,
+        selector: &str,
+        kinds: &[OwnedKind],
+    ) -> OwnedWatch {
         let mut stores = HashMap::new();
         let mut streams = Vec::new();
         for &kind in kinds {
@@ -51,12 +61,15 @@ impl OwnedIndex {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
             let writer = reflector::store::Writer::new(ar.clone());
             stores.insert(kind, writer.as_reader());
+            let flow = health.track(format!("{owner}/{}", ar.kind));
             let stream = watcher(api, Config::default().labels(selector))
-                .default_backoff()
+                .backoff(WatchBackoff::default())
                 // Managed fields are most of an object's size and never read here.
                 .modify(|o: &mut DynamicObject| o.managed_fields_mut().clear())
                 .reflect(writer)
-                .touched_objects();
+                .inspect(move |e| flow.saw(e))
+                .touched_objects()
+                .filter(move |r| future::ready(passes(kind, r)));
             streams.push(OwnedStream {
                 kind,
                 stream: Box::pin(stream),
@@ -118,6 +131,17 @@ impl OwnedIndex {
                 .any(|r| r.controller == Some(true) && r.uid == owner_uid)
         })
     }
+}
+
+/// Lets objects through and stops errors, after logging them (the watch retries by itself).
+/// Errors must not reach kube's `Controller`: it backs off all of its triggers together on
+/// any trigger's error, so a dozen owned watches re-listing after a 410 held back every
+/// trigger, the owner's own watch included, for minutes.
+fn passes(kind: OwnedKind, r: &Result<DynamicObject, watcher::Error>) -> bool {
+    if let Err(error) = r {
+        warn!(kind = %kind.api_resource().kind, %error, "owned-object watch error; retrying");
+    }
+    r.is_ok()
 }
 
 /// The name of an object's controller owner of `kind` (group `weft.dev`), if any.

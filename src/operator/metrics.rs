@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::watch_health::WatchHealth;
+
 /// `controller` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -78,6 +80,8 @@ pub struct Metrics {
     writes: Family<WriteLabels, Counter>,
     stalled: Family<ReasonLabels, Counter>,
     revision_steps: Family<StepLabels, Counter>,
+    /// Whether each watch flows (`weft_watch_up`), which readiness also reads.
+    pub watches: WatchHealth,
 }
 
 impl Default for Metrics {
@@ -148,6 +152,8 @@ impl Metrics {
             "Steps of revision upgrades: created, tag_moved, promoted, held, pruned",
             revision_steps.clone(),
         );
+        let watches = WatchHealth::default();
+        watches.register(&mut r);
         Metrics {
             registry: Arc::new(r),
             reconcile_total,
@@ -160,6 +166,7 @@ impl Metrics {
             writes,
             stalled,
             revision_steps,
+            watches,
         }
     }
 

@@ -80,7 +80,7 @@ pub enum RunError {
 /// Runs until SIGTERM: reconciles only while this process holds the Lease.
 pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     let metrics = Metrics::new();
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::watching(metrics.watches.clone()));
     let (stop_tx, stop) = signal_watch::channel(false);
     tokio::spawn(async move {
         crate::signal::terminated().await;
@@ -161,19 +161,20 @@ async fn controllers(shared: Shared, shutdown: Shutdown) {
     );
     tokio::select! {
         _ = run => {}
-        _ = drive(&shared.client, w) => {}
+        _ = drive(&shared, w) => {}
     }
 }
 
 /// Polls the shared watches (and the usage index's own), for as long as the controllers
 /// run: nothing moves in their stores or subscriptions otherwise.
-async fn drive(client: &Client, w: Watches) {
+async fn drive(shared: &Shared, w: Watches) {
+    let (client, health) = (&shared.client, &shared.metrics.watches);
     let (meshes, gateways) = (w.meshes.start(client), w.gateways.start(client));
     let usage = &w.usage;
     future::join3(
-        watch::drive(meshes, |_| {}),
-        watch::drive(gateways, |e| usage.gateway_event(e)),
-        usage.watch_namespaces(client),
+        watch::drive(meshes, health.track("MeshInstall"), |_| {}),
+        watch::drive(gateways, health.track("MeshGateway"), |e| usage.gateway_event(e)),
+        usage.watch_namespaces(client, health.track("Namespace (revision labels)")),
     )
     .await;
 }

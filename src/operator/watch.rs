@@ -17,6 +17,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
+use crate::watch_health::{Flow, WatchBackoff};
+
 /// Subscriber backlog: a subscriber that falls this far behind holds the watch back.
 const BUFFER: usize = 256;
 
@@ -64,7 +66,7 @@ where
     pub fn start(self, client: &Client) -> Events<K> {
         let api: Api<Guarded<K>> = Api::all(client.clone());
         watcher(api, watcher::Config::default())
-            .default_backoff()
+            .backoff(WatchBackoff::default())
             .modify(|o| o.managed_fields_mut().clear())
             .reflect_shared(self.writer)
             .boxed()
@@ -90,14 +92,15 @@ pub fn valid<K: Resource<DynamicType = ()> + Clone>(store: &Store<Guarded<K>>) -
 }
 
 /// Polls a watch's events until the process stops, logging errors (the watcher retries
-/// with backoff by itself); `each` sees every event.
-pub async fn drive<K>(events: Events<K>, mut each: impl FnMut(&watcher::Event<Guarded<K>>))
+/// with backoff by itself) and recording in `flow` whether it flows; `each` sees every event.
+pub async fn drive<K>(events: Events<K>, flow: Flow, mut each: impl FnMut(&watcher::Event<Guarded<K>>))
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     let kind = K::kind(&()).to_string();
     events
         .for_each(|event| {
+            flow.saw(&event);
             match event {
                 Ok(e) => {
                     warn_undecodable(&e);

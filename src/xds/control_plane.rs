@@ -1,7 +1,7 @@
 //! `weft control-plane`: sources → debounced translation → snapshot → ADS, plus `/metrics`
-//! and `/ready` (ready once every source has synced and the first snapshot is out). `run`
-//! wires the steps: the admission check, the translation loop (`Translator`), and serving
-//! until SIGTERM.
+//! and `/ready` (ready once every source has synced and the first snapshot is out, and
+//! while every watch flows). `run` wires the steps: the admission check, the translation
+//! loop (`Translator`), and serving until SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -170,10 +170,10 @@ fn parse_mesh_config(text: &str) -> Result<MeshConfig, serde_saphyr::Error> {
 /// Runs until SIGTERM or Ctrl-C.
 pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
     let config = read_mesh_config(&opts.mesh_config)?;
-    let sources = Sources::start(&client);
-    let cache = Cache::new();
     let metrics = XdsMetrics::new();
-    let health = Arc::new(Health::default());
+    let sources = Sources::start(&client, &metrics.watches);
+    let cache = Cache::new();
+    let health = Arc::new(Health::watching(metrics.watches.clone()));
     let admission = admission(opts.revision.clone(), sources.clone());
     let translator = Translator {
         sources,

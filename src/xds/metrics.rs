@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::watch_health::WatchHealth;
+
 /// `type` label: `sotw`/`delta` for streams, `lds`/`rds`/`cds`/`eds` for resources.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
@@ -32,6 +34,8 @@ pub struct XdsMetrics {
     nacks: Family<TypeLabels, Counter>,
     /// Resources in the current snapshot, by type.
     pub resources: Family<TypeLabels, Gauge>,
+    /// Whether each Kubernetes watch flows (`weft_watch_up`), which `/ready` also reads.
+    pub watches: WatchHealth,
 }
 
 impl Default for XdsMetrics {
@@ -76,6 +80,8 @@ impl XdsMetrics {
             "Resources in the current snapshot, by type",
             resources.clone(),
         );
+        let watches = WatchHealth::default();
+        watches.register(&mut r);
         XdsMetrics {
             registry: Arc::new(r),
             streams,
@@ -83,6 +89,7 @@ impl XdsMetrics {
             push_latency,
             nacks,
             resources,
+            watches,
         }
     }
 

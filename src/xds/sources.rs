@@ -23,6 +23,7 @@ use super::model::{
 };
 use crate::api::labels;
 use crate::api::{MeshGateway, MeshInstall};
+use crate::watch_health::{Flow, WatchBackoff, WatchHealth};
 
 /// The live objects discovery reads.
 #[derive(Clone)]
@@ -48,18 +49,21 @@ pub fn httproute_resource() -> ApiResource {
     )
 }
 
-async fn run<K>(api: Api<K>, writer: reflector::store::Writer<K>, changed: Arc<Notify>)
+/// Keeps `writer` current until the process ends. A failed watch leaves the store as it
+/// was (the last good objects keep being served) and is retried; `flow` tells readiness.
+async fn run<K>(api: Api<K>, writer: reflector::store::Writer<K>, changed: Arc<Notify>, flow: Flow)
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
     watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(writer)
         .for_each(|event| {
+            flow.saw(&event);
             if let Err(e) = event {
-                tracing::warn!(error = %e, "watch error; retrying");
+                tracing::warn!(error = %e, "watch error; serving the last good objects, retrying");
             }
             changed.notify_one();
             futures::future::ready(())
@@ -70,8 +74,13 @@ where
 /// Like `run`, for kinds whose CRD may not be installed (MeshInstall, HTTPRoute): when the
 /// API server does not know the kind, the store is marked synced and empty instead of
 /// waiting forever.
-async fn run_optional<K>(api: Api<K>, mut writer: reflector::store::Writer<K>, changed: Arc<Notify>, what: &'static str)
-where
+async fn run_optional<K>(
+    api: Api<K>,
+    mut writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+    flow: Flow,
+    what: &'static str,
+) where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
@@ -80,36 +89,45 @@ where
             tracing::info!("{what} are not served by this cluster (CRD not installed); ignoring them");
             writer.apply_watcher_event(&watcher::Event::Init);
             writer.apply_watcher_event(&watcher::Event::InitDone);
+            flow.flowing();
             changed.notify_one();
             std::future::pending::<()>().await;
         }
-        _ => run(api, writer, changed).await,
+        _ => run(api, writer, changed, flow).await,
     }
 }
 
 impl Sources {
-    /// Starts every watch. Runs until the process ends.
-    pub fn start(client: &Client) -> Sources {
+    /// Starts every watch, each tracked in `health`. Runs until the process ends.
+    pub fn start(client: &Client, health: &WatchHealth) -> Sources {
         let changed = Arc::new(Notify::new());
         let (services, w_services) = reflector::store();
-        tokio::spawn(run(Api::<K8sService>::all(client.clone()), w_services, changed.clone()));
+        tokio::spawn(run(
+            Api::<K8sService>::all(client.clone()),
+            w_services,
+            changed.clone(),
+            health.track("Service"),
+        ));
         let (slices, w_slices) = reflector::store();
         tokio::spawn(run(
             Api::<EndpointSlice>::all(client.clone()),
             w_slices,
             changed.clone(),
+            health.track("EndpointSlice"),
         ));
         let (namespaces, w_namespaces) = reflector::store();
         tokio::spawn(run(
             Api::<Namespace>::all(client.clone()),
             w_namespaces,
             changed.clone(),
+            health.track("Namespace"),
         ));
         let (meshes, w_meshes) = reflector::store();
         tokio::spawn(run_optional(
             Api::<MeshInstall>::all(client.clone()),
             w_meshes,
             changed.clone(),
+            health.track("MeshInstall"),
             "MeshInstalls",
         ));
         let ar = httproute_resource();
@@ -119,6 +137,7 @@ impl Sources {
             Api::<DynamicObject>::all_with(client.clone(), &ar),
             w_routes,
             changed.clone(),
+            health.track("HTTPRoute"),
         ));
 
         let ar = ApiResource::erase::<MeshGateway>(&());
@@ -128,6 +147,7 @@ impl Sources {
             Api::<DynamicObject>::all_with(client.clone(), &ar),
             w_gateways,
             changed.clone(),
+            health.track("MeshGateway"),
             "MeshGateways",
         ));
 

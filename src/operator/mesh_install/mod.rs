@@ -71,7 +71,13 @@ pub fn controller(
         labels::COMPONENT,
         labels::GATEWAY_COMPONENT
     );
-    let OwnedWatch { index, streams } = OwnedIndex::start(&shared.client, &selector, &OwnedKind::ALL);
+    let OwnedWatch { index, streams } = OwnedIndex::start(
+        &shared.client,
+        &shared.metrics.watches,
+        CONTROLLER,
+        &selector,
+        &OwnedKind::ALL,
+    );
     let ctx = Arc::new(Context {
         shared: shared.clone(),
         index,

@@ -21,6 +21,7 @@ use crate::api::MeshGateway;
 use crate::api::labels;
 use crate::operator::queue::describe;
 use crate::operator::watch::Guarded;
+use crate::watch_health::{Flow, WatchBackoff};
 
 /// Keys (`name` or `namespace/name`) by the value they carry, kept up to date from a watch.
 #[derive(Debug)]
@@ -131,12 +132,14 @@ impl Default for UsageIndex {
 }
 
 impl UsageIndex {
-    /// Watches namespaces labelled `weft.dev/rev` into the index, until the process stops.
-    pub async fn watch_namespaces(&self, client: &Client) {
+    /// Watches namespaces labelled `weft.dev/rev` into the index, until the process stops,
+    /// recording in `flow` whether the watch flows.
+    pub async fn watch_namespaces(&self, client: &Client, flow: Flow) {
         let api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
         watcher::watcher(api, watcher::Config::default().labels(labels::REVISION))
-            .default_backoff()
+            .backoff(WatchBackoff::default())
             .for_each(|e| {
+                flow.saw(&e);
                 match e {
                     Ok(e) => {
                         let e = map_event(&e, |o| (o.name_any(), o.labels().get(labels::REVISION).cloned()));
