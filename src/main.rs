@@ -92,7 +92,8 @@ struct OperatorArgs {
     /// Seconds a lease is valid without renewal.
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
-    /// Seconds before expiry that the holder renews it.
+    /// Seconds before others may take the lease over that a holder which cannot renew it
+    /// steps down (it renews every (duration - grace) / 4 seconds).
     #[arg(long, default_value_t = 5)]
     lease_grace: u64,
     /// This process's identity in the Lease (default: pod name or host name, and process id).

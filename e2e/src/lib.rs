@@ -12,6 +12,7 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+pub mod control_plane;
 pub mod operator;
 pub mod testhost;
 
@@ -169,6 +170,62 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+/// A cluster of the test bed that one test starts for itself, because it breaks it (stops
+/// the API server, restarts etcd); stopped and removed when dropped.
+pub struct OwnCluster {
+    /// Its name.
+    pub name: String,
+}
+
+impl OwnCluster {
+    /// Starts cluster `name` (from scratch) and connects to it.
+    pub async fn up(name: &str) -> (OwnCluster, Bed) {
+        let cluster = OwnCluster { name: name.to_string() };
+        let _ = cluster.run(&["down", name]);
+        cluster
+            .run(&["up", name])
+            .unwrap_or_else(|e| panic!("cluster {name} did not come up: {e}"));
+        let bed = Bed::connect_to(name).await;
+        (cluster, bed)
+    }
+
+    /// Stops `etcd` or `kube-apiserver`.
+    pub fn stop(&self, component: &str) {
+        self.run(&["stop", component, &self.name])
+            .unwrap_or_else(|e| panic!("cannot stop {component}: {e}"));
+    }
+
+    /// Starts `etcd` or `kube-apiserver` again and waits until it serves.
+    pub fn start(&self, component: &str) {
+        self.run(&["start", component, &self.name])
+            .unwrap_or_else(|e| panic!("cannot start {component}: {e}"));
+    }
+
+    /// Compacts etcd's history: watches resuming from before now get 410 Gone.
+    pub fn compact(&self) {
+        self.run(&["compact", &self.name])
+            .unwrap_or_else(|e| panic!("cannot compact etcd: {e}"));
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(repo_root().join("e2e/cluster"))
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", &self.name]);
+    }
 }
 
 /// A namespace made for one test; call [`TestNamespace::delete`] at the end.

@@ -65,7 +65,13 @@ impl Operator {
             .arg(kubeconfig)
             .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
             .args(["--health-address", &format!("127.0.0.1:{health_port}")])
-            .args(["--identity", identity, "--lease-duration", "4", "--lease-grace", "1"])
+            .args(["--identity", identity])
+            // A short lease, so failover tests are quick, unless the test sets its own.
+            .args(if extra.contains(&"--lease-duration") {
+                &[][..]
+            } else {
+                &["--lease-duration", "4", "--lease-grace", "1"][..]
+            })
             // The Lease lives in `default` unless the test names another namespace.
             .args(if extra.contains(&"--leader-election-namespace") {
                 &[][..]
@@ -253,8 +259,9 @@ pub async fn delete_and_wait(bed: &Bed, name: &str) {
     .await;
 }
 
-/// Every object labelled as belonging to the MeshInstall: `Kind ns/name` → its spec's
-/// version: `generation` for kinds whose status other controllers write, else resourceVersion.
+/// Every object labelled as belonging to the MeshInstall: `Kind ns/name` → its uid and its
+/// spec's version: `generation` for kinds whose status other controllers write, else
+/// resourceVersion. Equal maps mean nothing was recreated or changed.
 pub async fn owned_objects(bed: &Bed, mesh: &str) -> BTreeMap<String, String> {
     let lp = ListParams::default().labels(&format!("weft.dev/mesh={mesh}"));
     let mut out = BTreeMap::new();
@@ -262,9 +269,10 @@ pub async fn owned_objects(bed: &Bed, mesh: &str) -> BTreeMap<String, String> {
         ($($k:ty),*) => {$(
             let api: Api<$k> = Api::all(bed.client.clone());
             for o in api.list(&lp).await.expect("list owned objects").items {
+                let uid = o.uid().unwrap_or_default();
                 let version = match o.meta().generation {
-                    Some(g) => format!("generation {g}"),
-                    None => format!("resourceVersion {}", o.resource_version().unwrap_or_default()),
+                    Some(g) => format!("uid {uid} generation {g}"),
+                    None => format!("uid {uid} resourceVersion {}", o.resource_version().unwrap_or_default()),
                 };
                 out.insert(
                     format!("{} {}/{}", <$k as Resource>::kind(&()), o.namespace().unwrap_or_default(), o.name_any()),

@@ -72,9 +72,6 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
-    /// Leader election could not start or failed.
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
 }
 
 /// Runs until SIGTERM: reconciles only while this process holds the Lease.
@@ -90,8 +87,10 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     let endpoints = serve_endpoints(&opts, &metrics, &health, &stop).await?;
     info!(identity = %opts.lease.identity, "operator starting");
 
-    let mut lease = Lease::start(client.clone(), &opts.lease, metrics.clone()).await?;
-    // The API server answered: the process is healthy whether it leads or stands by.
+    // Ready while the API server answers the election (leader or standby) and, while
+    // leading, every watch flows.
+    let flow = metrics.watches.track("Lease (leader election)");
+    let mut lease = Lease::start(client.clone(), &opts.lease, metrics.clone(), flow);
     health.set_ready(true);
     let shared = Shared::new(
         client,
