@@ -3,21 +3,25 @@
 //! it) and asserts what a user sees and that nothing was lost: the uid and version of every
 //! owned object, and the operator's write counter.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use prost::Message;
 use serde_json::json;
 use weft::api::MeshInstall;
+use weft::api::mesh_install::MeshInstallStatus;
 use weft_e2e::control_plane::{ControlPlane, next, node, stream};
-use weft_e2e::operator::{Operator, install_crds, mesh, owned_objects, wait_ready};
+use weft_e2e::operator::{Operator, condition, install_crds, mesh, owned_objects, wait_ready};
 use weft_e2e::{OwnCluster, http_get, wait_for};
 
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -275,4 +279,153 @@ async fn a_control_plane_without_its_api_server_keeps_serving_and_says_why_it_is
         expected,
         "the re-list did not empty or change any endpoint list"
     );
+}
+
+/// The points of a canary upgrade at which the operator is killed, each recognised in
+/// status (which is where every step is recorded first).
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// The new revision is installed.
+    Created,
+    /// The canary tag follows it.
+    TagMoved,
+    /// It is active.
+    Promoted,
+    /// The old revision is gone from status.
+    Pruned,
+}
+
+impl Step {
+    fn reached(self, s: &MeshInstallStatus, old: &str, new: &str, canary: &str) -> bool {
+        let listed = |r: &str| s.revisions.iter().any(|x| x.name == r);
+        match self {
+            Step::Created => listed(new),
+            Step::TagMoved => s.tags.iter().any(|t| t.name == canary && t.revision == new),
+            Step::Promoted => s.active_revision.as_deref() == Some(new),
+            Step::Pruned => listed(new) && !listed(old),
+        }
+    }
+}
+
+/// Each (reason, message) of the MeshInstall's Events and how often it happened.
+async fn event_counts(bed: &weft_e2e::Bed, mesh: &str) -> BTreeMap<(String, String), i32> {
+    let api: Api<Event> = Api::all(bed.client.clone());
+    let lp = ListParams::default().fields(&format!("involvedObject.name={mesh},involvedObject.kind=MeshInstall"));
+    let mut out = BTreeMap::new();
+    for e in api.list(&lp).await.expect("events").items {
+        let n = e
+            .series
+            .as_ref()
+            .and_then(|s| s.count)
+            .unwrap_or(0)
+            .max(e.count.unwrap_or(1));
+        *out.entry((e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .or_default() += n;
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_operator_killed_at_each_step_of_an_upgrade_completes_it_exactly_once() {
+    let (_cluster, bed) = OwnCluster::up("weft-fault-kill").await;
+    install_crds(&bed);
+    let api: Api<MeshInstall> = Api::all(bed.client.clone());
+    let steps = [Step::Created, Step::TagMoved, Step::Promoted, Step::Pruned];
+    for (i, step) in steps.into_iter().enumerate() {
+        let name = format!("kill{i}");
+        let (old, new, canary) = (
+            format!("{name}-v1-0-0"),
+            format!("{name}-v1-1-0"),
+            format!("{name}-canary"),
+        );
+        let first = Operator::start(&bed, &format!("{name}-a"), &[]);
+        let spec = json!({
+            "profile": "minimal",
+            "updateStrategy": {
+                "type": "RevisionBased",
+                "inactiveRevisionDeletionGracePeriodSeconds": 1,
+                "promotion": {"minReadySeconds": 2, "progressDeadlineSeconds": 120}
+            },
+            "revisionTags": [{"name": format!("{name}-stable"), "target": "Active"}, {"name": canary, "target": "Latest"}]
+        });
+        api.create(&PostParams::default(), &mesh(&name, &format!("e2e-{name}"), spec))
+            .await
+            .expect("create");
+        wait_ready(&api, &name, &first).await;
+        let patch = json!({"spec": {"version": "1.1.0"}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("upgrade");
+        wait_for(&format!("{step:?} before the kill"), RECOVERY, || async {
+            let mi = api.get(&name).await.map_err(|e| e.to_string())?;
+            let s = mi.status.unwrap_or_default();
+            if step.reached(&s, &old, &new, &canary) {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .await;
+        first.kill();
+        let deployments: Api<Deployment> = Api::namespaced(bed.client.clone(), &format!("e2e-{name}"));
+        let uid = |d: Option<Deployment>| d.and_then(|d| d.uid());
+        let new_cp = format!("weft-cp-{new}");
+        let created = uid(deployments.get_opt(&new_cp).await.expect("read"));
+
+        let second = Operator::start(&bed, &format!("{name}-b"), &[]);
+        // The same outcome as an upgrade that was never interrupted.
+        let s = wait_for(
+            &format!("the upgrade killed after {step:?} to complete"),
+            RECOVERY,
+            || async {
+                let mi = api.get(&name).await.map_err(|e| e.to_string())?;
+                let ready = condition(&mi, "Ready").is_some_and(|c| c.0 == "True");
+                let s = mi.status.clone().unwrap_or_default();
+                let old_gone = uid(deployments
+                    .get_opt(&format!("weft-cp-{old}"))
+                    .await
+                    .map_err(|e| e.to_string())?)
+                .is_none();
+                if ready && Step::Pruned.reached(&s, &old, &new, &canary) && old_gone {
+                    Ok(s)
+                } else {
+                    Err(format!(
+                        "ready={ready} old_gone={old_gone} {s:?}\n{}",
+                        second.log_tail()
+                    ))
+                }
+            },
+        )
+        .await;
+        let tags: BTreeMap<&str, &str> = s.tags.iter().map(|t| (t.name.as_str(), t.revision.as_str())).collect();
+        let stable = format!("{name}-stable");
+        assert_eq!(
+            tags,
+            BTreeMap::from([
+                (canary.as_str(), new.as_str()),
+                (stable.as_str(), new.as_str()),
+                ("default", new.as_str())
+            ]),
+            "killed after {step:?}"
+        );
+        assert_eq!(s.revisions.len(), 1, "{:?}", s.revisions);
+        if created.is_some() {
+            assert_eq!(
+                uid(deployments.get_opt(&new_cp).await.expect("read")),
+                created,
+                "killed after {step:?}: the new revision was installed once, not recreated"
+            );
+        }
+        // No step recorded twice by the two operators.
+        let twice: Vec<_> = event_counts(&bed, &name)
+            .await
+            .into_iter()
+            .filter(|((reason, _), n)| reason != "Applied" && *n > 1)
+            .collect();
+        assert!(
+            twice.is_empty(),
+            "killed after {step:?}, steps recorded twice: {twice:?}"
+        );
+        second.stop();
+    }
 }
