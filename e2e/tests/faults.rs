@@ -429,3 +429,201 @@ async fn an_operator_killed_at_each_step_of_an_upgrade_completes_it_exactly_once
         second.stop();
     }
 }
+
+/// The control-plane Deployment of mesh `mesh` (the only Deployment it owns).
+async fn control_plane_deployment(bed: &weft_e2e::Bed, mesh: &str) -> Deployment {
+    let api: Api<Deployment> = Api::namespaced(bed.client.clone(), &format!("e2e-{mesh}"));
+    let lp = ListParams::default().labels(&format!("weft.dev/mesh={mesh}"));
+    let mut items = api.list(&lp).await.expect("list deployments").items;
+    assert_eq!(items.len(), 1, "one control-plane Deployment");
+    items.remove(0)
+}
+
+/// Server-side applies the operator has sent, of any kind.
+fn applies(op: &Operator) -> f64 {
+    let text = op.metrics().expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with("weft_api_writes_total{") && l.contains("verb=\"apply\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the operator has reconciled more than `since` times and settled.
+async fn reconciled_after(op: &Operator, since: f64, what: &str) {
+    wait_for(what, RECOVERY, || async {
+        let n = op.metric_sum("controller_runtime_reconcile_total{controller=\"meshinstall\"")?;
+        if n > since {
+            Ok(())
+        } else {
+            Err(format!("{n} reconciles\n{}", op.log_tail()))
+        }
+    })
+    .await;
+    settled(op, what).await;
+}
+
+#[tokio::test]
+async fn other_actors_are_not_fought_and_a_refused_object_stalls_without_a_retry_storm() {
+    let (_cluster, bed) = OwnCluster::up("weft-fault-actor").await;
+    install_crds(&bed);
+    let op = Operator::start(&bed, "fault-actor", &[]);
+    let api: Api<MeshInstall> = Api::all(bed.client.clone());
+    api.create(&PostParams::default(), &mesh("actor", "e2e-actor", json!({})))
+        .await
+        .expect("create");
+    wait_ready(&api, "actor", &op).await;
+    settled(&op, "the operator to settle").await;
+    let deployments: Api<Deployment> = Api::namespaced(bed.client.clone(), "e2e-actor");
+    let cp = control_plane_deployment(&bed, "actor").await;
+    let (name, container) = (
+        cp.name_any(),
+        cp.spec
+            .clone()
+            .unwrap_or_default()
+            .template
+            .spec
+            .unwrap_or_default()
+            .containers[0]
+            .name
+            .clone(),
+    );
+    let ours: Vec<String> = cp
+        .spec
+        .clone()
+        .unwrap_or_default()
+        .template
+        .spec
+        .unwrap_or_default()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+
+    // A mutating webhook's kind of change: an annotation and an env var of its own.
+    let (writes, reconciles) = (
+        applies(&op),
+        op.metric_sum("controller_runtime_reconcile_total{controller=\"meshinstall\"")
+            .expect("metrics"),
+    );
+    let injected = json!({
+        "metadata": {"annotations": {"example.com/injected": "yes"}},
+        "spec": {"template": {"spec": {"containers": [{"name": container, "env": [{"name": "INJECTED", "value": "x"}]}]}}}
+    });
+    deployments
+        .patch(&name, &PatchParams::default(), &Patch::Strategic(&injected))
+        .await
+        .expect("inject");
+    reconciled_after(&op, reconciles, "the operator to look at the changed Deployment").await;
+    // (Status may change: the Deployment rolls out its new template.)
+    assert_eq!(
+        applies(&op),
+        writes,
+        "the operator does not fight another actor's additions:\n{}",
+        op.metrics().unwrap_or_default()
+    );
+    let d = deployments.get(&name).await.expect("get");
+    let env: Vec<String> = d
+        .spec
+        .clone()
+        .unwrap_or_default()
+        .template
+        .spec
+        .unwrap_or_default()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(env.contains(&"INJECTED".to_string()), "theirs kept: {env:?}");
+    assert!(ours.iter().all(|e| env.contains(e)), "ours kept: {env:?} ⊇ {ours:?}");
+    assert_eq!(
+        d.annotations().get("example.com/injected").map(String::as_str),
+        Some("yes")
+    );
+
+    // Someone scales it: ours again.
+    let replicas = cp.spec.as_ref().and_then(|s| s.replicas);
+    deployments
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .expect("scale");
+    wait_for("the replica count to be restored", RECOVERY, || async {
+        let d = deployments.get(&name).await.map_err(|e| e.to_string())?;
+        match d.spec.and_then(|s| s.replicas) {
+            r if r == replicas => Ok(()),
+            r => Err(format!("replicas {r:?}\n{}", op.log_tail())),
+        }
+    })
+    .await;
+
+    // Someone removes the finalizer: it is put back.
+    api.patch(
+        "actor",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("remove finalizer");
+    wait_for("the finalizer to be back", RECOVERY, || async {
+        let mi = api.get("actor").await.map_err(|e| e.to_string())?;
+        if mi.finalizers().is_empty() {
+            Err(op.log_tail())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+
+    // A spec our admission lets through and the API server refuses (maxSkew must be > 0).
+    settled(&op, "the operator to settle").await;
+    let before = control_plane_deployment(&bed, "actor").await;
+    let errors = op
+        .metric_sum("controller_runtime_reconcile_errors_total")
+        .expect("metrics");
+    let bad = json!({"spec": {"controlPlane": {"topologySpreadConstraints": [{
+        "maxSkew": 0, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"
+    }]}}});
+    api.patch("actor", &PatchParams::default(), &Patch::Merge(&bad))
+        .await
+        .expect("a spec admission accepts");
+    let message = wait_for("Stalled with the API server's message", RECOVERY, || async {
+        let mi = api.get("actor").await.map_err(|e| e.to_string())?;
+        match condition(&mi, "Stalled") {
+            Some((s, r, m)) if s == "True" && r == "Rejected" => Ok(m),
+            other => Err(format!("Stalled={other:?}\n{}", op.log_tail())),
+        }
+    })
+    .await;
+    assert!(message.contains("maxSkew"), "{message}");
+    settled(&op, "the operator to settle on the stall").await;
+    let after = control_plane_deployment(&bed, "actor").await;
+    assert_eq!(
+        (after.uid(), after.metadata.generation),
+        (before.uid(), before.metadata.generation),
+        "the running revision is untouched"
+    );
+    assert_eq!(
+        op.metric_sum("controller_runtime_reconcile_errors_total")
+            .expect("metrics"),
+        errors,
+        "a refusal is a stall, not an error retried in a loop"
+    );
+
+    // Fixed: Ready again.
+    let fixed = json!({"spec": {"controlPlane": {"topologySpreadConstraints": null}}});
+    api.patch("actor", &PatchParams::default(), &Patch::Merge(&fixed))
+        .await
+        .expect("fix");
+    let mi = wait_ready(&api, "actor", &op).await;
+    assert_eq!(condition(&mi, "Stalled").map(|c| c.0), Some("False".to_string()));
+    op.stop();
+}

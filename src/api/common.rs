@@ -67,6 +67,8 @@ pub enum StallReason {
     NameConflict,
     /// A new revision did not become Ready within its progress deadline.
     RevisionFailed,
+    /// The API server refused an object rendered from the spec (nothing was applied).
+    Rejected,
 }
 
 impl StallReason {
@@ -78,6 +80,7 @@ impl StallReason {
             StallReason::RenderFailed => "RenderFailed",
             StallReason::NameConflict => "NameConflict",
             StallReason::RevisionFailed => "RevisionFailed",
+            StallReason::Rejected => "Rejected",
         }
     }
 }

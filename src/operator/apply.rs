@@ -44,11 +44,19 @@ pub enum Applied {
 }
 
 /// True when every field of `want` is present in `live` with the same value: maps may
-/// hold more keys (server defaults, other managers), lists must match element by element.
+/// hold more keys (server defaults, other managers), and lists more elements, as long as
+/// ours are there in our order. Another actor's additions (a webhook's env var, sidecar or
+/// toleration) survive our server-side apply anyway, so re-applying over them would be a
+/// write on every reconcile that changes nothing. What we stopped wanting is caught by
+/// the applied hash instead.
 pub fn contains(live: &Value, want: &Value) -> bool {
     match (live, want) {
         (Value::Object(l), Value::Object(w)) => w.iter().all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
-        (Value::Array(l), Value::Array(w)) => l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| contains(lv, wv)),
+        (Value::Array(l), Value::Array(w)) => {
+            // In order: the earliest match for each of ours leaves the most room for the rest.
+            let mut rest = l.iter();
+            w.iter().all(|wv| rest.any(|lv| contains(lv, wv)))
+        }
         (Value::Number(l), Value::Number(w)) => l.as_f64() == w.as_f64(),
         (l, w) => l == w,
     }
@@ -94,6 +102,28 @@ fn api_for(client: &Client, kind: OwnedKind, namespace: Option<&str>) -> Api<Dyn
     }
 }
 
+/// Whether the live copy of `m` already contains what we want.
+fn unchanged(index: &OwnedIndex, m: &Manifest) -> bool {
+    index
+        .get(m.kind, m.namespace.as_deref(), &m.name)
+        .is_some_and(|live| up_to_date(&live, &with_hash(&m.object)))
+}
+
+/// Server-side applies `m`, for real or as a dry run.
+async fn patch(client: &Client, m: &Manifest, dry_run: bool) -> Result<(), ApplyError> {
+    let api = api_for(client, m.kind, m.namespace.as_deref());
+    let mut params = PatchParams::apply(FIELD_MANAGER).force();
+    params.dry_run = dry_run;
+    api.patch(&m.name, &params, &Patch::Apply(&with_hash(&m.object)))
+        .await
+        .map(|_| ())
+        .map_err(|source| ApplyError {
+            action: if dry_run { "validate" } else { "apply" },
+            object: m.describe(),
+            source,
+        })
+}
+
 /// Applies one object unless the live copy already contains it.
 pub async fn apply(
     client: &Client,
@@ -101,32 +131,20 @@ pub async fn apply(
     metrics: &Metrics,
     m: &Manifest,
 ) -> Result<Applied, ApplyError> {
-    let live = index.get(m.kind, m.namespace.as_deref(), &m.name);
-    let want = with_hash(&m.object);
-    if let Some(live) = &live
-        && up_to_date(live, &want)
-    {
+    if unchanged(index, m) {
         return Ok(Applied::Unchanged);
     }
-    let api = api_for(client, m.kind, m.namespace.as_deref());
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&m.name, &params, &Patch::Apply(&want))
-        .await
-        .map_err(|source| ApplyError {
-            action: "apply",
-            object: m.describe(),
-            source,
-        })?;
+    let existed = index.get(m.kind, m.namespace.as_deref(), &m.name).is_some();
+    patch(client, m, false).await?;
     metrics.write(m.kind.name(), "apply");
-    Ok(if live.is_some() {
-        Applied::Updated
-    } else {
-        Applied::Created
-    })
+    Ok(if existed { Applied::Updated } else { Applied::Created })
 }
 
 /// Applies every manifest, then prunes what `owner` has and no longer wants (only objects
-/// of `revision`, when given); what changed is logged and recorded as one Event.
+/// of `revision`, when given); what changed is logged and recorded as one Event. Every
+/// object that would change is first applied as a server-side dry run, so an object the
+/// API server refuses stops the whole apply before anything is written: never half a
+/// revision.
 pub async fn converge<K: Resource<DynamicType = ()>>(
     shared: &Shared,
     index: &OwnedIndex,
@@ -135,6 +153,9 @@ pub async fn converge<K: Resource<DynamicType = ()>>(
     manifests: &[Manifest],
 ) -> Result<(), ApplyError> {
     let (client, metrics) = (&shared.client, &shared.metrics);
+    for m in manifests.iter().filter(|m| !unchanged(index, m)) {
+        patch(client, m, true).await?;
+    }
     let mut changes = Vec::new();
     for m in manifests {
         match apply(client, index, metrics, m).await? {
@@ -246,13 +267,31 @@ mod tests {
     }
 
     #[test]
-    fn lists_must_match_element_by_element() {
+    fn lists_hold_ours_in_order_and_may_hold_others() {
         let live = json!({"ports": [{"port": 1, "protocol": "TCP"}, {"port": 2, "protocol": "TCP"}]});
         assert!(contains(&live, &json!({"ports": [{"port": 1}, {"port": 2}]})));
-        assert!(
-            !contains(&live, &json!({"ports": [{"port": 1}]})),
-            "a removed port must be applied"
-        );
         assert!(!contains(&live, &json!({"ports": [{"port": 2}, {"port": 1}]})));
+        assert!(!contains(&live, &json!({"ports": [{"port": 1}, {"port": 3}]})));
+        // A webhook injected an env var between ours: nothing of ours is missing.
+        let env = json!({"env": [{"name": "A", "value": "1"}, {"name": "INJECTED", "value": "x"}, {"name": "B", "value": "2"}]});
+        assert!(contains(
+            &env,
+            &json!({"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]})
+        ));
+        assert!(!contains(&env, &json!({"env": [{"name": "A", "value": "2"}]})));
+    }
+
+    #[test]
+    fn an_element_we_no_longer_want_is_caught_by_the_hash() {
+        let before = json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 1}, {"port": 2}]}});
+        let after = json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 1}]}});
+        let live: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "X",
+            "metadata": {"name": "a", "annotations": {super::APPLIED_HASH: with_hash(&before)["metadata"]["annotations"][super::APPLIED_HASH].clone()}},
+            "spec": {"ports": [{"port": 1}, {"port": 2}]}
+        }))
+        .unwrap();
+        assert!(up_to_date(&live, &with_hash(&before)));
+        assert!(!up_to_date(&live, &with_hash(&after)), "a removed port must be applied");
     }
 }

@@ -2,6 +2,8 @@
 //! retried; spec errors are not failures but `Stalled` conditions (see `conditions`).
 
 use super::apply::ApplyError;
+use super::conditions::Stall;
+use crate::api::common::StallReason;
 
 /// Reconcile failures (retried with a delay by the controller's error policy).
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,28 @@ impl Error {
             Error::Kube { .. } => "api",
             Error::Finalizer(_) => "finalizer",
         }
+    }
+}
+
+impl Error {
+    /// The stall when the API server refused an object as invalid (400, 422): retrying the
+    /// same spec cannot succeed, so the spec is reported as the problem instead.
+    pub fn rejection(&self) -> Option<Stall> {
+        let Error::Apply(ApplyError {
+            object,
+            source: kube::Error::Api(e),
+            ..
+        }) = self
+        else {
+            return None;
+        };
+        matches!(e.code, 400 | 422).then(|| Stall {
+            reason: StallReason::Rejected,
+            message: format!(
+                "the API server refused {object}, so nothing was applied; the running revision is unchanged: {}",
+                e.message
+            ),
+        })
     }
 }
 

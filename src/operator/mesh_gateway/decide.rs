@@ -29,6 +29,8 @@ pub struct Observed {
     pub deployment: Option<Deployment>,
     /// Its Service, if it exists.
     pub service: Option<Service>,
+    /// Set when the API server refused one of its objects just now.
+    pub rejected: Option<Stall>,
 }
 
 /// What the reconcile of one MeshGateway does.
@@ -45,7 +47,10 @@ pub struct Decision {
 /// Decides what to do about `gw`.
 pub fn decide(gw: &MeshGateway, versions: &VersionTable, observed: &Observed, now: Timestamp) -> Decision {
     let resolution = resolve(gw, observed.mesh.as_ref());
-    let built = build(gw, versions, &resolution);
+    let built = match &observed.rejected {
+        Some(rejected) => Some(Err(rejected.clone())),
+        None => build(gw, versions, &resolution),
+    };
     let status = compute(&GatewayObservation {
         gateway: gw,
         resolution: &resolution,

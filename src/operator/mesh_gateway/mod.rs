@@ -110,11 +110,17 @@ async fn reconcile(gw: Arc<MeshGateway>, ctx: Arc<Context>) -> Result<Action, Er
         // The garbage collector removes what the gateway owned.
         return Ok(Action::await_change());
     }
-    let decision = decide::decide(&gw, &ctx.shared.versions, &observe(&ctx, &gw), Timestamp::now());
+    let (mut observed, now) = (observe(&ctx, &gw), Timestamp::now());
+    let mut decision = decide::decide(&gw, &ctx.shared.versions, &observed, now);
     // Waiting or stalled: what runs is left alone (a gateway keeps serving from its last
-    // revision until its tag resolves again).
-    if let Some(manifests) = &decision.install {
-        apply::converge(&ctx.shared, &ctx.index, gw.as_ref(), None, manifests).await?;
+    // revision until its tag resolves again). A refused object stalls the gateway rather
+    // than failing the reconcile: the same spec would be refused again.
+    if let Some(manifests) = &decision.install
+        && let Err(e) = apply::converge(&ctx.shared, &ctx.index, gw.as_ref(), None, manifests).await
+    {
+        let e = Error::from(e);
+        observed.rejected = Some(e.rejection().ok_or(e)?);
+        decision = decide::decide(&gw, &ctx.shared.versions, &observed, now);
     }
     if write_status(&ctx.shared, gw.as_ref(), &decision.status).await? {
         publish_all(&ctx.shared, gw.as_ref(), &decision.notes).await;
@@ -129,5 +135,6 @@ fn observe(ctx: &Context, gw: &MeshGateway) -> Observed {
         mesh: watch::get(&ctx.meshes, &gw.spec.mesh, None),
         deployment: ctx.index.get_typed(OwnedKind::Deployment, Some(&ns), &name),
         service: ctx.index.get_typed(OwnedKind::Service, Some(&ns), &name),
+        rejected: None,
     }
 }

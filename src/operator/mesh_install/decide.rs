@@ -42,7 +42,10 @@ pub struct Decision {
 pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, now: Timestamp) -> Decision {
     let target = revisions::target_revision(mi);
     let neighbours = Neighbours::of(mi, &observed.others);
-    let built = build(mi, versions, &target, &neighbours);
+    let built = match &observed.rejected {
+        Some(rejected) => Err(rejected.clone()),
+        None => build(mi, versions, &target, &neighbours),
+    };
 
     // Node proxies are wanted for the target when its objects include them (or, stalled,
     // when unknown); other revisions keep what they were installed with.
@@ -139,6 +142,7 @@ mod tests {
                 ..Default::default()
             },
             others: Vec::new(),
+            rejected: None,
         }
     }
 

@@ -123,11 +123,17 @@ async fn reconcile(mi: Arc<MeshInstall>, ctx: Arc<Context>) -> Result<Action, Er
     })
 }
 
-/// observe → decide → apply → write status → record the steps.
+/// observe → decide → apply → write status → record the steps. An object the API server
+/// refuses makes the spec Stalled (decided again with the refusal observed), not an error
+/// retried in a loop: the same spec would be refused again.
 async fn converge(ctx: &Context, mi: &MeshInstall) -> Result<Action, Error> {
-    let observed = observe::observe(ctx, mi);
-    let decision = decide::decide(mi, &ctx.shared.versions, &observed, Timestamp::now());
-    apply::apply(ctx, mi, &decision).await?;
+    let mut observed = observe::observe(ctx, mi);
+    let now = Timestamp::now();
+    let mut decision = decide::decide(mi, &ctx.shared.versions, &observed, now);
+    if let Err(e) = apply::apply(ctx, mi, &decision).await {
+        observed.rejected = Some(e.rejection().ok_or(e)?);
+        decision = decide::decide(mi, &ctx.shared.versions, &observed, now);
+    }
     if write_status(&ctx.shared, mi, &decision.status).await? {
         record(ctx, mi, &decision.steps).await;
     }

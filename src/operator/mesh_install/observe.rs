@@ -10,6 +10,7 @@ use super::Context;
 use super::names::Neighbour;
 use crate::api::labels;
 use crate::api::mesh_install::MeshInstall;
+use crate::operator::conditions::Stall;
 use crate::operator::health::{Health, daemon_set_health, deployment_health};
 use crate::operator::watch;
 use crate::render::OwnedKind;
@@ -24,6 +25,8 @@ pub struct Observed {
     pub usage: Usage,
     /// The other MeshInstalls (tag and revision names are cluster-wide).
     pub others: Vec<Neighbour>,
+    /// Set when the API server refused an object of the target revision just now.
+    pub rejected: Option<Stall>,
 }
 
 /// Who uses the revisions, looked up in the usage index for just the label values that
@@ -84,6 +87,7 @@ pub fn observe(ctx: &Context, mi: &MeshInstall) -> Observed {
         others: others(ctx, mi),
         revisions,
         usage,
+        rejected: None,
     }
 }
 
