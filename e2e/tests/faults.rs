@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Service};
+use k8s_openapi::api::core::v1::{Event, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::ResourceExt;
@@ -22,7 +22,7 @@ use weft::api::MeshInstall;
 use weft::api::mesh_install::MeshInstallStatus;
 use weft_e2e::control_plane::{ControlPlane, next, node, stream};
 use weft_e2e::operator::{Operator, condition, install_crds, mesh, owned_objects, wait_ready};
-use weft_e2e::{OwnCluster, http_get, wait_for};
+use weft_e2e::{OwnCluster, http_get, repo_root, wait_for};
 
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
@@ -625,5 +625,85 @@ async fn other_actors_are_not_fought_and_a_refused_object_stalls_without_a_retry
         .expect("fix");
     let mi = wait_ready(&api, "actor", &op).await;
     assert_eq!(condition(&mi, "Stalled").map(|c| c.0), Some("False".to_string()));
+    op.stop();
+}
+
+#[tokio::test]
+async fn a_deleted_mesh_namespace_is_recreated_and_deleted_crds_come_back_when_reapplied() {
+    let (_cluster, bed) = OwnCluster::up("weft-fault-gone").await;
+    install_crds(&bed);
+    let op = Operator::start(&bed, "fault-gone", &[]);
+    let api: Api<MeshInstall> = Api::all(bed.client.clone());
+    api.create(&PostParams::default(), &mesh("gone", "e2e-gone", json!({})))
+        .await
+        .expect("create");
+    wait_ready(&api, "gone", &op).await;
+    let namespaces: Api<Namespace> = Api::all(bed.client.clone());
+    let ns_uid = namespaces.get("e2e-gone").await.expect("namespace").uid();
+    let cp_uid = control_plane_deployment(&bed, "gone").await.uid();
+
+    // The mesh's namespace deleted under it: once it is gone, it and the revision come back.
+    namespaces
+        .delete("e2e-gone", &Default::default())
+        .await
+        .expect("delete namespace");
+    wait_for(
+        "the namespace and the revision to be back",
+        Duration::from_secs(120),
+        || async {
+            let ns = namespaces.get_opt("e2e-gone").await.map_err(|e| e.to_string())?;
+            let mi = api.get("gone").await.map_err(|e| e.to_string())?;
+            let ready = condition(&mi, "Ready").is_some_and(|c| c.0 == "True");
+            let back = ns
+                .as_ref()
+                .is_some_and(|n| n.uid() != ns_uid && n.metadata.deletion_timestamp.is_none());
+            if back && ready {
+                Ok(())
+            } else {
+                Err(format!(
+                    "namespace back={back} Ready={:?}\n{}",
+                    condition(&mi, "Ready"),
+                    op.log_tail()
+                ))
+            }
+        },
+    )
+    .await;
+    assert_ne!(control_plane_deployment(&bed, "gone").await.uid(), cp_uid, "recreated");
+    settled(&op, "the operator to settle").await;
+
+    // The CRDs deleted: their objects go, through the finalizer (so what they owned goes
+    // too), and readiness says the watch has nothing to watch.
+    bed.kubectl(&[
+        "delete",
+        "-f",
+        repo_root().join("crds").to_str().expect("path"),
+        "--wait=true",
+    ])
+    .expect("delete CRDs");
+    wait_for("what the mesh owned to be cleaned up", RECOVERY, || async {
+        let left = owned_objects(&bed, "gone").await;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+    wait_for("/readyz to name the MeshInstall watch", RECOVERY, || async {
+        match readyz(&op)? {
+            (503, body) if body.contains("watch MeshInstall") => Ok(()),
+            seen => Err(format!("{seen:?}")),
+        }
+    })
+    .await;
+
+    // Re-applied: a new MeshInstall is acted on, and the operator is ready again.
+    install_crds(&bed);
+    api.create(&PostParams::default(), &mesh("back", "e2e-back", json!({})))
+        .await
+        .expect("create after the CRDs came back");
+    wait_ready(&api, "back", &op).await;
+    settled(&op, "the operator to be ready again").await;
     op.stop();
 }
