@@ -22,7 +22,7 @@ use super::metrics::{Refusal, XdsMetrics};
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Sent to an HTTP/1 client before its connection is closed.
-const HTTP1_ANSWER: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 58\r\n\r\nthis port serves xDS over gRPC (HTTP/2 with prior knowledge)";
+const HTTP1_ANSWER: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 60\r\n\r\nthis port serves xDS over gRPC (HTTP/2 with prior knowledge)";
 
 /// An accepted connection.
 pub struct Conn {
@@ -82,7 +82,9 @@ impl Conn {
             .changed()
             .map_or(self.accepted, tokio::time::Instant::from_std);
         let deadline = since + idle;
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }

@@ -3,13 +3,14 @@
 //! wires the steps: the admission check, the translation loop (`Translator`), and serving
 //! until SIGTERM.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, TryStreamExt};
 use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Client;
 use serde::Deserialize;
@@ -274,7 +275,11 @@ pub fn admit(revision: &str, directory: &dyn Directory, c: &ClientInfo) -> Resul
             Err(format!(
                 "this control plane serves revision {revision}; the client's {how} {asked:?} is neither a revision nor a tag; revisions: {}; tags: {}",
                 revisions.join(", "),
-                if tags.is_empty() { "none".to_string() } else { tags.join(", ") }
+                if tags.is_empty() {
+                    "none".to_string()
+                } else {
+                    tags.join(", ")
+                }
             ))
         }
     }
@@ -389,19 +394,29 @@ async fn serve(opts: &Options, server: AdsServer, metrics: XdsMetrics, health: A
         .map_err(listen_error(opts.xds_address))?;
     let xaddr = listener.local_addr().map_err(listen_error(opts.xds_address))?;
     info!(revision = %opts.revision, xds = %xaddr, monitoring = %maddr, limits = ?opts.limits, "control plane starting");
-    let limits = &opts.limits;
-    let idle = limits.idle_timeout;
-    let accepted = TcpListenerStream::new(listener).map_ok(move |io| Conn::new(io, metrics.clone(), idle));
-    grpc_server(limits)
-        .add_service(AdsService::new(server, limits.frame))
-        .serve_with_incoming_shutdown(accepted, stopped)
-        .await?;
+    serve_xds(listener, server, opts.limits.clone(), metrics, stopped).await?;
     info!("stopped");
     Ok(())
 }
 
+/// Serves ADS on `listener` within `limits` until `stop` resolves.
+pub async fn serve_xds(
+    listener: tokio::net::TcpListener,
+    server: AdsServer,
+    limits: Limits,
+    metrics: XdsMetrics,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let idle = limits.idle_timeout;
+    let accepted = TcpListenerStream::new(listener).map_ok(move |io| Conn::new(io, metrics.clone(), idle));
+    grpc_server(&limits)
+        .add_service(AdsService::new(server, limits.frame))
+        .serve_with_incoming_shutdown(accepted, stop)
+        .await
+}
+
 /// A gRPC server with the HTTP/2 limits of `limits`.
-pub fn grpc_server(limits: &Limits) -> tonic::transport::Server {
+fn grpc_server(limits: &Limits) -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(limits.keepalive_interval))

@@ -181,7 +181,10 @@ impl Sender {
                 if q.bytes == 0 || q.bytes + size <= self.limits.max_queued_bytes {
                     let n = frames.len();
                     for (i, bytes) in frames.into_iter().enumerate() {
-                        q.items.push_back(Item::Data { bytes, last: i + 1 == n });
+                        q.items.push_back(Item::Data {
+                            bytes,
+                            last: i + 1 == n,
+                        });
                     }
                     q.bytes += size;
                     q.wake();

@@ -23,4 +23,6 @@ pub mod subscription;
 pub mod translate;
 
 #[cfg(test)]
+mod refusal_tests;
+#[cfg(test)]
 mod server_tests;
