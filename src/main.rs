@@ -73,8 +73,9 @@ struct ControlPlaneArgs {
     /// Largest xDS request accepted, in bytes (its encoded size).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     xds_max_request_bytes: usize,
-    /// Response bytes one stream may have queued that its client has not read.
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    /// Response bytes one stream may have queued that its client has not read (one
+    /// message is always accepted, however large).
+    #[arg(long, default_value_t = 64 * 1024)]
     xds_max_queued_bytes: usize,
     /// Seconds a response may wait for that queue to drain before the stream is closed.
     #[arg(long, default_value_t = 30)]

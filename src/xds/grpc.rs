@@ -48,7 +48,7 @@ impl Default for FrameLimits {
     fn default() -> Self {
         FrameLimits {
             max_request_bytes: 4 * 1024 * 1024,
-            max_queued_bytes: 4 * 1024 * 1024,
+            max_queued_bytes: 64 * 1024,
             send_timeout: Duration::from_secs(30),
         }
     }
