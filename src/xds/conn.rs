@@ -34,6 +34,8 @@ pub struct Conn {
     idle: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
     accepted: tokio::time::Instant,
+    /// Closed for idleness: reads end, and it is counted once.
+    expired: bool,
 }
 
 impl Conn {
@@ -47,6 +49,7 @@ impl Conn {
             idle,
             timer: None,
             accepted: tokio::time::Instant::now(),
+            expired: false,
         }
     }
 
@@ -109,8 +112,11 @@ impl Connected for Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.idle_expired(cx) {
-            self.metrics.refused(Refusal::Idle);
+        if self.expired || self.idle_expired(cx) {
+            if !self.expired {
+                self.expired = true;
+                self.metrics.refused(Refusal::Idle);
+            }
             // End of stream: HTTP/2 closes the connection, which had no stream to lose.
             return Poll::Ready(Ok(()));
         }
