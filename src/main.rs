@@ -300,3 +300,24 @@ fn operator(args: OperatorArgs) -> Result<()> {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn control_plane_flag_defaults_are_the_documented_limits() {
+        let cli = Cli::try_parse_from(["weft", "control-plane", "--revision", "r"]).unwrap();
+        let Command::ControlPlane(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(args.limits(), weft::xds::control_plane::Limits::default());
+        let cli = Cli::try_parse_from(["weft", "control-plane", "--revision", "r", "--xds-idle-timeout", "0"]).unwrap();
+        let Command::ControlPlane(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(args.limits().idle_timeout, None, "0 turns the idle timeout off");
+    }
+}
