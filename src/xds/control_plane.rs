@@ -22,7 +22,7 @@ use super::conn::Conn;
 use super::grpc::{AdsService, FrameLimits};
 use super::metrics::{TypeLabels, XdsMetrics};
 use super::model::{FileLog, MeshModel, Telemetry, Zipkin};
-use super::server::{Admission, AdsServer, ClientInfo, StreamLimits};
+use super::server::{Admission, AdsServer, ClientInfo, StreamLimits, clip};
 use super::snapshot::{Cache, Snapshot, short};
 use super::sources::Sources;
 use super::translate::translate_all;
@@ -252,9 +252,12 @@ pub fn admission(revision: String, directory: impl Directory) -> Admission {
 pub fn admit(revision: &str, directory: &dyn Directory, c: &ClientInfo) -> Result<(), String> {
     let ns = c.namespace.as_deref().unwrap_or_default();
     let (asked, how) = match (&c.revision, directory.namespace_label(ns)) {
-        (Some(r), _) => (r.clone(), "REVISION".to_string()),
-        (None, Some(label)) => (label, format!("namespace {ns}'s label")),
-        (None, None) => ("default".to_string(), format!("namespace {ns} has no label, so its")),
+        (Some(r), _) => (clip(r, 200), "REVISION".to_string()),
+        (None, Some(label)) => (label, format!("namespace {}'s label", clip(ns, 200))),
+        (None, None) => (
+            "default".to_string(),
+            format!("namespace {} has no label, so its", clip(ns, 200)),
+        ),
     };
     let (mut revisions, tags) = directory.known_revisions();
     if !revisions.iter().any(|r| r == revision) {

@@ -551,3 +551,11 @@ async fn a_connection_carries_at_most_its_streams_and_the_next_waits_for_a_free_
         .unwrap();
     assert_eq!(first.resources.len(), 1);
 }
+
+#[test]
+fn what_clients_send_is_clipped_in_statuses() {
+    assert_eq!(super::server::clip("short", 10), "short");
+    assert_eq!(super::server::clip("abcdef", 3), "abc…");
+    // Never inside a character.
+    assert_eq!(super::server::clip("ééé", 3), "é…");
+}

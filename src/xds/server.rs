@@ -77,6 +77,16 @@ impl ClientInfo {
     }
 }
 
+/// At most `max` bytes of `s` (cut at a character boundary, marked with `…`): what a
+/// client sent is quoted in statuses, which travel in HTTP/2 trailers.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let end = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}…", &s[..end])
+}
+
 /// An admitted client and what it sees.
 struct Client {
     info: ClientInfo,
@@ -182,7 +192,8 @@ impl AdsServer {
             return Err(self.refuse(
                 Refusal::UnknownType,
                 Status::invalid_argument(format!(
-                    "type {type_url:?} is not served; this control plane serves {served}"
+                    "type {:?} is not served; this control plane serves {served}",
+                    clip(type_url, 200)
                 )),
             ));
         }
@@ -264,7 +275,7 @@ impl AdsServer {
                 Refusal::TooManyStreams,
                 Status::resource_exhausted(format!(
                     "client {:?} already has {max} open streams, this control plane's limit per node id (--xds-max-streams-per-client)",
-                    info.id
+                    clip(&info.id, 200)
                 )),
             )
         })?;
