@@ -4,8 +4,15 @@
 //! a few per-stream bytes followed by bytes shared with every other stream that sees the
 //! same resources (see `snapshot::TypeSet`), so memory stays one copy of the snapshot.
 //!
+//! Each response stream has a queue bounded in bytes ([`FrameLimits`]): a sender waits
+//! while it is full (a client reading slowly gets the newest state when it catches up),
+//! and a stream whose client leaves it full past the send timeout is closed, its unsent
+//! messages dropped at once: a client that never reads holds no more than the queue and
+//! the message under way.
+//!
 //! This module only frames: what a stream is answered is up to a [`StreamHandler`] (the
-//! ADS server), so it depends on nothing else in the control plane.
+//! ADS server), so it depends on nothing else in the control plane. [`ConnStreams`] counts
+//! the streams of a connection for its idle timeout (`conn`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -428,5 +435,43 @@ where
             .headers_mut()
             .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(text: &'static str, last: bool) -> Item {
+        Item::Data {
+            bytes: Bytes::from_static(text.as_bytes()),
+            last,
+        }
+    }
+
+    fn texts(q: &Queue) -> Vec<&[u8]> {
+        q.items
+            .iter()
+            .map(|i| match i {
+                Item::Data { bytes, .. } => bytes.as_ref(),
+                Item::Trailers(_) => b"trailers".as_slice(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn closing_a_stalled_stream_keeps_only_the_rest_of_the_message_under_way() {
+        let mut q = Queue::default();
+        q.items
+            .extend([data("rest", true), data("next-head", false), data("next-tail", true)]);
+        q.mid_message = true;
+        q.drop_unstarted();
+        assert_eq!(texts(&q), [b"rest".as_slice()], "the client gets a whole message");
+        assert_eq!(q.bytes, 4);
+
+        let mut q = Queue::default();
+        q.items.extend([data("head", false), data("tail", true)]);
+        q.drop_unstarted();
+        assert!(q.items.is_empty() && q.bytes == 0, "nothing started: all dropped");
     }
 }
