@@ -70,6 +70,56 @@ struct ControlPlaneArgs {
     /// Milliseconds of quiet that end a burst of changes before a push.
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
+    /// Largest xDS request accepted, in bytes (its encoded size).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    xds_max_request_bytes: usize,
+    /// Response bytes one stream may have queued that its client has not read (one
+    /// message is always accepted, however large).
+    #[arg(long, default_value_t = 64 * 1024)]
+    xds_max_queued_bytes: usize,
+    /// Seconds a response may wait for that queue to drain before the stream is closed.
+    #[arg(long, default_value_t = 30)]
+    xds_send_timeout: u64,
+    /// Resource names one stream may subscribe to, over all types.
+    #[arg(long, default_value_t = 20_000)]
+    xds_max_resource_names: usize,
+    /// Streams one client identity (node id) may have open at once.
+    #[arg(long, default_value_t = 16)]
+    xds_max_streams_per_client: usize,
+    /// HTTP/2 concurrent streams per connection.
+    #[arg(long, default_value_t = 100)]
+    xds_max_streams_per_connection: u32,
+    /// Seconds between HTTP/2 keepalive pings.
+    #[arg(long, default_value_t = 30)]
+    xds_keepalive_interval: u64,
+    /// Seconds a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, default_value_t = 10)]
+    xds_keepalive_timeout: u64,
+    /// Seconds a connection may stay open without a stream (0: forever).
+    #[arg(long, default_value_t = 300)]
+    xds_idle_timeout: u64,
+}
+
+impl ControlPlaneArgs {
+    /// The xDS limits the flags set.
+    fn limits(&self) -> weft::xds::control_plane::Limits {
+        use std::time::Duration;
+        weft::xds::control_plane::Limits {
+            frame: weft::xds::grpc::FrameLimits {
+                max_request_bytes: self.xds_max_request_bytes,
+                max_queued_bytes: self.xds_max_queued_bytes,
+                send_timeout: Duration::from_secs(self.xds_send_timeout),
+            },
+            stream: weft::xds::server::StreamLimits {
+                max_names: self.xds_max_resource_names,
+                max_streams_per_client: self.xds_max_streams_per_client,
+            },
+            max_streams_per_connection: self.xds_max_streams_per_connection,
+            keepalive_interval: Duration::from_secs(self.xds_keepalive_interval),
+            keepalive_timeout: Duration::from_secs(self.xds_keepalive_timeout),
+            idle_timeout: (self.xds_idle_timeout > 0).then(|| Duration::from_secs(self.xds_idle_timeout)),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -204,6 +254,7 @@ fn control_plane(args: ControlPlaneArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let client = client(args.kubeconfig.as_deref()).await?;
+        let limits = args.limits();
         weft::xds::control_plane::run(
             client,
             weft::xds::control_plane::Options {
@@ -212,6 +263,7 @@ fn control_plane(args: ControlPlaneArgs) -> Result<()> {
                 monitoring_address: args.monitoring_address,
                 mesh_config: args.mesh_config,
                 debounce: std::time::Duration::from_millis(args.debounce_ms),
+                limits,
             },
         )
         .await?;
@@ -248,4 +300,25 @@ fn operator(args: OperatorArgs) -> Result<()> {
         .await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn control_plane_flag_defaults_are_the_documented_limits() {
+        let cli = Cli::try_parse_from(["weft", "control-plane", "--revision", "r"]).unwrap();
+        let Command::ControlPlane(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(args.limits(), weft::xds::control_plane::Limits::default());
+        let cli = Cli::try_parse_from(["weft", "control-plane", "--revision", "r", "--xds-idle-timeout", "0"]).unwrap();
+        let Command::ControlPlane(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(args.limits().idle_timeout, None, "0 turns the idle timeout off");
+    }
 }

@@ -3,13 +3,14 @@
 //! while every watch flows). `run` wires the steps: the admission check, the translation
 //! loop (`Translator`), and serving until SIGTERM.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Client;
 use serde::Deserialize;
@@ -17,10 +18,11 @@ use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
-use super::grpc::AdsService;
+use super::conn::Conn;
+use super::grpc::{AdsService, FrameLimits};
 use super::metrics::{TypeLabels, XdsMetrics};
 use super::model::{FileLog, MeshModel, Telemetry, Zipkin};
-use super::server::{Admission, AdsServer};
+use super::server::{Admission, AdsServer, ClientInfo, StreamLimits, clip};
 use super::snapshot::{Cache, Snapshot, short};
 use super::sources::Sources;
 use super::translate::translate_all;
@@ -39,6 +41,38 @@ pub struct Options {
     pub mesh_config: Option<PathBuf>,
     /// Quiet time that ends a burst of changes.
     pub debounce: Duration,
+    /// What each client may hold.
+    pub limits: Limits,
+}
+
+/// The limits every xDS client is held to (see docs/xds-limits.md for the defaults' reasons).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Request size, and what a stream may leave unread.
+    pub frame: FrameLimits,
+    /// Subscribed names per stream, streams per client identity.
+    pub stream: StreamLimits,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_streams_per_connection: u32,
+    /// How often an HTTP/2 ping checks a connection.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// How long a connection may stay open without a stream (`None`: forever).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame: FrameLimits::default(),
+            stream: StreamLimits::default(),
+            max_streams_per_connection: 100,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
+        }
+    }
 }
 
 /// Hands freed heap memory back to the system. A translation allocates and frees many
@@ -185,35 +219,73 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
         debounce: opts.debounce,
     };
     tokio::spawn(translator.run());
-    let server = AdsServer::new(cache, admission, metrics.clone());
+    let server = AdsServer::new(cache, admission, metrics.clone(), opts.limits.stream);
     serve(&opts, server, metrics, health).await
 }
 
-/// Admits the clients whose revision resolves to `revision`: the one they name, else their
-/// namespace's label, else the default tag.
-fn admission(revision: String, resolver: Sources) -> Admission {
-    Arc::new(move |c| {
-        let (asked, how) = match (
-            &c.revision,
-            c.namespace.as_deref().and_then(|ns| resolver.namespace_label(ns)),
-        ) {
-            (Some(r), _) => (r.clone(), "REVISION".to_string()),
-            (None, Some(label)) => (
-                label,
-                format!("namespace {}'s label", c.namespace.as_deref().unwrap_or_default()),
-            ),
-            (None, None) => ("default".to_string(), "default tag".to_string()),
-        };
-        match resolver.resolve(&asked) {
-            Some(r) if r == revision => Ok(()),
-            Some(r) => Err(format!(
-                "this control plane serves revision {revision}; the client's {how} {asked:?} resolves to {r:?}: connect to weft-cp-{r}"
-            )),
-            None => Err(format!(
-                "this control plane serves revision {revision}; the client's {how} {asked:?} is unknown"
-            )),
+/// What admission knows of the cluster.
+pub trait Directory: Send + Sync + 'static {
+    /// The `weft.dev/rev` label of a namespace, if it has one.
+    fn namespace_label(&self, namespace: &str) -> Option<String>;
+    /// The revisions MeshInstalls report, and their tags with the revision each names.
+    fn known_revisions(&self) -> (Vec<String>, Vec<(String, String)>);
+}
+
+impl Directory for Sources {
+    fn namespace_label(&self, namespace: &str) -> Option<String> {
+        Sources::namespace_label(self, namespace)
+    }
+
+    fn known_revisions(&self) -> (Vec<String>, Vec<(String, String)>) {
+        Sources::known_revisions(self)
+    }
+}
+
+/// Admits the clients whose revision resolves to `revision` (see [`admit`]).
+pub fn admission(revision: String, directory: impl Directory) -> Admission {
+    Arc::new(move |c| admit(&revision, &directory, c))
+}
+
+/// Admits a client whose revision resolves to `revision`: the one it names, else its
+/// namespace's label, else the default tag. A tag resolves to its revision; a name that
+/// is neither a tag nor a known revision is refused with what is known.
+pub fn admit(revision: &str, directory: &dyn Directory, c: &ClientInfo) -> Result<(), String> {
+    let ns = c.namespace.as_deref().unwrap_or_default();
+    let (asked, how) = match (&c.revision, directory.namespace_label(ns)) {
+        (Some(r), _) => (clip(r, 200), "REVISION".to_string()),
+        (None, Some(label)) => (label, format!("namespace {}'s label", clip(ns, 200))),
+        (None, None) => (
+            "default".to_string(),
+            format!("namespace {} has no label, so its", clip(ns, 200)),
+        ),
+    };
+    let (mut revisions, tags) = directory.known_revisions();
+    if !revisions.iter().any(|r| r == revision) {
+        revisions.push(revision.to_string());
+        revisions.sort();
+    }
+    let resolved = match tags.iter().find(|(t, _)| *t == asked) {
+        Some((_, r)) => Some(r.clone()),
+        None => revisions.contains(&asked).then(|| asked.clone()),
+    };
+    match resolved {
+        Some(r) if r == revision => Ok(()),
+        Some(r) => Err(format!(
+            "this control plane serves revision {revision}; the client's {how} {asked:?} resolves to {r:?}: connect to weft-cp-{r}"
+        )),
+        None => {
+            let tags: Vec<String> = tags.iter().map(|(t, r)| format!("{t} -> {r}")).collect();
+            Err(format!(
+                "this control plane serves revision {revision}; the client's {how} {asked:?} is neither a revision nor a tag; revisions: {}; tags: {}",
+                revisions.join(", "),
+                if tags.is_empty() {
+                    "none".to_string()
+                } else {
+                    tags.join(", ")
+                }
+            ))
         }
-    })
+    }
 }
 
 /// Turns the sources into snapshots: once they have synced, then after every burst of
@@ -312,9 +384,10 @@ fn stop_signal() -> Shared<BoxFuture<'static, ()>> {
 /// Serves `/metrics` and `/ready`, and ADS, until the process is asked to stop.
 async fn serve(opts: &Options, server: AdsServer, metrics: XdsMetrics, health: Arc<Health>) -> Result<(), Error> {
     let stopped = stop_signal();
+    let encoder = metrics.clone();
     let state = HttpState {
         health,
-        metrics: Arc::new(move || metrics.encode()),
+        metrics: Arc::new(move || encoder.encode()),
     };
     let (maddr, _) = crate::http::serve(opts.monitoring_address, state, stopped.clone())
         .await
@@ -323,13 +396,36 @@ async fn serve(opts: &Options, server: AdsServer, metrics: XdsMetrics, health: A
         .await
         .map_err(listen_error(opts.xds_address))?;
     let xaddr = listener.local_addr().map_err(listen_error(opts.xds_address))?;
-    info!(revision = %opts.revision, xds = %xaddr, monitoring = %maddr, "control plane starting");
-    tonic::transport::Server::builder()
-        .add_service(AdsService::new(server))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
-        .await?;
+    info!(revision = %opts.revision, xds = %xaddr, monitoring = %maddr, limits = ?opts.limits, "control plane starting");
+    serve_xds(listener, server, opts.limits.clone(), metrics, stopped).await?;
     info!("stopped");
     Ok(())
+}
+
+/// Serves ADS on `listener` within `limits` until `stop` resolves.
+pub async fn serve_xds(
+    listener: tokio::net::TcpListener,
+    server: AdsServer,
+    limits: Limits,
+    metrics: XdsMetrics,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let idle = limits.idle_timeout;
+    let accepted = TcpListenerStream::new(listener).map_ok(move |io| Conn::new(io, metrics.clone(), idle));
+    grpc_server(&limits)
+        .add_service(AdsService::new(server, limits.frame))
+        .serve_with_incoming_shutdown(accepted, stop)
+        .await
+}
+
+/// A gRPC server with the HTTP/2 limits of `limits`.
+fn grpc_server(limits: &Limits) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // Bounds what a client's headers may make the server buffer (h2's default is 16 MiB).
+        .http2_max_header_list_size(64 * 1024)
 }
 
 /// Turns a failure to listen on `address` into an [`Error`].

@@ -1,5 +1,5 @@
-//! The control plane's metrics: connected streams, pushes and their latency, NACKs, and
-//! resources by type.
+//! The control plane's metrics: connected streams, pushes and their latency, NACKs,
+//! resources by type, and refused or closed clients by reason.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +20,61 @@ pub struct TypeLabels {
     pub r#type: String,
 }
 
+/// `reason` label of a refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why a connection or stream was refused or closed by the control plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The first request carried no node.
+    NoNode,
+    /// The node names neither `REVISION` nor `NAMESPACE`.
+    NoIdentity,
+    /// Admission refused the client (another revision, or one that does not exist).
+    NotAdmitted,
+    /// A gateway client did not name its gateway.
+    BadGateway,
+    /// A request for a type this control plane does not serve.
+    UnknownType,
+    /// A request or stream over the subscribed-names limit.
+    TooManyNames,
+    /// The client identity already has its maximum of streams.
+    TooManyStreams,
+    /// A request larger than the maximum request size.
+    RequestTooLarge,
+    /// A request that does not decode.
+    MalformedRequest,
+    /// A client that did not read its responses in time.
+    SlowReader,
+    /// A connection that did not speak HTTP/2 (an HTTP/1 request, or garbage).
+    NotHttp2,
+    /// A connection that had no stream for the idle timeout.
+    Idle,
+}
+
+impl Refusal {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::NoNode => "no_node",
+            Refusal::NoIdentity => "no_identity",
+            Refusal::NotAdmitted => "not_admitted",
+            Refusal::BadGateway => "bad_gateway",
+            Refusal::UnknownType => "unknown_type",
+            Refusal::TooManyNames => "too_many_names",
+            Refusal::TooManyStreams => "too_many_streams",
+            Refusal::RequestTooLarge => "request_too_large",
+            Refusal::MalformedRequest => "malformed_request",
+            Refusal::SlowReader => "slow_reader",
+            Refusal::NotHttp2 => "not_http2",
+            Refusal::Idle => "idle",
+        }
+    }
+}
+
 fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
@@ -32,6 +87,7 @@ pub struct XdsMetrics {
     pushes: Family<TypeLabels, Counter>,
     push_latency: Family<TypeLabels, Histogram, fn() -> Histogram>,
     nacks: Family<TypeLabels, Counter>,
+    refusals: Family<ReasonLabels, Counter>,
     /// Resources in the current snapshot, by type.
     pub resources: Family<TypeLabels, Gauge>,
     /// Whether each Kubernetes watch flows (`weft_watch_up`), which `/ready` also reads.
@@ -82,7 +138,14 @@ impl XdsMetrics {
         );
         let watches = WatchHealth::default();
         watches.register(&mut r);
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        r.register(
+            "weft_xds_refusals",
+            "Connections and streams refused or closed by the control plane, by reason",
+            refusals.clone(),
+        );
         XdsMetrics {
+            refusals,
             registry: Arc::new(r),
             streams,
             pushes,
@@ -113,6 +176,20 @@ impl XdsMetrics {
     /// Counts a NACK.
     pub fn nack(&self, type_short: &str) {
         self.nacks.get_or_create(&labels(type_short)).inc();
+    }
+
+    /// Counts a refused or closed connection or stream.
+    pub fn refused(&self, reason: Refusal) {
+        self.refusals
+            .get_or_create(&ReasonLabels { reason: reason.label() })
+            .inc();
+    }
+
+    /// How many were refused for `reason` so far.
+    pub fn refusals(&self, reason: Refusal) -> u64 {
+        self.refusals
+            .get_or_create(&ReasonLabels { reason: reason.label() })
+            .get()
     }
 
     /// The registry in Prometheus text format.

@@ -6,10 +6,12 @@
 //!   (ADS streams).
 //! - `server` keeps a `subscription` per stream and type (what that stream is owed) and
 //!   hands the bytes to `grpc` (the framing, which knows nothing of ADS).
+//! - `conn` checks each accepted connection (HTTP/2 only, idle timeout) before `grpc`.
 //! - `control_plane` (`weft control-plane`) wires them together, with `metrics`.
 //!
 //! No two modules depend on each other (no import cycles).
 
+pub mod conn;
 pub mod control_plane;
 pub mod grpc;
 pub mod metrics;
@@ -20,5 +22,7 @@ pub mod sources;
 pub mod subscription;
 pub mod translate;
 
+#[cfg(test)]
+mod refusal_tests;
 #[cfg(test)]
 mod server_tests;

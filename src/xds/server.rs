@@ -6,9 +6,9 @@
 //! listeners, every other client only the mesh's. One stream loop serves both variants;
 //! a `Variant` says how each reads its requests and encodes its responses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -21,8 +21,8 @@ use prost::Message;
 use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
-use super::grpc::{Sender, StreamHandler};
-use super::metrics::XdsMetrics;
+use super::grpc::{SendError, Sender, StreamHandler};
+use super::metrics::{Refusal, XdsMetrics};
 use super::model;
 use super::snapshot::{Cache, Snapshot, TYPES, TypeSet, View, delta_field, short, sotw_field};
 use super::subscription::{Freshness, SotwOwed, SotwResources, Subscription};
@@ -77,10 +77,79 @@ impl ClientInfo {
     }
 }
 
+/// At most `max` bytes of `s` (cut at a character boundary, marked with `…`): what a
+/// client sent is quoted in statuses, which travel in HTTP/2 trailers.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let end = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}…", &s[..end])
+}
+
 /// An admitted client and what it sees.
 struct Client {
     info: ClientInfo,
     view: View,
+    /// Its place among its identity's streams.
+    _slot: Slot,
+}
+
+/// Limits on what one stream or client may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Resource names one stream may subscribe to, over all its types (and so also in one
+    /// request).
+    pub max_names: usize,
+    /// Streams one client identity (node id) may have open at once.
+    pub max_streams_per_client: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_names: 20_000,
+            max_streams_per_client: 16,
+        }
+    }
+}
+
+/// Open streams by client identity.
+#[derive(Clone, Default)]
+struct Identities(Arc<Mutex<HashMap<String, usize>>>);
+
+impl Identities {
+    /// Takes one of `id`'s `max` places, if one is free.
+    fn claim(&self, id: &str, max: usize) -> Option<Slot> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = map.entry(id.to_string()).or_default();
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(Slot {
+            identities: self.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+/// One stream's place among its identity's; given back when dropped.
+struct Slot {
+    identities: Identities,
+    id: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.identities.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = map.get_mut(&self.id) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                map.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// The ADS service.
@@ -89,30 +158,81 @@ pub struct AdsServer {
     cache: Cache,
     admission: Admission,
     metrics: XdsMetrics,
+    limits: StreamLimits,
+    identities: Identities,
 }
 
 impl AdsServer {
-    /// A server answering from `cache`, for clients `admission` accepts.
-    pub fn new(cache: Cache, admission: Admission, metrics: XdsMetrics) -> AdsServer {
+    /// A server answering from `cache`, for clients `admission` accepts, within `limits`.
+    pub fn new(cache: Cache, admission: Admission, metrics: XdsMetrics, limits: StreamLimits) -> AdsServer {
         AdsServer {
             cache,
             admission,
             metrics,
+            limits,
+            identities: Identities::default(),
         }
     }
 
+    /// Counts a refusal and returns its status.
+    fn refuse(&self, reason: Refusal, status: Status) -> Status {
+        self.metrics.refused(reason);
+        debug!(reason = reason.label(), message = status.message(), "refused");
+        status
+    }
+
     /// Checks common to every request: the first one must name an admitted client, and
-    /// requests for types this server does not serve are skipped (`Ok(false)`).
-    fn served(&self, client: &mut Option<Client>, node: Option<&Node>, type_url: &str) -> Result<bool, Status> {
+    /// only the types this server serves may be asked for.
+    fn served(&self, client: &mut Option<Client>, node: Option<&Node>, type_url: &str) -> Result<(), Status> {
         if client.is_none() {
             *client = Some(self.admit(node)?);
         }
         if !TYPES.contains(&type_url) {
-            let id = client.as_ref().map(|c| c.info.id.as_str()).unwrap_or_default();
-            debug!(client = id, type_url, "ignoring a request for an unserved type");
-            return Ok(false);
+            let served = TYPES.join(", ");
+            return Err(self.refuse(
+                Refusal::UnknownType,
+                Status::invalid_argument(format!(
+                    "type {:?} is not served; this control plane serves {served}",
+                    clip(type_url, 200)
+                )),
+            ));
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// Refuses a request naming more resources than a stream may hold, and a stream
+    /// holding more after it.
+    fn check_names(&self, requested: usize, subscriptions: &BTreeMap<String, Subscription>) -> Result<(), Status> {
+        let max = self.limits.max_names;
+        let held: usize = subscriptions.values().map(|s| s.names().len()).sum();
+        if requested <= max && held <= max {
+            return Ok(());
+        }
+        let what = if requested > max {
+            format!("a request named {requested} resources")
+        } else {
+            format!("the stream subscribed to {held} resource names")
+        };
+        Err(self.refuse(
+            Refusal::TooManyNames,
+            Status::resource_exhausted(format!(
+                "{what}, over this control plane's limit of {max} per stream (--xds-max-resource-names)"
+            )),
+        ))
+    }
+
+    /// Turns a request that could not be read into the status that ends the stream.
+    fn unreadable(&self, status: Status) -> Status {
+        match status.code() {
+            tonic::Code::OutOfRange => self.refuse(Refusal::RequestTooLarge, status),
+            // tonic reports a message that does not decode as an internal error; it is the
+            // client's.
+            tonic::Code::Internal => self.refuse(
+                Refusal::MalformedRequest,
+                Status::invalid_argument(format!("a request does not decode: {}", status.message())),
+            ),
+            _ => status,
+        }
     }
 
     /// Logs and counts a NACK; the stream then keeps what it sent, so nothing is resent.
@@ -125,13 +245,45 @@ impl AdsServer {
     }
 
     fn admit(&self, node: Option<&Node>) -> Result<Client, Status> {
-        let node = node.ok_or_else(|| Status::invalid_argument("the first request of a stream must carry the node"))?;
-        let info = ClientInfo::from_node(node);
-        let view = info.view().ok_or_else(|| {
-            Status::invalid_argument("a client with ROLE gateway must name its gateway in GATEWAY and NAMESPACE")
+        let node = node.ok_or_else(|| {
+            self.refuse(
+                Refusal::NoNode,
+                Status::invalid_argument("the first request of a stream must carry the node"),
+            )
         })?;
-        (self.admission)(&info).map_err(Status::permission_denied)?;
-        Ok(Client { info, view })
+        let info = ClientInfo::from_node(node);
+        // Identity on this port is claimed, not proven: a client that does not say which
+        // configuration it wants gets none, rather than every namespace's.
+        if info.revision.is_none() && info.namespace.is_none() {
+            return Err(self.refuse(
+                Refusal::NoIdentity,
+                Status::invalid_argument(
+                    "the node metadata names neither REVISION (the revision or tag to follow) nor NAMESPACE (the client's namespace): set at least one",
+                ),
+            ));
+        }
+        let view = info.view().ok_or_else(|| {
+            self.refuse(
+                Refusal::BadGateway,
+                Status::invalid_argument("a client with ROLE gateway must name its gateway in GATEWAY and NAMESPACE"),
+            )
+        })?;
+        (self.admission)(&info).map_err(|m| self.refuse(Refusal::NotAdmitted, Status::permission_denied(m)))?;
+        let max = self.limits.max_streams_per_client;
+        let slot = self.identities.claim(&info.id, max).ok_or_else(|| {
+            self.refuse(
+                Refusal::TooManyStreams,
+                Status::resource_exhausted(format!(
+                    "client {:?} already has {max} open streams, this control plane's limit per node id (--xds-max-streams-per-client)",
+                    clip(&info.id, 200)
+                )),
+            )
+        })?;
+        Ok(Client {
+            info,
+            view,
+            _slot: slot,
+        })
     }
 
     /// The view of an admitted client (every request is admitted before it is served).
@@ -170,7 +322,7 @@ struct Outgoing {
 /// owed becomes a response.
 trait Variant {
     /// Its request message.
-    type Request: Send + 'static;
+    type Request: Send + Sync + 'static;
     /// Its label in the streams metric.
     const LABEL: &'static str;
     /// The node, which only the first request must carry.
@@ -179,6 +331,8 @@ trait Variant {
     fn type_url(req: &Self::Request) -> &str;
     /// The nonce the request answers, and the error when it is a NACK.
     fn nack(req: &Self::Request) -> (&str, Option<&RpcStatus>);
+    /// How many resource names the request carries.
+    fn names_in(req: &Self::Request) -> usize;
     /// Applies a request to its type's subscription: `false` when it is ignored.
     fn apply(sub: &mut Subscription, req: &Self::Request) -> bool;
     /// The response `set` owes `sub`, if any, encoded and recorded as sent.
@@ -208,6 +362,10 @@ impl Variant for Sotw {
 
     fn nack(req: &DiscoveryRequest) -> (&str, Option<&RpcStatus>) {
         (&req.response_nonce, req.error_detail.as_ref())
+    }
+
+    fn names_in(req: &DiscoveryRequest) -> usize {
+        req.resource_names.len()
     }
 
     fn apply(sub: &mut Subscription, req: &DiscoveryRequest) -> bool {
@@ -256,6 +414,10 @@ impl Variant for Delta {
 
     fn nack(req: &DeltaDiscoveryRequest) -> (&str, Option<&RpcStatus>) {
         (&req.response_nonce, req.error_detail.as_ref())
+    }
+
+    fn names_in(req: &DeltaDiscoveryRequest) -> usize {
+        req.resource_names_subscribe.len() + req.initial_resource_versions.len()
     }
 
     fn apply(sub: &mut Subscription, req: &DeltaDiscoveryRequest) -> bool {
@@ -327,23 +489,9 @@ impl AdsServer {
         loop {
             tokio::select! {
                 message = incoming.message() => {
-                    let Some(req) = message? else { return Ok(()) };
-                    let type_url = V::type_url(&req);
-                    if !self.served(&mut stream.client, V::node(&req), type_url)? {
-                        continue;
-                    }
-                    let sub = stream
-                        .subscriptions
-                        .entry(type_url.to_string())
-                        .or_insert_with(|| Subscription::new(type_url));
-                    if !V::apply(sub, &req) {
-                        // An answer to an older response: the newer one is still on its way.
-                        continue;
-                    }
-                    let (nonce, error) = V::nack(&req);
-                    self.log_nack(&stream.client, type_url, nonce, error);
+                    let Some(req) = message.map_err(|s| self.unreadable(s))? else { return Ok(()) };
                     let snap = snapshots.borrow_and_update().clone();
-                    self.push::<V>(type_url, &snap, &mut stream, out).await?;
+                    self.on_request::<V>(&req, &snap, &mut stream, out).await?;
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() { return Ok(()) }
@@ -354,6 +502,31 @@ impl AdsServer {
                 }
             }
         }
+    }
+
+    /// Applies one request to its type's subscription and answers it from `snap`.
+    async fn on_request<V: Variant>(
+        &self,
+        req: &V::Request,
+        snap: &Snapshot,
+        stream: &mut StreamState,
+        out: &Sender,
+    ) -> Result<(), Status> {
+        let type_url = V::type_url(req);
+        self.served(&mut stream.client, V::node(req), type_url)?;
+        self.check_names(V::names_in(req), &stream.subscriptions)?;
+        let sub = stream
+            .subscriptions
+            .entry(type_url.to_string())
+            .or_insert_with(|| Subscription::new(type_url));
+        if !V::apply(sub, req) {
+            // An answer to an older response: the newer one is still on its way.
+            return Ok(());
+        }
+        self.check_names(0, &stream.subscriptions)?;
+        let (nonce, error) = V::nack(req);
+        self.log_nack(&stream.client, type_url, nonce, error);
+        self.push::<V>(type_url, snap, stream, out).await
     }
 
     /// Sends one subscribed type what the snapshot owes it, if anything.
@@ -373,9 +546,15 @@ impl AdsServer {
         let Some(response) = V::respond(sub, type_url, set, snap.version, &mut stream.nonces) else {
             return Ok(());
         };
-        out.message(response.head, response.shared)
-            .await
-            .map_err(|_| Status::cancelled("stream closed"))?;
+        out.message(response.head, response.shared).await.map_err(|e| match e {
+            SendError::Closed => Status::cancelled("stream closed"),
+            SendError::Stalled { .. } => self.refuse(
+                Refusal::SlowReader,
+                Status::resource_exhausted(format!(
+                    "{e}: closing the stream (limits: --xds-max-queued-bytes, --xds-send-timeout)"
+                )),
+            ),
+        })?;
         self.metrics.pushed(short(type_url), snap.changed_at);
         Ok(())
     }

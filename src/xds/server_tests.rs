@@ -14,17 +14,17 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use super::grpc::AdsService;
+use super::control_plane::{Limits, serve_xds};
 use super::metrics::XdsMetrics;
 use super::model::*;
 use super::server::{Admission, AdsServer};
 use super::snapshot::{CLUSTER, Cache, ENDPOINT, LISTENER, ROUTE, Snapshot, View};
 use super::translate::{translate, translate_all};
 
-fn service(name: &str, addresses: &[&str]) -> Service {
+pub(super) fn service(name: &str, addresses: &[&str]) -> Service {
     Service {
         name: name.to_string(),
         namespace: "ns".to_string(),
@@ -46,7 +46,7 @@ fn service(name: &str, addresses: &[&str]) -> Service {
     }
 }
 
-fn snapshot(version: u64, services: &[Service]) -> Snapshot {
+pub(super) fn snapshot(version: u64, services: &[Service]) -> Snapshot {
     Snapshot::new(
         version,
         Instant::now(),
@@ -54,25 +54,52 @@ fn snapshot(version: u64, services: &[Service]) -> Snapshot {
     )
 }
 
-async fn start(cache: Cache) -> String {
-    let admission: Admission = Arc::new(|c| match c.revision.as_deref() {
+/// Admits revision `rev-a` and its tag `stable`.
+pub(super) fn test_admission() -> Admission {
+    Arc::new(|c| match c.revision.as_deref() {
         Some("rev-a") | Some("stable") => Ok(()),
         other => Err(format!(
             "this control plane serves revision rev-a; the client asked for {other:?}"
         )),
-    });
-    let server = AdsServer::new(cache, admission, XdsMetrics::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AdsService::new(server))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    format!("http://{addr}")
+    })
 }
 
-fn node(revision: &str) -> Node {
+/// A control plane serving on loopback, as `weft control-plane` does.
+pub(super) struct Served {
+    /// Its `http://` address.
+    pub url: String,
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// Its metrics.
+    pub metrics: XdsMetrics,
+}
+
+/// Serves `cache` on loopback within `limits`, through the same listener and HTTP/2
+/// settings as `weft control-plane`.
+pub(super) async fn start_with(cache: Cache, limits: Limits, admission: Admission) -> Served {
+    let metrics = XdsMetrics::new();
+    let server = AdsServer::new(cache, admission, metrics.clone(), limits.stream);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_xds(
+        listener,
+        server,
+        limits,
+        metrics.clone(),
+        std::future::pending(),
+    ));
+    Served {
+        url: format!("http://{addr}"),
+        addr,
+        metrics,
+    }
+}
+
+async fn start(cache: Cache) -> String {
+    start_with(cache, Limits::default(), test_admission()).await.url
+}
+
+pub(super) fn node(revision: &str) -> Node {
     Node {
         id: "test-client".into(),
         metadata: Some(Struct {
@@ -88,12 +115,12 @@ fn node(revision: &str) -> Node {
     }
 }
 
-struct Sotw {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: Streaming<DiscoveryResponse>,
+pub(super) struct Sotw {
+    pub tx: mpsc::Sender<DiscoveryRequest>,
+    pub rx: Streaming<DiscoveryResponse>,
 }
 
-async fn sotw(url: &str) -> Sotw {
+pub(super) async fn sotw(url: &str) -> Sotw {
     let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
         .await
         .unwrap();
@@ -107,10 +134,10 @@ async fn sotw(url: &str) -> Sotw {
 }
 
 impl Sotw {
-    async fn send(&self, r: DiscoveryRequest) {
+    pub async fn send(&self, r: DiscoveryRequest) {
         self.tx.send(r).await.unwrap();
     }
-    async fn next(&mut self) -> DiscoveryResponse {
+    pub async fn next(&mut self) -> DiscoveryResponse {
         tokio::time::timeout(Duration::from_secs(5), self.rx.message())
             .await
             .expect("a response within 5s")
@@ -124,7 +151,7 @@ impl Sotw {
     }
 }
 
-fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+pub(super) fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
     DiscoveryRequest {
         type_url: type_url.into(),
         resource_names: names.iter().map(|s| s.to_string()).collect(),
@@ -254,7 +281,7 @@ async fn clients_of_another_revision_are_refused_with_a_clear_status() {
     assert!(err.message().contains("serves revision rev-a"), "{}", err.message());
 }
 
-async fn delta(url: &str) -> (mpsc::Sender<DeltaDiscoveryRequest>, Streaming<DeltaDiscoveryResponse>) {
+pub(super) async fn delta(url: &str) -> (mpsc::Sender<DeltaDiscoveryRequest>, Streaming<DeltaDiscoveryResponse>) {
     let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
         .await
         .unwrap();
@@ -267,7 +294,7 @@ async fn delta(url: &str) -> (mpsc::Sender<DeltaDiscoveryRequest>, Streaming<Del
     (tx, stream)
 }
 
-async fn next_delta(rx: &mut Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+pub(super) async fn next_delta(rx: &mut Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
     tokio::time::timeout(Duration::from_secs(5), rx.message())
         .await
         .unwrap()
@@ -401,7 +428,7 @@ fn gateway_snapshot(version: u64, other: &[u16]) -> Snapshot {
     )
 }
 
-fn node_with(fields: &[(&str, &str)]) -> Node {
+pub(super) fn node_with(fields: &[(&str, &str)]) -> Node {
     Node {
         id: "test-client".into(),
         metadata: Some(Struct {

@@ -214,6 +214,20 @@ impl Sources {
         Some(value.to_string())
     }
 
+    /// Every revision the MeshInstalls report, and every tag with the revision it names.
+    pub fn known_revisions(&self) -> (Vec<String>, Vec<(String, String)>) {
+        let (mut revisions, mut tags) = (Vec::new(), Vec::new());
+        for mi in self.meshes.state() {
+            let Some(status) = mi.status.as_ref() else { continue };
+            revisions.extend(status.revisions.iter().map(|r| r.name.clone()));
+            tags.extend(status.tags.iter().map(|t| (t.name.clone(), t.revision.clone())));
+        }
+        revisions.sort();
+        revisions.dedup();
+        tags.sort();
+        (revisions, tags)
+    }
+
     /// Builds the model for `revision`, limited to namespaces matching `selectors` (all
     /// when empty).
     pub fn model(&self, revision: &str, selectors: &[LabelSelector]) -> MeshModel {
