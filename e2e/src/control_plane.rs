@@ -17,6 +17,8 @@ use crate::{Bed, http_get, wait_for, weft_bin};
 /// A running `weft control-plane` process, killed when dropped.
 pub struct ControlPlane {
     child: Child,
+    /// The revision it serves.
+    pub revision: String,
     /// Its ADS port on 127.0.0.1.
     pub xds: u16,
     /// Its `/ready` and `/metrics` port on 127.0.0.1.
@@ -41,6 +43,11 @@ impl ControlPlane {
     /// Starts the control plane of `revision` (50 ms debounce), logging beside the
     /// cluster's kubeconfig.
     pub fn start(bed: &Bed, revision: &str) -> ControlPlane {
+        ControlPlane::start_with(bed, revision, &[])
+    }
+
+    /// Like [`ControlPlane::start`], with extra flags.
+    pub fn start_with(bed: &Bed, revision: &str, flags: &[&str]) -> ControlPlane {
         let (xds, monitoring) = (free_port(), free_port());
         let log = bed
             .kubeconfig
@@ -53,11 +60,22 @@ impl ControlPlane {
             .arg(&bed.kubeconfig)
             .args(["--xds-address", &format!("127.0.0.1:{xds}")])
             .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).expect("create control-plane log"))
             .spawn()
             .expect("start weft control-plane");
-        ControlPlane { child, xds, monitoring }
+        ControlPlane {
+            child,
+            revision: revision.to_string(),
+            xds,
+            monitoring,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `/ready`: its status code and body.

@@ -1,16 +1,13 @@
 //! `weft control-plane` against the test bed: what it serves follows the cluster. (Our own
 //! ADS client reads the configuration here; nothing connects to the endpoint addresses.)
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -20,101 +17,12 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use weft_e2e::{Bed, http_get, wait_for, weft_bin};
+use weft_e2e::control_plane::{ControlPlane, next, node, stream};
+use weft_e2e::{Bed, http_get, wait_for};
 
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-
-struct ControlPlane {
-    child: Child,
-    revision: String,
-    xds: u16,
-    monitoring: u16,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(bed: &Bed, revision: &str) -> ControlPlane {
-    start_with(bed, revision, &[])
-}
-
-/// Starts `weft control-plane` for `revision` with extra flags.
-fn start_with(bed: &Bed, revision: &str, flags: &[&str]) -> ControlPlane {
-    let (xds, monitoring) = (free_port(), free_port());
-    let log = bed
-        .kubeconfig
-        .parent()
-        .unwrap()
-        .join(format!("control-plane-{revision}.log"));
-    let child = Command::new(weft_bin())
-        .args(["control-plane", "--revision", revision, "--debounce-ms", "50"])
-        .arg("--kubeconfig")
-        .arg(&bed.kubeconfig)
-        .args(["--xds-address", &format!("127.0.0.1:{xds}")])
-        .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
-        .args(flags)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start weft control-plane");
-    ControlPlane {
-        child,
-        revision: revision.to_string(),
-        xds,
-        monitoring,
-    }
-}
-
-fn node(revision: &str) -> Node {
-    Node {
-        id: "e2e".into(),
-        metadata: Some(Struct {
-            fields: [(
-                "REVISION".to_string(),
-                Value {
-                    kind: Some(Kind::StringValue(revision.into())),
-                },
-            )]
-            .into(),
-        }),
-        ..Default::default()
-    }
-}
-
-async fn stream(port: u16) -> (mpsc::Sender<DiscoveryRequest>, Streaming<DiscoveryResponse>) {
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(8);
-    let s = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    (tx, s)
-}
-
-async fn next(rx: &mut Streaming<DiscoveryResponse>) -> DiscoveryResponse {
-    tokio::time::timeout(Duration::from_secs(20), rx.message())
-        .await
-        .expect("a response in time")
-        .unwrap()
-        .unwrap()
-}
 
 fn addresses(resp: &DiscoveryResponse) -> Vec<String> {
     let mut out = Vec::new();
@@ -134,7 +42,7 @@ fn addresses(resp: &DiscoveryResponse) -> Vec<String> {
 async fn serves_services_and_endpoints_from_the_cluster_and_follows_changes() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("xds").await;
-    let cp = start(&bed, "cp-test");
+    let cp = ControlPlane::start(&bed, "cp-test");
     wait_for("the control plane to be ready", Duration::from_secs(30), || async {
         match http_get(cp.monitoring, "/ready") {
             Ok((200, _)) => Ok(()),
@@ -279,7 +187,7 @@ async fn serves_services_and_endpoints_from_the_cluster_and_follows_changes() {
 
 /// The control plane's resident memory, in MiB (VmRSS from /proc).
 fn rss_mib(cp: &ControlPlane) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", cp.child.id())).expect("the control plane runs");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", cp.pid())).expect("the control plane runs");
     let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -438,7 +346,7 @@ async fn memory_stays_flat_under_500_streams_that_never_read() {
     const STREAMS: usize = 500;
     let bed = Bed::connect().await;
     let ns = bed.namespace("xds-mem").await;
-    let cp = start_with(&bed, "cp-mem", &["--xds-send-timeout", "5"]);
+    let cp = ControlPlane::start_with(&bed, "cp-mem", &["--xds-send-timeout", "5"]);
     wait_for("the control plane to be ready", Duration::from_secs(30), || async {
         match http_get(cp.monitoring, "/ready") {
             Ok((200, _)) => Ok(()),
@@ -518,7 +426,7 @@ async fn memory_stays_flat_under_500_streams_that_never_read() {
 #[tokio::test]
 async fn a_delta_stream_subscribing_to_bogus_names_is_capped() {
     let bed = Bed::connect().await;
-    let cp = start_with(&bed, "cp-names", &[]);
+    let cp = ControlPlane::start_with(&bed, "cp-names", &[]);
     wait_for("the control plane to be ready", Duration::from_secs(30), || async {
         match http_get(cp.monitoring, "/ready") {
             Ok((200, _)) => Ok(()),

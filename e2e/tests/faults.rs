@@ -439,6 +439,13 @@ async fn control_plane_deployment(bed: &weft_e2e::Bed, mesh: &str) -> Deployment
     items.remove(0)
 }
 
+/// A Deployment's first container: its name and the names of its env vars.
+fn env_names(d: &Deployment) -> (String, Vec<String>) {
+    let pod = d.spec.clone().unwrap_or_default().template.spec.unwrap_or_default();
+    let c = pod.containers.into_iter().next().expect("a container");
+    (c.name, c.env.unwrap_or_default().into_iter().map(|e| e.name).collect())
+}
+
 /// Server-side applies the operator has sent, of any kind.
 fn applies(op: &Operator) -> f64 {
     let text = op.metrics().expect("metrics");
@@ -475,32 +482,7 @@ async fn other_actors_are_not_fought_and_a_refused_object_stalls_without_a_retry
     settled(&op, "the operator to settle").await;
     let deployments: Api<Deployment> = Api::namespaced(bed.client.clone(), "e2e-actor");
     let cp = control_plane_deployment(&bed, "actor").await;
-    let (name, container) = (
-        cp.name_any(),
-        cp.spec
-            .clone()
-            .unwrap_or_default()
-            .template
-            .spec
-            .unwrap_or_default()
-            .containers[0]
-            .name
-            .clone(),
-    );
-    let ours: Vec<String> = cp
-        .spec
-        .clone()
-        .unwrap_or_default()
-        .template
-        .spec
-        .unwrap_or_default()
-        .containers[0]
-        .env
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let (name, (container, ours)) = (cp.name_any(), env_names(&cp));
 
     // A mutating webhook's kind of change: an annotation and an env var of its own.
     let (writes, reconciles) = (
@@ -525,20 +507,7 @@ async fn other_actors_are_not_fought_and_a_refused_object_stalls_without_a_retry
         op.metrics().unwrap_or_default()
     );
     let d = deployments.get(&name).await.expect("get");
-    let env: Vec<String> = d
-        .spec
-        .clone()
-        .unwrap_or_default()
-        .template
-        .spec
-        .unwrap_or_default()
-        .containers[0]
-        .env
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let (_, env) = env_names(&d);
     assert!(env.contains(&"INJECTED".to_string()), "theirs kept: {env:?}");
     assert!(ours.iter().all(|e| env.contains(e)), "ours kept: {env:?} ⊇ {ours:?}");
     assert_eq!(
