@@ -3,6 +3,7 @@
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::core::ApiResource;
@@ -28,6 +29,8 @@ pub enum OwnedKind {
     ConfigMap,
     /// core/v1 Service
     Service,
+    /// networking/v1 NetworkPolicy
+    NetworkPolicy,
     /// apps/v1 Deployment
     Deployment,
     /// autoscaling/v2 HorizontalPodAutoscaler
@@ -40,7 +43,7 @@ pub enum OwnedKind {
 
 impl OwnedKind {
     /// Every owned kind, in apply order (identity and permissions before the workloads).
-    pub const ALL: [OwnedKind; 11] = [
+    pub const ALL: [OwnedKind; 12] = [
         OwnedKind::ServiceAccount,
         OwnedKind::ClusterRole,
         OwnedKind::ClusterRoleBinding,
@@ -48,6 +51,7 @@ impl OwnedKind {
         OwnedKind::RoleBinding,
         OwnedKind::ConfigMap,
         OwnedKind::Service,
+        OwnedKind::NetworkPolicy,
         OwnedKind::Deployment,
         OwnedKind::HorizontalPodAutoscaler,
         OwnedKind::PodDisruptionBudget,
@@ -64,6 +68,7 @@ impl OwnedKind {
             OwnedKind::RoleBinding => ApiResource::erase::<RoleBinding>(&()),
             OwnedKind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
             OwnedKind::Service => ApiResource::erase::<Service>(&()),
+            OwnedKind::NetworkPolicy => ApiResource::erase::<NetworkPolicy>(&()),
             OwnedKind::Deployment => ApiResource::erase::<Deployment>(&()),
             OwnedKind::HorizontalPodAutoscaler => ApiResource::erase::<HorizontalPodAutoscaler>(&()),
             OwnedKind::PodDisruptionBudget => ApiResource::erase::<PodDisruptionBudget>(&()),
@@ -86,6 +91,7 @@ impl OwnedKind {
             OwnedKind::RoleBinding => "RoleBinding",
             OwnedKind::ConfigMap => "ConfigMap",
             OwnedKind::Service => "Service",
+            OwnedKind::NetworkPolicy => "NetworkPolicy",
             OwnedKind::Deployment => "Deployment",
             OwnedKind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
             OwnedKind::PodDisruptionBudget => "PodDisruptionBudget",

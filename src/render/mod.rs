@@ -4,6 +4,7 @@
 
 pub mod gateway;
 pub mod kinds;
+pub mod network_policy;
 pub mod profile;
 pub mod revision;
 pub mod scaling;

@@ -165,6 +165,7 @@ impl Renderer<'_> {
         let config_hash = fnv1a(&serde_json::to_string(&config.data).unwrap_or_default());
         out.push(Manifest::new(OwnedKind::ConfigMap, &config)?);
         out.push(Manifest::new(OwnedKind::Service, &self.service(&cp))?);
+        out.push(Manifest::new(OwnedKind::NetworkPolicy, &self.network_policy(&cp))?);
         out.push(Manifest::new(
             OwnedKind::Deployment,
             &self.deployment(&cp, &config_hash),
@@ -307,6 +308,24 @@ impl Renderer<'_> {
             }),
             ..Default::default()
         }
+    }
+
+    /// Who may reach the control plane: the mesh's namespaces (see `network_policy.rs`).
+    fn network_policy(&self, name: &str) -> k8s_openapi::api::networking::v1::NetworkPolicy {
+        // Every tag of the mesh, not only those on this revision: tags move during an
+        // upgrade, and clients still connected to the old revision must reconnect to it.
+        let mut revs = vec![self.revision().to_string(), "default".to_string()];
+        revs.extend(self.input.mesh.spec.revision_tags.iter().flatten().map(|t| t.name.clone()));
+        revs.sort();
+        revs.dedup();
+        super::network_policy::control_plane_policy(super::network_policy::PolicyInput {
+            meta: self.meta(name, true, "control-plane"),
+            pods: self.cp_selector(),
+            mesh_namespace: &self.ns,
+            revs,
+            xds_port: XDS_PORT,
+            monitoring_port: MONITORING_PORT,
+        })
     }
 
     fn deployment(&self, name: &str, config_hash: &str) -> Deployment {
