@@ -11,6 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams};
@@ -289,6 +290,7 @@ pub async fn owned_objects(bed: &Bed, mesh: &str) -> BTreeMap<String, String> {
         DaemonSet,
         HorizontalPodAutoscaler,
         PodDisruptionBudget,
+        NetworkPolicy,
         Role,
         RoleBinding,
         ClusterRole,

@@ -546,6 +546,9 @@ async fn kustomize_and_helm_packages_pass_a_server_side_dry_run() {
         "clusterrole",
         "deployment.apps/weft-operator",
         "service/weft-operator-metrics",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/weft-operator-rbac",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/weft-image-overrides",
+        "configmap/weft-allowed-images",
     ] {
         assert!(
             out.to_lowercase().contains(kind),
@@ -586,6 +589,9 @@ async fn kustomize_and_helm_packages_pass_a_server_side_dry_run() {
         "clusterrole",
         "deployment.apps/weft-operator",
         "configmap/weft-operator-versions",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/weft-operator-rbac",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/weft-image-overrides",
+        "configmap/weft-allowed-images",
     ] {
         assert!(
             out.to_lowercase().contains(kind),

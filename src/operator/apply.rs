@@ -154,6 +154,9 @@ pub async fn converge<K: Resource<DynamicType = ()>>(
 ) -> Result<(), ApplyError> {
     let (client, metrics) = (&shared.client, &shared.metrics);
     for m in manifests.iter().filter(|m| !unchanged(index, m)) {
+        if binds_a_role_not_yet_created(index, manifests, m) {
+            continue;
+        }
         patch(client, m, true).await?;
     }
     let mut changes = Vec::new();
@@ -173,6 +176,26 @@ pub async fn converge<K: Resource<DynamicType = ()>>(
         publish(shared, owner, &Note::normal("Applied", "Apply", summarise(&changes))).await;
     }
     Ok(())
+}
+
+/// Whether `m` is a binding whose role is in `manifests` but not yet live. Without escalate
+/// and bind (the operator has neither), RBAC checks a binding against its role's rules, so
+/// its dry run fails with NotFound until the role exists; the real apply, after the role's,
+/// is checked in full.
+fn binds_a_role_not_yet_created(index: &OwnedIndex, manifests: &[Manifest], m: &Manifest) -> bool {
+    let role_kind = match m.kind {
+        OwnedKind::ClusterRoleBinding => OwnedKind::ClusterRole,
+        OwnedKind::RoleBinding => OwnedKind::Role,
+        _ => return false,
+    };
+    let Some(role) = m.object.pointer("/roleRef/name").and_then(Value::as_str) else {
+        return false;
+    };
+    let ns = m.namespace.as_deref();
+    manifests
+        .iter()
+        .any(|r| r.kind == role_kind && r.name == role && r.namespace.as_deref() == ns)
+        && index.get(role_kind, ns, role).is_none()
 }
 
 /// Deletes every object whose controller is the owner with `owner_uid` that is not in

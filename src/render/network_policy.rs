@@ -173,7 +173,10 @@ mod tests {
             ])
         );
         let monitoring = &spec["ingress"][1];
-        assert_eq!(monitoring["ports"], serde_json::json!([{"port": 15014, "protocol": "TCP"}]));
+        assert_eq!(
+            monitoring["ports"],
+            serde_json::json!([{"port": 15014, "protocol": "TCP"}])
+        );
         assert_eq!(
             monitoring["from"],
             serde_json::json!([

@@ -315,7 +315,15 @@ impl Renderer<'_> {
         // Every tag of the mesh, not only those on this revision: tags move during an
         // upgrade, and clients still connected to the old revision must reconnect to it.
         let mut revs = vec![self.revision().to_string(), "default".to_string()];
-        revs.extend(self.input.mesh.spec.revision_tags.iter().flatten().map(|t| t.name.clone()));
+        revs.extend(
+            self.input
+                .mesh
+                .spec
+                .revision_tags
+                .iter()
+                .flatten()
+                .map(|t| t.name.clone()),
+        );
         revs.sort();
         revs.dedup();
         super::network_policy::control_plane_policy(super::network_policy::PolicyInput {
