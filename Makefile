@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CLUSTER ?= weft
 
-.PHONY: all build test lint unit e2e xds-clients demo bench bench-xds toolchain crds cluster-up cluster-down
+.PHONY: all build test lint unit e2e xds-clients demo bench bench-xds toolchain crds security-doc cluster-up cluster-down
 
 all: build
 
@@ -41,6 +41,11 @@ demo: build
 crds:
 	cargo run -q -- crd --out-dir crds
 	cargo run -q -- crd --out-dir deploy/helm/weft-operator/crds
+
+## security-doc: regenerate the RBAC and NetworkPolicy tables of docs/security.md from
+## config/rbac and the renderer (a unit test fails when they drift).
+security-doc:
+	WEFT_UPDATE_DOCS=1 cargo test -q -p weft --lib security_doc
 
 ## bench: operator figures (apply to Ready, memory idle and with 50 MeshInstalls, writes per
 ## reconcile) on a release build, on a cluster of its own.

@@ -549,6 +549,7 @@ async fn kustomize_and_helm_packages_pass_a_server_side_dry_run() {
         "validatingadmissionpolicy.admissionregistration.k8s.io/weft-operator-rbac",
         "validatingadmissionpolicy.admissionregistration.k8s.io/weft-image-overrides",
         "configmap/weft-allowed-images",
+        "networkpolicy.networking.k8s.io/weft-operator",
     ] {
         assert!(
             out.to_lowercase().contains(kind),
@@ -592,6 +593,7 @@ async fn kustomize_and_helm_packages_pass_a_server_side_dry_run() {
         "validatingadmissionpolicy.admissionregistration.k8s.io/weft-operator-rbac",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/weft-image-overrides",
         "configmap/weft-allowed-images",
+        "networkpolicy.networking.k8s.io/weft-operator",
     ] {
         assert!(
             out.to_lowercase().contains(kind),

@@ -52,4 +52,6 @@ pub fn fnv1a_bytes(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod gateway_tests;
 #[cfg(test)]
+mod security_doc;
+#[cfg(test)]
 mod tests;
