@@ -31,15 +31,19 @@ fn read(path: &str) -> String {
 /// The YAML documents of a file, parsed.
 fn documents(text: &str) -> Vec<Value> {
     text.split("\n---\n")
-        .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
         .map(|d| serde_saphyr::from_str(d).unwrap_or_else(|e| panic!("parse {d}: {e}")))
         .collect()
 }
 
 fn revision_objects() -> Vec<Manifest> {
-    let spec: MeshInstallSpec =
-        serde_saphyr::from_str(&format!("version: 1.0.0\nnamespace: \"{MESH_NS}\"\nrevisionTags:\n- name: \"<tag>\"\n"))
-            .unwrap();
+    let spec: MeshInstallSpec = serde_saphyr::from_str(&format!(
+        "version: 1.0.0\nnamespace: \"{MESH_NS}\"\nrevisionTags:\n- name: \"<tag>\"\n"
+    ))
+    .unwrap();
     let mi = MeshInstall {
         metadata: ObjectMeta {
             name: Some("<mesh>".to_string()),
@@ -86,7 +90,13 @@ fn gateway_objects() -> Vec<Manifest> {
 fn list(items: &[String]) -> String {
     items
         .iter()
-        .map(|i| if i.is_empty() { "`\"\"` (core)".to_string() } else { format!("`{i}`") })
+        .map(|i| {
+            if i.is_empty() {
+                "`\"\"` (core)".to_string()
+            } else {
+                format!("`{i}`")
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -169,21 +179,44 @@ fn identities() -> String {
         ("gateway", gateway_objects(), ""),
     ];
     for (component, objects, prefix) in rows {
-        for m in objects.iter().filter(|m| m.kind == OwnedKind::ServiceAccount && m.name.starts_with(prefix)) {
+        for m in objects
+            .iter()
+            .filter(|m| m.kind == OwnedKind::ServiceAccount && m.name.starts_with(prefix))
+        {
             let sa: ServiceAccount = serde_json::from_value(m.object.clone()).unwrap();
             let bound: Vec<String> = objects
                 .iter()
                 .filter(|b| matches!(b.kind, OwnedKind::ClusterRoleBinding | OwnedKind::RoleBinding))
-                .filter(|b| b.object["subjects"].as_array().into_iter().flatten().any(|s| s["name"] == m.name.as_str()))
-                .map(|b| format!("{} `{}`", b.object["roleRef"]["kind"].as_str().unwrap_or_default(), b.name))
+                .filter(|b| {
+                    b.object["subjects"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|s| s["name"] == m.name.as_str())
+                })
+                .map(|b| {
+                    format!(
+                        "{} `{}`",
+                        b.object["roleRef"]["kind"].as_str().unwrap_or_default(),
+                        b.name
+                    )
+                })
                 .collect();
             let _ = writeln!(
                 out,
                 "| {component} | ServiceAccount `{}/{}` | {} | {} |",
                 m.namespace.as_deref().unwrap_or_default(),
                 m.name,
-                if sa.automount_service_account_token == Some(false) { "no" } else { "yes" },
-                if bound.is_empty() { "none".to_string() } else { bound.join(", ") }
+                if sa.automount_service_account_token == Some(false) {
+                    "no"
+                } else {
+                    "yes"
+                },
+                if bound.is_empty() {
+                    "none".to_string()
+                } else {
+                    bound.join(", ")
+                }
             );
         }
     }
@@ -199,11 +232,23 @@ fn peer(p: &NetworkPolicyPeer) -> String {
             .map(|(k, v)| format!("`{k}={v}`"))
             .collect();
         for e in s.match_expressions.iter().flatten() {
-            parts.push(format!("`{} {} ({})`", e.key, e.operator, e.values.clone().unwrap_or_default().join(", ")));
+            parts.push(format!(
+                "`{} {} ({})`",
+                e.key,
+                e.operator,
+                e.values.clone().unwrap_or_default().join(", ")
+            ));
         }
-        if parts.is_empty() { "any".to_string() } else { parts.join(", ") }
+        if parts.is_empty() {
+            "any".to_string()
+        } else {
+            parts.join(", ")
+        }
     };
-    let ns = p.namespace_selector.as_ref().map_or("the policy's own".to_string(), sel);
+    let ns = p
+        .namespace_selector
+        .as_ref()
+        .map_or("the policy's own".to_string(), sel);
     let pods = p.pod_selector.as_ref().map_or("any".to_string(), sel);
     format!("namespaces: {ns}; pods: {pods}")
 }
@@ -284,7 +329,10 @@ fn chart(path: &str) -> Vec<Value> {
         .map(|l| {
             l.replace("{{ .Release.Namespace }}", "weft-system")
                 .replace("labels: {{- include \"weft.labels\" . | nindent 4 }}", "labels: {}")
-                .replace("{{ join \",\" .Values.imagePolicy.allowedImagePrefixes | quote }}", "\"ghcr.io/weft-dev/\"")
+                .replace(
+                    "{{ join \",\" .Values.imagePolicy.allowedImagePrefixes | quote }}",
+                    "\"ghcr.io/weft-dev/\"",
+                )
         })
         .collect::<Vec<_>>()
         .join("\n");
@@ -295,16 +343,35 @@ fn chart(path: &str) -> Vec<Value> {
 fn the_chart_grants_and_admits_what_config_does() {
     let role = documents(&read("config/rbac/role.yaml"));
     let chart_role = chart("deploy/helm/weft-operator/templates/clusterrole.yaml");
-    assert_eq!(role[0]["rules"], chart_role[0]["rules"], "the chart's ClusterRole drifted");
+    assert_eq!(
+        role[0]["rules"], chart_role[0]["rules"],
+        "the chart's ClusterRole drifted"
+    );
     for (config, template) in [
-        ("config/rbac/operator_rbac_policy.yaml", "deploy/helm/weft-operator/templates/rbac-policy.yaml"),
-        ("config/policy/image_policy.yaml", "deploy/helm/weft-operator/templates/image-policy.yaml"),
+        (
+            "config/rbac/operator_rbac_policy.yaml",
+            "deploy/helm/weft-operator/templates/rbac-policy.yaml",
+        ),
+        (
+            "config/policy/image_policy.yaml",
+            "deploy/helm/weft-operator/templates/image-policy.yaml",
+        ),
     ] {
         let (a, b) = (documents(&read(config)), chart(template));
         assert_eq!(a.len(), b.len(), "{template}: documents");
         for (x, y) in a.iter().zip(&b) {
-            for field in ["validations", "variables", "matchConstraints", "paramKind", "policyName", "paramRef"] {
-                assert_eq!(x["spec"][field], y["spec"][field], "{template}: spec.{field} drifted from {config}");
+            for field in [
+                "validations",
+                "variables",
+                "matchConstraints",
+                "paramKind",
+                "policyName",
+                "paramRef",
+            ] {
+                assert_eq!(
+                    x["spec"][field], y["spec"][field],
+                    "{template}: spec.{field} drifted from {config}"
+                );
             }
             assert_eq!(x["data"], y["data"], "{template}: data");
         }
