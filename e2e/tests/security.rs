@@ -311,13 +311,36 @@ struct ImagePolicy<'a>(&'a Bed);
 
 impl Drop for ImagePolicy<'_> {
     fn drop(&mut self) {
-        let policy = repo_root().join("config/policy");
-        let _ = self.0.kubectl(&[
-            "delete",
+        let bed = self.0;
+        // The binding first: while it is in force, a missing ConfigMap refuses every
+        // MeshInstall (the policy fails closed).
+        for what in [
+            "validatingadmissionpolicybinding/weft-image-overrides",
+            "validatingadmissionpolicy/weft-image-overrides",
+        ] {
+            let _ = bed.kubectl(&["delete", what, "--ignore-not-found"]);
+        }
+        let probe = cluster_file(bed, "sec-images-probe.json");
+        let mi = mesh(
+            "sec-images-probe",
+            "e2e-sec-images",
+            json!({"controlPlane": {"image": "x.example/y:1"}}),
+        );
+        let _ = std::fs::write(&probe, serde_json::to_string(&mi).unwrap_or_default());
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            let out = bed.kubectl(&["create", "--dry-run=server", "-f", probe.to_str().unwrap_or_default()]);
+            if out.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let _ = bed.kubectl(&[
             "-n",
             "weft-system",
-            "-k",
-            policy.to_str().unwrap(),
+            "delete",
+            "configmap",
+            "weft-allowed-images",
             "--ignore-not-found",
         ]);
     }
@@ -475,6 +498,23 @@ async fn mesh_and_gateway_run_where_pod_security_restricted_is_enforced() {
     let gw_ns = "e2e-sec-restricted-gw";
     restricted_namespace(&bed, mesh_ns).await;
     restricted_namespace(&bed, gw_ns).await;
+    // The namespaces do enforce: a pod that is not `restricted` is refused.
+    let pods: Api<Pod> = Api::namespaced(bed.client.clone(), mesh_ns);
+    let loose: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "loose"},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/x:1"}]}
+    }))
+    .expect("valid pod");
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let refused = pods
+        .create(&dry, &loose)
+        .await
+        .expect_err("a pod that is not restricted");
+    assert!(refused.to_string().contains("violates PodSecurity"), "{refused}");
+
     let op = Operator::start(&bed, "security", &[]);
     let meshes: Api<MeshInstall> = Api::all(bed.client.clone());
     delete_and_wait(&bed, "sec-psa").await;
