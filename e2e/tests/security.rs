@@ -271,6 +271,7 @@ async fn the_rbac_policy_refuses_escalation_and_admits_what_a_revision_renders()
         as_operator(&bed, &["delete", "clusterrole", "e2e-secret-reader"]),
         "refused: ClusterRole e2e-secret-reader",
     );
+    objects_policy_refuses_takeover_and_tokens(&bed, ns);
     let nothing = bed.kubectl(&[
         "get",
         "clusterrolebinding",
@@ -288,6 +289,83 @@ async fn the_rbac_policy_refuses_escalation_and_admits_what_a_revision_renders()
     let _ = bed.kubectl(&["delete", "clusterrole", "e2e-secret-reader"]);
     let _ = meshes.delete("sec-rbac", &DeleteParams::default()).await;
     let _ = bed.kubectl(&["delete", "namespace", ns, "--wait=false"]);
+}
+
+/// `weft-operator-objects`: as the operator, another's Deployment cannot be taken over or
+/// deleted, a pod cannot run as another ServiceAccount with a token, nothing goes into
+/// kube-system; a labelled, tokenless Deployment is admitted.
+fn objects_policy_refuses_takeover_and_tokens(bed: &Bed, ns: &str) {
+    let _ = bed.kubectl(&["-n", ns, "delete", "deployment", "e2e-victim", "--ignore-not-found"]);
+    bed.kubectl(&[
+        "-n",
+        ns,
+        "create",
+        "deployment",
+        "e2e-victim",
+        "--image=registry.invalid/web:1",
+    ])
+    .expect("admin creates a Deployment");
+    let deployment = |name: &str, namespace: &str, pod: serde_json::Value| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "weft-operator"}},
+            "spec": {"selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}},
+                "spec": pod}}
+        })
+    };
+    let container = json!([{"name": "c", "image": "evil.example/x:1"}]);
+    let tokenless = json!({"automountServiceAccountToken": false, "containers": container});
+    let refused = |what: &str, result: Result<String, String>, message: &str| {
+        let err = result.expect_err(&format!("{what} must be refused"));
+        assert!(
+            err.contains("ValidatingAdmissionPolicy 'weft-operator-objects'") && err.contains(message),
+            "{what}: refused, but not with {message:?}: {err}"
+        );
+    };
+    refused(
+        "taking over another's Deployment",
+        apply_json_as_operator(
+            bed,
+            "sec-takeover.json",
+            &deployment("e2e-victim", ns, tokenless.clone()),
+        ),
+        "never another's object of the same name",
+    );
+    refused(
+        "deleting another's Deployment",
+        as_operator(bed, &["-n", ns, "delete", "deployment", "e2e-victim"]),
+        "never another's object of the same name",
+    );
+    let with_token = json!({"serviceAccountName": "default", "containers": container});
+    refused(
+        "a pod with another ServiceAccount's token",
+        apply_json_as_operator(bed, "sec-token.json", &deployment("e2e-token", ns, with_token)),
+        "or mounts no ServiceAccount token",
+    );
+    refused(
+        "a Deployment in kube-system",
+        apply_json_as_operator(
+            bed,
+            "sec-kube.json",
+            &deployment("e2e-kube", "kube-system", tokenless.clone()),
+        ),
+        "creates nothing in kube-* namespaces",
+    );
+    let ok = deployment("e2e-ours", ns, tokenless);
+    let path = cluster_file(bed, "sec-ours.json");
+    std::fs::write(&path, ok.to_string()).expect("write");
+    let admitted = as_operator(
+        bed,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=weft-operator",
+            "--dry-run=server",
+            "-f",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(admitted.is_ok(), "a labelled, tokenless Deployment: {admitted:?}");
 }
 
 fn apply_json_as_operator(bed: &Bed, file: &str, object: &serde_json::Value) -> Result<String, String> {
