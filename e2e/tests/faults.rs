@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Namespace, Service};
+use k8s_openapi::api::core::v1::{Event, Namespace, ResourceQuota, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::ResourceExt;
@@ -601,6 +601,58 @@ async fn other_actors_are_not_fought_and_a_refused_object_stalls_without_a_retry
         .expect("fix");
     let mi = wait_ready(&api, "actor", &op).await;
     assert_eq!(condition(&mi, "Stalled").map(|c| c.0), Some("False".to_string()));
+
+    // A reconcile that keeps failing for a reason outside the spec (a quota that refuses
+    // the autoscaler the change needs) shows in status and in the metric, not behind Ready.
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "no-autoscalers"},
+        "spec": {"hard": {"count/horizontalpodautoscalers.autoscaling": "0"}}
+    }))
+    .expect("quota");
+    let quotas: Api<ResourceQuota> = Api::namespaced(bed.client.clone(), "e2e-actor");
+    quotas.create(&PostParams::default(), &quota).await.expect("quota");
+    let change =
+        json!({"spec": {"controlPlane": {"autoscaling": {"enabled": true, "minReplicas": 1, "maxReplicas": 2}}}});
+    api.patch("actor", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .expect("a change that needs a new HorizontalPodAutoscaler");
+    let message = wait_for("Reconciling=True, RetryingAfterError", RECOVERY, || async {
+        let mi = api.get("actor").await.map_err(|e| e.to_string())?;
+        match condition(&mi, "Reconciling") {
+            Some((s, r, m)) if s == "True" && r == "RetryingAfterError" => Ok(m),
+            other => Err(format!("Reconciling={other:?}\n{}", op.log_tail())),
+        }
+    })
+    .await;
+    assert!(message.contains("quota"), "{message}");
+    assert_eq!(
+        op.metric_sum("weft_reconcile_failing{controller=\"meshinstall\"}")
+            .expect("metrics"),
+        1.0
+    );
+    quotas
+        .delete("no-autoscalers", &Default::default())
+        .await
+        .expect("delete quota");
+    // Retried with back-off (5, 10, 20 s…): within a minute it goes through.
+    wait_for(
+        "the change to go through once the quota is gone",
+        Duration::from_secs(90),
+        || async {
+            let mi = api.get("actor").await.map_err(|e| e.to_string())?;
+            let current = mi.status.as_ref().and_then(|s| s.observed_generation) == mi.metadata.generation;
+            match (current, condition(&mi, "Reconciling")) {
+                (true, Some((s, r, _))) if r != "RetryingAfterError" => Ok(s),
+                seen => Err(format!("{seen:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        op.metric_sum("weft_reconcile_failing{controller=\"meshinstall\"}")
+            .expect("metrics"),
+        0.0
+    );
     op.stop();
 }
 

@@ -228,7 +228,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
     let metrics = XdsMetrics::new();
     let sources = Sources::start(&client, &metrics.watches);
     let cache = Cache::new();
-    let health = Arc::new(Health::watching(metrics.watches.clone()));
+    let health = Arc::new(Health::checking(vec![Arc::new(metrics.watches.clone())]));
     let admission = admission(opts.revision.clone(), sources.clone());
     let translator = Translator {
         sources,

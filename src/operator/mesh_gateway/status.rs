@@ -16,6 +16,10 @@ impl Conditioned for MeshGatewayStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
     }
+
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
 }
 
 /// The condition reason of a gateway that waits for its mesh, tag or revision.
