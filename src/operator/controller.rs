@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::conditions::{Conditioned, retrying};
 use super::error::Error;
-use super::failures::{Failures, retry_after};
+use super::failures::Failures;
 use super::index::OwnedStream;
 use super::queue::{Queue, describe, key};
 use super::shared::Shared;
@@ -141,7 +141,7 @@ where
         // After a failure: log it and retry with back-off that grows while it keeps failing.
         let error_policy = move |obj: Arc<Guarded<K>>, error: &Error, _: Arc<Ctx>| {
             let object = describe(obj.as_ref());
-            let wait = retry_after(failures.count(name, &object));
+            let wait = failures.retry_after(name, &object, std::time::Instant::now());
             warn!(%object, kind = error.metric_label(), %error, retry_in = ?wait, "reconcile failed; retrying");
             Action::requeue(wait)
         };

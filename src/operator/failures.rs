@@ -1,6 +1,6 @@
-//! Reconciles that keep failing: counted per object, retried with growing back-off (never
-//! a tight loop against a broken API server), shown in `weft_reconcile_failing` and, once
-//! an object has failed for a minute, in readiness.
+//! Reconciles that keep failing: counted per object, retried after as long as they have
+//! been failing (never a tight loop against a broken API server), shown in
+//! `weft_reconcile_failing` and, once an object has failed for a minute, in readiness.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -76,6 +76,17 @@ impl Failures {
             .map_or(0, |f| f.count)
     }
 
+    /// When to retry `object`: as long as it has been failing, from 5 s to 5 minutes. By
+    /// time, not by count: the watch events a failing object attracts (its namespace being
+    /// deleted, say) add failures quickly but must not push its retry minutes away.
+    pub fn retry_after(&self, controller: &str, object: &str, now: Instant) -> Duration {
+        let failing_for = self
+            .lock()
+            .get(&(controller.to_string(), object.to_string()))
+            .map_or(Duration::ZERO, |f| now.saturating_duration_since(f.since));
+        failing_for.clamp(FIRST_RETRY, MAX_RETRY)
+    }
+
     fn update_gauge(&self, failing: &BTreeMap<(String, String), Failing>, controller: &str) {
         let n = failing.keys().filter(|(c, _)| c == controller).count();
         self.gauge
@@ -89,12 +100,6 @@ impl Failures {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.failing.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// When to retry after the `count`th failure in a row: 5 s, doubling, at most 5 minutes.
-pub fn retry_after(count: u32) -> Duration {
-    let doublings = count.saturating_sub(1).min(16);
-    (FIRST_RETRY * 2u32.pow(doublings)).min(MAX_RETRY)
 }
 
 impl crate::http::Check for Failures {
@@ -119,12 +124,18 @@ mod tests {
     use crate::http::Check;
 
     #[test]
-    fn retries_back_off_from_five_seconds_to_five_minutes() {
-        assert_eq!(retry_after(1), Duration::from_secs(5));
-        assert_eq!(retry_after(2), Duration::from_secs(10));
-        assert_eq!(retry_after(4), Duration::from_secs(40));
-        assert_eq!(retry_after(7), MAX_RETRY);
-        assert_eq!(retry_after(u32::MAX), MAX_RETRY);
+    fn retries_wait_as_long_as_the_object_has_failed_from_five_seconds_to_five_minutes() {
+        let f = Failures::default();
+        let start = Instant::now();
+        for _ in 0..20 {
+            f.failed("meshinstall", "a", "boom");
+        }
+        let wait = |after: u64| f.retry_after("meshinstall", "a", start + Duration::from_secs(after));
+        assert_eq!(wait(0), FIRST_RETRY, "twenty quick failures do not push it away");
+        let w = wait(40);
+        assert!(w > Duration::from_secs(39) && w <= Duration::from_secs(40), "{w:?}");
+        assert_eq!(wait(3600), MAX_RETRY);
+        assert_eq!(f.retry_after("meshinstall", "never-failed", start), FIRST_RETRY);
     }
 
     #[test]
