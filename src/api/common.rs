@@ -69,6 +69,8 @@ pub enum StallReason {
     NameConflict,
     /// A new revision did not become Ready within its progress deadline.
     RevisionFailed,
+    /// A revision tag is pinned to a revision this MeshInstall does not have.
+    TagTargetNotFound,
 }
 
 impl StallReason {
@@ -80,6 +82,7 @@ impl StallReason {
             StallReason::RenderFailed => "RenderFailed",
             StallReason::NameConflict => "NameConflict",
             StallReason::RevisionFailed => "RevisionFailed",
+            StallReason::TagTargetNotFound => "TagTargetNotFound",
         }
     }
 }
@@ -99,7 +102,8 @@ pub mod cel {
     /// Every request and limit of a `resources` block is a quantity, and not negative.
     pub const QUANTITIES: &str = "(!has(self.requests) || self.requests.all(k, isQuantity(string(self.requests[k])) && !string(self.requests[k]).startsWith('-'))) && (!has(self.limits) || self.limits.all(k, isQuantity(string(self.limits[k])) && !string(self.limits[k]).startsWith('-')))";
     /// What a person reads when `QUANTITIES` fails.
-    pub const QUANTITIES_MESSAGE: &str = "resources: every request and limit must be a quantity of 0 or more, such as 250m, 1, 128Mi or 1Gi";
+    pub const QUANTITIES_MESSAGE: &str =
+        "resources: every request and limit must be a quantity of 0 or more, such as 250m, 1, 128Mi or 1Gi";
     /// No request is greater than its limit.
     pub const REQUEST_LE_LIMIT: &str = "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || !isQuantity(string(self.requests[k])) || !isQuantity(string(self.limits[k])) || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)";
     /// What a person reads when `REQUEST_LE_LIMIT` fails.
@@ -112,8 +116,7 @@ pub mod cel {
     /// How a label or annotation key looks, for messages.
     pub const KEY_SYNTAX: &str = "an optional DNS-subdomain prefix and '/' (such as example.com/), then a name of at most 63 letters, digits, '-', '_' or '.' that starts and ends with a letter or digit";
     /// Label values: at most 63 characters, empty or starting and ending alphanumeric.
-    pub const LABEL_VALUES: &str =
-        "self.all(k, self[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'))";
+    pub const LABEL_VALUES: &str = "self.all(k, self[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'))";
     /// Label selectors: only the four operators, values exactly where they belong, valid
     /// keys and values.
     pub const SELECTOR_OPERATORS: &str = "self.all(s, !has(s.matchExpressions) || s.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist']))";
@@ -160,7 +163,11 @@ pub mod bounds {
         };
         if node.get(*first).is_none() {
             // An optional field may be `anyOf: [T, null]` before kube flattens it.
-            let inner = node.get_mut("anyOf")?.as_array_mut()?.iter_mut().find(|s| s.get(*first).is_some())?;
+            let inner = node
+                .get_mut("anyOf")?
+                .as_array_mut()?
+                .iter_mut()
+                .find(|s| s.get(*first).is_some())?;
             return walk(inner, path);
         }
         walk(node.get_mut(*first)?, rest)
@@ -171,7 +178,12 @@ pub mod bounds {
         edit(schema, |value| {
             for map in ["requests", "limits"] {
                 set(value, &["properties", map], "maxProperties", json!(16));
-                set(value, &["properties", map, "additionalProperties"], "maxLength", json!(64));
+                set(
+                    value,
+                    &["properties", map, "additionalProperties"],
+                    "maxLength",
+                    json!(64),
+                );
             }
             set(value, &["properties", "claims"], "maxItems", json!(16));
         });
@@ -194,12 +206,32 @@ pub mod bounds {
     fn selectors_json(value: &mut Value) {
         let sel = ["items", "properties"];
         let expr = [&sel[..], &["matchExpressions", "items", "properties"]].concat();
-        set(value, &[&sel[..], &["matchLabels"]].concat(), "maxProperties", json!(32));
-        set(value, &[&sel[..], &["matchLabels", "additionalProperties"]].concat(), "maxLength", json!(63));
-        set(value, &[&sel[..], &["matchExpressions"]].concat(), "maxItems", json!(16));
+        set(
+            value,
+            &[&sel[..], &["matchLabels"]].concat(),
+            "maxProperties",
+            json!(32),
+        );
+        set(
+            value,
+            &[&sel[..], &["matchLabels", "additionalProperties"]].concat(),
+            "maxLength",
+            json!(63),
+        );
+        set(
+            value,
+            &[&sel[..], &["matchExpressions"]].concat(),
+            "maxItems",
+            json!(16),
+        );
         set(value, &[&expr[..], &["key"]].concat(), "maxLength", json!(317));
         set(value, &[&expr[..], &["operator"]].concat(), "maxLength", json!(16));
         set(value, &[&expr[..], &["values"]].concat(), "maxItems", json!(32));
-        set(value, &[&expr[..], &["values", "items"]].concat(), "maxLength", json!(63));
+        set(
+            value,
+            &[&expr[..], &["values", "items"]].concat(),
+            "maxLength",
+            json!(63),
+        );
     }
 }
