@@ -188,7 +188,9 @@ async fn canary_upgrade_moves_latest_then_active_and_prunes_the_old_revision_onc
     for rev in [old, new] {
         let created = format!("revision {rev} (version");
         assert!(
-            events.iter().any(|(r, m)| r == "RevisionCreated" && m.contains(&created)),
+            events
+                .iter()
+                .any(|(r, m)| r == "RevisionCreated" && m.contains(&created)),
             "no RevisionCreated Event names {rev}: {events:?}"
         );
     }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::ResourceExt;
 
 use super::Context;
@@ -111,13 +112,22 @@ fn installed(ctx: &Context, uid: &str) -> Vec<RevisionObservation> {
                 .clone()
                 .try_parse::<Deployment>()
                 .ok()
-                .map(|d| deployment_health(&d)),
+                .map(|d| deployment_health(&d, floor(ctx, ns.as_deref(), &rev))),
             proxy_wanted: proxy.is_some(),
             proxy,
         };
         revisions.insert(rev, observation);
     }
     revisions.into_values().collect()
+}
+
+/// The fewest control-plane pods a revision must have to be Ready: its autoscaler's
+/// `minReplicas` (each revision keeps the spec it was installed with), else 0.
+fn floor(ctx: &Context, ns: Option<&str>, revision: &str) -> i32 {
+    ctx.index
+        .get_typed::<HorizontalPodAutoscaler>(OwnedKind::HorizontalPodAutoscaler, ns, &control_plane_name(revision))
+        .and_then(|h| h.spec)
+        .map_or(0, |s| s.min_replicas.unwrap_or(1))
 }
 
 /// Who uses this mesh's revisions: index lookups for the label values that can name them.
