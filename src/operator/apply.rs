@@ -94,7 +94,13 @@ fn api_for(client: &Client, kind: OwnedKind, namespace: Option<&str>) -> Api<Dyn
     }
 }
 
-/// Applies one object unless the live copy already contains it.
+/// The field manager that holds `spec.replicas` of an autoscaled Deployment until its
+/// autoscaler first changes it. Our own applies leave the field out (so they never undo the
+/// autoscaler), and a field no manager holds any more would fall back to 1 replica.
+pub const REPLICAS_MANAGER: &str = "weft-operator-initial-replicas";
+
+/// Applies one object unless the live copy already contains it. An autoscaled Deployment
+/// is created with its initial replicas, which are then handed to `REPLICAS_MANAGER`.
 pub async fn apply(
     client: &Client,
     index: &OwnedIndex,
@@ -109,8 +115,28 @@ pub async fn apply(
         return Ok(Applied::Unchanged);
     }
     let api = api_for(client, m.kind, m.namespace.as_deref());
+    let live_replicas = live
+        .as_ref()
+        .and_then(|l| l.data.pointer("/spec/replicas"))
+        .and_then(Value::as_i64);
+    let handover = match (m.initial_replicas, &live) {
+        (Some(n), None) => Some(i64::from(n)),
+        // Share the current count before our apply lets go of it (it may be ours from a
+        // time without autoscaling).
+        (Some(_), Some(_)) => live_replicas,
+        (None, _) => None,
+    };
+    if let (Some(n), Some(_)) = (handover, &live) {
+        hand_over_replicas(&api, metrics, m, n).await?;
+    }
+    let mut sent = want;
+    if let (Some(n), None) = (m.initial_replicas, &live)
+        && let Some(spec) = sent.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert("replicas".to_string(), Value::from(n));
+    }
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&m.name, &params, &Patch::Apply(&want))
+    api.patch(&m.name, &params, &Patch::Apply(&sent))
         .await
         .map_err(|source| ApplyError {
             action: "apply",
@@ -118,11 +144,50 @@ pub async fn apply(
             source,
         })?;
     metrics.write(m.kind.name(), "apply");
+    if let (Some(n), None) = (handover, &live) {
+        hand_over_replicas(&api, metrics, m, n).await?;
+    }
     Ok(if live.is_some() {
         Applied::Updated
     } else {
         Applied::Created
     })
+}
+
+/// Lets `REPLICAS_MANAGER` share `spec.replicas` at its current value `n`. Never forced: if
+/// another manager (the autoscaler) holds another value, it keeps it, which is the goal.
+async fn hand_over_replicas(
+    api: &Api<DynamicObject>,
+    metrics: &Metrics,
+    m: &Manifest,
+    n: i64,
+) -> Result<(), ApplyError> {
+    let mut meta = serde_json::Map::new();
+    meta.insert("name".into(), Value::from(m.name.clone()));
+    if let Some(ns) = &m.namespace {
+        meta.insert("namespace".into(), Value::from(ns.clone()));
+    }
+    let body = serde_json::json!({
+        "apiVersion": m.object.get("apiVersion"),
+        "kind": m.object.get("kind"),
+        "metadata": meta,
+        "spec": {"replicas": n},
+    });
+    match api
+        .patch(&m.name, &PatchParams::apply(REPLICAS_MANAGER), &Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => {
+            metrics.write(m.kind.name(), "apply");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(source) => Err(ApplyError {
+            action: "hand over replicas of",
+            object: m.describe(),
+            source,
+        }),
+    }
 }
 
 /// Applies every manifest, then prunes what `owner` has and no longer wants (only objects

@@ -121,7 +121,8 @@ pub fn render_gateway(input: &GatewayInput) -> Result<Vec<Manifest>, RenderError
         Manifest::new(
             OwnedKind::Deployment,
             &r.deployment(&hash, hpa.is_none().then_some(replicas)),
-        )?,
+        )?
+        .starting_with(hpa.as_ref().map(|h| h.min)),
     ];
     if let Some(h) = &hpa {
         out.push(Manifest::new(
