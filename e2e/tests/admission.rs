@@ -1,0 +1,288 @@
+//! Admission against the test bed's real API server: bad specs are refused with a message a
+//! person understands, and good specs at every limit are accepted and render objects the
+//! API server accepts too (server-side dry run), so an apply never fails halfway through.
+
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use weft::api::{MeshGateway, MeshInstall};
+use weft::operator::mesh_install::revisions::target_revision;
+use weft::render::{GatewayInput, Manifest, RevisionInput, render_gateway, render_revision};
+use weft::versions::VersionTable;
+use weft_e2e::Bed;
+use weft_e2e::operator::install_crds;
+
+/// Where the MeshGateways of the tables live until a test puts them in its own namespace.
+const NS: &str = "placeholder";
+
+fn mesh_install(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "weft.dev/v1alpha1", "kind": "MeshInstall", "metadata": {"name": name}, "spec": spec})
+}
+
+fn mesh_gateway(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
+           "metadata": {"name": name, "namespace": NS}, "spec": spec})
+}
+
+/// An API for the object's kind (and namespace).
+fn api_for(bed: &Bed, obj: &Value) -> Api<DynamicObject> {
+    let (group, version) = match obj["apiVersion"].as_str().unwrap_or_default().split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (
+            String::new(),
+            obj["apiVersion"].as_str().unwrap_or_default().to_string(),
+        ),
+    };
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(&group, &version, kind));
+    match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(bed.client.clone(), ns, &ar),
+        None => Api::all_with(bed.client.clone(), &ar),
+    }
+}
+
+/// Creates `obj` in a server-side dry run: admission runs in full, nothing is stored.
+async fn dry_run_create(bed: &Bed, obj: &Value) -> Result<(), String> {
+    let dynamic: DynamicObject = serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    api_for(bed, obj)
+        .create(&params, &dynamic)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Server-side applies a rendered object in a dry run, as the operator would apply it.
+async fn dry_run_apply(bed: &Bed, m: &Manifest) -> Result<(), String> {
+    let params = PatchParams::apply("weft-operator").force().dry_run();
+    let mut obj = m.object.clone();
+    if let (Some(n), Some(spec)) = (m.initial_replicas, obj.get_mut("spec").and_then(Value::as_object_mut)) {
+        spec.insert("replicas".into(), json!(n));
+    }
+    api_for(bed, &obj)
+        .patch(&m.name, &params, &Patch::Apply(&obj))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{}: {e}", m.describe()))
+}
+
+/// Each bad spec, and a fragment of the message admission must answer with.
+#[rustfmt::skip]
+fn bad_specs() -> Vec<(&'static str, Value, &'static str)> {
+    let mi = mesh_install;
+    let gw = mesh_gateway;
+    let system = "namespace must not be default or a kube-* system namespace";
+    let over_limit = "a request must not be greater than its limit";
+    vec![
+        ("request above limit",
+         mi("bad", json!({"version": "1.0.0", "controlPlane": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}})),
+         over_limit),
+        ("memory request above limit",
+         mi("bad", json!({"version": "1.0.0", "proxy": {"resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "512Mi"}}}})),
+         over_limit),
+        ("gateway request above limit",
+         gw("bad", json!({"mesh": "m", "resources": {"requests": {"cpu": "500m"}, "limits": {"cpu": "100m"}}})),
+         over_limit),
+        ("malformed quantity",
+         mi("bad", json!({"version": "1.0.0", "controlPlane": {"resources": {"requests": {"cpu": "lots"}}}})),
+         "every request and limit must be a quantity"),
+        ("negative quantity",
+         mi("bad", json!({"version": "1.0.0", "proxy": {"resources": {"limits": {"memory": "-1Gi"}}}})),
+         "every request and limit must be a quantity of 0 or more"),
+        ("percentage above 100",
+         mi("bad", json!({"version": "1.0.0", "controlPlane": {"podDisruptionBudget": {"minAvailable": "150%"}}})),
+         "percentage from 0% to 100%"),
+        ("a count that is not a percentage",
+         gw("bad", json!({"mesh": "m", "podDisruptionBudget": {"maxUnavailable": "two"}})),
+         "podDisruptionBudget.maxUnavailable must be a number of pods"),
+        ("node proxies never replaced",
+         mi("bad", json!({"version": "1.0.0", "proxy": {"updateStrategy": {"maxUnavailable": 0}}})),
+         "with 0 no node proxy could ever be replaced"),
+        ("sampling above 100",
+         mi("bad", json!({"version": "1.0.0", "meshConfig": {"tracing": {"samplingPercent": 150}}})),
+         "should be less than or equal to 100"),
+        ("bad label key",
+         mi("bad", json!({"version": "1.0.0", "controlPlane": {"nodeSelector": {"-zone": "a"}}})),
+         "nodeSelector: every key must be a label key"),
+        ("bad label value",
+         gw("bad", json!({"mesh": "m", "nodeSelector": {"zone": "a b"}})),
+         "nodeSelector: every value must be a label value"),
+        ("label value too long",
+         mi("bad", json!({"version": "1.0.0", "proxy": {"nodeSelector": {"zone": "a".repeat(64)}}})),
+         "Too long"),
+        ("bad annotation key",
+         gw("bad", json!({"mesh": "m", "service": {"annotations": {"example.com/bad key": "x"}}})),
+         "service.annotations: every key must be an annotation key"),
+        ("unknown selector operator",
+         mi("bad", json!({"version": "1.0.0", "meshConfig": {"discoverySelectors": [
+             {"matchExpressions": [{"key": "team", "operator": "Equals", "values": ["a"]}]}]}})),
+         "operator must be In, NotIn, Exists or DoesNotExist"),
+        ("In without values",
+         mi("bad", json!({"version": "1.0.0", "meshConfig": {"discoverySelectors": [
+             {"matchExpressions": [{"key": "team", "operator": "In"}]}]}})),
+         "In and NotIn need at least one value"),
+        ("Exists with values",
+         mi("bad", json!({"version": "1.0.0", "meshConfig": {"discoverySelectors": [
+             {"matchExpressions": [{"key": "team", "operator": "Exists", "values": ["a"]}]}]}})),
+         "Exists and DoesNotExist take no values"),
+        ("bad selector label",
+         mi("bad", json!({"version": "1.0.0", "meshConfig": {"discoverySelectors": [{"matchLabels": {"team": "a/b"}}]}})),
+         "discoverySelectors: keys must be label keys"),
+        ("mesh not a DNS label",
+         gw("bad", json!({"mesh": "My_Mesh"})),
+         "mesh must name a MeshInstall: a DNS label"),
+        ("mesh name too long",
+         gw("bad", json!({"mesh": "a".repeat(31)})),
+         "Too long"),
+        ("MeshInstall name too long",
+         mi(&"a".repeat(31), json!({"version": "1.0.0"})),
+         "the MeshInstall name must be at most 30 characters"),
+        ("version too long",
+         mi("bad", json!({"version": "1.0.0-rc.1234567890abc"})),
+         "Too long"),
+        ("mesh in kube-system with an image override",
+         mi("bad", json!({"version": "1.0.0", "namespace": "kube-system", "controlPlane": {"image": "example.com/any:latest"}})),
+         system),
+        ("mesh in kube-public", mi("bad", json!({"version": "1.0.0", "namespace": "kube-public"})), system),
+        ("mesh in kube-node-lease", mi("bad", json!({"version": "1.0.0", "namespace": "kube-node-lease"})), system),
+        ("mesh in default", mi("bad", json!({"version": "1.0.0", "namespace": "default"})), system),
+        ("bad priority class",
+         mi("bad", json!({"version": "1.0.0", "controlPlane": {"priorityClassName": "High_Priority"}})),
+         "priorityClassName must name a PriorityClass"),
+    ]
+}
+
+#[tokio::test]
+async fn bad_specs_are_refused_at_admission_with_a_message() {
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let ns = bed.namespace("e2e-refused").await;
+    let mut wrong = Vec::new();
+    for (case, mut obj, fragment) in bad_specs() {
+        if obj["metadata"].get("namespace").is_some() {
+            obj["metadata"]["namespace"] = json!(ns.name);
+        }
+        match dry_run_create(&bed, &obj).await {
+            Ok(()) => wrong.push(format!("{case}: accepted")),
+            Err(e) if e.contains(fragment) => {}
+            Err(e) => wrong.push(format!("{case}: refused without {fragment:?}: {e}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "admission did not answer as expected:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// Good MeshInstalls at the limits: (case, name, spec).
+#[rustfmt::skip]
+fn good_meshes() -> Vec<(&'static str, String, Value)> {
+    let selectors = json!([
+        {"matchLabels": {"example.com/team": "a".repeat(63)}},
+        {"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "staging"]},
+                              {"key": "tier", "operator": "NotIn", "values": ["batch"]},
+                              {"key": "weft.dev/mesh", "operator": "Exists"},
+                              {"key": "legacy", "operator": "DoesNotExist"}]}]);
+    vec![
+        // 30 + "-v" + 20 = 52: the longest revision name, still a label value, and a DNS label
+        // inside every owned object's name.
+        ("longest revision name", "a".repeat(30),
+         json!({"version": "1.0.0-rc.12345678901", "updateStrategy": {"type": "RevisionBased"}})),
+        ("longest in-place name", format!("b{}", "0".repeat(29)), json!({"version": "1.0.0"})),
+        ("one-character name", "c".into(), json!({"version": "1.0.0"})),
+        ("selectors with every operator", "sel".into(),
+         json!({"version": "1.0.0", "meshConfig": {"discoverySelectors": selectors}})),
+        ("requests equal to limits, every percentage, autoscaled", "res".into(),
+         json!({"version": "1.0.0", "profile": "ha",
+                "controlPlane": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"},
+                                               "limits": {"cpu": "1000m", "memory": "1024Mi"}},
+                                 "podDisruptionBudget": {"maxUnavailable": "100%"},
+                                 "nodeSelector": {"kubernetes.io/os": "linux", "topology.kubernetes.io/zone": "zone-a"},
+                                 "autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 5}},
+                "proxy": {"updateStrategy": {"maxUnavailable": "100%"}, "resources": {"requests": {"cpu": 0}}}})),
+    ]
+}
+
+/// Good MeshGateways at the limits: (case, name, spec).
+#[rustfmt::skip]
+fn good_gateways() -> Vec<(&'static str, String, Value)> {
+    vec![
+        ("longest gateway name", format!("g{}", "1".repeat(62)), json!({"mesh": "a".repeat(30)})),
+        ("autoscaled, with annotations", "auto".into(),
+         json!({"mesh": "m", "autoscaling": {"minReplicas": 2, "maxReplicas": 5},
+                "podDisruptionBudget": {"minAvailable": "50%"},
+                "service": {"type": "LoadBalancer",
+                            "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}},
+                "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "100m"}}})),
+    ]
+}
+
+#[tokio::test]
+async fn good_specs_at_the_limits_are_accepted_and_render_objects_the_api_server_accepts() {
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let ns = bed.namespace("e2e-accepted").await;
+    let versions = VersionTable::builtin();
+    let version = versions.get("1.0.0").expect("1.0.0 is supported");
+    let mut wrong = Vec::new();
+    for (case, name, spec) in good_meshes() {
+        let obj = mesh_install(&name, spec);
+        if let Err(e) = dry_run_create(&bed, &obj).await {
+            wrong.push(format!("{case}: refused: {e}"));
+            continue;
+        }
+        let mut mi: MeshInstall = serde_json::from_value(obj).expect("a MeshInstall");
+        mi.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
+        // The namespace must exist for a dry run of its objects; every case shares one.
+        mi.spec.namespace = ns.name.clone();
+        let revision = target_revision(&mi);
+        let rendered = render_revision(&RevisionInput {
+            mesh: &mi,
+            revision: &revision,
+            version,
+        });
+        match rendered {
+            Ok(manifests) => {
+                for m in &manifests {
+                    if let Err(e) = dry_run_apply(&bed, m).await {
+                        wrong.push(format!("{case} (revision {revision}): {e}"));
+                    }
+                }
+            }
+            Err(e) => wrong.push(format!("{case}: render failed: {e}")),
+        }
+    }
+    for (case, name, spec) in good_gateways() {
+        let mut obj = mesh_gateway(&name, spec);
+        obj["metadata"]["namespace"] = json!(ns.name);
+        if let Err(e) = dry_run_create(&bed, &obj).await {
+            wrong.push(format!("{case}: refused: {e}"));
+            continue;
+        }
+        let mut gw: MeshGateway = serde_json::from_value(obj).expect("a MeshGateway");
+        gw.metadata.uid = Some("00000000-0000-0000-0000-000000000002".into());
+        let revision = format!("{}-v1-0-0-rc-12345678901", "a".repeat(30));
+        let input = GatewayInput {
+            gateway: &gw,
+            mesh: &gw.spec.mesh,
+            revision: &revision,
+            control_plane_namespace: &ns.name,
+            version,
+        };
+        match render_gateway(&input) {
+            Ok(manifests) => {
+                for m in &manifests {
+                    if let Err(e) = dry_run_apply(&bed, m).await {
+                        wrong.push(format!("{case}: {e}"));
+                    }
+                }
+            }
+            Err(e) => wrong.push(format!("{case}: render failed: {e}")),
+        }
+    }
+    ns.delete().await;
+    assert!(wrong.is_empty(), "good specs went wrong:\n{}", wrong.join("\n"));
+}
