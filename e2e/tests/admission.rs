@@ -148,6 +148,18 @@ fn bad_specs() -> Vec<(&'static str, Value, &'static str)> {
         ("mesh in kube-public", mi("bad", json!({"version": "1.0.0", "namespace": "kube-public"})), system),
         ("mesh in kube-node-lease", mi("bad", json!({"version": "1.0.0", "namespace": "kube-node-lease"})), system),
         ("mesh in default", mi("bad", json!({"version": "1.0.0", "namespace": "default"})), system),
+        ("unknown toleration operator",
+         mi("bad", json!({"version": "1.0.0", "controlPlane": {"tolerations": [{"key": "k", "operator": "Bogus"}]}})),
+         "tolerations: operator must be Exists or Equal"),
+        ("toleration Exists with a value",
+         gw("bad", json!({"mesh": "m", "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]})),
+         "a toleration with operator Exists takes no value"),
+        ("toleration without key nor Exists",
+         mi("bad", json!({"version": "1.0.0", "proxy": {"tolerations": [{"value": "v"}]}})),
+         "one without a key must use operator Exists"),
+        ("tolerationSeconds without NoExecute",
+         mi("bad", json!({"version": "1.0.0", "proxy": {"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 5}]}})),
+         "tolerationSeconds applies to effect NoExecute only"),
         ("bad priority class",
          mi("bad", json!({"version": "1.0.0", "controlPlane": {"priorityClassName": "High_Priority"}})),
          "priorityClassName must name a PriorityClass"),
@@ -170,6 +182,7 @@ async fn bad_specs_are_refused_at_admission_with_a_message() {
             Err(e) => wrong.push(format!("{case}: refused without {fragment:?}: {e}")),
         }
     }
+    ns.delete().await;
     assert!(
         wrong.is_empty(),
         "admission did not answer as expected:\n{}",
@@ -192,7 +205,12 @@ fn good_meshes() -> Vec<(&'static str, String, Value)> {
         ("longest revision name", "a".repeat(30),
          json!({"version": "1.0.0-rc.12345678901", "updateStrategy": {"type": "RevisionBased"}})),
         ("longest in-place name", format!("b{}", "0".repeat(29)), json!({"version": "1.0.0"})),
-        ("one-character name", "c".into(), json!({"version": "1.0.0"})),
+        ("one-character name, every kind of toleration", "c".into(),
+         json!({"version": "1.0.0",
+                "controlPlane": {"tolerations": [{"operator": "Exists"},
+                                                 {"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"},
+                                                 {"key": "example.com/k", "value": "v"},
+                                                 {"key": "n", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]}})),
         ("selectors with every operator", "sel".into(),
          json!({"version": "1.0.0", "meshConfig": {"discoverySelectors": selectors}})),
         ("requests equal to limits, every percentage, autoscaled", "res".into(),
@@ -285,4 +303,214 @@ async fn good_specs_at_the_limits_are_accepted_and_render_objects_the_api_server
     }
     ns.delete().await;
     assert!(wrong.is_empty(), "good specs went wrong:\n{}", wrong.join("\n"));
+}
+
+/// A small deterministic generator (xorshift), so a failing case can be replayed from its
+/// seed without a property-testing crate.
+struct Gen(u64);
+
+impl Gen {
+    fn pick<T: Clone>(&mut self, options: &[T]) -> T {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        options[(self.0 % options.len() as u64) as usize].clone()
+    }
+}
+
+impl Gen {
+    /// One of `good`, or now and then (one time in ten) one of `bad`, so that most specs
+    /// hold at most one mistake and every outcome is reached.
+    fn field(&mut self, good: &[Value], bad: &[Value]) -> Value {
+        if !bad.is_empty() && self.pick(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]) == 0 {
+            self.pick(bad)
+        } else {
+            self.pick(good)
+        }
+    }
+}
+
+/// A generated MeshInstall: every field good or, now and then, bad; null means not set.
+#[rustfmt::skip]
+fn generated_mesh(g: &mut Gen) -> Value {
+    let name = g.field(&[json!("m"), json!("a".repeat(30)), json!(format!("x{}", "9".repeat(28)))],
+                       &[json!("a".repeat(31)), json!("Upper")]);
+    let mut spec = json!({
+        "version": g.field(&[json!("1.0.0"), json!("1.1.0"), json!("1.0.0-rc.12345678901")],
+                           &[json!("1.0.0-rc.123456789012"), json!("one")]),
+        "profile": g.field(&[json!("default"), json!("minimal"), json!("demo"), json!("ha")], &[]),
+        "namespace": g.field(&[json!("weft-gen")], &[json!("kube-system"), json!("default")]),
+        "updateStrategy": {"type": g.field(&[json!("InPlace"), json!("RevisionBased")], &[])},
+    });
+    let cp = json!({
+        "replicas": g.field(&[Value::Null, json!(0), json!(3)], &[]),
+        "resources": g.field(&[Value::Null, json!({"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}})],
+                             &[json!({"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}), json!({"requests": {"memory": "lots"}})]),
+        "autoscaling": g.field(&[Value::Null, json!({"enabled": true, "minReplicas": 2, "maxReplicas": 5}), json!({"enabled": false})],
+                               &[json!({"enabled": true, "minReplicas": 5, "maxReplicas": 2}), json!({"enabled": true, "minReplicas": 7})]),
+        "podDisruptionBudget": g.field(&[Value::Null, json!({"minAvailable": "50%"}), json!({"maxUnavailable": 1}), json!({"enabled": true})],
+                                       &[json!({"minAvailable": "150%"}), json!({"minAvailable": 1, "maxUnavailable": 1})]),
+        "nodeSelector": g.field(&[Value::Null, json!({"topology.kubernetes.io/zone": "zone-a"})],
+                                &[json!({"-x": "a"}), json!({"zone": "a b"})]),
+        "tolerations": g.field(&[Value::Null, json!([{"operator": "Exists"}])], &[json!([{"key": "k", "operator": "Nope"}])]),
+    });
+    let proxy = json!({
+        "updateStrategy": g.field(&[Value::Null, json!({"maxUnavailable": 1}), json!({"maxUnavailable": "10%"})],
+                                  &[json!({"maxUnavailable": 0})]),
+        "concurrency": g.field(&[Value::Null, json!(2)], &[]),
+    });
+    let selectors = g.field(&[Value::Null, json!([{"matchLabels": {"mesh": "on"}}])],
+                            &[json!([{"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["b"]}]}])]);
+    spec["controlPlane"] = strip_nulls(cp);
+    spec["proxy"] = strip_nulls(proxy);
+    if !selectors.is_null() {
+        spec["meshConfig"] = json!({"discoverySelectors": selectors});
+    }
+    mesh_install(name.as_str().unwrap_or_default(), spec)
+}
+
+/// A generated MeshGateway, the same way.
+#[rustfmt::skip]
+fn generated_gateway(g: &mut Gen) -> Value {
+    let name = g.field(&[json!("gw"), json!(format!("g{}", "1".repeat(62)))],
+                       &[json!(format!("g{}", "1".repeat(63))), json!("1gw")]);
+    let spec = json!({
+        "mesh": g.field(&[json!("m"), json!("a".repeat(30))], &[json!("a".repeat(31))]),
+        "type": g.field(&[json!("ingress"), json!("egress"), json!("eastwest")], &[]),
+        "replicas": g.field(&[Value::Null, json!(0), json!(2)], &[]),
+        "autoscaling": g.field(&[Value::Null, json!({"minReplicas": 2, "maxReplicas": 5})],
+                               &[json!({"minReplicas": 6, "maxReplicas": 2})]),
+        "podDisruptionBudget": g.field(&[Value::Null, json!({"minAvailable": "100%"})], &[json!({"maxUnavailable": "101%"})]),
+        "service": g.field(&[Value::Null, json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local"}),
+                             json!({"ports": [{"name": "http", "port": 80}, {"name": "alt", "port": 8080}]})],
+                           &[json!({"ports": [{"name": "admin", "port": 15000}]}),
+                             json!({"annotations": {"example.com/ok": "x", "bad key": "y"}})]),
+        "resources": g.field(&[Value::Null, json!({"limits": {"cpu": "1"}})], &[json!({"requests": {"cpu": "-5"}})]),
+    });
+    mesh_gateway(name.as_str().unwrap_or_default(), strip_nulls(spec))
+}
+
+fn strip_nulls(mut v: Value) -> Value {
+    if let Some(obj) = v.as_object_mut() {
+        obj.retain(|_, v| !v.is_null());
+    }
+    v
+}
+
+/// What became of one generated spec.
+#[derive(Debug)]
+enum Outcome {
+    /// Refused at admission, with a message.
+    Refused,
+    /// Accepted; its objects passed a server-side dry run.
+    Rendered,
+    /// Accepted; the operator would stall, with a message.
+    Stalled,
+}
+
+/// Judges one generated spec; `Err` says what went wrong.
+async fn judge(bed: &Bed, ns: &str, mut obj: Value) -> Result<Outcome, String> {
+    if obj["metadata"].get("namespace").is_some() {
+        obj["metadata"]["namespace"] = json!(ns);
+    }
+    if let Err(e) = dry_run_create(bed, &obj).await {
+        return match e.contains("422") || e.contains("Invalid") {
+            true if e.len() > 40 => Ok(Outcome::Refused),
+            _ => Err(format!("refused without a readable message: {e}")),
+        };
+    }
+    let versions = VersionTable::builtin();
+    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+    let rendered = if kind == "MeshInstall" {
+        let mut mi: MeshInstall = serde_json::from_value(obj).map_err(|e| e.to_string())?;
+        mi.metadata.uid = Some("00000000-0000-0000-0000-000000000003".into());
+        mi.spec.namespace = ns.into();
+        let Some(version) = versions.get(&mi.spec.version) else {
+            // Stalled, reason UnsupportedVersion (decide's unit tests check its message).
+            return Ok(Outcome::Stalled);
+        };
+        let revision = target_revision(&mi);
+        render_revision(&RevisionInput {
+            mesh: &mi,
+            revision: &revision,
+            version,
+        })
+    } else {
+        let mut gw: MeshGateway = serde_json::from_value(obj).map_err(|e| e.to_string())?;
+        gw.metadata.uid = Some("00000000-0000-0000-0000-000000000004".into());
+        let revision = format!("{}-v1-0-0-rc-12345678901", gw.spec.mesh);
+        let version = versions.get("1.0.0").ok_or("1.0.0 is supported")?;
+        render_gateway(&GatewayInput {
+            gateway: &gw,
+            mesh: &gw.spec.mesh,
+            revision: &revision,
+            control_plane_namespace: ns,
+            version,
+        })
+    };
+    match rendered {
+        Err(e) if e.to_string().is_empty() => Err("stalled without a message".into()),
+        Err(_) => Ok(Outcome::Stalled),
+        Ok(manifests) => {
+            for m in &manifests {
+                dry_run_apply(bed, m).await?;
+            }
+            Ok(Outcome::Rendered)
+        }
+    }
+}
+
+/// Generated MeshInstalls and MeshGateways: each is refused at admission with a message,
+/// or renders objects the API server accepts, or stalls with a message; never accepted and
+/// then refused halfway through an apply.
+#[tokio::test]
+async fn generated_specs_are_refused_rendered_or_stalled_never_half_applied() {
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let ns = bed.namespace("e2e-generated").await;
+    let seed = std::env::var("WEFT_E2E_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026_u64);
+    let mut g = Gen(seed);
+    let mut counts = std::collections::BTreeMap::new();
+    let mut wrong = Vec::new();
+    for i in 0..120 {
+        let obj = if i % 2 == 0 {
+            generated_mesh(&mut g)
+        } else {
+            generated_gateway(&mut g)
+        };
+        match judge(&bed, &ns.name, obj.clone()).await {
+            Ok(outcome) => {
+                let key = format!(
+                    "{} {}",
+                    obj["kind"].as_str().unwrap_or_default(),
+                    match outcome {
+                        Outcome::Refused => "refused",
+                        Outcome::Rendered => "rendered",
+                        Outcome::Stalled => "stalled",
+                    }
+                );
+                *counts.entry(key).or_insert(0) += 1;
+            }
+            Err(e) => wrong.push(format!("case {i} (seed {seed:#x}): {e}\n  spec: {obj}")),
+        }
+    }
+    ns.delete().await;
+    println!("outcomes: {counts:?}");
+    assert!(
+        wrong.is_empty(),
+        "{} generated specs went wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    for kind in ["MeshInstall", "MeshGateway"] {
+        for what in ["refused", "rendered"] {
+            assert!(
+                counts.contains_key(&format!("{kind} {what}")),
+                "the generator never produced a {kind} that was {what}: {counts:?}"
+            );
+        }
+    }
 }

@@ -126,6 +126,21 @@ pub mod cel {
     pub const SELECTOR_VALUES_ABSENT: &str = "self.all(s, !has(s.matchExpressions) || s.matchExpressions.all(e, !(e.operator in ['Exists', 'DoesNotExist']) || !has(e.values) || size(e.values) == 0))";
     /// Keys of `matchLabels` and `matchExpressions` are label keys, values label values.
     pub const SELECTOR_LABELS: &str = "self.all(s, (!has(s.matchLabels) || s.matchLabels.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && s.matchLabels[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'))) && (!has(s.matchExpressions) || s.matchExpressions.all(e, e.key.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && (!has(e.values) || e.values.all(v, v.matches('^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'))))))";
+    /// Tolerations: only the operators and effects Kubernetes knows.
+    pub const TOLERATION_OPERATORS: &str = "self.all(t, (!has(t.operator) || t.operator in ['Exists', 'Equal']) && (!has(t.effect) || t.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute']))";
+    /// What a person reads when `TOLERATION_OPERATORS` fails.
+    pub const TOLERATION_OPERATORS_MESSAGE: &str =
+        "tolerations: operator must be Exists or Equal, and effect NoSchedule, PreferNoSchedule or NoExecute";
+    /// Tolerations: `Exists` takes no value, and no key means `Exists` (tolerate everything).
+    pub const TOLERATION_VALUES: &str = "self.all(t, has(t.operator) && t.operator == 'Exists' ? (!has(t.value) || t.value == '') : (has(t.key) && t.key != ''))";
+    /// What a person reads when `TOLERATION_VALUES` fails.
+    pub const TOLERATION_VALUES_MESSAGE: &str =
+        "tolerations: a toleration with operator Exists takes no value, and one without a key must use operator Exists";
+    /// Tolerations: `tolerationSeconds` only with `NoExecute`.
+    pub const TOLERATION_SECONDS: &str =
+        "self.all(t, !has(t.tolerationSeconds) || (has(t.effect) && t.effect == 'NoExecute'))";
+    /// What a person reads when `TOLERATION_SECONDS` fails.
+    pub const TOLERATION_SECONDS_MESSAGE: &str = "tolerations: tolerationSeconds applies to effect NoExecute only";
     /// A DNS subdomain (names of PriorityClasses and the like).
     pub const DNS_SUBDOMAIN: &str =
         "size(self) <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
@@ -194,6 +209,16 @@ pub mod bounds {
         edit(schema, |value| {
             set(value, &[], "maxProperties", json!(64));
             set(value, &["additionalProperties"], "maxLength", json!(63));
+        });
+    }
+
+    /// Tolerations: at most 32, with strings as long as Kubernetes allows.
+    pub fn tolerations(schema: &mut Schema) {
+        edit(schema, |value| {
+            set(value, &[], "maxItems", json!(32));
+            for (field, max) in [("key", 317), ("operator", 16), ("value", 63), ("effect", 32)] {
+                set(value, &["items", "properties", field], "maxLength", json!(max));
+            }
         });
     }
 

@@ -93,6 +93,10 @@ pub struct MeshGatewaySpec {
     /// Taints the pods tolerate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
+    #[schemars(transform = bounds::tolerations)]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_OPERATORS).message(cel::TOLERATION_OPERATORS_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_VALUES).message(cel::TOLERATION_VALUES_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_SECONDS).message(cel::TOLERATION_SECONDS_MESSAGE))]
     pub tolerations: Option<Vec<Toleration>>,
     /// The network an east-west gateway connects.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -225,6 +225,10 @@ pub struct ControlPlane {
     /// Taints the pods tolerate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
+    #[schemars(transform = bounds::tolerations)]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_OPERATORS).message(cel::TOLERATION_OPERATORS_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_VALUES).message(cel::TOLERATION_VALUES_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_SECONDS).message(cel::TOLERATION_SECONDS_MESSAGE))]
     pub tolerations: Option<Vec<Toleration>>,
     /// How pods spread across failure domains (the `ha` profile spreads across zones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,6 +279,10 @@ pub struct Proxy {
     /// Taints the proxies tolerate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
+    #[schemars(transform = bounds::tolerations)]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_OPERATORS).message(cel::TOLERATION_OPERATORS_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_VALUES).message(cel::TOLERATION_VALUES_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_SECONDS).message(cel::TOLERATION_SECONDS_MESSAGE))]
     pub tolerations: Option<Vec<Toleration>>,
 }
 
