@@ -284,24 +284,7 @@ async fn autoscaled_deployment_starts_at_min_and_is_left_to_the_autoscaler(
 ) {
     let deployments: Api<Deployment> = Api::namespaced(bed.client.clone(), ns);
     let d = deployments.get("ingress").await.expect("Deployment");
-    let owners: Vec<(String, Option<String>)> = d
-        .managed_fields()
-        .iter()
-        .filter(|f| {
-            f.fields_v1
-                .as_ref()
-                .is_some_and(|v| v.0.pointer("/f:spec/f:replicas").is_some())
-        })
-        .map(|f| (f.manager.clone().unwrap_or_default(), f.subresource.clone()))
-        .collect();
-    assert!(
-        owners.iter().any(|(m, _)| m == weft::operator::apply::REPLICAS_MANAGER),
-        "spec.replicas is not held by the hand-over manager: {owners:?}"
-    );
-    assert!(
-        !owners.iter().any(|(_, sub)| sub.as_deref() == Some("scale")),
-        "the autoscaler had to raise the replicas: the Deployment did not start at minReplicas: {owners:?}"
-    );
+    weft_e2e::operator::assert_started_at_min_replicas(&d);
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(2));
 
     // What the autoscaler does under load: scale through the subresource.

@@ -201,7 +201,7 @@ async fn ha_profile_has_pdb_hpa_and_pods_on_three_nodes() {
     api.create(&PostParams::default(), &mesh("ha", "e2e-ha", json!({"profile": "ha"})))
         .await
         .expect("create");
-    // The HPA controller sets replicas to minReplicas (3) before the rollout completes.
+    // The Deployment is created at minReplicas (3), not raised there later by the HPA.
     wait_for("the ha control plane to run 3 ready pods", TIMEOUT, || async {
         let d: Api<Deployment> = Api::namespaced(bed.client.clone(), "e2e-ha");
         let s = d
@@ -218,6 +218,8 @@ async fn ha_profile_has_pdb_hpa_and_pods_on_three_nodes() {
     })
     .await;
     wait_ready(&api, "ha", &op).await;
+    let d: Api<Deployment> = Api::namespaced(bed.client.clone(), "e2e-ha");
+    weft_e2e::operator::assert_started_at_min_replicas(&d.get("weft-cp-ha").await.expect("Deployment"));
 
     let pdb: Api<PodDisruptionBudget> = Api::namespaced(bed.client.clone(), "e2e-ha");
     let pdb = pdb.get("weft-cp-ha").await.expect("PDB exists");

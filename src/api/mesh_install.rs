@@ -58,7 +58,9 @@ pub const MAX_REVISION_NAME: usize = 52;
     printcolumn(name = "In Use", type_ = "integer", json_path = ".status.summary.inUse"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("the MeshInstall name must be a DNS label: lower-case letters, digits and '-'"),
-    validation = Rule::new("size(self.metadata.name) <= 30").message("the MeshInstall name must be at most 30 characters: revisions are named <name>-v<version> (a version is at most 20 characters), and a revision name must fit in 52 so that it is a valid label value and object names such as weft-proxy-<revision> stay within 63"),
+    // New MeshInstalls: at most 30. One created before that limit keeps its name as long
+    // as its revision name still fits (the rule it was admitted under).
+    validation = Rule::new("size(self.metadata.name) <= 30 || (oldSelf.hasValue() && size(self.metadata.name) <= 52 && (!has(self.spec.updateStrategy) || !has(self.spec.updateStrategy.type) || self.spec.updateStrategy.type != 'RevisionBased' || size(self.metadata.name) + size(self.spec.version) + 2 <= 52))").optional_old_self(true).message("the MeshInstall name must be at most 30 characters: revisions are named <name>-v<version> (a version is at most 20 characters), and a revision name must fit in 52 so that it is a valid label value and object names such as weft-proxy-<revision> stay within 63"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshInstallSpec {
