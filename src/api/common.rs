@@ -141,6 +141,11 @@ pub mod cel {
         "self.all(t, !has(t.tolerationSeconds) || (has(t.effect) && t.effect == 'NoExecute'))";
     /// What a person reads when `TOLERATION_SECONDS` fails.
     pub const TOLERATION_SECONDS_MESSAGE: &str = "tolerations: tolerationSeconds applies to effect NoExecute only";
+    /// An image reference: no whitespace (the API server refuses a container image with any).
+    pub const IMAGE: &str = "self.matches('^\\\\S+$')";
+    /// What a person reads when `IMAGE` fails.
+    pub const IMAGE_MESSAGE: &str =
+        "image must be an image reference without spaces, such as registry.example.com/weft/weft:1.0.0";
     /// A DNS subdomain (names of PriorityClasses and the like).
     pub const DNS_SUBDOMAIN: &str =
         "size(self) <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";

@@ -243,6 +243,8 @@ pub struct ControlPlane {
     pub priority_class_name: Option<String>,
     /// An image to run instead of the one the version table names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new(cel::IMAGE).message(cel::IMAGE_MESSAGE))]
     pub image: Option<String>,
 }
 
@@ -255,6 +257,8 @@ pub struct Proxy {
     pub enabled: Option<bool>,
     /// An image to run instead of the one the version table names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new(cel::IMAGE).message(cel::IMAGE_MESSAGE))]
     pub image: Option<String>,
     /// CPU and memory requests and limits of the proxy container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
