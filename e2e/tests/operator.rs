@@ -640,7 +640,7 @@ async fn name_conflicts_and_dangling_tags_stall_with_a_message() {
         .expect("create a newer mesh named default");
     let message = stalled_with(&api, "default", "NameConflict", &op).await;
     assert!(
-        message.contains("revision name default is the implicit tag default") && message.contains("is older"),
+        message.contains("revision name default is the implicit tag default, which belongs to the oldest MeshInstall"),
         "{message}"
     );
 

@@ -55,7 +55,8 @@ pub const DEFAULT_TAG: &str = "default";
 
 /// Tags and revision names are cluster-wide: a name this MeshInstall wants that an older
 /// one already has is a conflict, and the newer one stalls. The implicit `default` tag is
-/// the oldest one's, so a newer MeshInstall may not have a revision of that name either.
+/// the oldest one's (the first older one in `others`, which come oldest first), so a newer
+/// MeshInstall may not have a revision of that name either.
 pub fn name_conflict(me: &Neighbour, others: &[Neighbour]) -> Option<Stall> {
     for other in others.iter().filter(|o| o.older) {
         let theirs: BTreeSet<&String> = other.revisions.iter().chain(&other.tags).collect();
@@ -75,8 +76,8 @@ pub fn name_conflict(me: &Neighbour, others: &[Neighbour]) -> Option<Stall> {
         if me.revisions.contains(DEFAULT_TAG) {
             return Some(conflict(format!(
                 "revision name {DEFAULT_TAG} is the implicit tag {DEFAULT_TAG}, which belongs to the oldest \
-                 MeshInstall (here {} is older): namespaces labelled weft.dev/rev={DEFAULT_TAG} would never reach \
-                 this revision. Give this MeshInstall another name; nothing of this one was changed",
+                 MeshInstall, {}: namespaces labelled weft.dev/rev={DEFAULT_TAG} would never reach this revision. \
+                 Give this MeshInstall another name; nothing of this one was changed",
                 other.name
             )));
         }
@@ -213,13 +214,14 @@ mod tests {
     #[test]
     fn a_newer_mesh_named_default_conflicts_with_the_implicit_tag() {
         let newer = Neighbour::of(&named("default", "version: 1.1.0"), false);
-        let stall = name_conflict(&newer, &[older("first", &["first"])]).expect("a conflict");
+        // Others come oldest first: the first older one owns the tag and is named.
+        let others = [older("first", &["first"]), older("second", &["second"])];
+        let stall = name_conflict(&newer, &others).expect("a conflict");
         assert_eq!(stall.reason, StallReason::NameConflict);
         assert!(
-            stall
-                .message
-                .contains("revision name default is the implicit tag default")
-                && stall.message.contains("first"),
+            stall.message.contains(
+                "revision name default is the implicit tag default, which belongs to the oldest MeshInstall, first:"
+            ),
             "{}",
             stall.message
         );

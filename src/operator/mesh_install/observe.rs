@@ -23,7 +23,7 @@ pub struct Observed {
     pub revisions: Vec<RevisionObservation>,
     /// Who uses them.
     pub usage: Usage,
-    /// The other MeshInstalls (tag and revision names are cluster-wide).
+    /// The other MeshInstalls (tag and revision names are cluster-wide), oldest first.
     pub others: Vec<Neighbour>,
 }
 
@@ -146,13 +146,16 @@ fn usage(ctx: &Context, mi: &MeshInstall, installed: &[RevisionObservation]) -> 
     }
 }
 
-/// The other MeshInstalls, each marked older (it wins a name) or not.
+/// The other MeshInstalls, oldest first (the first older one owns the `default` tag), each
+/// marked older (it wins a name) or not.
 fn others(ctx: &Context, mi: &MeshInstall) -> Vec<Neighbour> {
     let age = |m: &MeshInstall| (m.creation_timestamp().map(|t| t.0), m.name_any());
     let mine = age(mi);
-    watch::valid(&ctx.meshes)
+    let mut others: Vec<_> = watch::valid(&ctx.meshes)
         .iter()
         .filter(|m| m.name_any() != mi.name_any())
-        .map(|m| Neighbour::of(m, age(m) < mine))
-        .collect()
+        .map(|m| (age(m), m.clone()))
+        .collect();
+    others.sort_by(|a, b| a.0.cmp(&b.0));
+    others.into_iter().map(|(a, m)| Neighbour::of(&m, a < mine)).collect()
 }
