@@ -1,6 +1,10 @@
 //! Admission against the test bed's real API server: bad specs are refused with a message a
 //! person understands, and good specs at every limit are accepted and render objects the
-//! API server accepts too (server-side dry run), so an apply never fails halfway through.
+//! API server accepts too (server-side dry run), so an apply never fails halfway through;
+//! generated specs end one of those ways or stall; the shipped admission policy constrains
+//! image overrides.
+
+use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -520,4 +524,54 @@ async fn generated_specs_are_refused_rendered_or_stalled_never_half_applied() {
             );
         }
     }
+}
+
+/// The shipped ValidatingAdmissionPolicy (`config/policy`) lets a cluster admin constrain
+/// image overrides: one from an allowed registry passes, another is refused with a message
+/// that names the allowed prefixes, and a MeshInstall without overrides is never affected.
+#[tokio::test]
+async fn the_shipped_policy_constrains_image_overrides() {
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let _ = bed.kubectl(&["create", "namespace", "weft-system"]);
+    let policy = weft_e2e::repo_root().join("config/policy");
+    let policy = policy.to_str().expect("a UTF-8 path");
+    bed.kubectl(&["apply", "-k", policy]).expect("apply the policy");
+    let with_image = |image: &str| mesh_install("img", json!({"version": "1.0.0", "controlPlane": {"image": image}}));
+    // The API server takes a moment to load a new policy: wait until it refuses.
+    let refused = weft_e2e::wait_for(
+        "the policy to refuse an image from elsewhere",
+        Duration::from_secs(30),
+        || async {
+            match dry_run_create(&bed, &with_image("evil.example.com/weft:1")).await {
+                Err(e) => Ok(e),
+                Ok(()) => Err("accepted"),
+            }
+        },
+    )
+    .await;
+    let allowed = dry_run_create(&bed, &with_image("registry.example.com/weft/control-plane:1.0.0")).await;
+    let plain = dry_run_create(&bed, &mesh_install("plain", json!({"version": "1.0.0"}))).await;
+    let proxy = dry_run_create(
+        &bed,
+        &mesh_install(
+            "px",
+            json!({"version": "1.0.0", "proxy": {"image": "docker.io/someone/proxy:1"}}),
+        ),
+    )
+    .await;
+    let _ = bed.kubectl(&["delete", "-k", policy]);
+    assert!(
+        refused.contains("image overrides must start with an allowed prefix (registry.example.com/weft/")
+            && refused.contains("refused: evil.example.com/weft:1"),
+        "{refused}"
+    );
+    assert_eq!(allowed, Ok(()), "an image from the allowed registry");
+    assert_eq!(plain, Ok(()), "a MeshInstall without overrides");
+    assert!(
+        proxy
+            .as_ref()
+            .is_err_and(|e| e.contains("refused: docker.io/someone/proxy:1")),
+        "{proxy:?}"
+    );
 }
