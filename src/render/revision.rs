@@ -165,10 +165,8 @@ impl Renderer<'_> {
         let config_hash = fnv1a(&serde_json::to_string(&config.data).unwrap_or_default());
         out.push(Manifest::new(OwnedKind::ConfigMap, &config)?);
         out.push(Manifest::new(OwnedKind::Service, &self.service(&cp))?);
-        out.push(Manifest::new(
-            OwnedKind::Deployment,
-            &self.deployment(&cp, &config_hash),
-        )?);
+        let floor = self.resolved.control_plane.hpa.as_ref().map(|h| h.min);
+        out.push(Manifest::new(OwnedKind::Deployment, &self.deployment(&cp, &config_hash))?.starting_with(floor));
         if let Some(hpa) = self.hpa(&cp) {
             out.push(Manifest::new(OwnedKind::HorizontalPodAutoscaler, &hpa)?);
         }
