@@ -27,7 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 use weft::api::MeshInstall;
 use weft::api::mesh_install::MeshInstallStatus;
 use weft_e2e::control_plane::{ControlPlane, next, node, stream};
-use weft_e2e::operator::{Operator, condition, install_crds, mesh, owned_objects, wait_ready};
+use weft_e2e::operator::{Operator, condition, delete_and_wait, install_crds, mesh, owned_objects, wait_ready};
 use weft_e2e::{OwnCluster, http_get, repo_root, wait_for};
 
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -433,6 +433,8 @@ async fn an_operator_killed_at_each_step_of_an_upgrade_completes_it_exactly_once
             twice.is_empty(),
             "killed after {step:?}, steps recorded twice: {twice:?}"
         );
+        // Gone before the next round: the oldest MeshInstall owns the implicit `default` tag.
+        delete_and_wait(&bed, &name).await;
         second.stop();
     }
 }
