@@ -10,21 +10,26 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::watch_health::{GRACE, WatchHealth};
+/// Something readiness depends on: why it is not ready, one line per problem.
+pub trait Check: Send + Sync {
+    /// The problems at `now`; none when all is well.
+    fn problems(&self, now: std::time::Instant) -> Vec<String>;
+}
 
-/// Shared health: a flag the process sets, and the watches it depends on.
+/// Shared health: a flag the process sets, and what else it depends on (its watches, its
+/// reconciles).
 #[derive(Default)]
 pub struct Health {
     ready: AtomicBool,
-    watches: WatchHealth,
+    checks: Vec<Arc<dyn Check>>,
 }
 
 impl Health {
-    /// Health that also requires every watch in `watches` to flow.
-    pub fn watching(watches: WatchHealth) -> Health {
+    /// Health that also requires every check to have no problem.
+    pub fn checking(checks: Vec<Arc<dyn Check>>) -> Health {
         Health {
             ready: AtomicBool::new(false),
-            watches,
+            checks,
         }
     }
 
@@ -52,7 +57,8 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     if !s.health.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready".to_string());
     }
-    let problems = s.health.watches.problems(std::time::Instant::now(), GRACE);
+    let now = std::time::Instant::now();
+    let problems: Vec<String> = s.health.checks.iter().flat_map(|c| c.problems(now)).collect();
     if problems.is_empty() {
         (StatusCode::OK, "ok".to_string())
     } else {

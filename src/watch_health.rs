@@ -114,6 +114,12 @@ impl WatchHealth {
     }
 }
 
+impl crate::http::Check for WatchHealth {
+    fn problems(&self, now: Instant) -> Vec<String> {
+        WatchHealth::problems(self, now, GRACE)
+    }
+}
+
 fn labels(name: &str) -> WatchLabels {
     WatchLabels {
         watch: name.to_string(),

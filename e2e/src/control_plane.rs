@@ -49,28 +49,20 @@ impl ControlPlane {
     /// Like [`ControlPlane::start`], with extra flags.
     pub fn start_with(bed: &Bed, revision: &str, flags: &[&str]) -> ControlPlane {
         let (xds, monitoring) = (free_port(), free_port());
-        let log = bed
-            .kubeconfig
-            .parent()
-            .expect("cluster dir")
-            .join(format!("control-plane-{revision}.log"));
-        let child = Command::new(weft_bin())
-            .args(["control-plane", "--revision", revision, "--debounce-ms", "50"])
-            .arg("--kubeconfig")
-            .arg(&bed.kubeconfig)
-            .args(["--xds-address", &format!("127.0.0.1:{xds}")])
-            .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).expect("create control-plane log"))
-            .spawn()
-            .expect("start weft control-plane");
         ControlPlane {
-            child,
+            child: spawn(bed, revision, xds, monitoring, flags),
             revision: revision.to_string(),
             xds,
             monitoring,
         }
+    }
+
+    /// Kills the process (SIGKILL, as a crash or an evicted pod would) and starts a new one
+    /// on the same ports.
+    pub fn restart(&mut self, bed: &Bed, flags: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(bed, &self.revision, self.xds, self.monitoring, flags);
     }
 
     /// The process id.
@@ -93,6 +85,31 @@ impl ControlPlane {
         })
         .await;
     }
+}
+
+/// Starts `weft control-plane` for `revision` on the given ports, appending to its log.
+fn spawn(bed: &Bed, revision: &str, xds: u16, monitoring: u16, flags: &[&str]) -> Child {
+    let log = bed
+        .kubeconfig
+        .parent()
+        .expect("cluster dir")
+        .join(format!("control-plane-{revision}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open control-plane log");
+    Command::new(weft_bin())
+        .args(["control-plane", "--revision", revision, "--debounce-ms", "50"])
+        .arg("--kubeconfig")
+        .arg(&bed.kubeconfig)
+        .args(["--xds-address", &format!("127.0.0.1:{xds}")])
+        .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start weft control-plane")
 }
 
 /// A node that names its revision in the metadata.

@@ -298,3 +298,32 @@ pub async fn owned_objects(bed: &Bed, mesh: &str) -> BTreeMap<String, String> {
     );
     out
 }
+
+/// Who holds a Deployment's `spec.replicas`: (field manager, subresource) per entry.
+pub fn replicas_owners(d: &k8s_openapi::api::apps::v1::Deployment) -> Vec<(String, Option<String>)> {
+    d.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|f| {
+            f.fields_v1
+                .as_ref()
+                .is_some_and(|v| v.0.pointer("/f:spec/f:replicas").is_some())
+        })
+        .map(|f| (f.manager.clone().unwrap_or_default(), f.subresource.clone()))
+        .collect()
+}
+
+/// Asserts that an autoscaled Deployment was created at its `minReplicas`: its replicas
+/// are held by the operator's hand-over manager, and the autoscaler never had to raise them.
+pub fn assert_started_at_min_replicas(d: &k8s_openapi::api::apps::v1::Deployment) {
+    let owners = replicas_owners(d);
+    assert!(
+        owners.iter().any(|(m, _)| m == weft::operator::apply::REPLICAS_MANAGER),
+        "spec.replicas is not held by the hand-over manager: {owners:?}"
+    );
+    assert!(
+        !owners.iter().any(|(_, sub)| sub.as_deref() == Some("scale")),
+        "the autoscaler had to raise the replicas: the Deployment did not start at minReplicas: {owners:?}"
+    );
+}

@@ -4,27 +4,34 @@
 //! owned object, and the operator's write counter.
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Namespace, Service};
+use k8s_openapi::api::core::v1::{Event, Namespace, ResourceQuota, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use prost::Message;
 use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
 use weft::api::MeshInstall;
 use weft::api::mesh_install::MeshInstallStatus;
 use weft_e2e::control_plane::{ControlPlane, next, node, stream};
-use weft_e2e::operator::{Operator, condition, install_crds, mesh, owned_objects, wait_ready};
+use weft_e2e::operator::{Operator, condition, delete_and_wait, install_crds, mesh, owned_objects, wait_ready};
 use weft_e2e::{OwnCluster, http_get, repo_root, wait_for};
 
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 
 /// Longer than any retry of a failed watch or lease (8 s), with room for a loaded machine.
 const RECOVERY: Duration = Duration::from_secs(45);
@@ -426,6 +433,8 @@ async fn an_operator_killed_at_each_step_of_an_upgrade_completes_it_exactly_once
             twice.is_empty(),
             "killed after {step:?}, steps recorded twice: {twice:?}"
         );
+        // Gone before the next round: the oldest MeshInstall owns the implicit `default` tag.
+        delete_and_wait(&bed, &name).await;
         second.stop();
     }
 }
@@ -594,6 +603,58 @@ async fn other_actors_are_not_fought_and_a_refused_object_stalls_without_a_retry
         .expect("fix");
     let mi = wait_ready(&api, "actor", &op).await;
     assert_eq!(condition(&mi, "Stalled").map(|c| c.0), Some("False".to_string()));
+
+    // A reconcile that keeps failing for a reason outside the spec (a quota that refuses
+    // the autoscaler the change needs) shows in status and in the metric, not behind Ready.
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "no-autoscalers"},
+        "spec": {"hard": {"count/horizontalpodautoscalers.autoscaling": "0"}}
+    }))
+    .expect("quota");
+    let quotas: Api<ResourceQuota> = Api::namespaced(bed.client.clone(), "e2e-actor");
+    quotas.create(&PostParams::default(), &quota).await.expect("quota");
+    let change =
+        json!({"spec": {"controlPlane": {"autoscaling": {"enabled": true, "minReplicas": 1, "maxReplicas": 2}}}});
+    api.patch("actor", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .expect("a change that needs a new HorizontalPodAutoscaler");
+    let message = wait_for("Reconciling=True, RetryingAfterError", RECOVERY, || async {
+        let mi = api.get("actor").await.map_err(|e| e.to_string())?;
+        match condition(&mi, "Reconciling") {
+            Some((s, r, m)) if s == "True" && r == "RetryingAfterError" => Ok(m),
+            other => Err(format!("Reconciling={other:?}\n{}", op.log_tail())),
+        }
+    })
+    .await;
+    assert!(message.contains("quota"), "{message}");
+    assert_eq!(
+        op.metric_sum("weft_reconcile_failing{controller=\"meshinstall\"}")
+            .expect("metrics"),
+        1.0
+    );
+    quotas
+        .delete("no-autoscalers", &Default::default())
+        .await
+        .expect("delete quota");
+    // Retried with back-off (5, 10, 20 s…): within a minute it goes through.
+    wait_for(
+        "the change to go through once the quota is gone",
+        Duration::from_secs(90),
+        || async {
+            let mi = api.get("actor").await.map_err(|e| e.to_string())?;
+            let current = mi.status.as_ref().and_then(|s| s.observed_generation) == mi.metadata.generation;
+            match (current, condition(&mi, "Reconciling")) {
+                (true, Some((s, r, _))) if r != "RetryingAfterError" => Ok(s),
+                seen => Err(format!("{seen:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        op.metric_sum("weft_reconcile_failing{controller=\"meshinstall\"}")
+            .expect("metrics"),
+        0.0
+    );
     op.stop();
 }
 
@@ -675,4 +736,160 @@ async fn a_deleted_mesh_namespace_is_recreated_and_deleted_crds_come_back_when_r
     wait_ready(&api, "back", &op).await;
     settled(&op, "the operator to be ready again").await;
     op.stop();
+}
+
+/// What one stream of many has seen: how often it opened, and its last CDS and EDS versions.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Seen {
+    opened: u32,
+    cds: String,
+    eds: String,
+}
+
+/// One ADS stream (CDS wildcard and EDS for `names`) that reconnects whenever it breaks,
+/// with jittered exponential back-off as gRPC clients do, recording what it sees.
+async fn follow(channel: Channel, id: usize, names: Vec<String>, seen: Arc<Mutex<Vec<Seen>>>) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let mut client = AggregatedDiscoveryServiceClient::new(channel.clone());
+        let (tx, rx) = mpsc::channel(4);
+        let mut n = node("restart");
+        n.id = format!("restart-{id}");
+        let first = [
+            DiscoveryRequest {
+                node: Some(n),
+                type_url: CDS.into(),
+                ..Default::default()
+            },
+            DiscoveryRequest {
+                type_url: EDS.into(),
+                resource_names: names.clone(),
+                ..Default::default()
+            },
+        ];
+        for r in first {
+            let _ = tx.send(r).await;
+        }
+        if let Ok(response) = client.stream_aggregated_resources(ReceiverStream::new(rx)).await {
+            seen.lock().expect("lock")[id].opened += 1;
+            let mut responses = response.into_inner();
+            while let Ok(Some(r)) = responses.message().await {
+                wait = Duration::from_millis(100);
+                {
+                    let mut s = seen.lock().expect("lock");
+                    let entry = &mut s[id];
+                    if r.type_url == CDS {
+                        entry.cds = r.version_info.clone()
+                    } else {
+                        entry.eds = r.version_info.clone()
+                    }
+                }
+                let names = if r.type_url == EDS { names.clone() } else { Vec::new() };
+                let ack = DiscoveryRequest {
+                    type_url: r.type_url,
+                    version_info: r.version_info,
+                    response_nonce: r.nonce,
+                    resource_names: names,
+                    ..Default::default()
+                };
+                if tx.send(ack).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let jitter = (RandomState::new().hash_one(id) % 400) as f64 / 1000.0;
+        tokio::time::sleep(wait.mul_f64(0.8 + jitter)).await;
+        wait = wait.mul_f64(1.6).min(Duration::from_secs(2));
+    }
+}
+
+/// Waits until every stream has opened `opened` times and holds versions that `ok` accepts.
+async fn all_streams(seen: &Arc<Mutex<Vec<Seen>>>, what: &str, opened: u32, ok: impl Fn(usize, &Seen) -> bool) {
+    wait_for(what, Duration::from_secs(120), || async {
+        let s = seen.lock().expect("lock");
+        let behind: Vec<(usize, &Seen)> = s
+            .iter()
+            .enumerate()
+            .filter(|(i, x)| x.opened < opened || x.cds.is_empty() || x.eds.is_empty() || !ok(*i, x))
+            .collect();
+        match behind.first() {
+            None => Ok(()),
+            Some(first) => Err(format!(
+                "{} of {} streams behind, first {first:?}",
+                behind.len(),
+                s.len()
+            )),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restarted_control_plane_serves_2000_reconnecting_streams_the_same_configuration() {
+    const STREAMS: usize = 2000;
+    const CONNECTIONS: usize = 20;
+    let (_cluster, bed) = OwnCluster::up("weft-fault-restart").await;
+    let ns = bed.namespace("restart").await;
+    let services: Api<Service> = Api::namespaced(bed.client.clone(), &ns.name);
+    let slices: Api<EndpointSlice> = Api::namespaced(bed.client.clone(), &ns.name);
+    for i in 0..20 {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": format!("svc-{i}")},
+            "spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}
+        }))
+        .expect("service");
+        services
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create service");
+        // Documentation addresses (RFC 5737): served as data, never connected to.
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": format!("svc-{i}-1"), "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+            "addressType": "IPv4",
+            "ports": [{"name": "grpc", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [format!("198.51.100.{}", i + 1)]}]
+        }))
+        .expect("slice");
+        slices
+            .create(&PostParams::default(), &slice)
+            .await
+            .expect("create slice");
+    }
+    let mut cp = ControlPlane::start(&bed, "restart");
+    cp.wait_ready().await;
+
+    let seen = Arc::new(Mutex::new(vec![Seen::default(); STREAMS]));
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", cp.xds))
+            .expect("endpoint")
+            .connect_lazy();
+        for id in (c..STREAMS).step_by(CONNECTIONS) {
+            let names = (0..5)
+                .map(|k| format!("outbound|50051||svc-{}.{}.svc.cluster.local", (id + k) % 20, ns.name))
+                .collect();
+            tasks.push(tokio::spawn(follow(channel.clone(), id, names, seen.clone())));
+        }
+    }
+    all_streams(&seen, "every stream to be configured", 1, |_, _| true).await;
+    let before = seen.lock().expect("lock").clone();
+
+    cp.restart(&bed, &[]);
+    cp.wait_ready().await;
+    // Every stream reconnects, and is served exactly what it had: versions name content.
+    all_streams(
+        &seen,
+        "every stream to reconnect and get the same configuration",
+        2,
+        |i, s| (&s.cds, &s.eds) == (&before[i].cds, &before[i].eds),
+    )
+    .await;
+    let (_, metrics) = http_get(cp.monitoring, "/metrics").expect("metrics");
+    let sum = |prefix: &str| weft_e2e::operator::sum_metric(&metrics, prefix);
+    assert_eq!(sum("weft_xds_streams{"), STREAMS as f64, "{metrics}");
+    assert_eq!(sum("weft_xds_refusals_total"), 0.0, "nothing refused:\n{metrics}");
+    for t in tasks {
+        t.abort();
+    }
+    ns.delete().await;
 }

@@ -191,6 +191,8 @@ async fn production_ingress_gets_autoscaler_budget_distinct_nodes_and_status() {
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
     );
 
+    autoscaled_deployment_starts_at_min_and_is_left_to_the_autoscaler(&bed, &api, &ns.name, &op).await;
+
     // The scheduler honoured the default preferred anti-affinity: one pod per node.
     let pods: Api<Pod> = Api::namespaced(bed.client.clone(), &ns.name);
     let lp = ListParams::default().labels(s.selector.as_deref().unwrap());
@@ -269,6 +271,91 @@ async fn production_ingress_gets_autoscaler_budget_distinct_nodes_and_status() {
     delete_gateway_and_wait(&bed, &api, &ns.name, "ingress").await;
     ns.delete().await;
     delete_and_wait(&bed, "gw-prod").await;
+}
+
+/// The Deployment of a 2–5 gateway was created with 2 replicas (not 1, later raised by the
+/// autoscaler), held by our hand-over manager; when the autoscaler changes the count, an
+/// apply of a new spec leaves it alone.
+async fn autoscaled_deployment_starts_at_min_and_is_left_to_the_autoscaler(
+    bed: &Bed,
+    api: &Api<MeshGateway>,
+    ns: &str,
+    op: &Operator,
+) {
+    let deployments: Api<Deployment> = Api::namespaced(bed.client.clone(), ns);
+    let d = deployments.get("ingress").await.expect("Deployment");
+    weft_e2e::operator::assert_started_at_min_replicas(&d);
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(2));
+
+    // What the autoscaler does under load: scale through the subresource.
+    deployments
+        .patch_scale(
+            "ingress",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .expect("scale the Deployment as the autoscaler would");
+    // A spec change makes the operator apply the Deployment again.
+    api.patch(
+        "ingress",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"resources": {"requests": {"cpu": "50m"}}}})),
+    )
+    .await
+    .expect("change the gateway's resources");
+    let d = wait_for("the Deployment to get the new resources", TIMEOUT, || async {
+        let d = deployments.get("ingress").await.map_err(|e| e.to_string())?;
+        let cpu = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers[0].resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("cpu"))
+            .map(|q| q.0.clone());
+        if cpu.as_deref() == Some("50m") {
+            Ok(d)
+        } else {
+            Err(format!("cpu request {cpu:?}\noperator log:\n{}", op.log_tail()))
+        }
+    })
+    .await;
+    assert_eq!(
+        d.spec.as_ref().and_then(|s| s.replicas),
+        Some(3),
+        "the operator undid the autoscaler's replicas"
+    );
+    gateway_when(api, "ingress", "the gateway to be Ready with 3 replicas", op, |s| {
+        ready(s) && s.ready_replicas == Some(3)
+    })
+    .await;
+    // Back to the spec's first state, so the rest of the test sees what it expects.
+    api.patch(
+        "ingress",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([{"op": "remove", "path": "/spec/resources"}])).expect("a JSON patch"),
+        ),
+    )
+    .await
+    .expect("restore the gateway's resources");
+    deployments
+        .patch_scale(
+            "ingress",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .expect("scale back as the autoscaler would");
+    gateway_when(
+        api,
+        "ingress",
+        "the gateway to be Ready with 2 replicas again",
+        op,
+        |s| ready(s) && s.ready_replicas == Some(2) && s.replicas == Some(2),
+    )
+    .await;
 }
 
 /// With autoscaling off, `kubectl scale mgw/x` sets the replicas, and more than one replica

@@ -201,7 +201,7 @@ async fn ha_profile_has_pdb_hpa_and_pods_on_three_nodes() {
     api.create(&PostParams::default(), &mesh("ha", "e2e-ha", json!({"profile": "ha"})))
         .await
         .expect("create");
-    // The HPA controller sets replicas to minReplicas (3) before the rollout completes.
+    // The Deployment is created at minReplicas (3), not raised there later by the HPA.
     wait_for("the ha control plane to run 3 ready pods", TIMEOUT, || async {
         let d: Api<Deployment> = Api::namespaced(bed.client.clone(), "e2e-ha");
         let s = d
@@ -218,6 +218,8 @@ async fn ha_profile_has_pdb_hpa_and_pods_on_three_nodes() {
     })
     .await;
     wait_ready(&api, "ha", &op).await;
+    let d: Api<Deployment> = Api::namespaced(bed.client.clone(), "e2e-ha");
+    weft_e2e::operator::assert_started_at_min_replicas(&d.get("weft-cp-ha").await.expect("Deployment"));
 
     let pdb: Api<PodDisruptionBudget> = Api::namespaced(bed.client.clone(), "e2e-ha");
     let pdb = pdb.get("weft-cp-ha").await.expect("PDB exists");
@@ -547,8 +549,7 @@ async fn kustomize_and_helm_packages_pass_a_server_side_dry_run() {
         "deployment.apps/weft-operator",
         "service/weft-operator-metrics",
         "validatingadmissionpolicy.admissionregistration.k8s.io/weft-operator-rbac",
-        "validatingadmissionpolicy.admissionregistration.k8s.io/weft-image-overrides",
-        "configmap/weft-allowed-images",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/weft-operator-objects",
         "networkpolicy.networking.k8s.io/weft-operator",
     ] {
         assert!(
@@ -561,6 +562,8 @@ async fn kustomize_and_helm_packages_pass_a_server_side_dry_run() {
     let rendered = std::process::Command::new(weft_e2e::helm_path())
         .args(["template", "weft", chart.to_str().unwrap(), "--namespace", "weft-system", "--include-crds"])
         .args(["--set", "extraVersions[0].version=1.2.0,extraVersions[0].images.controlPlane=example.org/cp:1.2.0,extraVersions[0].images.proxy=example.org/proxy:1"])
+        // The image policy is off by default; render it so the API server checks it too.
+        .args(["--set", "imagePolicy.enabled=true"])
         .output()
         .expect("run helm");
     assert!(
@@ -600,4 +603,93 @@ async fn kustomize_and_helm_packages_pass_a_server_side_dry_run() {
             "{kind} not in dry-run output:\n{out}"
         );
     }
+}
+
+/// Waits until the MeshInstall is Stalled with `reason` for its current generation, and
+/// returns the message.
+async fn stalled_with(api: &Api<MeshInstall>, name: &str, reason: &str, op: &Operator) -> String {
+    wait_for(
+        &format!("MeshInstall {name} to be Stalled with {reason}"),
+        TIMEOUT,
+        || async {
+            let mi = api.get(name).await.map_err(|e| e.to_string())?;
+            let current = mi.status.as_ref().and_then(|s| s.observed_generation) == mi.metadata.generation;
+            match condition(&mi, "Stalled") {
+                Some((s, r, m)) if s == "True" && r == reason && current => Ok(m),
+                other => Err(format!("Stalled={other:?}\noperator log:\n{}", op.log_tail())),
+            }
+        },
+    )
+    .await
+}
+
+/// Name conflicts a schema cannot see, each a Stalled condition with a message, and nothing
+/// of the stalled MeshInstall is installed: a newer MeshInstall named `default` (the
+/// implicit tag of the oldest), a tag named like the MeshInstall's own revision, a tag
+/// pinned to a revision that does not exist (fixed, it recovers).
+#[tokio::test]
+async fn name_conflicts_and_dangling_tags_stall_with_a_message() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let op = Operator::start(&bed, "names", &[]);
+    let api: Api<MeshInstall> = Api::all(bed.client.clone());
+    for name in ["a-first", "default", "nc-self", "nc-pin"] {
+        delete_and_wait(&bed, name).await;
+    }
+    // "a-first" sorts before the others, so it is the oldest even within one second.
+    let minimal = || json!({"profile": "minimal"});
+    api.create(&PostParams::default(), &mesh("a-first", "e2e-nc-first", minimal()))
+        .await
+        .expect("create the oldest mesh");
+    wait_ready(&api, "a-first", &op).await;
+
+    api.create(&PostParams::default(), &mesh("default", "e2e-nc-default", minimal()))
+        .await
+        .expect("create a newer mesh named default");
+    let message = stalled_with(&api, "default", "NameConflict", &op).await;
+    assert!(
+        message.contains("revision name default is the implicit tag default, which belongs to the oldest MeshInstall"),
+        "{message}"
+    );
+
+    let own_tag = json!({"profile": "minimal", "revisionTags": [{"name": "nc-self"}]});
+    api.create(&PostParams::default(), &mesh("nc-self", "e2e-nc-self", own_tag))
+        .await
+        .expect("create a mesh with a tag named like its revision");
+    let message = stalled_with(&api, "nc-self", "NameConflict", &op).await;
+    assert!(message.contains("tag nc-self has the name of a revision"), "{message}");
+
+    let dangling = json!({"profile": "minimal", "revisionTags": [{"name": "nc-pin-old", "target": "nc-pin-v0-9-0"}]});
+    api.create(&PostParams::default(), &mesh("nc-pin", "e2e-nc-pin", dangling))
+        .await
+        .expect("create a mesh with a dangling tag");
+    let message = stalled_with(&api, "nc-pin", "TagTargetNotFound", &op).await;
+    assert!(
+        message.contains("tag nc-pin-old targets revision nc-pin-v0-9-0"),
+        "{message}"
+    );
+    for name in ["default", "nc-self", "nc-pin"] {
+        let left = owned_objects(&bed, name).await;
+        assert!(left.is_empty(), "stalled {name} installed objects: {left:?}");
+    }
+
+    // Fixed, it installs and becomes Ready.
+    api.patch(
+        "nc-pin",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"revisionTags": [{"name": "nc-pin-old", "target": "Active"}]}})),
+    )
+    .await
+    .expect("fix the tag");
+    let mi = wait_ready(&api, "nc-pin", &op).await;
+    let tags = mi.status.unwrap().tags;
+    assert!(
+        tags.iter().any(|t| t.name == "nc-pin-old" && t.revision == "nc-pin"),
+        "{tags:?}"
+    );
+    for name in ["nc-pin", "nc-self", "default", "a-first"] {
+        delete_and_wait(&bed, name).await;
+    }
+    op.stop();
 }

@@ -389,135 +389,114 @@ struct ImagePolicy<'a>(&'a Bed);
 
 impl Drop for ImagePolicy<'_> {
     fn drop(&mut self) {
-        let bed = self.0;
-        // The binding first: while it is in force, a missing ConfigMap refuses every
-        // MeshInstall (the policy fails closed).
-        for what in [
-            "validatingadmissionpolicybinding/weft-image-overrides",
-            "validatingadmissionpolicy/weft-image-overrides",
-        ] {
-            let _ = bed.kubectl(&["delete", what, "--ignore-not-found"]);
-        }
-        let probe = cluster_file(bed, "sec-images-probe.json");
-        let mi = mesh(
-            "sec-images-probe",
-            "e2e-sec-images",
-            json!({"controlPlane": {"image": "x.example/y:1"}}),
-        );
-        let _ = std::fs::write(&probe, serde_json::to_string(&mi).unwrap_or_default());
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        while std::time::Instant::now() < deadline {
-            let out = bed.kubectl(&["create", "--dry-run=server", "-f", probe.to_str().unwrap_or_default()]);
-            if out.is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        let _ = bed.kubectl(&[
-            "-n",
-            "weft-system",
+        let policy = repo_root().join("config/policy");
+        let _ = self.0.kubectl(&[
             "delete",
-            "configmap",
-            "weft-allowed-images",
+            "-k",
+            policy.to_str().unwrap_or_default(),
             "--ignore-not-found",
         ]);
     }
 }
 
-/// `spec.namespace: kube-system` plus an image override would run any image under a
-/// ServiceAccount that reads kube-system's Secrets; `config/policy` lets an admin limit
-/// overrides to registries of their choice.
+/// `config/policy` (its refusals are tested in `admission.rs`): narrowing the allowed
+/// registries refuses new overrides from the dropped one, but never blocks an update that
+/// leaves an existing override as it was (the operator's finalizer updates among them).
 #[tokio::test]
-async fn image_overrides_are_limited_to_the_registries_an_admin_allows() {
+async fn narrowing_allowed_images_does_not_block_updates_of_existing_overrides() {
     let _serial = SERIAL.lock().await;
     let bed = Bed::connect().await;
     install_crds(&bed);
     let _ = bed.kubectl(&["create", "namespace", "weft-system"]);
     let policy = repo_root().join("config/policy");
     let _cleanup = ImagePolicy(&bed);
-    bed.kubectl(&[
-        "apply",
-        "--server-side",
-        "--field-manager=weft-e2e",
-        "-n",
-        "weft-system",
-        "-k",
-        policy.to_str().unwrap(),
-    ])
-    .expect("apply config/policy");
+    bed.kubectl(&["apply", "-k", policy.to_str().unwrap()])
+        .expect("apply config/policy");
+    let prefixes = |list: &str| {
+        bed.kubectl(&[
+            "-n",
+            "weft-system",
+            "patch",
+            "configmap",
+            "weft-allowed-images",
+            "--type=merge",
+            "-p",
+            &json!({"data": {"prefixes": list}}).to_string(),
+        ])
+        .expect("patch allowed images")
+    };
+    prefixes("registry.example.com/weft/, mirror.example.org/weft/");
     let meshes: Api<MeshInstall> = Api::all(bed.client.clone());
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    let with_images = |cp: &str, proxy: &str| {
-        mesh(
-            "sec-images",
-            "e2e-sec-images",
-            json!({"controlPlane": {"image": cp}, "proxy": {"image": proxy}}),
-        )
-    };
-    let err = wait_for("the image policy to be enforced", TIMEOUT, || async {
-        match meshes
-            .create(&dry, &with_images("evil.example/weft:1", "ghcr.io/weft-dev/proxy:1"))
-            .await
-        {
-            Err(e) if e.to_string().contains("weft-image-overrides") => Ok(e.to_string()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
-    assert!(
-        err.contains("spec.controlPlane.image evil.example/weft:1 is not from a registry the cluster admin allows")
-            && err.contains("ghcr.io/weft-dev/"),
-        "{err}"
+    let _ = meshes.delete("sec-images", &DeleteParams::default()).await;
+    let image = "mirror.example.org/weft/control-plane:1";
+    let mi = mesh(
+        "sec-images",
+        "e2e-sec-images",
+        json!({"controlPlane": {"image": image}}),
     );
-    let err = meshes
-        .create(
-            &dry,
-            &with_images("ghcr.io/weft-dev/weft:1", "ghcr.io/weft-dev-evil/proxy:1"),
-        )
-        .await
-        .expect_err("a look-alike registry is refused");
-    assert!(
-        err.to_string()
-            .contains("spec.proxy.image ghcr.io/weft-dev-evil/proxy:1"),
-        "{err}"
-    );
-    meshes
-        .create(
-            &dry,
-            &with_images("ghcr.io/weft-dev/weft:1", "ghcr.io/weft-dev/proxy:1"),
-        )
-        .await
-        .expect("allowed registries pass");
-    meshes
-        .create(&dry, &mesh("sec-images", "e2e-sec-images", json!({})))
-        .await
-        .expect("no override, no check");
-
-    // The admin widens the list: effective without restarting anything.
-    bed.kubectl(&[
-        "-n",
-        "weft-system",
-        "patch",
-        "configmap",
-        "weft-allowed-images",
-        "--type=merge",
-        "-p",
-        r#"{"data":{"allowedImagePrefixes":"ghcr.io/weft-dev/, registry.example.org/mirror/"}}"#,
-    ])
-    .expect("patch allowed images");
-    wait_for("the widened list to apply", TIMEOUT, || async {
+    wait_for("the mirror to be allowed", TIMEOUT, || async {
         meshes
-            .create(
-                &dry,
-                &with_images("registry.example.org/mirror/weft:1", "ghcr.io/weft-dev/proxy:1"),
-            )
+            .create(&PostParams::default(), &mi)
             .await
             .map_err(|e| e.to_string())
     })
     .await;
+
+    prefixes("registry.example.com/weft/");
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let other = mesh(
+        "sec-images-2",
+        "e2e-sec-images",
+        json!({"controlPlane": {"image": image}}),
+    );
+    wait_for("the mirror to be refused for new overrides", TIMEOUT, || async {
+        match meshes.create(&dry, &other).await {
+            Err(e)
+                if e.to_string()
+                    .contains("refused: mirror.example.org/weft/control-plane:1") =>
+            {
+                Ok(())
+            }
+            r => Err(format!("{r:?}")),
+        }
+    })
+    .await;
+    let finalizer = bed.kubectl(&[
+        "patch",
+        "meshinstall",
+        "sec-images",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["weft.dev/e2e"]},"spec":{"profile":"minimal"}}"#,
+    ]);
+    assert!(finalizer.is_ok(), "an update that keeps the override: {finalizer:?}");
+    let changed = bed.kubectl(&[
+        "patch",
+        "meshinstall",
+        "sec-images",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"proxy":{"image":"mirror.example.org/weft/proxy:1"}}}"#,
+    ]);
+    assert!(
+        changed
+            .as_ref()
+            .is_err_and(|e| e.contains("refused: mirror.example.org/weft/proxy:1")),
+        "a new override from the dropped registry: {changed:?}"
+    );
+    bed.kubectl(&[
+        "patch",
+        "meshinstall",
+        "sec-images",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ])
+    .expect("remove the finalizer");
+    let _ = meshes.delete("sec-images", &DeleteParams::default()).await;
 }
 
 /// Creates a namespace that enforces Pod Security `restricted`.

@@ -71,7 +71,8 @@ async fn deployment_uid(bed: &Bed, ns: &str, name: &str) -> Option<String> {
     api.get_opt(name).await.expect("read deployment").and_then(|d| d.uid())
 }
 
-async fn event_reasons(bed: &Bed, mesh: &str) -> Vec<String> {
+/// The Events about a MeshInstall: (reason, message).
+async fn events(bed: &Bed, mesh: &str) -> Vec<(String, String)> {
     let api: Api<Event> = Api::all(bed.client.clone());
     let lp = ListParams::default().fields(&format!("involvedObject.name={mesh},involvedObject.kind=MeshInstall"));
     api.list(&lp)
@@ -79,7 +80,7 @@ async fn event_reasons(bed: &Bed, mesh: &str) -> Vec<String> {
         .expect("events")
         .items
         .into_iter()
-        .filter_map(|e| e.reason)
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
         .collect()
 }
 
@@ -179,9 +180,19 @@ async fn canary_upgrade_moves_latest_then_active_and_prunes_the_old_revision_onc
     })
     .await;
     assert_eq!(s.revisions[0].name, new);
-    let reasons = event_reasons(&bed, "canary").await;
+    let events = events(&bed, "canary").await;
     for r in ["RevisionCreated", "TagMoved", "Promoted", "RevisionPruned"] {
-        assert!(reasons.iter().any(|x| x == r), "event {r} missing: {reasons:?}");
+        assert!(events.iter().any(|(x, _)| x == r), "event {r} missing: {events:?}");
+    }
+    // Each occurrence of one reason keeps its own message (not the first one's, counted).
+    for rev in [old, new] {
+        let created = format!("revision {rev} (version");
+        assert!(
+            events
+                .iter()
+                .any(|(r, m)| r == "RevisionCreated" && m.contains(&created)),
+            "no RevisionCreated Event names {rev}: {events:?}"
+        );
     }
     let metrics = op.metrics().unwrap();
     for step in ["created", "tag_moved", "promoted", "pruned"] {

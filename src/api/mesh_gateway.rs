@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{Autoscaling, DisruptionBudget};
+use super::common::{Autoscaling, DisruptionBudget, bounds, cel};
 
 /// The desired state of a gateway.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -46,7 +46,8 @@ use super::common::{Autoscaling, DisruptionBudget};
 #[x_kube(validation = Rule::new("!has(self.network) || self.type == 'eastwest'").message("network applies to east-west gateways only (type: eastwest)"))]
 pub struct MeshGatewaySpec {
     /// The MeshInstall whose control plane serves this gateway.
-    #[schemars(length(min = 1, max = 52))]
+    #[schemars(length(min = 1, max = 30))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("mesh must name a MeshInstall: a DNS label (lower-case letters, digits and '-') of at most 30 characters"))]
     pub mesh: String,
     /// The revision tag or revision name to follow. The gateway moves to a new revision only
     /// when this tag moves, that is after the new control plane was validated.
@@ -72,6 +73,9 @@ pub struct MeshGatewaySpec {
     pub service: Option<GatewayService>,
     /// CPU and memory requests and limits of the gateway container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounds::resources)]
+    #[x_kube(validation = Rule::new(cel::QUANTITIES).message(cel::QUANTITIES_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::REQUEST_LE_LIMIT).message(cel::REQUEST_LE_LIMIT_MESSAGE))]
     pub resources: Option<ResourceRequirements>,
     /// Pod affinity rules (default: prefer one pod per host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,10 +86,17 @@ pub struct MeshGatewaySpec {
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
     /// Nodes the pods may run on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounds::labels)]
+    #[x_kube(validation = Rule::new(cel::KEYS).message("nodeSelector: every key must be a label key: an optional DNS-subdomain prefix and '/' (such as example.com/), then a name of at most 63 letters, digits, '-', '_' or '.' that starts and ends with a letter or digit"))]
+    #[x_kube(validation = Rule::new(cel::LABEL_VALUES).message("nodeSelector: every value must be a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     pub node_selector: Option<BTreeMap<String, String>>,
     /// Taints the pods tolerate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
+    #[schemars(transform = bounds::tolerations)]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_OPERATORS).message(cel::TOLERATION_OPERATORS_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_VALUES).message(cel::TOLERATION_VALUES_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_SECONDS).message(cel::TOLERATION_SECONDS_MESSAGE))]
     pub tolerations: Option<Vec<Toleration>>,
     /// The network an east-west gateway connects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +163,8 @@ pub struct GatewayService {
     pub ports: Option<Vec<GatewayPort>>,
     /// Annotations for the Service (for example a cloud load balancer's settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new(cel::KEYS).message("service.annotations: every key must be an annotation key: an optional DNS-subdomain prefix and '/' (such as service.beta.kubernetes.io/), then a name of at most 63 letters, digits, '-', '_' or '.' that starts and ends with a letter or digit"))]
     pub annotations: Option<BTreeMap<String, String>>,
     /// `Cluster` or `Local`, for LoadBalancer and NodePort Services.
     #[serde(default, skip_serializing_if = "Option::is_none")]

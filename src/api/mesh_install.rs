@@ -11,10 +11,29 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{Autoscaling, DisruptionBudget};
+use super::common::{Autoscaling, DisruptionBudget, bounds, cel};
 
 /// The namespace the control plane runs in unless `spec.namespace` says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "weft-system";
+
+/// Why a mesh may not run in `default` or a `kube-*` namespace.
+const SYSTEM_NAMESPACE_MESSAGE: &str = "namespace must not be default or a kube-* system namespace: the control plane may read every Secret in its namespace and can run an overridden image, so it needs a namespace of its own (the default is weft-system)";
+
+/// Why a node selector was refused: its keys.
+const NODE_SELECTOR_KEYS: &str = "nodeSelector: every key must be a label key: an optional DNS-subdomain prefix and '/' (such as example.com/), then a name of at most 63 letters, digits, '-', '_' or '.' that starts and ends with a letter or digit";
+
+/// Why a node selector was refused: its values.
+const NODE_SELECTOR_VALUES: &str = "nodeSelector: every value must be a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit";
+
+/// Why a discovery selector was refused: its keys or values.
+const SELECTOR_LABELS_MESSAGE: &str = "discoverySelectors: keys must be label keys (an optional DNS-subdomain prefix and '/', then a name of at most 63 letters, digits, '-', '_' or '.') and values label values (at most 63 such characters, starting and ending with a letter or digit)";
+
+/// The longest MeshInstall name: with a version of at most `MAX_VERSION` characters, the
+/// revision `<name>-v<version>` stays within `MAX_REVISION_NAME`.
+pub const MAX_MESH_NAME: usize = 30;
+
+/// The longest `spec.version`.
+pub const MAX_VERSION: usize = 20;
 
 /// Longest revision name: object names such as `weft-proxy-<revision>` must stay within 63
 /// characters (DNS labels), and `weft-proxy-` takes 11 of them.
@@ -39,7 +58,9 @@ pub const MAX_REVISION_NAME: usize = 52;
     printcolumn(name = "In Use", type_ = "integer", json_path = ".status.summary.inUse"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("the MeshInstall name must be a DNS label: lower-case letters, digits and '-'"),
-    validation = Rule::new("size(self.metadata.name) <= 52 && (!has(self.spec.updateStrategy) || !has(self.spec.updateStrategy.type) || self.spec.updateStrategy.type != 'RevisionBased' || size(self.metadata.name) + size(self.spec.version) + 2 <= 52)").message("the revision name (the MeshInstall name, plus '-v<version>' under RevisionBased) must be at most 52 characters so that owned object names stay within 63; choose a shorter name"),
+    // New MeshInstalls: at most 30. One created before that limit keeps its name as long
+    // as its revision name still fits (the rule it was admitted under).
+    validation = Rule::new("size(self.metadata.name) <= 30 || (oldSelf.hasValue() && size(self.metadata.name) <= 52 && (!has(self.spec.updateStrategy) || !has(self.spec.updateStrategy.type) || self.spec.updateStrategy.type != 'RevisionBased' || size(self.metadata.name) + size(self.spec.version) + 2 <= 52))").optional_old_self(true).message("the MeshInstall name must be at most 30 characters: revisions are named <name>-v<version> (a version is at most 20 characters), and a revision name must fit in 52 so that it is a valid label value and object names such as weft-proxy-<revision> stay within 63"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshInstallSpec {
@@ -47,7 +68,7 @@ pub struct MeshInstallSpec {
     /// operator supports (`weft versions`); otherwise the MeshInstall is Stalled and nothing
     /// already running is touched.
     #[x_kube(validation = Rule::new("self.matches('^(0|[1-9][0-9]*)\\\\.(0|[1-9][0-9]*)\\\\.(0|[1-9][0-9]*)(-[0-9a-z]+([.-][0-9a-z]+)*)?$')").message("version must be a semantic version such as 1.2.3 (a lower-case pre-release such as 1.2.3-rc.1 is allowed)"))]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 20))]
     pub version: String,
 
     /// Built-in defaults to start from: `default`, `minimal`, `demo` or `ha`. Every field set
@@ -60,6 +81,7 @@ pub struct MeshInstallSpec {
     #[schemars(default = "default_namespace", length(min = 1, max = 63))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("namespace is immutable: create a new MeshInstall to run a control plane elsewhere"))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("namespace must be a DNS label: lower-case letters, digits and '-'"))]
+    #[x_kube(validation = Rule::new("self != 'default' && !self.startsWith('kube-')").message(SYSTEM_NAMESPACE_MESSAGE))]
     pub namespace: String,
 
     /// How a change of `version` is rolled out.
@@ -183,6 +205,9 @@ pub struct ControlPlane {
     pub replicas: Option<i32>,
     /// CPU and memory requests and limits of the control-plane container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounds::resources)]
+    #[x_kube(validation = Rule::new(cel::QUANTITIES).message(cel::QUANTITIES_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::REQUEST_LE_LIMIT).message(cel::REQUEST_LE_LIMIT_MESSAGE))]
     pub resources: Option<ResourceRequirements>,
     /// A HorizontalPodAutoscaler on CPU; when enabled the Deployment leaves `replicas` to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,10 +220,17 @@ pub struct ControlPlane {
     pub affinity: Option<Affinity>,
     /// Nodes the pods may run on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounds::labels)]
+    #[x_kube(validation = Rule::new(cel::KEYS).message(NODE_SELECTOR_KEYS))]
+    #[x_kube(validation = Rule::new(cel::LABEL_VALUES).message(NODE_SELECTOR_VALUES))]
     pub node_selector: Option<BTreeMap<String, String>>,
     /// Taints the pods tolerate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
+    #[schemars(transform = bounds::tolerations)]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_OPERATORS).message(cel::TOLERATION_OPERATORS_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_VALUES).message(cel::TOLERATION_VALUES_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_SECONDS).message(cel::TOLERATION_SECONDS_MESSAGE))]
     pub tolerations: Option<Vec<Toleration>>,
     /// How pods spread across failure domains (the `ha` profile spreads across zones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,9 +238,13 @@ pub struct ControlPlane {
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
     /// The pods' PriorityClass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(cel::DNS_SUBDOMAIN).message("priorityClassName must name a PriorityClass: a DNS subdomain (lower-case letters, digits, '-' and '.')"))]
     pub priority_class_name: Option<String>,
     /// An image to run instead of the one the version table names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new(cel::IMAGE).message(cel::IMAGE_MESSAGE))]
     pub image: Option<String>,
 }
 
@@ -221,9 +257,14 @@ pub struct Proxy {
     pub enabled: Option<bool>,
     /// An image to run instead of the one the version table names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new(cel::IMAGE).message(cel::IMAGE_MESSAGE))]
     pub image: Option<String>,
     /// CPU and memory requests and limits of the proxy container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounds::resources)]
+    #[x_kube(validation = Rule::new(cel::QUANTITIES).message(cel::QUANTITIES_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::REQUEST_LE_LIMIT).message(cel::REQUEST_LE_LIMIT_MESSAGE))]
     pub resources: Option<ResourceRequirements>,
     /// Worker threads per proxy (0: one per core).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,10 +278,17 @@ pub struct Proxy {
     pub update_strategy: Option<ProxyUpdateStrategy>,
     /// Nodes the proxies run on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounds::labels)]
+    #[x_kube(validation = Rule::new(cel::KEYS).message(NODE_SELECTOR_KEYS))]
+    #[x_kube(validation = Rule::new(cel::LABEL_VALUES).message(NODE_SELECTOR_VALUES))]
     pub node_selector: Option<BTreeMap<String, String>>,
     /// Taints the proxies tolerate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
+    #[schemars(transform = bounds::tolerations)]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_OPERATORS).message(cel::TOLERATION_OPERATORS_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_VALUES).message(cel::TOLERATION_VALUES_MESSAGE))]
+    #[x_kube(validation = Rule::new(cel::TOLERATION_SECONDS).message(cel::TOLERATION_SECONDS_MESSAGE))]
     pub tolerations: Option<Vec<Toleration>>,
 }
 
@@ -268,6 +316,7 @@ pub enum LogLevel {
 pub struct ProxyUpdateStrategy {
     /// How many nodes (a number or a percentage) may be without a ready proxy during an update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^(100|[1-9][0-9]?)%$')").message("proxy.updateStrategy.maxUnavailable must be at least 1, or a percentage from 1% to 100%: with 0 no node proxy could ever be replaced"))]
     pub max_unavailable: Option<IntOrString>,
 }
 
@@ -297,8 +346,15 @@ pub struct MeshConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
     /// Only namespaces matching one of these selectors are part of the mesh (all when empty).
+    /// A selector the control plane could not evaluate would select nothing, so admission
+    /// refuses unknown operators and malformed keys and values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
+    #[schemars(length(max = 16), transform = bounds::selectors)]
+    #[x_kube(validation = Rule::new(cel::SELECTOR_OPERATORS).message("discoverySelectors: matchExpressions operator must be In, NotIn, Exists or DoesNotExist (a selector the control plane cannot evaluate would leave the mesh serving nothing)"))]
+    #[x_kube(validation = Rule::new(cel::SELECTOR_VALUES_PRESENT).message("discoverySelectors: In and NotIn need at least one value"))]
+    #[x_kube(validation = Rule::new(cel::SELECTOR_VALUES_ABSENT).message("discoverySelectors: Exists and DoesNotExist take no values"))]
+    #[x_kube(validation = Rule::new(cel::SELECTOR_LABELS).message(SELECTOR_LABELS_MESSAGE))]
     pub discovery_selectors: Option<Vec<LabelSelector>>,
 }
 

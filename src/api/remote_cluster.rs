@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct RemoteClusterSpec {
     /// The MeshInstall the cluster joins (the RemoteCluster lives in that mesh's namespace).
-    #[schemars(length(min = 1, max = 52))]
+    #[schemars(length(min = 1, max = 30))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("mesh must name a MeshInstall: a DNS label (lower-case letters, digits and '-') of at most 30 characters"))]
     pub mesh: String,
     /// The cluster's name in the mesh; unique within the mesh.
     #[schemars(length(min = 1, max = 63))]

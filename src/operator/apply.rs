@@ -109,12 +109,19 @@ fn unchanged(index: &OwnedIndex, m: &Manifest) -> bool {
         .is_some_and(|live| up_to_date(&live, &with_hash(&m.object)))
 }
 
-/// Server-side applies `m`, for real or as a dry run.
-async fn patch(client: &Client, m: &Manifest, dry_run: bool) -> Result<(), ApplyError> {
+/// Server-side applies `m` (with its initial replicas when it is new, `exists` false), for
+/// real or as a dry run.
+async fn patch(client: &Client, m: &Manifest, exists: bool, dry_run: bool) -> Result<(), ApplyError> {
+    let mut sent = with_hash(&m.object);
+    if let (Some(n), false) = (m.initial_replicas, exists)
+        && let Some(spec) = sent.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert("replicas".to_string(), Value::from(n));
+    }
     let api = api_for(client, m.kind, m.namespace.as_deref());
     let mut params = PatchParams::apply(FIELD_MANAGER).force();
     params.dry_run = dry_run;
-    api.patch(&m.name, &params, &Patch::Apply(&with_hash(&m.object)))
+    api.patch(&m.name, &params, &Patch::Apply(&sent))
         .await
         .map(|_| ())
         .map_err(|source| ApplyError {
@@ -124,7 +131,13 @@ async fn patch(client: &Client, m: &Manifest, dry_run: bool) -> Result<(), Apply
         })
 }
 
-/// Applies one object unless the live copy already contains it.
+/// The field manager that holds `spec.replicas` of an autoscaled Deployment until its
+/// autoscaler first changes it. Our own applies leave the field out (so they never undo the
+/// autoscaler), and a field no manager holds any more would fall back to 1 replica.
+pub const REPLICAS_MANAGER: &str = "weft-operator-initial-replicas";
+
+/// Applies one object unless the live copy already contains it. An autoscaled Deployment
+/// is created with its initial replicas, which are then handed to `REPLICAS_MANAGER`.
 pub async fn apply(
     client: &Client,
     index: &OwnedIndex,
@@ -134,10 +147,68 @@ pub async fn apply(
     if unchanged(index, m) {
         return Ok(Applied::Unchanged);
     }
-    let existed = index.get(m.kind, m.namespace.as_deref(), &m.name).is_some();
-    patch(client, m, false).await?;
+    let live = index.get(m.kind, m.namespace.as_deref(), &m.name);
+    let api = api_for(client, m.kind, m.namespace.as_deref());
+    let live_replicas = live
+        .as_ref()
+        .and_then(|l| l.data.pointer("/spec/replicas"))
+        .and_then(Value::as_i64);
+    let handover = match (m.initial_replicas, &live) {
+        (Some(n), None) => Some(i64::from(n)),
+        // Share the current count before our apply lets go of it (it may be ours from a
+        // time without autoscaling).
+        (Some(_), Some(_)) => live_replicas,
+        (None, _) => None,
+    };
+    if let (Some(n), Some(_)) = (handover, &live) {
+        hand_over_replicas(&api, metrics, m, n).await?;
+    }
+    patch(client, m, live.is_some(), false).await?;
     metrics.write(m.kind.name(), "apply");
-    Ok(if existed { Applied::Updated } else { Applied::Created })
+    if let (Some(n), None) = (handover, &live) {
+        hand_over_replicas(&api, metrics, m, n).await?;
+    }
+    Ok(if live.is_some() {
+        Applied::Updated
+    } else {
+        Applied::Created
+    })
+}
+
+/// Lets `REPLICAS_MANAGER` share `spec.replicas` at its current value `n`. Never forced: if
+/// another manager (the autoscaler) holds another value, it keeps it, which is the goal.
+async fn hand_over_replicas(
+    api: &Api<DynamicObject>,
+    metrics: &Metrics,
+    m: &Manifest,
+    n: i64,
+) -> Result<(), ApplyError> {
+    let mut meta = serde_json::Map::new();
+    meta.insert("name".into(), Value::from(m.name.clone()));
+    if let Some(ns) = &m.namespace {
+        meta.insert("namespace".into(), Value::from(ns.clone()));
+    }
+    let body = serde_json::json!({
+        "apiVersion": m.object.get("apiVersion"),
+        "kind": m.object.get("kind"),
+        "metadata": meta,
+        "spec": {"replicas": n},
+    });
+    match api
+        .patch(&m.name, &PatchParams::apply(REPLICAS_MANAGER), &Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => {
+            metrics.write(m.kind.name(), "apply");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(source) => Err(ApplyError {
+            action: "hand over replicas of",
+            object: m.describe(),
+            source,
+        }),
+    }
 }
 
 /// Applies every manifest, then prunes what `owner` has and no longer wants (only objects
@@ -157,7 +228,8 @@ pub async fn converge<K: Resource<DynamicType = ()>>(
         if binds_a_role_not_yet_created(index, manifests, m) {
             continue;
         }
-        patch(client, m, true).await?;
+        let exists = index.get(m.kind, m.namespace.as_deref(), &m.name).is_some();
+        patch(client, m, exists, true).await?;
     }
     let mut changes = Vec::new();
     for m in manifests {

@@ -44,6 +44,45 @@ pub trait Conditioned {
     fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions().iter().find(|c| c.type_ == type_)
     }
+
+    /// The conditions, to change.
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+/// The reason of `Reconciling=True` while reconciles fail and are retried.
+pub const RETRYING: &str = "RetryingAfterError";
+
+/// `status` saying that reconciles keep failing and are retried: `Reconciling=True`,
+/// reason [`RETRYING`], with the error. The other conditions are left as they are (what
+/// runs may still be fine; the spec's generation is not claimed as observed), and a
+/// `Stalled` status stays as it is (the two are never both true). `None` when nothing
+/// changes.
+pub fn retrying<S: Conditioned + Clone>(status: &S, error: &str, now: &Time) -> Option<S> {
+    if status.is(STALLED) {
+        return None;
+    }
+    let previous = status.condition(RECONCILING);
+    let message = format!("the last reconciles failed and are retried with back-off: {error}");
+    if previous.is_some_and(|c| c.status == "True" && c.reason == RETRYING && c.message == message) {
+        return None;
+    }
+    let generation = previous.and_then(|c| c.observed_generation);
+    let c = condition(
+        status.conditions(),
+        RECONCILING,
+        true,
+        RETRYING,
+        message,
+        generation,
+        now,
+    );
+    let mut out = status.clone();
+    let conditions = out.conditions_mut();
+    match conditions.iter_mut().find(|x| x.type_ == RECONCILING) {
+        Some(slot) => *slot = c,
+        None => conditions.push(c),
+    }
+    Some(out)
 }
 
 /// One condition's wanted state, before times and generations are stamped on.
@@ -168,6 +207,42 @@ mod tests {
 
     fn at(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn a_failing_reconcile_says_so_once_and_never_beside_stalled() {
+        use crate::api::mesh_gateway::MeshGatewayStatus;
+        let ready = MeshGatewayStatus {
+            conditions: Conditions::ready("Ready", "2/2".into()).build(&[], Some(3), &at(10)),
+            ..Default::default()
+        };
+        let failing = retrying(&ready, "apply ConfigMap: 403 exceeded quota", &at(20)).expect("a change");
+        let reconciling = failing.condition(RECONCILING).expect("Reconciling");
+        assert_eq!(
+            (reconciling.status.as_str(), reconciling.reason.as_str()),
+            ("True", RETRYING)
+        );
+        assert!(
+            reconciling.message.ends_with("403 exceeded quota"),
+            "{}",
+            reconciling.message
+        );
+        assert_eq!(reconciling.last_transition_time, at(20));
+        assert!(failing.is(READY), "what runs may still be fine");
+        assert_eq!(failing.conditions.len(), 3, "replaced in place");
+        assert!(
+            retrying(&failing, "apply ConfigMap: 403 exceeded quota", &at(30)).is_none(),
+            "no write"
+        );
+        let stalled = MeshGatewayStatus {
+            conditions: Conditions::stalled(&Stall {
+                reason: StallReason::InvalidSpec,
+                message: "bad".into(),
+            })
+            .build(&[], Some(3), &at(10)),
+            ..Default::default()
+        };
+        assert!(retrying(&stalled, "anything", &at(30)).is_none());
     }
 
     #[test]

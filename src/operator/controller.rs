@@ -10,25 +10,29 @@ use std::time::Duration;
 
 use futures::future::{self, BoxFuture};
 use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use kube::api::DynamicObject;
+use kube::core::object::HasStatus;
 use kube::runtime::controller::{self, Action, Config, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::conditions::{Conditioned, retrying};
 use super::error::Error;
+use super::failures::Failures;
 use super::index::OwnedStream;
-use super::metrics::Metrics;
 use super::queue::{Queue, describe, key};
 use super::shared::Shared;
+use super::status;
 use super::watch::Guarded;
 
 /// How often an unchanged object is looked at again, to catch drift no watch reported.
 pub const RESYNC: Duration = Duration::from_secs(300);
-/// How soon a failed reconcile is retried.
-const RETRY: Duration = Duration::from_secs(5);
 /// How long shutdown waits for reconciles in flight.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -46,12 +50,13 @@ where
     name: &'static str,
     controller: Controller<Guarded<K>>,
     queue: Queue,
-    metrics: Metrics,
+    shared: Shared,
 }
 
 impl<K> Triggers<K>
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + HasStatus + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::Status: Serialize + PartialEq + Default + Clone + Conditioned + Send + Sync,
 {
     /// Controller `name` of the objects in `store`, each reconciled when `changed` (a
     /// subscription to the same watch) yields it.
@@ -69,7 +74,7 @@ where
             controller: Controller::for_shared_stream(changed, store)
                 .with_config(Config::default().concurrency(shared.concurrency)),
             queue,
-            metrics: shared.metrics.clone(),
+            shared: shared.clone(),
         }
     }
 
@@ -126,11 +131,19 @@ where
         F: Fn(Arc<K>, Arc<Ctx>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, Error>> + Send + 'static,
     {
-        let (name, metrics) = (self.name, self.metrics.clone());
+        let (name, metrics) = (self.name, self.shared.metrics.clone());
         let step = Step {
             name,
             queue: self.queue.clone(),
-            metrics: self.metrics.clone(),
+            shared: self.shared.clone(),
+        };
+        let failures = metrics.failures.clone();
+        // After a failure: log it and retry with back-off that grows while it keeps failing.
+        let error_policy = move |obj: Arc<Guarded<K>>, error: &Error, _: Arc<Ctx>| {
+            let object = describe(obj.as_ref());
+            let wait = failures.retry_after(name, &object, std::time::Instant::now());
+            warn!(%object, kind = error.metric_label(), %error, retry_in = ?wait, "reconcile failed; retrying");
+            Action::requeue(wait)
         };
         let reconciler = move |obj: Arc<Guarded<K>>, ctx: Arc<Ctx>| {
             let object = describe(obj.as_ref());
@@ -139,13 +152,13 @@ where
                 .reconcile(object, obj, ctx, reconcile.clone())
                 .instrument(span)
         };
-        let queue = self.queue.clone();
+        let (queue, failures) = (self.queue.clone(), metrics.failures.clone());
         let results = self
             .controller
             .graceful_shutdown_on(shutdown.clone())
             .run(reconciler, error_policy, ctx)
             .for_each(move |r| {
-                log_result(&queue, r);
+                log_result(name, &queue, &failures, r);
                 future::ready(())
             });
         let drained = async {
@@ -167,7 +180,7 @@ where
 struct Step {
     name: &'static str,
     queue: Queue,
-    metrics: Metrics,
+    shared: Shared,
 }
 
 impl Step {
@@ -179,42 +192,72 @@ impl Step {
         f: F,
     ) -> Result<Action, Error>
     where
-        K: Clone,
+        K: Resource<DynamicType = ()> + HasStatus + Clone,
+        K::Status: Serialize + PartialEq + Default + Clone + Conditioned,
         F: Fn(Arc<K>, Arc<Ctx>) -> Fut,
         Fut: Future<Output = Result<Action, Error>>,
     {
+        let metrics = &self.shared.metrics;
         self.queue.started(&object);
-        let _timer = self.metrics.reconcile_started(self.name);
+        let _timer = metrics.reconcile_started(self.name);
         debug!("reconcile started");
         let result = match &obj.0 {
-            Ok(o) => f(Arc::new(o.clone()), ctx).await,
+            Ok(o) => {
+                let result = f(Arc::new(o.clone()), ctx).await;
+                self.account(o, &object, &result).await;
+                result
+            }
             Err(error) => {
                 warn!(%error, "the object does not decode; it is left alone until it is fixed");
                 Ok(Action::await_change())
             }
         };
         let outcome = if result.is_ok() { "success" } else { "error" };
-        self.metrics.reconcile_result(self.name, outcome);
+        metrics.reconcile_result(self.name, outcome);
         result
+    }
+
+    /// Counts a failure, or clears the count; from the second failure in a row on, the
+    /// object's status says that reconciles fail and why (`Reconciling`, `RetryingAfterError`).
+    async fn account<K>(&self, obj: &K, object: &str, result: &Result<Action, Error>)
+    where
+        K: Resource<DynamicType = ()> + HasStatus,
+        K::Status: Serialize + PartialEq + Default + Clone + Conditioned,
+    {
+        let failures = &self.shared.metrics.failures;
+        let Err(error) = result else {
+            failures.succeeded(self.name, object);
+            return;
+        };
+        let error = error.to_string();
+        if failures.failed(self.name, object, &error) < 2 {
+            return;
+        }
+        let status = obj.status().cloned().unwrap_or_default();
+        let Some(new) = retrying(&status, &error, &Time(Timestamp::now())) else {
+            return;
+        };
+        // The API server may be what fails: then this fails too, and the log says so.
+        if let Err(e) = status::write(&self.shared, obj, &new).await {
+            debug!(error = %e, "could not say in status that reconciles fail");
+        }
     }
 }
 
-/// After a failure: log it and try again shortly.
-fn error_policy<K, Ctx>(obj: Arc<Guarded<K>>, error: &Error, _ctx: Arc<Ctx>) -> Action
-where
-    K: Resource<DynamicType = ()> + Clone,
-{
-    let object = describe(obj.as_ref());
-    warn!(%object, kind = error.metric_label(), %error, "reconcile failed; retrying");
-    Action::requeue(RETRY)
-}
-
 /// Logs what the controller reports. An object deleted before its reconcile ran leaves
-/// the queue without one.
-fn log_result<T>(queue: &Queue, result: Result<T, controller::Error<Error, watcher::Error>>) {
+/// the queue without one, and is no longer failing.
+fn log_result<T>(
+    name: &str,
+    queue: &Queue,
+    failures: &Failures,
+    result: Result<T, controller::Error<Error, watcher::Error>>,
+) {
     match result {
         Ok(_) => {}
-        Err(controller::Error::ObjectNotFound(r)) => queue.started(&key(&r)),
+        Err(controller::Error::ObjectNotFound(r)) => {
+            queue.started(&key(&r));
+            failures.succeeded(name, &key(&r));
+        }
         Err(other) => warn!(error = %other, "controller"),
     }
 }

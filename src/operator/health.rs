@@ -14,9 +14,11 @@ pub struct Health {
     pub ready: bool,
 }
 
-/// The health of a Deployment.
-pub fn deployment_health(d: &Deployment) -> Health {
-    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+/// The health of a Deployment that must run at least `floor` pods: an autoscaled one's
+/// `minReplicas`, which its `spec.replicas` may not have reached yet (the Deployment is
+/// created before its autoscaler acts), 0 when it is not autoscaled.
+pub fn deployment_health(d: &Deployment, floor: i32) -> Health {
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(floor);
     let s = d.status.clone().unwrap_or_default();
     let observed = s.observed_generation >= d.metadata.generation;
     let updated = s.updated_replicas.unwrap_or(0);
@@ -43,5 +45,37 @@ pub fn daemon_set_health(ds: &DaemonSet) -> Health {
             && s.updated_number_scheduled.unwrap_or(0) >= desired
             && s.number_available.unwrap_or(0) >= desired
             && s.number_ready >= desired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(spec_replicas: i32, available: i32) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "d", "generation": 1},
+            "spec": {"replicas": spec_replicas, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": spec_replicas, "updatedReplicas": spec_replicas,
+                       "readyReplicas": available, "availableReplicas": available}
+        }))
+        .expect("a Deployment")
+    }
+
+    #[test]
+    fn an_autoscaled_deployment_is_ready_only_at_its_floor() {
+        // The HPA has not raised spec.replicas yet: one pod of a 2–5 autoscaler is not enough.
+        let h = deployment_health(&deployment(1, 1), 2);
+        assert!(!h.ready);
+        assert_eq!(h.counts, ReplicaCounts { desired: 2, ready: 1 });
+        assert!(deployment_health(&deployment(2, 2), 2).ready);
+        assert!(
+            !deployment_health(&deployment(3, 2), 2).ready,
+            "every replica it has must be available"
+        );
+        assert!(
+            deployment_health(&deployment(1, 1), 0).ready,
+            "no floor without an autoscaler"
+        );
     }
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::failures::Failures;
 use crate::watch_health::WatchHealth;
 
 /// `controller` label.
@@ -82,6 +83,8 @@ pub struct Metrics {
     revision_steps: Family<StepLabels, Counter>,
     /// Whether each watch flows (`weft_watch_up`), which readiness also reads.
     pub watches: WatchHealth,
+    /// Reconciles that keep failing (`weft_reconcile_failing`), which readiness also reads.
+    pub failures: Failures,
 }
 
 impl Default for Metrics {
@@ -154,6 +157,8 @@ impl Metrics {
         );
         let watches = WatchHealth::default();
         watches.register(&mut r);
+        let failures = Failures::default();
+        failures.register(&mut r);
         Metrics {
             registry: Arc::new(r),
             reconcile_total,
@@ -167,6 +172,7 @@ impl Metrics {
             stalled,
             revision_steps,
             watches,
+            failures,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod conditions;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod failures;
 pub mod health;
 pub mod index;
 pub mod leader;
@@ -77,7 +78,10 @@ pub enum RunError {
 /// Runs until SIGTERM: reconciles only while this process holds the Lease.
 pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     let metrics = Metrics::new();
-    let health = Arc::new(Health::watching(metrics.watches.clone()));
+    let health = Arc::new(Health::checking(vec![
+        Arc::new(metrics.watches.clone()),
+        Arc::new(metrics.failures.clone()),
+    ]));
     let (stop_tx, stop) = signal_watch::channel(false);
     tokio::spawn(async move {
         crate::signal::terminated().await;

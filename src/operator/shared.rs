@@ -2,8 +2,8 @@
 //! supported versions. Each controller's own context adds its indexes to this.
 
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
 
+use super::events::Recorder;
 use super::metrics::Metrics;
 use crate::versions::VersionTable;
 
@@ -25,13 +25,7 @@ pub struct Shared {
 impl Shared {
     /// The shared parts, recording Events as this process (`identity`).
     pub fn new(client: Client, metrics: Metrics, versions: VersionTable, concurrency: u16, identity: &str) -> Shared {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "weft-operator".into(),
-                instance: Some(identity.to_string()),
-            },
-        );
+        let recorder = Recorder::new(client.clone(), "weft-operator", identity);
         Shared {
             client,
             metrics,

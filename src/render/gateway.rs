@@ -14,7 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::labels;
-use crate::api::mesh_gateway::{ExternalTrafficPolicy, GatewayPort, GatewayType, MeshGateway, ServiceType};
+use crate::api::mesh_gateway::{
+    ExternalTrafficPolicy, GatewayPort, GatewayType, MeshGateway, MeshGatewaySpec, ServiceType,
+};
 use crate::versions::MeshVersion;
 
 use super::profile;
@@ -81,6 +83,13 @@ pub fn validate_ports(ports: &[GatewayPort]) -> Result<(), RenderError> {
     Ok(())
 }
 
+/// The fewest pods the gateway runs: its autoscaler's `minReplicas`, or 0 without one (then
+/// `spec.replicas` alone says how many).
+pub fn replica_floor(spec: &MeshGatewaySpec) -> i32 {
+    let hpa = profile::resolve_hpa(spec.autoscaling.as_ref(), spec.autoscaling.is_some(), None, "spec", "");
+    hpa.ok().flatten().map_or(0, |h| h.min)
+}
+
 /// Renders every object of one gateway, in apply order.
 pub fn render_gateway(input: &GatewayInput) -> Result<Vec<Manifest>, RenderError> {
     let gw = input.gateway;
@@ -112,7 +121,8 @@ pub fn render_gateway(input: &GatewayInput) -> Result<Vec<Manifest>, RenderError
         Manifest::new(
             OwnedKind::Deployment,
             &r.deployment(&hash, hpa.is_none().then_some(replicas)),
-        )?,
+        )?
+        .starting_with(hpa.as_ref().map(|h| h.min)),
     ];
     if let Some(h) = &hpa {
         out.push(Manifest::new(

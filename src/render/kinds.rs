@@ -111,6 +111,10 @@ pub struct Manifest {
     pub name: String,
     /// The full object, with `apiVersion` and `kind`.
     pub object: serde_json::Value,
+    /// For an autoscaled Deployment: the replicas it starts with when created (the
+    /// autoscaler's `minReplicas`). `object` leaves `spec.replicas` out, so that after the
+    /// creation the autoscaler, not the operator, owns it.
+    pub initial_replicas: Option<i32>,
 }
 
 impl Manifest {
@@ -131,7 +135,16 @@ impl Manifest {
             namespace: meta.namespace.clone(),
             name,
             object,
+            initial_replicas: None,
         })
+    }
+
+    /// The same, created with `replicas` pods and leaving them to an autoscaler afterwards.
+    pub fn starting_with(self, replicas: Option<i32>) -> Manifest {
+        Manifest {
+            initial_replicas: replicas,
+            ..self
+        }
     }
 
     /// `Kind namespace/name`, for logs and events.

@@ -166,10 +166,8 @@ impl Renderer<'_> {
         out.push(Manifest::new(OwnedKind::ConfigMap, &config)?);
         out.push(Manifest::new(OwnedKind::Service, &self.service(&cp))?);
         out.push(Manifest::new(OwnedKind::NetworkPolicy, &self.network_policy(&cp))?);
-        out.push(Manifest::new(
-            OwnedKind::Deployment,
-            &self.deployment(&cp, &config_hash),
-        )?);
+        let floor = self.resolved.control_plane.hpa.as_ref().map(|h| h.min);
+        out.push(Manifest::new(OwnedKind::Deployment, &self.deployment(&cp, &config_hash))?.starting_with(floor));
         if let Some(hpa) = self.hpa(&cp) {
             out.push(Manifest::new(OwnedKind::HorizontalPodAutoscaler, &hpa)?);
         }

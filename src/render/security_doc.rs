@@ -331,7 +331,7 @@ fn chart(path: &str) -> Vec<Value> {
                 .replace("labels: {{- include \"weft.labels\" . | nindent 4 }}", "labels: {}")
                 .replace(
                     "{{ join \",\" .Values.imagePolicy.allowedImagePrefixes | quote }}",
-                    "\"ghcr.io/weft-dev/\"",
+                    "\"registry.example.com/weft/\"",
                 )
         })
         .collect::<Vec<_>>()
@@ -353,7 +353,7 @@ fn the_chart_grants_and_admits_what_config_does() {
             "deploy/helm/weft-operator/templates/rbac-policy.yaml",
         ),
         (
-            "config/policy/image_policy.yaml",
+            "config/policy/image-overrides.yaml",
             "deploy/helm/weft-operator/templates/image-policy.yaml",
         ),
     ] {

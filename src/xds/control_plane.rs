@@ -24,7 +24,7 @@ use super::metrics::{TypeLabels, XdsMetrics};
 use super::model::{FileLog, MeshModel, Telemetry, Zipkin};
 use super::server::{Admission, AdsServer, ClientInfo, StreamLimits, clip};
 use super::snapshot::{Cache, Snapshot, short};
-use super::sources::Sources;
+use super::sources::{Sources, check_selector};
 use super::translate::translate_all;
 use crate::http::{Health, HttpState};
 
@@ -105,6 +105,19 @@ pub enum Error {
         /// Why.
         source: Box<serde_saphyr::Error>,
     },
+    /// A discovery selector would match nothing: refusing to start beats serving an empty
+    /// mesh (the revision already running keeps serving).
+    #[error(
+        "mesh config {path}: discoverySelectors[{index}]: {message}; not starting rather than serving a mesh with no namespaces"
+    )]
+    InvalidSelector {
+        /// The file.
+        path: PathBuf,
+        /// Which selector.
+        index: usize,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {address}: {source}")]
     Listen {
@@ -176,10 +189,18 @@ fn read_mesh_config(path: &Option<PathBuf>) -> Result<MeshConfig, Error> {
         path: path.clone(),
         source,
     })?;
-    parse_mesh_config(&text).map_err(|source| Error::ParseMeshConfig {
+    let config = parse_mesh_config(&text).map_err(|source| Error::ParseMeshConfig {
         path: path.clone(),
         source: Box::new(source),
-    })
+    })?;
+    for (index, s) in config.selectors.iter().enumerate() {
+        check_selector(s).map_err(|message| Error::InvalidSelector {
+            path: path.clone(),
+            index,
+            message,
+        })?;
+    }
+    Ok(config)
 }
 
 fn parse_mesh_config(text: &str) -> Result<MeshConfig, serde_saphyr::Error> {
@@ -207,7 +228,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
     let metrics = XdsMetrics::new();
     let sources = Sources::start(&client, &metrics.watches);
     let cache = Cache::new();
-    let health = Arc::new(Health::watching(metrics.watches.clone()));
+    let health = Arc::new(Health::checking(vec![Arc::new(metrics.watches.clone())]));
     let admission = admission(opts.revision.clone(), sources.clone());
     let translator = Translator {
         sources,
@@ -455,6 +476,22 @@ mod tests {
         );
         assert!(parse_mesh_config("discoverySelectors: 7\n").is_err());
         assert_eq!(read_mesh_config(&None).unwrap(), MeshConfig::default());
+    }
+
+    #[test]
+    fn a_selector_that_would_match_nothing_stops_the_start_and_says_which() {
+        let path = std::env::temp_dir().join(format!("weft-mesh-{}.yaml", std::process::id()));
+        let text = "discoverySelectors:\n- matchLabels: {team: a}\n- matchExpressions:\n  - {key: team, operator: Equals, values: [a]}\n";
+        std::fs::write(&path, text).unwrap();
+        let err = read_mesh_config(&Some(path.clone())).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        let message = err.to_string();
+        assert!(matches!(err, Error::InvalidSelector { index: 1, .. }), "{err:?}");
+        assert!(
+            message.contains("discoverySelectors[1]: matchExpressions[0] (team)"),
+            "{message}"
+        );
+        assert!(message.contains("\"Equals\" is not an operator"), "{message}");
     }
 
     /// On paused (virtual) time: exact bounds, no real waiting.

@@ -285,6 +285,26 @@ impl Sources {
     }
 }
 
+/// Why a label selector is not one Kubernetes would accept, if it is not: an unknown
+/// operator, or values where the operator needs some or none. (Such a selector would match
+/// nothing, and a mesh that matches nothing serves nothing.)
+pub fn check_selector(s: &LabelSelector) -> Result<(), String> {
+    for (i, e) in s.match_expressions.iter().flatten().enumerate() {
+        let values = e.values.as_deref().unwrap_or_default();
+        let problem = match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => "needs at least one value",
+            "Exists" | "DoesNotExist" if !values.is_empty() => "takes no values",
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => continue,
+            _ => "is not an operator (In, NotIn, Exists, DoesNotExist)",
+        };
+        return Err(format!(
+            "matchExpressions[{i}] ({}): operator {:?} {problem}",
+            e.key, e.operator
+        ));
+    }
+    Ok(())
+}
+
 /// Whether labels match a Kubernetes label selector.
 pub fn selector_matches(s: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     let exact = s.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
@@ -543,6 +563,32 @@ fn route_model(r: &DynamicObject) -> Option<HttpRoute> {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn selectors_kubernetes_would_refuse_are_named() {
+        let expr = |op: &str, values: Option<Vec<&str>>| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: op.into(),
+                values: values.map(|v| v.into_iter().map(String::from).collect()),
+            }]),
+            ..Default::default()
+        };
+        assert!(check_selector(&expr("In", Some(vec!["a"]))).is_ok());
+        assert!(check_selector(&expr("Exists", None)).is_ok());
+        let unknown = check_selector(&expr("Equals", Some(vec!["a"]))).unwrap_err();
+        assert!(unknown.contains("\"Equals\" is not an operator"), "{unknown}");
+        assert!(
+            check_selector(&expr("In", None))
+                .unwrap_err()
+                .contains("needs at least one value")
+        );
+        assert!(
+            check_selector(&expr("Exists", Some(vec!["a"])))
+                .unwrap_err()
+                .contains("takes no values")
+        );
+    }
 
     #[test]
     fn label_selectors_match_like_kubernetes() {

@@ -16,6 +16,7 @@ use crate::api::mesh_gateway::{MeshGateway, MeshGatewayStatus};
 use crate::api::mesh_install::MeshInstall;
 use crate::operator::conditions::Stall;
 use crate::operator::events::Note;
+use crate::render::gateway::replica_floor;
 use crate::render::gateway::selector_string;
 use crate::render::{GatewayInput, Manifest, render_gateway};
 use crate::versions::VersionTable;
@@ -56,6 +57,7 @@ pub fn decide(gw: &MeshGateway, versions: &VersionTable, observed: &Observed, no
         resolution: &resolution,
         stall: built.as_ref().and_then(|b| b.as_ref().err().cloned()),
         deployment: observed.deployment.clone(),
+        floor: replica_floor(&gw.spec),
         service: observed.service.clone(),
         selector: selector_string(&gw.name_any()),
         now: Time(now),

@@ -16,6 +16,10 @@ impl Conditioned for MeshGatewayStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
     }
+
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
 }
 
 /// The condition reason of a gateway that waits for its mesh, tag or revision.
@@ -32,6 +36,8 @@ pub struct GatewayObservation<'a> {
     pub stall: Option<Stall>,
     /// Its Deployment, if it exists.
     pub deployment: Option<Deployment>,
+    /// The fewest pods it must have to be Ready: its autoscaler's `minReplicas`, else 0.
+    pub floor: i32,
     /// Its Service, if it exists.
     pub service: Option<Service>,
     /// The label selector of its pods.
@@ -92,7 +98,7 @@ fn conditions(o: &GatewayObservation) -> Conditions {
         (None, Resolution::Waiting(why)) => return Conditions::progressing(WAITING_FOR_REVISION, why.clone()),
         (None, Resolution::Resolved { revision, ready, .. }) => (revision, *ready),
     };
-    let health = o.deployment.as_ref().map(deployment_health);
+    let health = o.deployment.as_ref().map(|d| deployment_health(d, o.floor));
     let counts = health.as_ref().map_or((0, 0), |h| (h.counts.ready, h.counts.desired));
     let progress = format!("{}/{} replicas ready on revision {revision}", counts.0, counts.1);
     if !health.as_ref().is_some_and(|h| h.ready) {
@@ -130,6 +136,7 @@ mod tests {
             resolution: r,
             stall: None,
             deployment: d,
+            floor: crate::render::gateway::replica_floor(&g.spec),
             service: svc,
             selector: "weft.dev/gateway=ingress".into(),
             now: Time(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap()),
@@ -174,6 +181,25 @@ mod tests {
         // The revision it runs stays reported while it waits.
         let s = status_of(&again, &waiting, Some(deployment(2, 2)), None);
         assert_eq!(s.revision.as_deref(), Some("mesh-a"));
+    }
+
+    /// A 2–5 autoscaled gateway is not Ready with one pod, though the Deployment (not yet
+    /// raised by the autoscaler) asks for one.
+    #[test]
+    fn an_autoscaled_gateway_is_ready_only_at_min_replicas() {
+        let g = gw("mesh: mesh\nautoscaling: {minReplicas: 2, maxReplicas: 5}\n");
+        let resolved = Resolution::Resolved {
+            revision: "mesh-a".into(),
+            version: "1.0.0".into(),
+            namespace: "weft-mesh".into(),
+            ready: true,
+        };
+        let s = status_of(&g, &resolved, Some(deployment(1, 1)), None);
+        assert_eq!(cond(&s, READY), ("False", "RollingOut"));
+        let ready = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert!(ready.message.starts_with("1/2 replicas ready"), "{}", ready.message);
+        let s = status_of(&g, &resolved, Some(deployment(2, 2)), None);
+        assert_eq!(cond(&s, READY), ("True", "Ready"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::names::Neighbours;
+use super::names::{Neighbours, missing_tag_target};
 use super::observe::Observed;
 use super::revisions::{self, PlanInput};
 use super::status::{self, StatusInput};
@@ -44,7 +44,7 @@ pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, no
     let neighbours = Neighbours::of(mi, &observed.others);
     let built = match &observed.rejected {
         Some(rejected) => Err(rejected.clone()),
-        None => build(mi, versions, &target, &neighbours),
+        None => build(mi, versions, &target, &neighbours, observed),
     };
 
     // Node proxies are wanted for the target when its objects include them (or, stalled,
@@ -94,9 +94,14 @@ fn build(
     versions: &VersionTable,
     target: &str,
     neighbours: &Neighbours,
+    observed: &Observed,
 ) -> Result<Vec<Manifest>, Stall> {
     if let Some(conflict) = &neighbours.conflict {
         return Err(conflict.clone());
+    }
+    let installed = observed.revisions.iter().map(|r| r.name.clone()).collect();
+    if let Some(missing) = missing_tag_target(mi, &installed, target) {
+        return Err(missing);
     }
     let version = supported(mi, versions)?;
     Ok(render_revision(&RevisionInput {
@@ -237,5 +242,23 @@ mod tests {
         let again = decide(&mi, &versions, &observed(vec![rev("m", true)]), at(100));
         assert_eq!(again.status, d.status, "no write");
         assert!(again.steps.is_empty());
+    }
+
+    #[test]
+    fn a_tag_pinned_to_a_missing_revision_stalls_and_touches_nothing() {
+        let spec = "version: 1.0.0\nrevisionTags: [{name: pinned, target: nope}]";
+        let mi = mesh(spec, 1, None);
+        let d = decide(&mi, &VersionTable::builtin(), &observed(vec![rev("m", true)]), at(0));
+        assert!(d.install.is_none(), "nothing is applied");
+        let stalled = d.status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "TagTargetNotFound")
+        );
+        assert!(
+            stalled.message.contains("tag pinned targets revision nope"),
+            "{}",
+            stalled.message
+        );
     }
 }

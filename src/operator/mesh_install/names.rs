@@ -50,8 +50,13 @@ impl Neighbour {
     }
 }
 
+/// The implicit tag every namespace label falls back to; it belongs to the oldest MeshInstall.
+pub const DEFAULT_TAG: &str = "default";
+
 /// Tags and revision names are cluster-wide: a name this MeshInstall wants that an older
-/// one already has is a conflict, and the newer one stalls.
+/// one already has is a conflict, and the newer one stalls. The implicit `default` tag is
+/// the oldest one's (the first older one in `others`, which come oldest first), so a newer
+/// MeshInstall may not have a revision of that name either.
 pub fn name_conflict(me: &Neighbour, others: &[Neighbour]) -> Option<Stall> {
     for other in others.iter().filter(|o| o.older) {
         let theirs: BTreeSet<&String> = other.revisions.iter().chain(&other.tags).collect();
@@ -62,17 +67,63 @@ pub fn name_conflict(me: &Neighbour, others: &[Neighbour]) -> Option<Stall> {
             .chain(me.tags.iter().map(|t| ("tag", t)))
             .find(|(_, n)| theirs.contains(n));
         if let Some((what, n)) = clash {
-            return Some(Stall {
-                reason: StallReason::NameConflict,
-                message: format!(
-                    "{what} name {n} is already used by the older MeshInstall {}; tag and revision names are \
-                     cluster-wide. Rename the tag or the MeshInstall; nothing of this one was changed",
-                    other.name
-                ),
-            });
+            return Some(conflict(format!(
+                "{what} name {n} is already used by the older MeshInstall {}; tag and revision names are \
+                 cluster-wide. Rename the tag or the MeshInstall; nothing of this one was changed",
+                other.name
+            )));
+        }
+        if me.revisions.contains(DEFAULT_TAG) {
+            return Some(conflict(format!(
+                "revision name {DEFAULT_TAG} is the implicit tag {DEFAULT_TAG}, which belongs to the oldest \
+                 MeshInstall, {}: namespaces labelled weft.dev/rev={DEFAULT_TAG} would never reach this revision. \
+                 Give this MeshInstall another name; nothing of this one was changed",
+                other.name
+            )));
         }
     }
-    None
+    own_conflict(me)
+}
+
+/// A tag named like one of this MeshInstall's own revisions would silently take over the
+/// namespaces pinned to that revision (a label value is looked up as a tag first).
+fn own_conflict(me: &Neighbour) -> Option<Stall> {
+    let n = me.tags.iter().find(|t| me.revisions.contains(*t))?;
+    Some(conflict(format!(
+        "tag {n} has the name of a revision of this MeshInstall: namespaces labelled weft.dev/rev={n} to pin that \
+         revision would follow the tag instead. Rename the tag; nothing of this one was changed"
+    )))
+}
+
+fn conflict(message: String) -> Stall {
+    Stall {
+        reason: StallReason::NameConflict,
+        message,
+    }
+}
+
+/// A tag pinned to a revision that is neither installed nor about to be (the target) would
+/// be left out of the tag map, and namespaces using it would get no configuration.
+pub fn missing_tag_target(mi: &MeshInstall, installed: &BTreeSet<String>, target: &str) -> Option<Stall> {
+    let tags = mi.spec.revision_tags.iter().flatten();
+    let (tag, pinned) = tags
+        .filter_map(|t| t.target.as_deref().map(|p| (t.name.as_str(), p)))
+        .filter(|(_, p)| *p != "Active" && *p != "Latest")
+        .find(|(_, p)| *p != target && !installed.contains(*p))?;
+    let known: Vec<&str> = installed.iter().map(String::as_str).collect();
+    Some(Stall {
+        reason: StallReason::TagTargetNotFound,
+        message: format!(
+            "tag {tag} targets revision {pinned}, which this MeshInstall does not have (installed: {}; target: \
+             {target}), so namespaces labelled weft.dev/rev={tag} would get no configuration. Target Active, \
+             Latest or an installed revision; nothing of this one was changed",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ),
+    })
 }
 
 /// What the other MeshInstalls mean for this one.
@@ -143,5 +194,90 @@ mod tests {
         assert_eq!(n.conflict, None);
         let newer = Neighbour { older: false, ..older };
         assert!(Neighbours::of(&mesh(SPEC, 1, None), &[newer]).owns_default);
+    }
+
+    fn older(name: &str, revisions: &[&str]) -> Neighbour {
+        Neighbour {
+            name: name.into(),
+            revisions: revisions.iter().map(|r| r.to_string()).collect(),
+            tags: BTreeSet::new(),
+            older: true,
+        }
+    }
+
+    fn named(name: &str, spec: &str) -> MeshInstall {
+        let mut mi = mesh(spec, 1, None);
+        mi.metadata.name = Some(name.into());
+        mi
+    }
+
+    #[test]
+    fn a_newer_mesh_named_default_conflicts_with_the_implicit_tag() {
+        let newer = Neighbour::of(&named("default", "version: 1.1.0"), false);
+        // Others come oldest first: the first older one owns the tag and is named.
+        let others = [older("first", &["first"]), older("second", &["second"])];
+        let stall = name_conflict(&newer, &others).expect("a conflict");
+        assert_eq!(stall.reason, StallReason::NameConflict);
+        assert!(
+            stall.message.contains(
+                "revision name default is the implicit tag default, which belongs to the oldest MeshInstall, first:"
+            ),
+            "{}",
+            stall.message
+        );
+        assert_eq!(
+            name_conflict(&newer, &[]),
+            None,
+            "the oldest may be named default: the tag is its own"
+        );
+        let revision_based = Neighbour::of(&named("default", SPEC), false);
+        assert_eq!(
+            name_conflict(&revision_based, &[older("first", &["first"])]),
+            None,
+            "its revisions are default-v1-1-0, not default"
+        );
+    }
+
+    #[test]
+    fn a_tag_named_like_an_own_revision_conflicts() {
+        let spec =
+            "version: 1.1.0\nupdateStrategy: {type: RevisionBased}\nrevisionTags: [{name: m-v1-1-0, target: Latest}]";
+        let stall = name_conflict(&Neighbour::of(&mesh(spec, 1, None), false), &[]).expect("a conflict");
+        assert_eq!(stall.reason, StallReason::NameConflict);
+        assert!(
+            stall.message.contains("tag m-v1-1-0 has the name of a revision"),
+            "{}",
+            stall.message
+        );
+        let in_place = "version: 1.1.0\nrevisionTags: [{name: m}]";
+        assert!(name_conflict(&Neighbour::of(&mesh(in_place, 1, None), false), &[]).is_some());
+        assert_eq!(name_conflict(&Neighbour::of(&mesh(SPEC, 1, None), false), &[]), None);
+    }
+
+    #[test]
+    fn a_tag_pinned_to_a_missing_revision_is_reported() {
+        let spec =
+            "version: 1.1.0\nupdateStrategy: {type: RevisionBased}\nrevisionTags: [{name: old, target: m-v1-0-0}]";
+        let mi = mesh(spec, 1, None);
+        let none = BTreeSet::new();
+        let stall = missing_tag_target(&mi, &none, "m-v1-1-0").expect("reported");
+        assert_eq!(stall.reason, StallReason::TagTargetNotFound);
+        assert!(
+            stall.message.contains("tag old targets revision m-v1-0-0") && stall.message.contains("installed: none"),
+            "{}",
+            stall.message
+        );
+        let installed = BTreeSet::from(["m-v1-0-0".to_string()]);
+        assert_eq!(missing_tag_target(&mi, &installed, "m-v1-1-0"), None);
+        assert_eq!(
+            missing_tag_target(&mi, &none, "m-v1-0-0"),
+            None,
+            "the target is on its way"
+        );
+        assert_eq!(
+            missing_tag_target(&mesh(SPEC, 1, None), &none, "m-v1-1-0"),
+            None,
+            "Active and Latest always resolve"
+        );
     }
 }

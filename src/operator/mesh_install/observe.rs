@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::ResourceExt;
 
 use super::Context;
@@ -23,7 +24,7 @@ pub struct Observed {
     pub revisions: Vec<RevisionObservation>,
     /// Who uses them.
     pub usage: Usage,
-    /// The other MeshInstalls (tag and revision names are cluster-wide).
+    /// The other MeshInstalls (tag and revision names are cluster-wide), oldest first.
     pub others: Vec<Neighbour>,
     /// Set when the API server refused an object of the target revision just now.
     pub rejected: Option<Stall>,
@@ -115,13 +116,22 @@ fn installed(ctx: &Context, uid: &str) -> Vec<RevisionObservation> {
                 .clone()
                 .try_parse::<Deployment>()
                 .ok()
-                .map(|d| deployment_health(&d)),
+                .map(|d| deployment_health(&d, floor(ctx, ns.as_deref(), &rev))),
             proxy_wanted: proxy.is_some(),
             proxy,
         };
         revisions.insert(rev, observation);
     }
     revisions.into_values().collect()
+}
+
+/// The fewest control-plane pods a revision must have to be Ready: its autoscaler's
+/// `minReplicas` (each revision keeps the spec it was installed with), else 0.
+fn floor(ctx: &Context, ns: Option<&str>, revision: &str) -> i32 {
+    ctx.index
+        .get_typed::<HorizontalPodAutoscaler>(OwnedKind::HorizontalPodAutoscaler, ns, &control_plane_name(revision))
+        .and_then(|h| h.spec)
+        .map_or(0, |s| s.min_replicas.unwrap_or(1))
 }
 
 /// Who uses this mesh's revisions: index lookups for the label values that can name them.
@@ -140,13 +150,16 @@ fn usage(ctx: &Context, mi: &MeshInstall, installed: &[RevisionObservation]) -> 
     }
 }
 
-/// The other MeshInstalls, each marked older (it wins a name) or not.
+/// The other MeshInstalls, oldest first (the first older one owns the `default` tag), each
+/// marked older (it wins a name) or not.
 fn others(ctx: &Context, mi: &MeshInstall) -> Vec<Neighbour> {
     let age = |m: &MeshInstall| (m.creation_timestamp().map(|t| t.0), m.name_any());
     let mine = age(mi);
-    watch::valid(&ctx.meshes)
+    let mut others: Vec<_> = watch::valid(&ctx.meshes)
         .iter()
         .filter(|m| m.name_any() != mi.name_any())
-        .map(|m| Neighbour::of(m, age(m) < mine))
-        .collect()
+        .map(|m| (age(m), m.clone()))
+        .collect();
+    others.sort_by(|a, b| a.0.cmp(&b.0));
+    others.into_iter().map(|(a, m)| Neighbour::of(&m, a < mine)).collect()
 }

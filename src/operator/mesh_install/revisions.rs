@@ -568,4 +568,44 @@ mod tests {
             "the in-place revision is deleted after the grace period"
         );
     }
+
+    /// The admission limits (name ≤ 30, version ≤ 20) keep every revision name a label
+    /// value and every owned object's name a DNS label; the CRD holds the same numbers.
+    #[test]
+    fn revision_names_at_the_admission_limits_fit() {
+        use crate::api::mesh_install::{MAX_MESH_NAME, MAX_REVISION_NAME, MAX_VERSION};
+        use crate::render::revision::{control_plane_name, proxy_name};
+        assert_eq!(MAX_MESH_NAME + "-v".len() + MAX_VERSION, MAX_REVISION_NAME);
+        let version = "1.0.0-rc.12345678901";
+        assert_eq!(version.len(), MAX_VERSION);
+        let mut mi = mesh(
+            &format!("version: {version}\nupdateStrategy: {{type: RevisionBased}}"),
+            1,
+            None,
+        );
+        mi.metadata.name = Some("a".repeat(MAX_MESH_NAME));
+        let revision = target_revision(&mi);
+        assert_eq!(revision.len(), MAX_REVISION_NAME);
+        assert!(is_dns_label(&revision), "{revision} is not a DNS label");
+        for name in [control_plane_name(&revision), proxy_name(&revision)] {
+            assert!(name.len() <= 63 && is_dns_label(&name), "{name}");
+        }
+        let crd = serde_json::to_value(<MeshInstall as kube::CustomResourceExt>::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        assert_eq!(
+            schema["properties"]["spec"]["properties"]["version"]["maxLength"],
+            MAX_VERSION
+        );
+        let rules = schema["x-kubernetes-validations"].to_string();
+        assert!(
+            rules.contains(&format!("size(self.metadata.name) <= {MAX_MESH_NAME}")),
+            "{rules}"
+        );
+    }
+
+    /// A DNS label (RFC 1123), without a regex crate.
+    fn is_dns_label(s: &str) -> bool {
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        s.len() <= 63 && s.starts_with(ok) && s.ends_with(ok) && s.chars().all(|c| ok(c) || c == '-')
+    }
 }

@@ -15,6 +15,10 @@ impl Conditioned for MeshInstallStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
     }
+
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
 }
 
 /// Whether a status says the rollout missed its deadline.
