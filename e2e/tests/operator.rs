@@ -595,7 +595,6 @@ async fn kustomize_and_helm_packages_pass_a_server_side_dry_run() {
         "configmap/weft-operator-versions",
         "validatingadmissionpolicy.admissionregistration.k8s.io/weft-operator-rbac",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/weft-image-overrides",
-        "configmap/weft-allowed-images",
         "networkpolicy.networking.k8s.io/weft-operator",
     ] {
         assert!(

@@ -412,20 +412,20 @@ async fn narrowing_allowed_images_does_not_block_updates_of_existing_overrides()
     let _cleanup = ImagePolicy(&bed);
     bed.kubectl(&["apply", "-k", policy.to_str().unwrap()])
         .expect("apply config/policy");
+    // The admin edits the list in the policy (a CEL list literal).
     let prefixes = |list: &str| {
+        let patch = json!([{"op": "replace", "path": "/spec/variables/0/expression", "value": list}]);
         bed.kubectl(&[
-            "-n",
-            "weft-system",
             "patch",
-            "configmap",
-            "weft-allowed-images",
-            "--type=merge",
+            "validatingadmissionpolicy",
+            "weft-image-overrides",
+            "--type=json",
             "-p",
-            &json!({"data": {"prefixes": list}}).to_string(),
+            &patch.to_string(),
         ])
-        .expect("patch allowed images")
+        .expect("edit allowed images")
     };
-    prefixes("registry.example.com/weft/, mirror.example.org/weft/");
+    prefixes("['registry.example.com/weft/', 'mirror.example.org/weft/']");
     let meshes: Api<MeshInstall> = Api::all(bed.client.clone());
     let _ = meshes.delete("sec-images", &DeleteParams::default()).await;
     let image = "mirror.example.org/weft/control-plane:1";
@@ -442,7 +442,7 @@ async fn narrowing_allowed_images_does_not_block_updates_of_existing_overrides()
     })
     .await;
 
-    prefixes("registry.example.com/weft/");
+    prefixes("['registry.example.com/weft/']");
     let dry = PostParams {
         dry_run: true,
         ..Default::default()
