@@ -399,19 +399,41 @@ impl Drop for ImagePolicy<'_> {
     }
 }
 
-/// `config/policy` (its refusals are tested in `admission.rs`): narrowing the allowed
-/// registries refuses new overrides from the dropped one, but never blocks an update that
-/// leaves an existing override as it was (the operator's finalizer updates among them).
+/// `config/policy` (its refusals are tested in `admission.rs`): it still refuses after a
+/// delete and immediate re-apply; narrowing the allowed registries refuses new overrides
+/// from the dropped one, but never blocks an update that leaves an existing override as it
+/// was (the operator's finalizer updates among them).
 #[tokio::test]
-async fn narrowing_allowed_images_does_not_block_updates_of_existing_overrides() {
+async fn image_policy_survives_reapply_and_narrowing_does_not_block_updates() {
     let _serial = SERIAL.lock().await;
     let bed = Bed::connect().await;
     install_crds(&bed);
     let _ = bed.kubectl(&["create", "namespace", "weft-system"]);
     let policy = repo_root().join("config/policy");
     let _cleanup = ImagePolicy(&bed);
-    bed.kubectl(&["apply", "-k", policy.to_str().unwrap()])
-        .expect("apply config/policy");
+    // Deleted and re-applied at once, it still holds (a ConfigMap parameter would not:
+    // kube-apiserver then loses it for good, and the policy admitted any image).
+    for verb in ["apply", "delete", "apply"] {
+        bed.kubectl(&[verb, "-k", policy.to_str().unwrap()])
+            .expect("apply or delete config/policy");
+    }
+    let meshes: Api<MeshInstall> = Api::all(bed.client.clone());
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let evil = mesh(
+        "sec-images-evil",
+        "e2e-sec-images",
+        json!({"proxy": {"image": "evil.example/proxy:1"}}),
+    );
+    wait_for("the re-applied policy to refuse", TIMEOUT, || async {
+        match meshes.create(&dry, &evil).await {
+            Err(e) if e.to_string().contains("refused: evil.example/proxy:1") => Ok(()),
+            r => Err(format!("{r:?}")),
+        }
+    })
+    .await;
     // The admin edits the list in the policy (a CEL list literal).
     let prefixes = |list: &str| {
         let patch = json!([{"op": "replace", "path": "/spec/variables/0/expression", "value": list}]);
@@ -426,7 +448,6 @@ async fn narrowing_allowed_images_does_not_block_updates_of_existing_overrides()
         .expect("edit allowed images")
     };
     prefixes("['registry.example.com/weft/', 'mirror.example.org/weft/']");
-    let meshes: Api<MeshInstall> = Api::all(bed.client.clone());
     let _ = meshes.delete("sec-images", &DeleteParams::default()).await;
     let image = "mirror.example.org/weft/control-plane:1";
     let mi = mesh(
@@ -443,10 +464,6 @@ async fn narrowing_allowed_images_does_not_block_updates_of_existing_overrides()
     .await;
 
     prefixes("['registry.example.com/weft/']");
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
     let other = mesh(
         "sec-images-2",
         "e2e-sec-images",
