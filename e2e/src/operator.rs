@@ -193,13 +193,21 @@ pub fn install_crds(bed: &Bed) {
         dir.to_str().unwrap(),
     ])
     .expect("CRDs apply");
-    bed.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/meshinstalls.weft.dev",
-    ])
-    .expect("CRDs established");
+    // `kubectl wait` fails at once, instead of waiting, while a new CRD has no conditions
+    // yet: ask again until the deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match bed.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/meshinstalls.weft.dev",
+        ]) {
+            Ok(_) => return,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("CRDs not established: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }
 
 /// A MeshInstall `name` at version 1.0.0 in `namespace`, with `extra` spec fields.
