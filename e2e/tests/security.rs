@@ -62,6 +62,15 @@ async fn apply_operator_rbac(bed: &Bed) {
 /// policy it could grant cluster-wide Secret read to every authenticated user. With
 /// `config/rbac` applied, each way of doing so is refused with the policy's message, while
 /// everything `weft render` produces for a revision is applied and deleted as the operator.
+/// Asserts that `result` is a refusal by ValidatingAdmissionPolicy `policy` with `message`.
+fn refused_by(policy: &str, what: &str, result: Result<String, String>, message: &str) {
+    let err = result.expect_err(&format!("{what} must be refused"));
+    assert!(
+        err.contains(&format!("ValidatingAdmissionPolicy '{policy}'")) && err.contains(message),
+        "{what}: refused, but not with {message:?}: {err}"
+    );
+}
+
 #[tokio::test]
 async fn the_rbac_policy_refuses_escalation_and_admits_what_a_revision_renders() {
     let _serial = SERIAL.lock().await;
@@ -164,13 +173,7 @@ async fn the_rbac_policy_refuses_escalation_and_admits_what_a_revision_renders()
     })
     .expect("admin creates e2e-secret-reader");
 
-    let refused = |what: &str, result: Result<String, String>, message: &str| {
-        let err = result.expect_err(&format!("{what} must be refused"));
-        assert!(
-            err.contains("ValidatingAdmissionPolicy 'weft-operator-rbac'") && err.contains(message),
-            "{what}: refused, but not with {message:?}: {err}"
-        );
-    };
+    let refused = |what: &str, result, message: &str| refused_by("weft-operator-rbac", what, result, message);
     refused(
         "a ClusterRoleBinding granting Secret read to system:authenticated",
         as_operator(
@@ -315,13 +318,7 @@ fn objects_policy_refuses_takeover_and_tokens(bed: &Bed, ns: &str) {
     };
     let container = json!([{"name": "c", "image": "evil.example/x:1"}]);
     let tokenless = json!({"automountServiceAccountToken": false, "containers": container});
-    let refused = |what: &str, result: Result<String, String>, message: &str| {
-        let err = result.expect_err(&format!("{what} must be refused"));
-        assert!(
-            err.contains("ValidatingAdmissionPolicy 'weft-operator-objects'") && err.contains(message),
-            "{what}: refused, but not with {message:?}: {err}"
-        );
-    };
+    let refused = |what: &str, result, message: &str| refused_by("weft-operator-objects", what, result, message);
     refused(
         "taking over another's Deployment",
         apply_json_as_operator(

@@ -34,9 +34,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
         }
     }
-}
 
-impl Error {
     /// The stall when the API server refused an object as invalid (400, 422): retrying the
     /// same spec cannot succeed, so the spec is reported as the problem instead.
     pub fn rejection(&self) -> Option<Stall> {

@@ -12,7 +12,6 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Config};
 use kube::{Client, ResourceExt};
-
 use tracing::warn;
 
 use crate::render::OwnedKind;
