@@ -151,14 +151,30 @@ impl Sources {
             "MeshGateways",
         ));
 
+        let mut sources = Sources {
+            services,
+            slices,
+            namespaces,
+            routes,
+            meshes,
+            gateways,
+            changed,
+            synced: watch::channel(false).1,
+        };
+        sources.synced = sources.synced_when_listed();
+        sources
+    }
+
+    /// Turns true once every store has its first list.
+    fn synced_when_listed(&self) -> watch::Receiver<bool> {
         let (tx, synced) = watch::channel(false);
         let (a, b, c, d, e, f) = (
-            services.clone(),
-            slices.clone(),
-            namespaces.clone(),
-            meshes.clone(),
-            routes.clone(),
-            gateways.clone(),
+            self.services.clone(),
+            self.slices.clone(),
+            self.namespaces.clone(),
+            self.meshes.clone(),
+            self.routes.clone(),
+            self.gateways.clone(),
         );
         tokio::spawn(async move {
             // One waiter per store: a store wakes only one of several concurrent waiters.
@@ -172,16 +188,7 @@ impl Sources {
                 let _ = tx.send(true);
             }
         });
-        Sources {
-            services,
-            slices,
-            namespaces,
-            routes,
-            meshes,
-            gateways,
-            changed,
-            synced,
-        }
+        synced
     }
 
     /// The gateways of mesh `mesh` (every gateway when `None`), sorted by namespace and name.
