@@ -2,6 +2,7 @@
 //! embedded xDS control plane. `docs/architecture.md` describes the architecture.
 
 pub mod api;
+pub mod credentials;
 pub mod http;
 pub mod operator;
 pub mod render;
