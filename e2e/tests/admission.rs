@@ -4,6 +4,7 @@
 //! generated specs end one of those ways or stall; the shipped admission policy constrains
 //! image overrides.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
@@ -12,8 +13,8 @@ use weft::api::{MeshGateway, MeshInstall};
 use weft::operator::mesh_install::revisions::target_revision;
 use weft::render::{GatewayInput, Manifest, RevisionInput, render_gateway, render_revision};
 use weft::versions::VersionTable;
-use weft_e2e::Bed;
 use weft_e2e::operator::install_crds;
+use weft_e2e::{Bed, wait_for};
 
 /// Where the MeshGateways of the tables live until a test puts them in its own namespace.
 const NS: &str = "placeholder";
@@ -484,7 +485,7 @@ async fn generated_specs_are_refused_rendered_or_stalled_never_half_applied() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_2026_u64);
     let mut g = Gen(seed);
-    let mut counts = std::collections::BTreeMap::new();
+    let mut counts = BTreeMap::new();
     let mut wrong = Vec::new();
     for i in 0..120 {
         let obj = if i % 2 == 0 {
@@ -539,7 +540,7 @@ async fn the_shipped_policy_constrains_image_overrides() {
     bed.kubectl(&["apply", "-k", policy]).expect("apply the policy");
     let with_image = |image: &str| mesh_install("img", json!({"version": "1.0.0", "controlPlane": {"image": image}}));
     // The API server takes a moment to load a new policy: wait until it refuses.
-    let refused = weft_e2e::wait_for(
+    let refused = wait_for(
         "the policy to refuse an image from elsewhere",
         Duration::from_secs(30),
         || async {
@@ -574,4 +575,58 @@ async fn the_shipped_policy_constrains_image_overrides() {
             .is_err_and(|e| e.contains("refused: docker.io/someone/proxy:1")),
         "{proxy:?}"
     );
+}
+
+/// Every short name the cluster serves, with the resources (group/name) that carry it.
+async fn short_names(bed: &Bed) -> Result<BTreeMap<String, Vec<String>>, kube::Error> {
+    let client = &bed.client;
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut lists = vec![client.list_core_api_resources("v1").await?];
+    for g in client.list_api_groups().await?.groups {
+        if let Some(v) = g.preferred_version {
+            lists.push(client.list_api_group_resources(&v.group_version).await?);
+        }
+    }
+    for list in lists {
+        for r in list.resources {
+            for s in r.short_names.unwrap_or_default() {
+                out.entry(s)
+                    .or_default()
+                    .push(format!("{}/{}", list.group_version, r.name));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn our_short_names_collide_with_nothing_the_cluster_serves() {
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let ours = [
+        ("mi", "weft.dev/v1alpha1/meshinstalls"),
+        ("mgw", "weft.dev/v1alpha1/meshgateways"),
+        ("mrc", "weft.dev/v1alpha1/remoteclusters"),
+    ];
+    wait_for(
+        "each of our short names to name only our kind",
+        Duration::from_secs(30),
+        || async {
+            let names = short_names(&bed).await.map_err(|e| e.to_string())?;
+            let seen: Vec<(&str, Option<&Vec<String>>)> = ours.iter().map(|(s, _)| (*s, names.get(*s))).collect();
+            let unique = ours
+                .iter()
+                .all(|(s, r)| names.get(*s).is_some_and(|v| v.len() == 1 && v[0] == *r));
+            // `rc` is ReplicationController's in every cluster: not ours.
+            let rc = names
+                .get("rc")
+                .map(|v| v.iter().all(|r| r == "v1/replicationcontrollers"));
+            if unique && rc == Some(true) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}; rc: {:?}", names.get("rc")))
+            }
+        },
+    )
+    .await;
 }

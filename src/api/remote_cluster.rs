@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "RemoteCluster",
     plural = "remoteclusters",
-    shortname = "rc",
+    shortname = "mrc",
     category = "weft",
     namespaced,
     status = "RemoteClusterStatus",
