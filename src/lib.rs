@@ -5,6 +5,7 @@ pub mod api;
 pub mod credentials;
 pub mod http;
 pub mod operator;
+pub mod remote_secret;
 pub mod render;
 pub mod signal;
 pub mod telemetry;

@@ -44,10 +44,42 @@ enum Command {
         #[arg(long, env = "WEFT_VERSIONS_FILE")]
         versions_file: Option<PathBuf>,
     },
+    /// Give a primary cluster read access to a remote cluster: create, in the remote cluster
+    /// (the current kubeconfig's), a ServiceAccount that may only read what discovery needs
+    /// and a token for it; print the Secret and RemoteCluster to apply on the primary.
+    RemoteSecret(RemoteSecretArgs),
     /// Run the operator against the current kubeconfig (or in-cluster configuration).
     Operator(OperatorArgs),
     /// Run the xDS control plane of one revision.
     ControlPlane(ControlPlaneArgs),
+}
+
+#[derive(clap::Args)]
+struct RemoteSecretArgs {
+    /// The remote cluster's kubeconfig (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The remote cluster's name in the mesh.
+    #[arg(long)]
+    name: String,
+    /// The MeshInstall it joins.
+    #[arg(long)]
+    mesh: String,
+    /// The mesh's namespace on the primary, where the Secret and RemoteCluster go.
+    #[arg(long)]
+    mesh_namespace: String,
+    /// The remote cluster's network, when it is not the mesh's.
+    #[arg(long)]
+    network: Option<String>,
+    /// The address the primary reaches the remote API server at (default: the kubeconfig's).
+    #[arg(long)]
+    server: Option<String>,
+    /// The remote namespace for the ServiceAccount and its token.
+    #[arg(long, default_value = "weft-system")]
+    namespace: String,
+    /// Print what would be created in the remote cluster, and create nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -173,6 +205,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Render { file, versions_file } => render(&file, versions_file.as_deref()),
+        Command::RemoteSecret(args) => remote_secret(args),
         Command::Operator(args) => operator(args),
         Command::ControlPlane(args) => control_plane(args),
     };
@@ -234,6 +267,37 @@ fn render(file: &Path, versions_file: Option<&Path>) -> Result<()> {
     })? {
         print!("{}", weft::yaml::document(&m.object)?);
     }
+    Ok(())
+}
+
+fn remote_secret(args: RemoteSecretArgs) -> Result<()> {
+    let opts = weft::remote_secret::Options {
+        cluster_name: args.name,
+        mesh: args.mesh,
+        mesh_namespace: args.mesh_namespace,
+        network: args.network,
+        server: args.server,
+        namespace: args.namespace,
+    };
+    if args.dry_run {
+        print!("{}", weft::remote_secret::dry_run(&opts)?);
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let out = runtime.block_on(async {
+        let config = match args.kubeconfig.as_deref() {
+            Some(path) => {
+                Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &KubeConfigOptions::default()).await?
+            }
+            None => Config::infer().await?,
+        };
+        let server = config.cluster_url.to_string();
+        let client = Client::try_from(config)?;
+        Ok::<_, Box<dyn std::error::Error>>(
+            weft::remote_secret::run(&client, &opts, server.trim_end_matches('/')).await?,
+        )
+    })?;
+    print!("{out}");
     Ok(())
 }
 
