@@ -3,6 +3,7 @@
 //! objects that are no longer wanted.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
@@ -30,17 +31,6 @@ pub struct ApplyError {
     /// The API error.
     #[source]
     pub source: kube::Error,
-}
-
-/// What an apply did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// The live object already matched.
-    Unchanged,
-    /// The object did not exist and was created.
-    Created,
-    /// The object existed and was changed.
-    Updated,
 }
 
 /// True when every field of `want` is present in `live` with the same value: maps may
@@ -102,11 +92,14 @@ fn api_for(client: &Client, kind: OwnedKind, namespace: Option<&str>) -> Api<Dyn
     }
 }
 
-/// Whether the live copy of `m` already contains what we want.
-fn unchanged(index: &OwnedIndex, m: &Manifest) -> bool {
-    index
-        .get(m.kind, m.namespace.as_deref(), &m.name)
-        .is_some_and(|live| up_to_date(&live, &with_hash(&m.object)))
+/// The manifests whose live copy (looked up once, returned with them) is missing or lacks
+/// what we want.
+fn changed<'m>(index: &OwnedIndex, manifests: &'m [Manifest]) -> Vec<(&'m Manifest, Option<Arc<DynamicObject>>)> {
+    manifests
+        .iter()
+        .map(|m| (m, index.get(m.kind, m.namespace.as_deref(), &m.name)))
+        .filter(|(m, live)| !live.as_ref().is_some_and(|l| up_to_date(l, &with_hash(&m.object))))
+        .collect()
 }
 
 /// Server-side applies `m` (with its initial replicas when it is new, `exists` false), for
@@ -136,18 +129,14 @@ async fn patch(client: &Client, m: &Manifest, exists: bool, dry_run: bool) -> Re
 /// autoscaler), and a field no manager holds any more would fall back to 1 replica.
 pub const REPLICAS_MANAGER: &str = "weft-operator-initial-replicas";
 
-/// Applies one object unless the live copy already contains it. An autoscaled Deployment
+/// Applies one object that differs from its `live` copy (if any). An autoscaled Deployment
 /// is created with its initial replicas, which are then handed to `REPLICAS_MANAGER`.
-pub async fn apply(
+async fn apply(
     client: &Client,
-    index: &OwnedIndex,
     metrics: &Metrics,
     m: &Manifest,
-) -> Result<Applied, ApplyError> {
-    if unchanged(index, m) {
-        return Ok(Applied::Unchanged);
-    }
-    let live = index.get(m.kind, m.namespace.as_deref(), &m.name);
+    live: Option<&Arc<DynamicObject>>,
+) -> Result<(), ApplyError> {
     let api = api_for(client, m.kind, m.namespace.as_deref());
     let live_replicas = live
         .as_ref()
@@ -160,19 +149,15 @@ pub async fn apply(
         (Some(_), Some(_)) => live_replicas,
         (None, _) => None,
     };
-    if let (Some(n), Some(_)) = (handover, &live) {
+    if let (Some(n), Some(_)) = (handover, live) {
         hand_over_replicas(&api, metrics, m, n).await?;
     }
     patch(client, m, live.is_some(), false).await?;
     metrics.write(m.kind.name(), "apply");
-    if let (Some(n), None) = (handover, &live) {
+    if let (Some(n), None) = (handover, live) {
         hand_over_replicas(&api, metrics, m, n).await?;
     }
-    Ok(if live.is_some() {
-        Applied::Updated
-    } else {
-        Applied::Created
-    })
+    Ok(())
 }
 
 /// Lets `REPLICAS_MANAGER` share `spec.replicas` at its current value `n`. Never forced: if
@@ -224,20 +209,17 @@ pub async fn converge<K: Resource<DynamicType = ()>>(
     manifests: &[Manifest],
 ) -> Result<(), ApplyError> {
     let (client, metrics) = (&shared.client, &shared.metrics);
-    for m in manifests.iter().filter(|m| !unchanged(index, m)) {
-        if binds_a_role_not_yet_created(index, manifests, m) {
-            continue;
+    let changed = changed(index, manifests);
+    for (m, live) in &changed {
+        if !binds_a_role_not_yet_created(index, manifests, m) {
+            patch(client, m, live.is_some(), true).await?;
         }
-        let exists = index.get(m.kind, m.namespace.as_deref(), &m.name).is_some();
-        patch(client, m, exists, true).await?;
     }
     let mut changes = Vec::new();
-    for m in manifests {
-        match apply(client, index, metrics, m).await? {
-            Applied::Unchanged => {}
-            Applied::Created => changes.push(format!("created {}", m.describe())),
-            Applied::Updated => changes.push(format!("updated {}", m.describe())),
-        }
+    for (m, live) in &changed {
+        apply(client, metrics, m, live.as_ref()).await?;
+        let what = if live.is_some() { "updated" } else { "created" };
+        changes.push(format!("{what} {}", m.describe()));
     }
     let uid = owner.meta().uid.clone().unwrap_or_default();
     for pruned in prune(client, index, metrics, &uid, revision, manifests).await? {

@@ -69,13 +69,6 @@ impl Failures {
         }
     }
 
-    /// How many failures in a row `object` has had.
-    pub fn count(&self, controller: &str, object: &str) -> u32 {
-        self.lock()
-            .get(&(controller.to_string(), object.to_string()))
-            .map_or(0, |f| f.count)
-    }
-
     /// When to retry `object`: as long as it has been failing, from 5 s to 5 minutes. By
     /// time, not by count: the watch events a failing object attracts (its namespace being
     /// deleted, say) add failures quickly but must not push its retry minutes away.
@@ -154,6 +147,10 @@ mod tests {
         assert!(problems[0].contains("(2 times): 403 forbidden"), "{problems:?}");
         f.succeeded("meshinstall", "default");
         assert!(f.problems(later).is_empty());
-        assert_eq!(f.count("meshinstall", "default"), 0);
+        assert_eq!(
+            f.retry_after("meshinstall", "default", later),
+            FIRST_RETRY,
+            "no longer failing"
+        );
     }
 }

@@ -7,15 +7,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt, future};
+use kube::ResourceExt;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Config};
-use kube::{Client, ResourceExt};
 use tracing::warn;
 
+use super::shared::Shared;
 use crate::render::OwnedKind;
-use crate::watch_health::{WatchBackoff, WatchHealth};
+use crate::watch_health::WatchBackoff;
 
 /// Owned objects of one kind that changed (deleted ones included): a controller trigger.
 pub struct OwnedStream {
@@ -44,15 +45,10 @@ pub struct OwnedIndex {
 
 impl OwnedIndex {
     /// Starts one watch per kind, restricted to objects matching `selector`, each tracked
-    /// in `health` as `<owner>/<kind>`. The streams must be polled (the controllers do) for
-    /// the stores to fill.
-    pub fn start(
-        client: &Client,
-        health: &WatchHealth,
-        owner: &str,
-        selector: &str,
-        kinds: &[OwnedKind],
-    ) -> OwnedWatch {
+    /// in the watch health as `<owner>/<kind>`. The streams must be polled (the controllers
+    /// do) for the stores to fill.
+    pub fn start(shared: &Shared, owner: &str, selector: &str, kinds: &[OwnedKind]) -> OwnedWatch {
+        let (client, health) = (&shared.client, &shared.metrics.watches);
         let mut stores = HashMap::new();
         let mut streams = Vec::new();
         for &kind in kinds {

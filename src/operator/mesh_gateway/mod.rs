@@ -68,13 +68,7 @@ pub fn controller(
         labels::COMPONENT,
         labels::GATEWAY_COMPONENT
     );
-    let OwnedWatch { index, streams } = OwnedIndex::start(
-        &shared.client,
-        &shared.metrics.watches,
-        CONTROLLER,
-        &selector,
-        &OWNED_KINDS,
-    );
+    let OwnedWatch { index, streams } = OwnedIndex::start(shared, CONTROLLER, &selector, &OWNED_KINDS);
     let ctx = Arc::new(Context {
         shared: shared.clone(),
         index,

@@ -71,13 +71,7 @@ pub fn controller(
         labels::COMPONENT,
         labels::GATEWAY_COMPONENT
     );
-    let OwnedWatch { index, streams } = OwnedIndex::start(
-        &shared.client,
-        &shared.metrics.watches,
-        CONTROLLER,
-        &selector,
-        &OwnedKind::ALL,
-    );
+    let OwnedWatch { index, streams } = OwnedIndex::start(shared, CONTROLLER, &selector, &OwnedKind::ALL);
     let ctx = Arc::new(Context {
         shared: shared.clone(),
         index,
