@@ -11,7 +11,7 @@ use kube::CustomResourceExt;
 
 pub use mesh_gateway::{MeshGateway, MeshGatewaySpec, MeshGatewayStatus};
 pub use mesh_install::{MeshInstall, MeshInstallSpec, MeshInstallStatus};
-pub use remote_cluster::{RemoteCluster, RemoteClusterSpec, RemoteClusterStatus};
+pub use remote_cluster::{ControlPlaneView, RemoteCluster, RemoteClusterSpec, RemoteClusterStatus};
 
 /// Every CRD, in the order of their files in `crds/` (alphabetical by plural name).
 pub fn crds() -> Vec<CustomResourceDefinition> {

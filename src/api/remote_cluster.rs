@@ -24,8 +24,22 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
+    ),
     printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.clusterName"),
     printcolumn(name = "Network", type_ = "string", json_path = ".spec.network"),
+    printcolumn(name = "Server", type_ = "string", json_path = ".status.server", priority = 1),
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.kubernetesVersion"),
+    printcolumn(name = "Synced", type_ = "string", json_path = ".status.controlPlanes[*].synced"),
+    printcolumn(name = "Services", type_ = "string", json_path = ".status.controlPlanes[*].services"),
+    printcolumn(
+        name = "Endpoints",
+        type_ = "string",
+        json_path = ".status.controlPlanes[*].endpoints"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -78,4 +92,34 @@ pub struct RemoteClusterStatus {
     /// The remote API server's address, from the kubeconfig.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// The remote API server's Kubernetes version (`gitVersion`), when it last answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    /// What each revision's control plane sees of the cluster; each control plane writes
+    /// its own entry (field manager `weft-control-plane-<revision>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["revision".into()]))]
+    pub control_planes: Vec<ControlPlaneView>,
+}
+
+/// One revision's control plane's view of a remote cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneView {
+    /// The revision whose control plane this is.
+    pub revision: String,
+    /// Whether its watches on the cluster have listed and are flowing. False while the
+    /// cluster is unreachable: the last endpoints it listed are still served.
+    pub synced: bool,
+    /// Mesh services it sees in the cluster.
+    pub services: i64,
+    /// Ready endpoints it sees in the cluster.
+    pub endpoints: i64,
+    /// Why it is not synced, or why some endpoints are not served (such as a network
+    /// without an east-west gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When this entry last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }

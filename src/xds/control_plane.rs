@@ -21,7 +21,7 @@ use tracing::info;
 use super::conn::Conn;
 use super::grpc::{AdsService, FrameLimits};
 use super::metrics::{TypeLabels, XdsMetrics};
-use super::model::{FileLog, MeshModel, Telemetry, Zipkin};
+use super::model::{FileLog, MeshModel, Origin, Telemetry, Zipkin};
 use super::server::{Admission, AdsServer, ClientInfo, StreamLimits, clip};
 use super::snapshot::{Cache, Snapshot, short};
 use super::sources::{Sources, check_selector};
@@ -141,6 +141,10 @@ struct MeshConfigFile {
     #[serde(default)]
     discovery_selectors: Vec<LabelSelector>,
     #[serde(default)]
+    cluster_name: Option<String>,
+    #[serde(default)]
+    network: Option<String>,
+    #[serde(default)]
     access_log: Option<AccessLogFile>,
     #[serde(default)]
     tracing: Option<TracingFile>,
@@ -177,9 +181,14 @@ struct MeshConfig {
     mesh: Option<String>,
     /// Namespaces in the mesh (all when empty).
     selectors: Vec<LabelSelector>,
+    /// This cluster's name in the mesh and its network.
+    origin: Origin,
     /// Access log and tracing.
     telemetry: Telemetry,
 }
+
+/// The local cluster's name when the mesh config names none (Istio's default too).
+pub const DEFAULT_CLUSTER_NAME: &str = "Kubernetes";
 
 fn read_mesh_config(path: &Option<PathBuf>) -> Result<MeshConfig, Error> {
     let Some(path) = path else {
@@ -218,6 +227,10 @@ fn parse_mesh_config(text: &str) -> Result<MeshConfig, serde_saphyr::Error> {
     Ok(MeshConfig {
         mesh: file.mesh.filter(|m| !m.is_empty()),
         selectors: file.discovery_selectors,
+        origin: Origin {
+            cluster: file.cluster_name.unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()),
+            network: file.network.unwrap_or_default(),
+        },
         telemetry: Telemetry { access_log, zipkin },
     })
 }
@@ -351,9 +364,10 @@ impl Translator {
         let MeshConfig {
             mesh,
             selectors,
+            origin,
             telemetry,
         } = &self.config;
-        let MeshModel { services, routes } = self.sources.model(&self.revision, selectors);
+        let MeshModel { services, routes } = self.sources.model(&self.revision, selectors, origin);
         // Every gateway of the mesh, whichever revision it follows: during a gateway's
         // rollout its old pods stay connected here and still need their listeners.
         let gateways = self.sources.gateways(mesh.as_deref());

@@ -76,10 +76,24 @@ pub struct Endpoint {
     pub ports: BTreeMap<String, u16>,
     /// Its zone, for locality-aware load balancing.
     pub zone: Option<String>,
+    /// The mesh cluster it runs in (the local cluster's name, or a RemoteCluster's
+    /// `clusterName`): EDS puts it in the locality's `sub_zone`.
+    pub cluster: String,
+    /// The network its address is on (empty: the default network).
+    pub network: String,
     /// Ready to serve.
     pub ready: bool,
     /// Being shut down.
     pub terminating: bool,
+}
+
+/// Where discovered objects come from: a cluster of the mesh and the network its pods are on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The cluster's name in the mesh.
+    pub cluster: String,
+    /// Its network (empty: the default network).
+    pub network: String,
 }
 
 /// A MeshGateway this control plane serves.

@@ -46,6 +46,10 @@ pub struct ClientInfo {
     pub role: Option<String>,
     /// `GATEWAY`: the MeshGateway (in `NAMESPACE`) a gateway pod belongs to.
     pub gateway: Option<String>,
+    /// `CLUSTER`: the mesh cluster the client runs in (the control plane's own when unset).
+    pub cluster: Option<String>,
+    /// `NETWORK`: the network the client is on (the control plane's own when unset).
+    pub network: Option<String>,
 }
 
 impl ClientInfo {
@@ -63,6 +67,8 @@ impl ClientInfo {
             namespace: field("NAMESPACE"),
             role: field("ROLE"),
             gateway: field("GATEWAY"),
+            cluster: field("CLUSTER"),
+            network: field("NETWORK"),
         }
     }
 

@@ -39,6 +39,8 @@ pub(super) fn service(name: &str, addresses: &[&str]) -> Service {
                 address: a.to_string(),
                 ports: BTreeMap::from([("grpc".to_string(), 50051)]),
                 zone: Some("zone-a".into()),
+                cluster: "local".into(),
+                network: String::new(),
                 ready: true,
                 terminating: false,
             })

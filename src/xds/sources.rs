@@ -18,8 +18,8 @@ use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
 use super::model::{
-    Backend, Endpoint, Gateway, GatewayPort, HeaderMatch, HttpRoute, MeshModel, ParentKind, ParentRef, PathMatch,
-    RouteMatch, RouteRule, Service, ServicePort,
+    Backend, Endpoint, Gateway, GatewayPort, HeaderMatch, HttpRoute, MeshModel, Origin, ParentKind, ParentRef,
+    PathMatch, RouteMatch, RouteRule, Service, ServicePort,
 };
 use crate::api::labels;
 use crate::api::{MeshGateway, MeshInstall};
@@ -236,8 +236,8 @@ impl Sources {
     }
 
     /// Builds the model for `revision`, limited to namespaces matching `selectors` (all
-    /// when empty).
-    pub fn model(&self, revision: &str, selectors: &[LabelSelector]) -> MeshModel {
+    /// when empty); endpoints are marked as coming from `origin`.
+    pub fn model(&self, revision: &str, selectors: &[LabelSelector], origin: &Origin) -> MeshModel {
         let in_mesh = |ns: &str| {
             if selectors.is_empty() {
                 return true;
@@ -269,7 +269,7 @@ impl Sources {
             .map(|s| {
                 let ns = s.namespace().unwrap_or_default();
                 let slices = by_service.get(&(ns.clone(), s.name_any())).cloned().unwrap_or_default();
-                service_model(s, &slices)
+                service_model(s, &slices, origin)
             })
             .filter(|s| !s.ports.is_empty())
             .collect();
@@ -361,7 +361,7 @@ fn gateway_model(g: &DynamicObject, mesh: Option<&str>) -> Option<Gateway> {
     })
 }
 
-fn service_model(s: &K8sService, slices: &[Arc<EndpointSlice>]) -> Service {
+fn service_model(s: &K8sService, slices: &[Arc<EndpointSlice>], origin: &Origin) -> Service {
     let spec = s.spec.clone().unwrap_or_default();
     let ports = spec
         .ports
@@ -399,6 +399,8 @@ fn service_model(s: &K8sService, slices: &[Arc<EndpointSlice>]) -> Service {
                     address: address.clone(),
                     ports: ports.clone(),
                     zone: e.zone.clone(),
+                    cluster: origin.cluster.clone(),
+                    network: origin.network.clone(),
                     // Unset `ready` means ready (EndpointSlice API).
                     ready: c.ready.unwrap_or(true),
                     terminating: c.terminating.unwrap_or(false),

@@ -198,31 +198,34 @@ fn lb_endpoint_for(address: &str, port: u32) -> LbEndpoint {
     }
 }
 
-/// Ready, non-terminating endpoints of one service port, grouped by zone. Every locality
+/// Ready, non-terminating endpoints of one service port, grouped by locality: zone, and
+/// the mesh cluster as `sub_zone` (so endpoints of two clusters in one zone stay two
+/// localities; gRPC refuses an EDS response that names a locality twice). Every locality
 /// gets a weight (its endpoint count): gRPC ignores localities without one.
 fn load_assignment(name: &str, svc: &Service, port: &ServicePort) -> ClusterLoadAssignment {
-    let mut by_zone: BTreeMap<String, Vec<LbEndpoint>> = BTreeMap::new();
+    let mut by_locality: BTreeMap<(String, String), Vec<LbEndpoint>> = BTreeMap::new();
     let mut usable: Vec<(&model::Endpoint, u16)> = svc
         .endpoints
         .iter()
         .filter(|e| e.ready && !e.terminating)
         .filter_map(|e| e.ports.get(&port.name).map(|p| (e, *p)))
         .collect();
-    usable.sort_by(|a, b| (&a.0.address, a.1).cmp(&(&b.0.address, b.1)));
-    usable.dedup_by(|a, b| a.0.address == b.0.address && a.1 == b.1);
+    usable.sort_by(|a, b| (&a.0.cluster, &a.0.address, a.1).cmp(&(&b.0.cluster, &b.0.address, b.1)));
+    usable.dedup_by(|a, b| a.0.cluster == b.0.cluster && a.0.address == b.0.address && a.1 == b.1);
     for (e, target) in usable {
-        by_zone
-            .entry(e.zone.clone().unwrap_or_default())
+        by_locality
+            .entry((e.zone.clone().unwrap_or_default(), e.cluster.clone()))
             .or_default()
             .push(lb_endpoint_for(&e.address, u32::from(target)));
     }
     ClusterLoadAssignment {
         cluster_name: name.to_string(),
-        endpoints: by_zone
+        endpoints: by_locality
             .into_iter()
-            .map(|(zone, lb_endpoints)| LocalityLbEndpoints {
+            .map(|((zone, cluster), lb_endpoints)| LocalityLbEndpoints {
                 locality: Some(Locality {
                     zone,
+                    sub_zone: cluster,
                     ..Default::default()
                 }),
                 load_balancing_weight: Some(UInt32Value {

@@ -19,6 +19,8 @@ fn endpoint(address: &str, port: u16, zone: &str, ready: bool, terminating: bool
         address: address.to_string(),
         ports: BTreeMap::from([("grpc".to_string(), port)]),
         zone: Some(zone.to_string()),
+        cluster: "local".to_string(),
+        network: String::new(),
         ready,
         terminating,
     }
