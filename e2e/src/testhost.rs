@@ -33,11 +33,22 @@ pub struct TestHost {
     /// The namespace's name.
     pub netns: String,
     host_if: String,
+    /// Held while the host exists: every test host uses the same subnet, so test processes
+    /// running at once (two test files, two worktrees) take turns.
+    _machine_lock: std::fs::File,
 }
 
 impl TestHost {
-    /// Creates the namespace. Refuses when 198.51.100.0/24 overlaps a route this machine has.
+    /// Creates the namespace, waiting for any other test host on this machine to go first.
+    /// Refuses when 198.51.100.0/24 overlaps a route this machine has.
     pub fn create() -> TestHost {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("weft-testhost.lock"))
+            .expect("open the test-host lock file");
+        lock.lock().expect("take the test-host lock");
         let routes = ip(&["route"]).expect("read routes");
         assert!(
             !routes.contains("198.51.100."),
@@ -48,6 +59,7 @@ impl TestHost {
         let host = TestHost {
             netns: format!("weft-th-{tag}"),
             host_if: format!("wth{tag}"),
+            _machine_lock: lock,
         };
         let peer = format!("wtp{tag}");
         let steps: Vec<Vec<&str>> = vec![
