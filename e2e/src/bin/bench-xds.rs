@@ -5,6 +5,11 @@
 //! seconds, the time until every stream has its initial configuration, and p50/p99 of the
 //! time from an EndpointSlice change in the API server until every stream subscribed to it
 //! has received it. Loopback only: endpoint addresses are bookkeeping (198.18.0.0/15).
+//!
+//! With more cluster names (`bench-xds PRIMARY REMOTE...`), the same 1000 Services (same
+//! names and namespace) exist in every cluster, the primary's control plane discovers the
+//! others through RemoteClusters made by `weft remote-secret`, so each service has 5
+//! endpoints per cluster, and the changes are made in the last remote cluster.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +19,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -31,16 +36,21 @@ const CHANGES: usize = 40;
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const REVISION: &str = "bench";
+/// The namespace of the services, the same in every cluster (namespace sameness).
+const NAMESPACE: &str = "bench-xds";
+/// The mesh's namespace on the primary, where the RemoteClusters and their Secrets go.
+const MESH_NAMESPACE: &str = "weft-bench";
 
 fn cluster(ns: &str, i: usize) -> String {
     format!("outbound|80||svc-{i}.{ns}.svc.cluster.local")
 }
 
-fn slice(i: usize, generation: usize) -> EndpointSlice {
+/// Service `i`'s EndpointSlice in cluster number `cluster` (addresses differ per cluster).
+fn slice(i: usize, generation: usize, cluster: usize) -> EndpointSlice {
     let endpoints: Vec<_> = (0..5)
         .map(|e| {
             let n = i * 5 + e + generation * 7;
-            json!({"addresses": [format!("198.18.{}.{}", (n / 250) % 256, n % 250 + 1)], "conditions": {"ready": true}, "zone": format!("zone-{}", ["a", "b", "c"][e % 3])})
+            json!({"addresses": [format!("198.{}.{}.{}", 18 + cluster / 2, (cluster % 2) * 64 + (n / 250) % 64, n % 250 + 1)], "conditions": {"ready": true}, "zone": format!("zone-{}", ["a", "b", "c"][e % 3])})
         })
         .collect();
     serde_json::from_value(json!({
@@ -136,42 +146,96 @@ async fn run_stream(channel: Channel, id: usize, ns: String, reports: mpsc::Unbo
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let bed = Bed::connect().await;
-    let ns = bed.namespace("bench-xds").await;
+/// Creates the namespace and the 1000 Services with their EndpointSlices in one cluster.
+async fn populate(bed: &Bed, cluster: usize) {
     let started = Instant::now();
-    let svcs: Api<Service> = Api::namespaced(bed.client.clone(), &ns.name);
-    let slices: Api<EndpointSlice> = Api::namespaced(bed.client.clone(), &ns.name);
+    let namespaces: Api<Namespace> = Api::all(bed.client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).expect("a namespace");
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create the namespace");
+    let svcs: Api<Service> = Api::namespaced(bed.client.clone(), NAMESPACE);
+    let slices: Api<EndpointSlice> = Api::namespaced(bed.client.clone(), NAMESPACE);
     futures::stream::iter(0..SERVICES)
         .for_each_concurrent(16, |i| {
             let (svcs, slices) = (svcs.clone(), slices.clone());
             async move {
                 let svc: Service = serde_json::from_value(json!({"metadata": {"name": format!("svc-{i}")}, "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})).unwrap();
                 svcs.create(&PostParams::default(), &svc).await.expect("create service");
-                slices.create(&PostParams::default(), &slice(i, 0)).await.expect("create endpointslice");
+                slices.create(&PostParams::default(), &slice(i, 0, cluster)).await.expect("create endpointslice");
             }
         })
         .await;
     println!(
-        "created {SERVICES} services with 5 endpoints each in {:?}",
+        "created {SERVICES} services with 5 endpoints each in {} in {:?}",
+        bed.name,
         started.elapsed()
     );
+}
 
-    let xds = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let monitoring = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cp = Command::new(weft_bin())
-        .args(["control-plane", "--revision", REVISION])
+/// Makes a credential for `remote` with `weft remote-secret` and applies the Secret and
+/// RemoteCluster it prints on the primary.
+fn join(primary: &Bed, remote: &Bed) {
+    let printed = Command::new(weft_bin())
+        .arg("remote-secret")
         .arg("--kubeconfig")
-        .arg(&bed.kubeconfig)
+        .arg(&remote.kubeconfig)
+        .args([
+            "--name",
+            &remote.name,
+            "--mesh",
+            REVISION,
+            "--mesh-namespace",
+            MESH_NAMESPACE,
+        ])
+        .output()
+        .expect("run weft remote-secret");
+    assert!(
+        printed.status.success(),
+        "weft remote-secret: {}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let mut apply = Command::new(weft_e2e::kubectl_path())
+        .arg("--kubeconfig")
+        .arg(&primary.kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run kubectl");
+    std::io::Write::write_all(&mut apply.stdin.take().expect("stdin"), &printed.stdout).expect("write to kubectl");
+    assert!(
+        apply.wait().expect("kubectl").success(),
+        "kubectl apply of the remote secret failed"
+    );
+}
+
+/// A metric's value, summed over the lines that start with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Starts the primary's control plane (mesh `bench`, cluster named after the primary).
+fn start_control_plane(primary: &Bed, xds: u16, monitoring: u16) -> std::process::Child {
+    let config = std::env::temp_dir().join(format!("weft-bench-mesh-{}.yaml", std::process::id()));
+    std::fs::write(&config, format!("mesh: {REVISION}\nclusterName: {}\n", primary.name))
+        .expect("write the mesh config");
+    Command::new(weft_bin())
+        .args([
+            "control-plane",
+            "--revision",
+            REVISION,
+            "--mesh-namespace",
+            MESH_NAMESPACE,
+        ])
+        .arg("--kubeconfig")
+        .arg(&primary.kubeconfig)
+        .arg("--mesh-config")
+        .arg(&config)
         .args([
             "--xds-address",
             &format!("127.0.0.1:{xds}"),
@@ -181,26 +245,73 @@ async fn main() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start the control plane");
-    let pid = cp.id();
+        .expect("start the control plane")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Connects to the clusters named on the command line (the test run's when none), fills
+/// each with the services, and joins the others to the first as RemoteClusters.
+async fn clusters() -> Vec<Bed> {
+    let names: Vec<String> = std::env::args().skip(1).collect();
+    let mut beds = Vec::new();
+    if names.is_empty() {
+        beds.push(Bed::connect().await);
+    }
+    for name in &names {
+        beds.push(Bed::connect_to(name).await);
+    }
+    for (cluster, bed) in beds.iter().enumerate() {
+        populate(bed, cluster).await;
+    }
+    let primary = &beds[0];
+    if beds.len() > 1 {
+        let namespaces: Api<Namespace> = Api::all(primary.client.clone());
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": MESH_NAMESPACE}})).expect("a namespace");
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create the mesh namespace");
+        for remote in &beds[1..] {
+            join(primary, remote);
+        }
+    }
+    beds
+}
+
+/// Waits until the control plane serves every service with the endpoints of every cluster.
+async fn wait_synced(monitoring: u16, clusters: usize) {
+    let endpoints = (SERVICES * 5 * clusters) as f64;
     wait_for(
-        "the control plane to hold every cluster",
-        Duration::from_secs(120),
+        "the control plane to hold every cluster's endpoints",
+        Duration::from_secs(180),
         || async {
             let (_, text) = weft_e2e::http_get(monitoring, "/metrics")?;
-            let eds = text
-                .lines()
-                .find(|l| l.starts_with("weft_xds_resources{type=\"eds\"}"))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-                .unwrap_or(0);
-            if eds >= SERVICES {
+            let eds = metric(&text, "weft_xds_resources{type=\"eds\"}");
+            let remote = metric(&text, "weft_remote_cluster_endpoints{");
+            let local = (SERVICES * 5) as f64;
+            if eds >= SERVICES as f64 && local + remote >= endpoints {
                 Ok(())
             } else {
-                Err(format!("{eds} load assignments"))
+                Err(format!("{eds} load assignments, {remote} remote endpoints"))
             }
         },
     )
     .await;
+}
+
+#[tokio::main]
+async fn main() {
+    let beds = clusters().await;
+    let (xds, monitoring) = (free_port(), free_port());
+    let mut cp = start_control_plane(&beds[0], xds, monitoring);
+    let pid = cp.id();
+    wait_synced(monitoring, beds.len()).await;
     let (idle_rss, idle_cpu) = proc_stat(pid);
 
     // 2000 streams over 20 connections.
@@ -215,10 +326,45 @@ async fn main() {
         tokio::spawn(run_stream(
             channels[id % CONNECTIONS].clone(),
             id,
-            ns.name.clone(),
+            NAMESPACE.to_string(),
             report_tx.clone(),
         ));
     }
+    let initial = wait_initial(&mut reports, t0).await;
+    let (loaded_rss, _) = proc_stat(pid);
+
+    // Changes (in the last cluster, a remote one when there are several): each
+    // EndpointSlice change of a shared cluster must reach all 2000 streams.
+    let changed = &beds[beds.len() - 1];
+    let mut latencies = measure_changes(changed, beds.len() - 1, &mut reports).await;
+    latencies.sort();
+    let (final_rss, cpu) = proc_stat(pid);
+    let peak_rss = status_kib(pid, "VmHWM:");
+
+    let clusters = beds.len();
+    println!(
+        "xDS benchmark: {} ({clusters} cluster(s) x {SERVICES} services x 5 endpoints, {STREAMS} streams over {CONNECTIONS} connections)",
+        weft_bin().display()
+    );
+    println!(
+        "  control plane resident memory: {} KiB synced and idle, {} KiB with {STREAMS} streams, {} KiB after {CHANGES} changes, {} KiB peak",
+        idle_rss, loaded_rss, final_rss, peak_rss
+    );
+    println!("  control plane CPU: {:.2} s to sync, {:.2} s in total", idle_cpu, cpu);
+    println!("  initial configuration (CDS: {SERVICES} clusters, EDS: 20 assignments) on every stream: {initial:?}");
+    println!(
+        "  EndpointSlice change in {} -> all {STREAMS} streams: p50 {:?}, p99 {:?}, max {:?} over {CHANGES} changes (debounce 100 ms included)",
+        changed.name,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies[latencies.len() - 1]
+    );
+    let _ = cp.kill();
+    let _ = cp.wait();
+}
+
+/// Waits until every stream has its clusters and load assignments; how long that took.
+async fn wait_initial(reports: &mut mpsc::UnboundedReceiver<Report>, t0: Instant) -> Duration {
     let mut got = vec![(false, false); STREAMS];
     let mut complete = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -237,14 +383,16 @@ async fn main() {
             complete += 1;
         }
     }
-    let initial = t0.elapsed();
     assert_eq!(
         complete, STREAMS,
         "only {complete} streams got their initial configuration"
     );
-    let (loaded_rss, _) = proc_stat(pid);
+    t0.elapsed()
+}
 
-    // Changes: each EndpointSlice change of a shared cluster must reach all 2000 streams.
+/// Makes the changes in cluster number `cluster`; how long each took to reach every stream.
+async fn measure_changes(bed: &Bed, cluster: usize, reports: &mut mpsc::UnboundedReceiver<Report>) -> Vec<Duration> {
+    let slices: Api<EndpointSlice> = Api::namespaced(bed.client.clone(), NAMESPACE);
     let mut latencies = Vec::new();
     for n in 0..CHANGES {
         let i = n % 10;
@@ -254,44 +402,27 @@ async fn main() {
             .patch(
                 &format!("svc-{i}-1"),
                 &PatchParams::apply("bench").force(),
-                &Patch::Apply(&slice(i, n + 1)),
+                &Patch::Apply(&slice(i, n + 1, cluster)),
             )
             .await
             .expect("patch");
-        let mut seen = vec![false; STREAMS];
-        let mut count = 0;
-        while count < STREAMS {
-            let Ok(Some((id, kind, _))) = tokio::time::timeout(Duration::from_secs(30), reports.recv()).await else {
-                panic!("change {n}: only {count} of {STREAMS} streams received it");
-            };
-            if kind == "eds" && !seen[id] {
-                seen[id] = true;
-                count += 1;
-            }
-        }
+        wait_all_streams(reports, n).await;
         latencies.push(start.elapsed());
     }
-    latencies.sort();
-    let (final_rss, cpu) = proc_stat(pid);
-    let peak_rss = status_kib(pid, "VmHWM:");
+    latencies
+}
 
-    println!(
-        "xDS benchmark: {} ({SERVICES} services x 5 endpoints, {STREAMS} streams over {CONNECTIONS} connections)",
-        weft_bin().display()
-    );
-    println!(
-        "  control plane resident memory: {} KiB synced and idle, {} KiB with {STREAMS} streams, {} KiB after {CHANGES} changes, {} KiB peak",
-        idle_rss, loaded_rss, final_rss, peak_rss
-    );
-    println!("  control plane CPU: {:.2} s to sync, {:.2} s in total", idle_cpu, cpu);
-    println!("  initial configuration (CDS: {SERVICES} clusters, EDS: 20 assignments) on every stream: {initial:?}");
-    println!(
-        "  EndpointSlice change -> all {STREAMS} streams: p50 {:?}, p99 {:?}, max {:?} over {CHANGES} changes (debounce 100 ms included)",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies[latencies.len() - 1]
-    );
-    let _ = cp.kill();
-    let _ = cp.wait();
-    ns.delete().await;
+/// Waits until every stream has received a load assignment since the change `n`.
+async fn wait_all_streams(reports: &mut mpsc::UnboundedReceiver<Report>, n: usize) {
+    let mut seen = vec![false; STREAMS];
+    let mut count = 0;
+    while count < STREAMS {
+        let Ok(Some((id, kind, _))) = tokio::time::timeout(Duration::from_secs(30), reports.recv()).await else {
+            panic!("change {n}: only {count} of {STREAMS} streams received it");
+        };
+        if kind == "eds" && !seen[id] {
+            seen[id] = true;
+            count += 1;
+        }
+    }
 }
