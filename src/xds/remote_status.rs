@@ -74,9 +74,13 @@ pub fn counts(stores: &RemoteStores, selectors: &[LabelSelector]) -> (i64, i64) 
                 .get("kubernetes.io/service-name")
                 .is_some_and(|svc| services.contains(&(sl.namespace().unwrap_or_default(), svc.clone())))
         })
-        .flat_map(|sl| sl.endpoints.clone())
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-        .map(|e| e.addresses.len())
+        .map(|sl| {
+            sl.endpoints
+                .iter()
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+                .map(|e| e.addresses.len())
+                .sum::<usize>()
+        })
         .sum();
     (services.len() as i64, endpoints as i64)
 }
@@ -306,6 +310,35 @@ mod tests {
             v.message.as_deref(),
             Some("listing Services, EndpointSlices and Namespaces of https://b:6443")
         );
+    }
+
+    #[test]
+    fn counts_are_of_mesh_services_and_their_ready_endpoints() {
+        use crate::xds::sources::tests::{k8s_namespace, k8s_service, k8s_slice, remote};
+        let mut not_ready = k8s_slice("shop", "greeter", &["10.1.0.3"]);
+        not_ready.metadata.name = Some("greeter-not-ready".into());
+        not_ready.endpoints[0].conditions = Some(Default::default());
+        not_ready.endpoints[0].conditions.as_mut().unwrap().ready = Some(false);
+        let b = remote(
+            "b",
+            "",
+            vec![
+                k8s_service("shop", "greeter", "grpc", 50051),
+                k8s_service("default", "kubernetes", "https", 443),
+            ],
+            vec![
+                k8s_slice("shop", "greeter", &["10.1.0.1", "10.1.0.2"]),
+                not_ready,
+                k8s_slice("default", "kubernetes", &["10.1.9.9"]),
+            ],
+            vec![k8s_namespace("shop", &[("mesh", "on")]), k8s_namespace("default", &[])],
+        );
+        assert_eq!(counts(&b, &[]), (2, 3));
+        let selectors = vec![LabelSelector {
+            match_labels: Some([("mesh".to_string(), "on".to_string())].into()),
+            ..Default::default()
+        }];
+        assert_eq!(counts(&b, &selectors), (1, 2), "only shop is in the mesh");
     }
 
     #[test]
