@@ -172,6 +172,12 @@ fn bad_specs() -> Vec<(&'static str, Value, &'static str)> {
          json!({"apiVersion": "weft.dev/v1alpha1", "kind": "RemoteCluster", "metadata": {"name": "bad", "namespace": NS},
                 "spec": {"mesh": "Bad_Mesh", "clusterName": "west", "kubeconfigSecretRef": {"name": "west"}}}),
          "mesh must name a MeshInstall: a DNS label"),
+        ("external control plane without a port",
+         mi("bad", json!({"version": "1.0.0", "controlPlane": {"external": {"address": "eastwest.primary.example.com"}}})),
+         "external.address must be host:port"),
+        ("external control plane port out of range",
+         mi("bad", json!({"version": "1.0.0", "controlPlane": {"external": {"address": "192.0.2.10:70000"}}})),
+         "external.address must be host:port"),
         ("bad priority class",
          mi("bad", json!({"version": "1.0.0", "controlPlane": {"priorityClassName": "High_Priority"}})),
          "priorityClassName must name a PriorityClass"),
@@ -223,6 +229,8 @@ fn good_meshes() -> Vec<(&'static str, String, Value)> {
                                                  {"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"},
                                                  {"key": "example.com/k", "value": "v"},
                                                  {"key": "n", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]}})),
+        ("external control plane on IPv6", "ext".into(),
+         json!({"version": "1.0.0", "controlPlane": {"external": {"address": "[2001:db8::10]:15443"}}})),
         ("selectors with every operator", "sel".into(),
          json!({"version": "1.0.0", "meshConfig": {"discoverySelectors": selectors}})),
         ("requests equal to limits, every percentage, autoscaled", "res".into(),
@@ -300,6 +308,9 @@ async fn good_specs_at_the_limits_are_accepted_and_render_objects_the_api_server
             mesh: &gw.spec.mesh,
             revision: &revision,
             control_plane_namespace: &ns.name,
+            external_control_plane: None,
+            cluster: "Kubernetes",
+            network: None,
             version,
         };
         match render_gateway(&input) {
@@ -457,6 +468,9 @@ async fn judge(bed: &Bed, ns: &str, mut obj: Value) -> Result<Outcome, String> {
             mesh: &gw.spec.mesh,
             revision: &revision,
             control_plane_namespace: ns,
+            external_control_plane: None,
+            cluster: "Kubernetes",
+            network: None,
             version,
         })
     };

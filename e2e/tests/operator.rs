@@ -692,3 +692,88 @@ async fn name_conflicts_and_dangling_tags_stall_with_a_message() {
     }
     op.stop();
 }
+
+/// Primary-remote, the remote side: a MeshInstall whose control plane runs in another
+/// cluster installs no control plane, only node proxies (and gateways) bootstrapped to that
+/// address, and is Ready when they are.
+#[tokio::test]
+async fn an_external_control_plane_installs_only_proxies_bootstrapped_to_it() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let op = Operator::start(&bed, "external", &[]);
+    let api: Api<MeshInstall> = Api::all(bed.client.clone());
+    delete_and_wait(&bed, "ext").await;
+    const ADDRESS: &str = "eastwest.primary.example.com:15443";
+    let spec = json!({
+        "controlPlane": {"external": {"address": ADDRESS}},
+        "meshConfig": {"clusterName": "c", "network": "net-c"}
+    });
+    api.create(&PostParams::default(), &mesh("ext", "e2e-ext", spec))
+        .await
+        .expect("create a mesh with an external control plane");
+    let mi = wait_ready(&api, "ext", &op).await;
+    let ready = condition(&mi, "Ready").expect("a Ready condition");
+    assert!(
+        ready.2.contains(&format!("control plane external at {ADDRESS}")),
+        "{ready:?}"
+    );
+
+    let owned = owned_objects(&bed, "ext").await;
+    let kinds: Vec<&str> = owned.keys().map(|k| k.split(' ').next().unwrap_or_default()).collect();
+    for absent in ["Deployment", "Service", "Role", "ClusterRole", "NetworkPolicy"] {
+        assert!(!kinds.contains(&absent), "a {absent} was installed: {owned:?}");
+    }
+    assert!(kinds.contains(&"DaemonSet"), "no node proxies: {owned:?}");
+
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(bed.client.clone(), "e2e-ext");
+    let bootstrap = maps.get("weft-proxy-ext").await.expect("the proxies' bootstrap");
+    let text = bootstrap
+        .data
+        .unwrap_or_default()
+        .remove("bootstrap.json")
+        .unwrap_or_default();
+    let b: serde_json::Value = serde_json::from_str(&text).expect("bootstrap JSON");
+    let socket = &b["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        ["address"]["socket_address"];
+    assert_eq!(
+        (socket["address"].as_str(), socket["port_value"].as_u64()),
+        (Some("eastwest.primary.example.com"), Some(15443)),
+        "{b}"
+    );
+    assert_eq!(b["node"]["metadata"]["CLUSTER"], "c");
+    assert_eq!(b["node"]["metadata"]["NETWORK"], "net-c");
+
+    // A gateway of that mesh is bootstrapped to the same address.
+    let gateways: Api<weft::api::MeshGateway> = Api::namespaced(bed.client.clone(), "e2e-ext");
+    let gw: weft::api::MeshGateway = serde_json::from_value(json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
+        "metadata": {"name": "ingress", "namespace": "e2e-ext"},
+        "spec": {"mesh": "ext"}
+    }))
+    .expect("a MeshGateway");
+    gateways
+        .create(&PostParams::default(), &gw)
+        .await
+        .expect("create a gateway");
+    let text = wait_for("the gateway's bootstrap", Duration::from_secs(30), || {
+        let maps = maps.clone();
+        async move {
+            let cm = maps.get("ingress-bootstrap").await.map_err(|e| e.to_string())?;
+            cm.data
+                .and_then(|mut d| d.remove("bootstrap.json"))
+                .ok_or_else(|| "no bootstrap.json yet".to_string())
+        }
+    })
+    .await;
+    assert!(
+        text.contains("eastwest.primary.example.com") && text.contains("15443"),
+        "{text}"
+    );
+    gateways
+        .delete("ingress", &DeleteParams::default())
+        .await
+        .expect("delete the gateway");
+    delete_and_wait(&bed, "ext").await;
+    op.stop();
+}

@@ -149,6 +149,9 @@ pub mod cel {
     /// What a person reads when `IMAGE` fails.
     pub const IMAGE_MESSAGE: &str =
         "image must be an image reference without spaces, such as registry.example.com/weft/weft:1.0.0";
+    /// `host:port`: a lower-case DNS name or IPv4 address, or a bracketed IPv6 address, and
+    /// a port from 1 to 65535.
+    pub const HOST_PORT: &str = "self.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*|\\\\[[0-9a-fA-F:.]+\\\\]):[0-9]{1,5}$') && int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535";
     /// A DNS subdomain (names of PriorityClasses and the like).
     pub const DNS_SUBDOMAIN: &str =
         "size(self) <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";

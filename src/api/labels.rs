@@ -21,6 +21,9 @@ pub const NAME: &str = "app.kubernetes.io/name";
 pub const INSTANCE: &str = "app.kubernetes.io/instance";
 /// The standard part-of label.
 pub const PART_OF: &str = "app.kubernetes.io/part-of";
+/// On a revision's node-proxy bootstrap ConfigMap: the external control plane's address,
+/// when the revision uses one (primary-remote).
+pub const EXTERNAL_CONTROL_PLANE: &str = "weft.dev/external-control-plane";
 /// The mesh version an owned object runs.
 pub const VERSION: &str = "weft.dev/version";
 

@@ -246,6 +246,35 @@ pub struct ControlPlane {
     #[schemars(length(min = 1, max = 512))]
     #[x_kube(validation = Rule::new(cel::IMAGE).message(cel::IMAGE_MESSAGE))]
     pub image: Option<String>,
+    /// Use a control plane that runs in another cluster (primary-remote): no control plane
+    /// is installed here, and this revision's node proxies and gateways get their
+    /// configuration from `address`. The primary needs a RemoteCluster for this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalControlPlane>,
+}
+
+/// The local cluster's name in the mesh when `meshConfig.clusterName` names none (Istio's
+/// default too).
+pub const DEFAULT_CLUSTER_NAME: &str = "Kubernetes";
+
+/// A control plane outside this cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalControlPlane {
+    /// Where its xDS (ADS) port is reached from this cluster's nodes, as `host:port`, such as
+    /// the primary's east-west gateway.
+    #[schemars(length(min = 3, max = 260))]
+    #[x_kube(validation = Rule::new(cel::HOST_PORT).message("external.address must be host:port (a DNS name or IPv4 address, or [IPv6], then ':' and a port from 1 to 65535), such as eastwest.primary.example.com:15443"))]
+    pub address: String,
+}
+
+impl ExternalControlPlane {
+    /// The host and port of `address` (the schema guarantees both).
+    pub fn host_port(&self) -> (String, u16) {
+        let (host, port) = self.address.rsplit_once(':').unwrap_or((&self.address, "15010"));
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (host.to_string(), port.parse().unwrap_or(15010))
+    }
 }
 
 /// The node-proxy DaemonSet of each revision.

@@ -42,6 +42,13 @@ pub struct GatewayInput<'a> {
     pub revision: &'a str,
     /// The namespace of that revision's control plane.
     pub control_plane_namespace: &'a str,
+    /// The control plane's host and xDS port when it runs in another cluster
+    /// (primary-remote); else the revision's Service in `control_plane_namespace`.
+    pub external_control_plane: Option<(String, u16)>,
+    /// The mesh's name for this cluster (node metadata `CLUSTER`).
+    pub cluster: &'a str,
+    /// This cluster's network, if the mesh names one (node metadata `NETWORK`).
+    pub network: Option<&'a str>,
     /// The version that revision runs (for the proxy image).
     pub version: &'a MeshVersion,
 }
@@ -197,11 +204,16 @@ impl Renderer<'_> {
     /// loopback, and a health listener that forwards `/healthz/ready` to admin `/ready`
     /// (ready once the first listeners and clusters arrived).
     fn bootstrap(&self) -> Result<ConfigMap, RenderError> {
-        let xds_host = format!(
-            "{}.{}.svc",
-            control_plane_name(self.input.revision),
-            self.input.control_plane_namespace
-        );
+        let (xds_host, xds_port) = self.input.external_control_plane.clone().unwrap_or_else(|| {
+            (
+                format!(
+                    "{}.{}.svc",
+                    control_plane_name(self.input.revision),
+                    self.input.control_plane_namespace
+                ),
+                XDS_PORT as u16,
+            )
+        });
         let socket =
             |address: &str, port: i32| serde_json::json!({"socket_address": {"address": address, "port_value": port}});
         let static_cluster = |name: &str, address: serde_json::Value, http2: bool| {
@@ -247,16 +259,21 @@ impl Renderer<'_> {
                 }
             }]}]
         });
+        let mut metadata = serde_json::json!({
+            "REVISION": self.input.revision,
+            "NAMESPACE": self.ns,
+            "ROLE": "gateway",
+            "GATEWAY": self.name,
+            "MESH": self.input.mesh,
+            "CLUSTER": self.input.cluster,
+        });
+        if let Some(network) = self.input.network {
+            metadata["NETWORK"] = serde_json::Value::String(network.to_string());
+        }
         let bootstrap = serde_json::json!({
             "node": {
                 "cluster": format!("{}.{}", self.name, self.ns),
-                "metadata": {
-                    "REVISION": self.input.revision,
-                    "NAMESPACE": self.ns,
-                    "ROLE": "gateway",
-                    "GATEWAY": self.name,
-                    "MESH": self.input.mesh,
-                }
+                "metadata": metadata
             },
             "admin": {"address": socket("127.0.0.1", ADMIN_PORT)},
             "dynamic_resources": {
@@ -271,7 +288,7 @@ impl Renderer<'_> {
             "static_resources": {
                 "listeners": [health_listener],
                 "clusters": [
-                    static_cluster("xds", socket(&xds_host, XDS_PORT), true),
+                    static_cluster("xds", socket(&xds_host, i32::from(xds_port)), true),
                     static_cluster("admin", socket("127.0.0.1", ADMIN_PORT), false),
                 ]
             }

@@ -37,6 +37,9 @@ fn render(gw: &MeshGateway, revision: &str) -> Result<Vec<Manifest>, RenderError
         mesh: &gw.spec.mesh,
         revision,
         control_plane_namespace: "weft-system",
+        external_control_plane: None,
+        cluster: "Kubernetes",
+        network: None,
         version,
     })
 }

@@ -12,7 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::common::{Autoscaling, DisruptionBudget};
-use crate::api::mesh_install::{AccessLog, LogLevel, MeshConfig, MeshInstallSpec, OutboundTrafficPolicy, Profile};
+use crate::api::mesh_install::{
+    AccessLog, ExternalControlPlane, LogLevel, MeshConfig, MeshInstallSpec, OutboundTrafficPolicy, Profile,
+};
 
 use super::RenderError;
 
@@ -59,6 +61,8 @@ pub struct ControlPlane {
     pub priority_class_name: Option<String>,
     /// Image override.
     pub image: Option<String>,
+    /// A control plane elsewhere (primary-remote): none is installed here.
+    pub external: Option<ExternalControlPlane>,
 }
 
 /// Node-proxy settings after resolution.
@@ -321,6 +325,7 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
         tolerations: cp.tolerations.clone().unwrap_or_default(),
         priority_class_name: cp.priority_class_name.clone(),
         image: cp.image.clone(),
+        external: cp.external.clone(),
     };
 
     let p = spec.proxy.clone().unwrap_or_default();
@@ -340,7 +345,8 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
 
     let mut mc = spec.mesh_config.clone().unwrap_or_default();
     mc.trust_domain.get_or_insert_with(|| "cluster.local".to_string());
-    mc.cluster_name.get_or_insert_with(|| "Kubernetes".to_string());
+    mc.cluster_name
+        .get_or_insert_with(|| crate::api::mesh_install::DEFAULT_CLUSTER_NAME.to_string());
     mc.outbound_traffic_policy
         .get_or_insert(OutboundTrafficPolicy::ALLOW_ANY);
     let log = mc.access_log.get_or_insert_with(AccessLog::default);

@@ -154,30 +154,21 @@ impl Renderer<'_> {
 
     fn all(&self) -> Result<Vec<Manifest>, RenderError> {
         let cp = control_plane_name(self.revision());
-        let mut out = vec![
-            Manifest::new(OwnedKind::ServiceAccount, &self.control_plane_account(&cp))?,
-            Manifest::new(OwnedKind::ClusterRole, &self.cluster_role(&cp))?,
-            Manifest::new(OwnedKind::ClusterRoleBinding, &self.cluster_role_binding(&cp))?,
-            Manifest::new(OwnedKind::Role, &self.role(&cp))?,
-            Manifest::new(OwnedKind::RoleBinding, &self.role_binding(&cp))?,
-        ];
-        let config = self.mesh_config_map(&cp)?;
-        let config_hash = fnv1a(&serde_json::to_string(&config.data).unwrap_or_default());
-        out.push(Manifest::new(OwnedKind::ConfigMap, &config)?);
-        out.push(Manifest::new(OwnedKind::Service, &self.service(&cp))?);
-        out.push(Manifest::new(OwnedKind::NetworkPolicy, &self.network_policy(&cp))?);
-        let floor = self.resolved.control_plane.hpa.as_ref().map(|h| h.min);
-        out.push(Manifest::new(OwnedKind::Deployment, &self.deployment(&cp, &config_hash))?.starting_with(floor));
-        if let Some(hpa) = self.hpa(&cp) {
-            out.push(Manifest::new(OwnedKind::HorizontalPodAutoscaler, &hpa)?);
-        }
-        if let Some(pdb) = self.pdb(&cp) {
-            out.push(Manifest::new(OwnedKind::PodDisruptionBudget, &pdb)?);
-        }
-        if self.resolved.proxy.is_some() {
+        let mut out = Vec::new();
+        let xds = match &self.resolved.control_plane.external {
+            // Primary-remote: the control plane runs elsewhere; only the proxies are ours.
+            Some(external) => external.host_port(),
+            None => {
+                self.control_plane(&cp, &mut out)?;
+                (format!("{cp}.{}.svc", self.ns), XDS_PORT as u16)
+            }
+        };
+        if self.resolved.proxy.is_some() || self.resolved.control_plane.external.is_some() {
+            // With an external control plane the bootstrap ConfigMap is what marks the
+            // revision as installed, so it exists even without node proxies.
             let px = proxy_name(self.revision());
             out.push(Manifest::new(OwnedKind::ServiceAccount, &self.proxy_account(&px))?);
-            let bootstrap = self.proxy_bootstrap(&px, &cp)?;
+            let bootstrap = self.proxy_bootstrap(&px, &xds)?;
             let hash = fnv1a(&serde_json::to_string(&bootstrap.data).unwrap_or_default());
             out.push(Manifest::new(OwnedKind::ConfigMap, &bootstrap)?);
             if let Some(ds) = self.daemon_set(&px, &hash) {
@@ -185,6 +176,32 @@ impl Renderer<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// The control plane's objects: identity, RBAC, mesh config, Service, Deployment, and
+    /// its autoscaler and disruption budget when wanted.
+    fn control_plane(&self, cp: &str, out: &mut Vec<Manifest>) -> Result<(), RenderError> {
+        out.extend([
+            Manifest::new(OwnedKind::ServiceAccount, &self.control_plane_account(cp))?,
+            Manifest::new(OwnedKind::ClusterRole, &self.cluster_role(cp))?,
+            Manifest::new(OwnedKind::ClusterRoleBinding, &self.cluster_role_binding(cp))?,
+            Manifest::new(OwnedKind::Role, &self.role(cp))?,
+            Manifest::new(OwnedKind::RoleBinding, &self.role_binding(cp))?,
+        ]);
+        let config = self.mesh_config_map(cp)?;
+        let config_hash = fnv1a(&serde_json::to_string(&config.data).unwrap_or_default());
+        out.push(Manifest::new(OwnedKind::ConfigMap, &config)?);
+        out.push(Manifest::new(OwnedKind::Service, &self.service(cp))?);
+        out.push(Manifest::new(OwnedKind::NetworkPolicy, &self.network_policy(cp))?);
+        let floor = self.resolved.control_plane.hpa.as_ref().map(|h| h.min);
+        out.push(Manifest::new(OwnedKind::Deployment, &self.deployment(cp, &config_hash))?.starting_with(floor));
+        if let Some(hpa) = self.hpa(cp) {
+            out.push(Manifest::new(OwnedKind::HorizontalPodAutoscaler, &hpa)?);
+        }
+        if let Some(pdb) = self.pdb(cp) {
+            out.push(Manifest::new(OwnedKind::PodDisruptionBudget, &pdb)?);
+        }
+        Ok(())
     }
 
     fn control_plane_account(&self, name: &str) -> ServiceAccount {
@@ -485,18 +502,26 @@ impl Renderer<'_> {
         ))
     }
 
-    /// Envoy's bootstrap: ADS from this revision's control plane, admin on loopback only.
-    fn proxy_bootstrap(&self, name: &str, cp: &str) -> Result<ConfigMap, RenderError> {
-        let xds_host = format!("{cp}.{}.svc", self.ns);
+    /// Envoy's bootstrap: ADS from this revision's control plane at `xds` (host, port),
+    /// admin on loopback only. The node metadata names the cluster and network, so a
+    /// control plane serving several clusters gives each proxy its own cluster's view.
+    fn proxy_bootstrap(&self, name: &str, xds: &(String, u16)) -> Result<ConfigMap, RenderError> {
+        let (xds_host, xds_port) = xds;
+        let mc = &self.resolved.mesh_config;
+        let mut metadata = serde_json::json!({
+            "REVISION": self.revision(),
+            "NAMESPACE": self.ns,
+            "ROLE": "node-proxy",
+            "MESH": self.mesh,
+            "CLUSTER": mc.cluster_name.clone().unwrap_or_default(),
+        });
+        if let Some(network) = &mc.network {
+            metadata["NETWORK"] = serde_json::Value::String(network.clone());
+        }
         let bootstrap = serde_json::json!({
             "node": {
                 "cluster": name,
-                "metadata": {
-                    "REVISION": self.revision(),
-                    "NAMESPACE": self.ns,
-                    "ROLE": "node-proxy",
-                    "MESH": self.mesh,
-                }
+                "metadata": metadata
             },
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
             "dynamic_resources": {
@@ -522,7 +547,7 @@ impl Renderer<'_> {
                     "load_assignment": {
                         "cluster_name": "xds",
                         "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                            "address": xds_host, "port_value": XDS_PORT
+                            "address": xds_host, "port_value": xds_port
                         }}}}]}]
                     }
                 }]
@@ -533,8 +558,15 @@ impl Renderer<'_> {
             name: name.to_string(),
             message: e.to_string(),
         })?;
+        let mut metadata = self.meta(name, true, "proxy");
+        if let Some(external) = &self.resolved.control_plane.external {
+            metadata.annotations = Some(BTreeMap::from([(
+                labels::EXTERNAL_CONTROL_PLANE.to_string(),
+                external.address.clone(),
+            )]));
+        }
         Ok(ConfigMap {
-            metadata: self.meta(name, true, "proxy"),
+            metadata,
             data: Some(BTreeMap::from([("bootstrap.json".to_string(), text)])),
             ..Default::default()
         })

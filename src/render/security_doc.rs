@@ -82,6 +82,9 @@ fn gateway_objects() -> Vec<Manifest> {
         mesh: "<mesh>",
         revision: REVISION,
         control_plane_namespace: MESH_NS,
+        external_control_plane: None,
+        cluster: "Kubernetes",
+        network: None,
         version,
     })
     .unwrap()

@@ -337,3 +337,47 @@ fn every_sample_renders() {
     }
     assert!(seen >= 2, "both samples were read");
 }
+
+#[test]
+fn an_external_control_plane_installs_only_the_proxies_bootstrapped_to_it() {
+    let mi = mesh(
+        "remote",
+        "version: 1.0.0\ncontrolPlane: {external: {address: 'eastwest.primary.example.com:15443'}}\n\
+         meshConfig: {clusterName: c, network: net-c}",
+    );
+    let objects = render(&mi).unwrap();
+    let kinds: Vec<(OwnedKind, &str)> = objects.iter().map(|m| (m.kind, m.name.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (OwnedKind::ServiceAccount, "weft-proxy-remote"),
+            (OwnedKind::ConfigMap, "weft-proxy-remote"),
+            (OwnedKind::DaemonSet, "weft-proxy-remote"),
+        ],
+        "no control plane, no RBAC for one"
+    );
+    let bootstrap = &objects[1].object;
+    assert_eq!(
+        bootstrap["metadata"]["annotations"][labels::EXTERNAL_CONTROL_PLANE],
+        "eastwest.primary.example.com:15443"
+    );
+    let text = bootstrap["data"]["bootstrap.json"].as_str().unwrap();
+    let b: serde_json::Value = serde_json::from_str(text).unwrap();
+    let socket = &b["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        ["address"]["socket_address"];
+    assert_eq!(socket["address"], "eastwest.primary.example.com");
+    assert_eq!(socket["port_value"], 15443);
+    let metadata = &b["node"]["metadata"];
+    assert_eq!(
+        (metadata["CLUSTER"].as_str(), metadata["NETWORK"].as_str()),
+        (Some("c"), Some("net-c"))
+    );
+
+    // Without node proxies the bootstrap ConfigMap still marks the revision installed.
+    let minimal = mesh(
+        "remote",
+        "version: 1.0.0\nprofile: minimal\ncontrolPlane: {external: {address: '192.0.2.10:15010'}}",
+    );
+    let kinds: Vec<OwnedKind> = render(&minimal).unwrap().iter().map(|m| m.kind).collect();
+    assert_eq!(kinds, [OwnedKind::ServiceAccount, OwnedKind::ConfigMap]);
+}

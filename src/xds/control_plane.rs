@@ -192,9 +192,6 @@ struct MeshConfig {
     telemetry: Telemetry,
 }
 
-/// The local cluster's name when the mesh config names none (Istio's default too).
-pub const DEFAULT_CLUSTER_NAME: &str = "Kubernetes";
-
 fn read_mesh_config(path: &Option<PathBuf>) -> Result<MeshConfig, Error> {
     let Some(path) = path else {
         return Ok(MeshConfig::default());
@@ -233,7 +230,9 @@ fn parse_mesh_config(text: &str) -> Result<MeshConfig, serde_saphyr::Error> {
         mesh: file.mesh.filter(|m| !m.is_empty()),
         selectors: file.discovery_selectors,
         origin: Origin {
-            cluster: file.cluster_name.unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string()),
+            cluster: file
+                .cluster_name
+                .unwrap_or_else(|| crate::api::mesh_install::DEFAULT_CLUSTER_NAME.to_string()),
             network: file.network.unwrap_or_default(),
         },
         telemetry: Telemetry { access_log, zipkin },

@@ -76,6 +76,9 @@ fn build(gw: &MeshGateway, versions: &VersionTable, resolution: &Resolution) -> 
         revision,
         version,
         namespace,
+        external,
+        cluster,
+        network,
         ..
     } = resolution
     else {
@@ -95,6 +98,9 @@ fn build(gw: &MeshGateway, versions: &VersionTable, resolution: &Resolution) -> 
         mesh: &gw.spec.mesh,
         revision,
         control_plane_namespace: namespace,
+        external_control_plane: external.clone(),
+        cluster,
+        network: network.as_deref(),
         version,
     };
     Some(render_gateway(&input).map_err(Stall::from))

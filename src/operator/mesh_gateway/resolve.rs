@@ -19,6 +19,12 @@ pub enum Resolution {
         namespace: String,
         /// Whether its control plane is ready.
         ready: bool,
+        /// Where the control plane is, when it runs in another cluster (primary-remote).
+        external: Option<(String, u16)>,
+        /// The mesh's name for this cluster, and its network, for the proxies' metadata.
+        cluster: String,
+        /// This cluster's network, if the mesh names one.
+        network: Option<String>,
     },
     /// Nothing to follow yet; the message says what is missing.
     Waiting(String),
@@ -55,12 +61,23 @@ pub fn resolve(gw: &MeshGateway, mesh: Option<&MeshInstall>) -> Resolution {
             revisions.join(", ")
         ));
     };
+    let mesh_config = mi.spec.mesh_config.as_ref();
     match status.revisions.iter().find(|r| r.name == revision) {
         Some(r) => Resolution::Resolved {
             revision,
             version: r.version.clone(),
             namespace: mi.spec.namespace.clone(),
             ready: r.ready,
+            external: mi
+                .spec
+                .control_plane
+                .as_ref()
+                .and_then(|c| c.external.as_ref())
+                .map(|e| e.host_port()),
+            cluster: mesh_config
+                .and_then(|c| c.cluster_name.clone())
+                .unwrap_or_else(|| crate::api::mesh_install::DEFAULT_CLUSTER_NAME.to_string()),
+            network: mesh_config.and_then(|c| c.network.clone()),
         },
         None => Resolution::Waiting(format!(
             "{wanted} resolves to revision {revision} of MeshInstall {mesh_name}, which is not installed yet"
@@ -107,7 +124,10 @@ mod tests {
                 revision: "mesh-a".into(),
                 version: "1.0.0".into(),
                 namespace: "weft-mesh".into(),
-                ready: true
+                ready: true,
+                external: None,
+                cluster: "Kubernetes".into(),
+                network: None,
             }
         );
         // A revision name works too.

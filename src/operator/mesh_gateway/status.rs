@@ -163,6 +163,9 @@ mod tests {
             version: "1.0.0".into(),
             namespace: "weft-mesh".into(),
             ready,
+            external: None,
+            cluster: "Kubernetes".into(),
+            network: None,
         };
         let s = status_of(&g, &resolved(true), Some(deployment(2, 1)), None);
         assert_eq!(cond(&s, READY), ("False", "RollingOut"));
@@ -193,6 +196,9 @@ mod tests {
             version: "1.0.0".into(),
             namespace: "weft-mesh".into(),
             ready: true,
+            external: None,
+            cluster: "Kubernetes".into(),
+            network: None,
         };
         let s = status_of(&g, &resolved, Some(deployment(1, 1)), None);
         assert_eq!(cond(&s, READY), ("False", "RollingOut"));

@@ -35,6 +35,7 @@ pub fn rev(name: &str, ready: bool) -> RevisionObservation {
         }),
         proxy: None,
         proxy_wanted: false,
+        external: None,
     }
 }
 

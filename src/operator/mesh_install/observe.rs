@@ -56,12 +56,15 @@ pub struct RevisionObservation {
     pub proxy: Option<Health>,
     /// Whether node proxies are wanted (so a missing DaemonSet means not ready).
     pub proxy_wanted: bool,
+    /// The address of the control plane it uses when that runs in another cluster
+    /// (primary-remote): then no control plane is installed here.
+    pub external: Option<String>,
 }
 
 impl RevisionObservation {
-    /// Control plane rolled out, and node proxies too when wanted.
+    /// Control plane rolled out (or external), and node proxies too when wanted.
     pub fn ready(&self) -> bool {
-        self.control_plane.as_ref().is_some_and(|h| h.ready)
+        (self.external.is_some() || self.control_plane.as_ref().is_some_and(|h| h.ready))
             && (!self.proxy_wanted || self.proxy.as_ref().is_some_and(|h| h.ready))
     }
 
@@ -71,7 +74,10 @@ impl RevisionObservation {
             Some(h) => format!("{what} {}/{} ready", h.counts.ready, h.counts.desired),
             None => format!("{what} not created yet"),
         };
-        let mut s = part("control plane", &self.control_plane);
+        let mut s = match &self.external {
+            Some(address) => format!("control plane external at {address}"),
+            None => part("control plane", &self.control_plane),
+        };
         if self.proxy_wanted {
             s.push_str("; ");
             s.push_str(&part("node proxies", &self.proxy));
@@ -92,7 +98,8 @@ pub fn observe(ctx: &Context, mi: &MeshInstall) -> Observed {
     }
 }
 
-/// The revisions the owner with `uid` has installed: one per control-plane Deployment.
+/// The revisions the owner with `uid` has installed: one per control-plane Deployment, or,
+/// with an external control plane, per node-proxy bootstrap ConfigMap that names it.
 /// Node proxies count as wanted where a DaemonSet exists (decide knows better for the target).
 fn installed(ctx: &Context, uid: &str) -> Vec<RevisionObservation> {
     let mut revisions: BTreeMap<String, RevisionObservation> = BTreeMap::new();
@@ -104,10 +111,6 @@ fn installed(ctx: &Context, uid: &str) -> Vec<RevisionObservation> {
             continue;
         }
         let ns = d.namespace();
-        let proxy = ctx
-            .index
-            .get_typed::<DaemonSet>(OwnedKind::DaemonSet, ns.as_deref(), &proxy_name(&rev))
-            .map(|ds| daemon_set_health(&ds));
         let observation = RevisionObservation {
             name: rev.clone(),
             version: d.labels().get(labels::VERSION).cloned().unwrap_or_default(),
@@ -117,12 +120,44 @@ fn installed(ctx: &Context, uid: &str) -> Vec<RevisionObservation> {
                 .try_parse::<Deployment>()
                 .ok()
                 .map(|d| deployment_health(&d, floor(ctx, ns.as_deref(), &rev))),
-            proxy_wanted: proxy.is_some(),
-            proxy,
+            ..proxies(ctx, ns.as_deref(), &rev)
+        };
+        revisions.insert(rev, observation);
+    }
+    for c in ctx.index.owned_by(OwnedKind::ConfigMap, uid) {
+        let (Some(rev), Some(address)) = (
+            c.labels().get(labels::REVISION).cloned(),
+            c.annotations().get(labels::EXTERNAL_CONTROL_PLANE).cloned(),
+        ) else {
+            continue;
+        };
+        if c.name_any() != proxy_name(&rev) || revisions.contains_key(&rev) {
+            continue;
+        }
+        let observation = RevisionObservation {
+            version: c.labels().get(labels::VERSION).cloned().unwrap_or_default(),
+            external: Some(address),
+            ..proxies(ctx, c.namespace().as_deref(), &rev)
         };
         revisions.insert(rev, observation);
     }
     revisions.into_values().collect()
+}
+
+/// A revision's node proxies as observed (the rest of the observation left empty).
+fn proxies(ctx: &Context, ns: Option<&str>, rev: &str) -> RevisionObservation {
+    let proxy = ctx
+        .index
+        .get_typed::<DaemonSet>(OwnedKind::DaemonSet, ns, &proxy_name(rev))
+        .map(|ds| daemon_set_health(&ds));
+    RevisionObservation {
+        name: rev.to_string(),
+        version: String::new(),
+        control_plane: None,
+        proxy_wanted: proxy.is_some(),
+        proxy,
+        external: None,
+    }
 }
 
 /// The fewest control-plane pods a revision must have to be Ready: its autoscaler's
