@@ -132,12 +132,17 @@ async fn label_shop(bed: &Bed, value: Option<&str>) {
 
 /// Waits until this control plane's entry in RemoteCluster `b` satisfies `check`.
 async fn wait_entry(bed: &Bed, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    wait_entry_of(bed, REVISION, what, check).await
+}
+
+/// Waits until `revision`'s entry in RemoteCluster `b` satisfies `check`.
+async fn wait_entry_of(bed: &Bed, revision: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let api = remote_clusters(bed, MESH_NS);
     wait_for(what, Duration::from_secs(60), || {
         let api = api.clone();
         let check = &check;
         async move {
-            let entry = status_entry(&api, "b", REVISION).await?;
+            let entry = status_entry(&api, "b", revision).await?;
             if check(&entry) {
                 Ok(entry)
             } else {
@@ -206,6 +211,29 @@ async fn a_primary_serves_a_remote_clusters_endpoints_and_follows_its_remoteclus
     wait_reached(&mut grpc, &["a", "b"], "B's greeter back with the label").await;
 
     rotate_then_survive_an_outage(&a, &b, &b_cluster, &mut primary, &mut grpc).await;
+
+    // Moved to another mesh: B's endpoints leave, and so does this control plane's entry.
+    let rcs = remote_clusters(&a, MESH_NS);
+    let move_to = |mesh: &str| json!({"spec": {"mesh": mesh}});
+    rcs.patch("b", &PatchParams::default(), &Patch::Merge(&move_to("another")))
+        .await
+        .expect("move b to another mesh");
+    wait_reached(&mut grpc, &["a"], "B's backend to leave with its RemoteCluster's mesh").await;
+    wait_for(
+        "this control plane's entry to be withdrawn",
+        Duration::from_secs(30),
+        || async {
+            match status_entry(&rcs, "b", REVISION).await {
+                Err(e) if e.starts_with("no entry") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    rcs.patch("b", &PatchParams::default(), &Patch::Merge(&move_to(MESH)))
+        .await
+        .expect("move b back");
+    wait_reached(&mut grpc, &["a", "b"], "B's backend back with its mesh").await;
 
     // Deleting the RemoteCluster removes B's endpoints within seconds.
     remote_clusters(&a, MESH_NS)
@@ -285,7 +313,53 @@ async fn rotate_then_survive_an_outage(
         ["weft_remote_cluster_synced{cluster=\"b\"} 0"]
     );
 
+    // A control plane starting while B is down waits for it at most the remote sync
+    // timeout, then serves the local mesh; its entry sits beside the first one's.
+    let config = format!("mesh: {MESH}\nclusterName: a\n");
+    let flags = ["--mesh-namespace", MESH_NS, "--remote-sync-timeout-seconds", "3"];
+    let late = Primary::start(a, "mc2", &config, &flags);
+    wait_for(
+        "the second control plane to be ready without B",
+        Duration::from_secs(30),
+        || async { late.ready() },
+    )
+    .await;
+    assert_eq!(
+        late.eds("mc2", EDS_CLUSTER).await.expect("EDS"),
+        [("a".to_string(), A_BACKEND.to_string())]
+    );
+    wait_entry_of(
+        a,
+        "mc2",
+        "the second control plane's entry to say B cannot be reached",
+        |e| {
+            e["synced"] == false
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("cannot reach https://"))
+        },
+    )
+    .await;
+    wait_entry(a, "the first entry to be kept beside the second", |e| {
+        e["synced"] == false
+    })
+    .await;
+
     b_cluster.start("kube-apiserver");
+    wait_for(
+        "the second control plane to serve B once it lists",
+        Duration::from_secs(60),
+        || async {
+            let eds = late.eds("mc2", EDS_CLUSTER).await?;
+            if eds.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{eds:?}"))
+            }
+        },
+    )
+    .await;
+    wait_entry_of(a, "mc2", "the second entry to be synced", |e| e["synced"] == true).await;
     let up = wait_entry(a, "the entry to be synced again", |e| e["synced"] == true).await;
     assert!(up["message"].is_null(), "{up}");
     wait_reached(grpc, &["a", "b"], "both backends once B is back").await;

@@ -124,8 +124,21 @@ pub fn view(revision: &str, health: &Health, server: &str, services: i64, endpoi
     }
 }
 
+/// Why a status write failed.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// The API server refused it or could not be reached.
+    #[error(transparent)]
+    Api(kube::Error),
+    /// No answer in time.
+    #[error("no answer within {}s", WRITE_TIMEOUT.as_secs())]
+    Timeout,
+}
+
 /// What was last written for one RemoteCluster.
 struct Written {
+    /// The RemoteCluster's name.
+    name: String,
     /// The entry (without time); `None` when no write succeeded yet.
     view: Option<ControlPlaneView>,
     /// When it was last tried.
@@ -179,42 +192,66 @@ impl Reporter {
             self.written.insert(
                 uid.clone(),
                 Written {
+                    name: name.clone(),
                     view: if ok { Some(view) } else { previous },
                     at: Instant::now(),
                 },
             );
         }
-        self.written.retain(|uid, _| live.contains(uid));
+        let (kept, gone): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.written)
+            .into_iter()
+            .partition(|(uid, _)| live.contains(uid));
+        self.written = kept;
+        for w in gone.into_values().filter(|w| w.view.is_some()) {
+            self.withdraw(&w.name).await;
+        }
         self.metrics.retain(names.iter());
+    }
+
+    /// Removes this revision's entry from a RemoteCluster it no longer uses (another mesh,
+    /// a missing Secret): its view would only go stale. A RemoteCluster already deleted
+    /// needs nothing.
+    async fn withdraw(&self, name: &str) {
+        match self.apply(name, serde_json::json!([])).await {
+            Ok(()) => debug!(remote_cluster = %name, "status entry removed"),
+            Err(WriteError::Api(kube::Error::Api(s))) if s.code == 404 => {}
+            Err(e) => warn!(remote_cluster = %name, error = %e, "cannot remove this control plane's status entry"),
+        }
     }
 
     /// Applies this revision's entry; `false` (logged) when that failed.
     async fn write(&self, name: &str, view: &ControlPlaneView) -> bool {
         let mut entry = view.clone();
         entry.last_change_time = Some(Time(Timestamp::now()));
+        let entries = serde_json::json!([entry]);
+        match self.apply(name, entries).await {
+            Ok(()) => {
+                debug!(remote_cluster = %name, synced = view.synced, "status entry written");
+                true
+            }
+            Err(e) => {
+                warn!(remote_cluster = %name, error = %e, "cannot write this control plane's status entry; retrying");
+                false
+            }
+        }
+    }
+
+    /// Applies `status.controlPlanes: entries` as this revision's field manager.
+    async fn apply(&self, name: &str, entries: serde_json::Value) -> Result<(), WriteError> {
         let patch = serde_json::json!({
             "apiVersion": "weft.dev/v1alpha1",
             "kind": "RemoteCluster",
             "metadata": {"name": name},
-            "status": {"controlPlanes": [entry]},
+            "status": {"controlPlanes": entries},
         });
         let manager = format!("weft-control-plane-{}", self.revision);
         let params = PatchParams::apply(&manager);
         let patch = Patch::Apply(&patch);
         let write = self.api.patch_status(name, &params, &patch);
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(Ok(_)) => {
-                debug!(remote_cluster = %name, synced = view.synced, "status entry written");
-                true
-            }
-            Ok(Err(e)) => {
-                warn!(remote_cluster = %name, error = %e, "cannot write this control plane's status entry; retrying");
-                false
-            }
-            Err(_) => {
-                warn!(remote_cluster = %name, "writing this control plane's status entry timed out; retrying");
-                false
-            }
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(WriteError::Api(e)),
+            Err(_) => Err(WriteError::Timeout),
         }
     }
 }
