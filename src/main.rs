@@ -130,6 +130,13 @@ struct ControlPlaneArgs {
     /// Seconds a connection may stay open without a stream (0: forever).
     #[arg(long, default_value_t = 300)]
     xds_idle_timeout: u64,
+    /// The mesh namespace, where the mesh's RemoteClusters and their Secrets are.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "weft-system")]
+    mesh_namespace: String,
+    /// Seconds the first snapshot waits for the remote clusters known at start to list
+    /// (then it goes on without them, and they join when they list).
+    #[arg(long, default_value_t = 30)]
+    remote_sync_timeout_seconds: u64,
 }
 
 impl ControlPlaneArgs {
@@ -328,6 +335,8 @@ fn control_plane(args: ControlPlaneArgs) -> Result<()> {
                 mesh_config: args.mesh_config,
                 debounce: std::time::Duration::from_millis(args.debounce_ms),
                 limits,
+                mesh_namespace: args.mesh_namespace,
+                remote_sync_timeout: std::time::Duration::from_secs(args.remote_sync_timeout_seconds),
             },
         )
         .await?;

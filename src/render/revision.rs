@@ -263,6 +263,13 @@ impl Renderer<'_> {
             rules: Some(vec![
                 read_rule(&[""], &["configmaps", "secrets"]),
                 read_rule(&["weft.dev"], &["remoteclusters"]),
+                // Its own entry of each RemoteCluster's status.controlPlanes (server-side apply).
+                PolicyRule {
+                    api_groups: Some(vec!["weft.dev".to_string()]),
+                    resources: Some(vec!["remoteclusters/status".to_string()]),
+                    verbs: vec!["patch".to_string()],
+                    ..Default::default()
+                },
             ]),
         }
     }

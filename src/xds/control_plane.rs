@@ -22,6 +22,7 @@ use super::conn::Conn;
 use super::grpc::{AdsService, FrameLimits};
 use super::metrics::{TypeLabels, XdsMetrics};
 use super::model::{FileLog, MeshModel, Origin, Telemetry, Zipkin};
+use super::remote;
 use super::server::{Admission, AdsServer, ClientInfo, StreamLimits, clip};
 use super::snapshot::{Cache, Snapshot, short};
 use super::sources::{Sources, check_selector};
@@ -43,6 +44,10 @@ pub struct Options {
     pub debounce: Duration,
     /// What each client may hold.
     pub limits: Limits,
+    /// The mesh namespace: where the mesh's RemoteClusters and their Secrets are.
+    pub mesh_namespace: String,
+    /// How long the first snapshot waits for the remote clusters known at start to list.
+    pub remote_sync_timeout: Duration,
 }
 
 /// The limits every xDS client is held to (see docs/xds-limits.md for the defaults' reasons).
@@ -239,10 +244,26 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
     let config = read_mesh_config(&opts.mesh_config)?;
     let metrics = XdsMetrics::new();
     let sources = Sources::start(&client, &metrics.watches);
+    let settings = remote::Settings {
+        namespace: opts.mesh_namespace.clone(),
+        mesh: config.mesh.clone(),
+        revision: opts.revision.clone(),
+        local: config.origin.clone(),
+        selectors: config.selectors.clone(),
+    };
+    let (remotes, remotes_synced) = remote::start(&client, settings, sources.changed.clone(), &metrics);
+    let sources = sources.with_remotes(remotes);
     let cache = Cache::new();
+    // Remote clusters are not checked: one being down must not take the local mesh down.
     let health = Arc::new(Health::checking(vec![Arc::new(metrics.watches.clone())]));
-    let admission = admission(opts.revision.clone(), sources.clone());
+    let directory = MeshDirectory {
+        sources: sources.clone(),
+        local: config.origin.cluster.clone(),
+    };
+    let admission = admission(opts.revision.clone(), directory);
     let translator = Translator {
+        remotes_synced,
+        remote_sync_timeout: opts.remote_sync_timeout,
         sources,
         cache: cache.clone(),
         metrics: metrics.clone(),
@@ -256,10 +277,16 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
     serve(&opts, server, metrics, health).await
 }
 
-/// What admission knows of the cluster.
+/// What admission knows of the clusters of the mesh.
 pub trait Directory: Send + Sync + 'static {
-    /// The `weft.dev/rev` label of a namespace, if it has one.
+    /// The `weft.dev/rev` label of a namespace of the local cluster, if it has one.
     fn namespace_label(&self, namespace: &str) -> Option<String>;
+    /// The `weft.dev/rev` label of a namespace of the cluster a client names in `CLUSTER`
+    /// (`None`: the local cluster). A directory of one cluster knows only its own.
+    fn cluster_namespace_label(&self, cluster: Option<&str>, namespace: &str) -> Option<String> {
+        let _ = cluster;
+        self.namespace_label(namespace)
+    }
     /// The revisions MeshInstalls report, and their tags with the revision each names.
     fn known_revisions(&self) -> (Vec<String>, Vec<(String, String)>);
 }
@@ -274,6 +301,31 @@ impl Directory for Sources {
     }
 }
 
+/// The sources, knowing which cluster is the local one: a client naming another cluster
+/// (primary-remote) has its namespace looked up in that cluster.
+struct MeshDirectory {
+    sources: Sources,
+    /// The local cluster's name.
+    local: String,
+}
+
+impl Directory for MeshDirectory {
+    fn namespace_label(&self, namespace: &str) -> Option<String> {
+        self.sources.namespace_label(namespace)
+    }
+
+    fn cluster_namespace_label(&self, cluster: Option<&str>, namespace: &str) -> Option<String> {
+        match cluster {
+            Some(c) if c != self.local => self.sources.remote_namespace_label(c, namespace),
+            _ => self.sources.namespace_label(namespace),
+        }
+    }
+
+    fn known_revisions(&self) -> (Vec<String>, Vec<(String, String)>) {
+        self.sources.known_revisions()
+    }
+}
+
 /// Admits the clients whose revision resolves to `revision` (see [`admit`]).
 pub fn admission(revision: String, directory: impl Directory) -> Admission {
     Arc::new(move |c| admit(&revision, &directory, c))
@@ -284,13 +336,18 @@ pub fn admission(revision: String, directory: impl Directory) -> Admission {
 /// is neither a tag nor a known revision is refused with what is known.
 pub fn admit(revision: &str, directory: &dyn Directory, c: &ClientInfo) -> Result<(), String> {
     let ns = c.namespace.as_deref().unwrap_or_default();
-    let (asked, how) = match (&c.revision, directory.namespace_label(ns)) {
-        (Some(r), _) => (clip(r, 200), "REVISION".to_string()),
-        (None, Some(label)) => (label, format!("namespace {}'s label", clip(ns, 200))),
-        (None, None) => (
-            "default".to_string(),
-            format!("namespace {} has no label, so its", clip(ns, 200)),
-        ),
+    // Looked up only when the client names no revision.
+    let label = || directory.cluster_namespace_label(c.cluster.as_deref(), ns);
+    let ns = match &c.cluster {
+        Some(cluster) => format!("{} (cluster {})", clip(ns, 200), clip(cluster, 100)),
+        None => clip(ns, 200),
+    };
+    let (asked, how) = match &c.revision {
+        Some(r) => (clip(r, 200), "REVISION".to_string()),
+        None => match label() {
+            Some(label) => (label, format!("namespace {ns}'s label")),
+            None => ("default".to_string(), format!("namespace {ns} has no label, so its")),
+        },
     };
     let (mut revisions, tags) = directory.known_revisions();
     if !revisions.iter().any(|r| r == revision) {
@@ -325,6 +382,10 @@ pub fn admit(revision: &str, directory: &dyn Directory, c: &ClientInfo) -> Resul
 /// changes.
 struct Translator {
     sources: Sources,
+    /// True once the remote clusters known at start have listed.
+    remotes_synced: watch::Receiver<bool>,
+    /// How long the first snapshot waits for that.
+    remote_sync_timeout: Duration,
     cache: Cache,
     metrics: XdsMetrics,
     health: Arc<Health>,
@@ -339,6 +400,7 @@ impl Translator {
     /// Runs until the process ends. Ready once the first snapshot is out.
     async fn run(self) {
         let _ = self.sources.synced.clone().wait_for(|s| *s).await;
+        self.wait_for_remotes().await;
         let mut version = 0u64;
         let mut changed_at = Instant::now();
         loop {
@@ -355,6 +417,20 @@ impl Translator {
             self.sources.changed.notified().await;
             changed_at = Instant::now();
             quiet(&self.sources.changed, self.debounce).await;
+        }
+    }
+
+    /// Waits, at most the remote sync timeout, for the remote clusters known at start to
+    /// list, so the first snapshot does not serve a mesh without them (Istio's
+    /// PILOT_REMOTE_CLUSTER_TIMEOUT); after it, they join when they list.
+    async fn wait_for_remotes(&self) {
+        let mut synced = self.remotes_synced.clone();
+        let timeout = self.remote_sync_timeout;
+        if tokio::time::timeout(timeout, synced.wait_for(|s| *s)).await.is_err() {
+            tracing::warn!(
+                timeout_seconds = timeout.as_secs(),
+                "remote clusters have not all listed in time; serving without them until they do"
+            );
         }
     }
 
@@ -470,6 +546,61 @@ fn listen_error(address: SocketAddr) -> impl FnOnce(std::io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Admission through the real directory: namespace `shop` is labelled `rev-a` in the
+    /// local cluster `a` and `rev-b` in remote cluster `b`.
+    fn two_cluster_directory() -> MeshDirectory {
+        use super::super::sources::Remotes;
+        use super::super::sources::tests::{k8s_namespace, remote};
+        let sources = Sources::from_objects(
+            vec![],
+            vec![],
+            vec![k8s_namespace("shop", &[("weft.dev/rev", "rev-a")])],
+        );
+        let remotes = Remotes::default();
+        let b = remote(
+            "b",
+            "",
+            vec![],
+            vec![],
+            vec![k8s_namespace("shop", &[("weft.dev/rev", "rev-b")])],
+        );
+        remotes.publish(vec![b]);
+        MeshDirectory {
+            sources: sources.with_remotes(remotes),
+            local: "a".into(),
+        }
+    }
+
+    fn client(cluster: Option<&str>) -> ClientInfo {
+        ClientInfo {
+            id: "c".into(),
+            namespace: Some("shop".into()),
+            cluster: cluster.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_client_of_another_cluster_has_its_namespace_looked_up_in_that_cluster() {
+        let d = two_cluster_directory();
+        // Unknown revisions resolve to themselves only when known: rev-a is served here.
+        assert_eq!(admit("rev-a", &d, &client(None)), Ok(()));
+        assert_eq!(
+            admit("rev-a", &d, &client(Some("a"))),
+            Ok(()),
+            "the local cluster by name"
+        );
+        let refused = admit("rev-a", &d, &client(Some("b"))).unwrap_err();
+        assert!(
+            refused.contains("namespace shop (cluster b)'s label \"rev-b\""),
+            "{refused}"
+        );
+        assert_eq!(admit("rev-b", &d, &client(Some("b"))), Ok(()));
+        // A cluster the control plane does not watch: no label known, so the default tag.
+        let unknown = admit("rev-a", &d, &client(Some("z"))).unwrap_err();
+        assert!(unknown.contains("has no label"), "{unknown}");
+    }
 
     #[test]
     fn the_mesh_name_comes_from_the_top_level_mesh_key() {

@@ -20,6 +20,46 @@ pub struct TypeLabels {
     pub r#type: String,
 }
 
+/// `cluster` label: a remote cluster's name in the mesh.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// The cluster's name.
+    pub cluster: String,
+}
+
+/// What the control plane sees of each remote cluster.
+#[derive(Clone, Default)]
+pub struct RemoteMetrics {
+    /// `weft_remote_cluster_synced`: 1 while its watches have listed and none is failing.
+    pub synced: Family<ClusterLabels, Gauge>,
+    /// `weft_remote_cluster_services`: its mesh services.
+    pub services: Family<ClusterLabels, Gauge>,
+    /// `weft_remote_cluster_endpoints`: its ready endpoints.
+    pub endpoints: Family<ClusterLabels, Gauge>,
+    /// The clusters that have gauges, so those of a removed cluster can be dropped.
+    pub known: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+impl RemoteMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "weft_remote_cluster_synced",
+            "1 while the watches on a remote cluster have listed and none is failing (its last endpoints are served either way)",
+            self.synced.clone(),
+        );
+        r.register(
+            "weft_remote_cluster_services",
+            "Mesh services seen in a remote cluster",
+            self.services.clone(),
+        );
+        r.register(
+            "weft_remote_cluster_endpoints",
+            "Ready endpoints seen in a remote cluster",
+            self.endpoints.clone(),
+        );
+    }
+}
+
 /// `reason` label of a refusal.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
@@ -92,6 +132,8 @@ pub struct XdsMetrics {
     pub resources: Family<TypeLabels, Gauge>,
     /// Whether each Kubernetes watch flows (`weft_watch_up`), which `/ready` also reads.
     pub watches: WatchHealth,
+    /// Each remote cluster's state (not read by `/ready`: a remote down is no local fault).
+    pub remote: RemoteMetrics,
 }
 
 impl Default for XdsMetrics {
@@ -144,7 +186,10 @@ impl XdsMetrics {
             "Connections and streams refused or closed by the control plane, by reason",
             refusals.clone(),
         );
+        let remote = RemoteMetrics::default();
+        remote.register(&mut r);
         XdsMetrics {
+            remote,
             refusals,
             registry: Arc::new(r),
             streams,

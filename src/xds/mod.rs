@@ -7,6 +7,9 @@
 //! - `server` keeps a `subscription` per stream and type (what that stream is owed) and
 //!   hands the bytes to `grpc` (the framing, which knows nothing of ADS).
 //! - `conn` checks each accepted connection (HTTP/2 only, idle timeout) before `grpc`.
+//! - `remote` watches the mesh's RemoteClusters and, through their credentials, the remote
+//!   clusters' Services, EndpointSlices and Namespaces, whose stores `sources` merges;
+//!   `remote_status` reports each in its RemoteCluster's status and in metrics.
 //! - `control_plane` (`weft control-plane`) wires them together, with `metrics`.
 //!
 //! No two modules depend on each other (no import cycles).
@@ -16,6 +19,8 @@ pub mod control_plane;
 pub mod grpc;
 pub mod metrics;
 pub mod model;
+pub mod remote;
+pub mod remote_status;
 pub mod server;
 pub mod snapshot;
 pub mod sources;

@@ -4,7 +4,7 @@
 //! retranslate.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service as K8sService};
@@ -39,6 +39,62 @@ pub struct Sources {
     pub changed: Arc<Notify>,
     /// True once every watch has listed.
     pub synced: watch::Receiver<bool>,
+    /// The remote clusters of the mesh (none unless [`Sources::with_remotes`]).
+    remotes: Remotes,
+}
+
+/// One remote cluster's live objects, and where they come from.
+pub struct RemoteStores {
+    /// Its name in the mesh and its network.
+    pub origin: Origin,
+    /// Its Services.
+    pub services: Store<K8sService>,
+    /// Its EndpointSlices.
+    pub slices: Store<EndpointSlice>,
+    /// Its Namespaces (discovery selectors are evaluated on their labels).
+    pub namespaces: Store<Namespace>,
+}
+
+impl RemoteStores {
+    /// Whether namespace `ns` of this cluster is in the mesh (all when `selectors` is empty).
+    pub fn in_mesh(&self, selectors: &[LabelSelector], ns: &str) -> bool {
+        if selectors.is_empty() {
+            return true;
+        }
+        let labels = self
+            .namespaces
+            .get(&ObjectRef::new(ns))
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        selectors.iter().any(|s| selector_matches(s, &labels))
+    }
+}
+
+/// The remote clusters served now, sorted by cluster name: written by the manager, read by
+/// every translation and by admission.
+#[derive(Clone, Default)]
+pub struct Remotes(Arc<RwLock<Arc<Vec<Arc<RemoteStores>>>>>);
+
+impl Remotes {
+    /// The clusters served now (cheap: one reference count).
+    pub fn current(&self) -> Arc<Vec<Arc<RemoteStores>>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The cluster named `cluster`, if it is served.
+    pub fn cluster(&self, cluster: &str) -> Option<Arc<RemoteStores>> {
+        self.current().iter().find(|r| r.origin.cluster == cluster).cloned()
+    }
+
+    /// Replaces the served clusters; `true` when that changed anything.
+    pub(super) fn publish(&self, next: Vec<Arc<RemoteStores>>) -> bool {
+        let mut slot = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let same = slot.len() == next.len() && slot.iter().zip(&next).all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same {
+            *slot = Arc::new(next);
+        }
+        !same
+    }
 }
 
 /// The HTTPRoute kind (Gateway API v1).
@@ -74,7 +130,7 @@ where
 /// Like `run`, for kinds whose CRD may not be installed (MeshInstall, HTTPRoute): when the
 /// API server does not know the kind, the store is marked synced and empty instead of
 /// waiting forever.
-async fn run_optional<K>(
+pub(super) async fn run_optional<K>(
     api: Api<K>,
     mut writer: reflector::store::Writer<K>,
     changed: Arc<Notify>,
@@ -160,9 +216,47 @@ impl Sources {
             gateways,
             changed,
             synced: watch::channel(false).1,
+            remotes: Remotes::default(),
         };
         sources.synced = sources.synced_when_listed();
         sources
+    }
+
+    /// Sources holding these objects (and no routes, meshes or gateways), for tests.
+    #[cfg(test)]
+    pub(super) fn from_objects(
+        services: Vec<K8sService>,
+        slices: Vec<EndpointSlice>,
+        namespaces: Vec<Namespace>,
+    ) -> Sources {
+        let routes = reflector::store::Writer::<DynamicObject>::new(httproute_resource()).as_reader();
+        let gateways =
+            reflector::store::Writer::<DynamicObject>::new(ApiResource::erase::<MeshGateway>(&())).as_reader();
+        Sources {
+            services: tests::store_of(services),
+            slices: tests::store_of(slices),
+            namespaces: tests::store_of(namespaces),
+            routes,
+            meshes: tests::store_of(vec![]),
+            gateways,
+            changed: Arc::new(Notify::new()),
+            synced: watch::channel(true).1,
+            remotes: Remotes::default(),
+        }
+    }
+
+    /// These sources with the remote clusters `remotes` merged into every model.
+    pub fn with_remotes(mut self, remotes: Remotes) -> Sources {
+        self.remotes = remotes;
+        self
+    }
+
+    /// The `weft.dev/rev` label of namespace `namespace` of remote cluster `cluster`, if
+    /// that cluster is served and the namespace has one.
+    pub fn remote_namespace_label(&self, cluster: &str, namespace: &str) -> Option<String> {
+        let remote = self.remotes.cluster(cluster)?;
+        let ns = remote.namespaces.get(&ObjectRef::new(namespace))?;
+        ns.labels().get(labels::REVISION).cloned()
     }
 
     /// Turns true once every store has its first list.
@@ -251,28 +345,12 @@ impl Sources {
                 .unwrap_or_default();
             selectors.iter().any(|s| selector_matches(s, &labels))
         };
-        let mut by_service: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
-        for slice in self.slices.state() {
-            let Some(svc) = slice.labels().get("kubernetes.io/service-name").cloned() else {
-                continue;
-            };
-            by_service
-                .entry((slice.namespace().unwrap_or_default(), svc))
-                .or_default()
-                .push(slice);
+        let mut services = cluster_services(&self.services, &self.slices, &in_mesh, origin);
+        let remotes = self.remotes.current();
+        if !remotes.is_empty() {
+            services = merge_remotes(services, &remotes, selectors);
         }
-        let mut services: Vec<Service> = self
-            .services
-            .state()
-            .iter()
-            .filter(|s| in_mesh(&s.namespace().unwrap_or_default()))
-            .map(|s| {
-                let ns = s.namespace().unwrap_or_default();
-                let slices = by_service.get(&(ns.clone(), s.name_any())).cloned().unwrap_or_default();
-                service_model(s, &slices, origin)
-            })
-            .filter(|s| !s.ports.is_empty())
-            .collect();
+        services.retain(|s| !s.ports.is_empty());
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let mut routes: Vec<HttpRoute> = self
             .routes
@@ -290,6 +368,59 @@ impl Sources {
         routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         MeshModel { services, routes }
     }
+}
+
+/// The services of one cluster in namespaces `in_mesh` accepts, with the endpoints of
+/// their EndpointSlices marked as coming from `origin`.
+fn cluster_services(
+    services: &Store<K8sService>,
+    slices: &Store<EndpointSlice>,
+    in_mesh: &dyn Fn(&str) -> bool,
+    origin: &Origin,
+) -> Vec<Service> {
+    let mut by_service: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
+    for slice in slices.state() {
+        let Some(svc) = slice.labels().get("kubernetes.io/service-name").cloned() else {
+            continue;
+        };
+        by_service
+            .entry((slice.namespace().unwrap_or_default(), svc))
+            .or_default()
+            .push(slice);
+    }
+    services
+        .state()
+        .iter()
+        .filter(|s| in_mesh(&s.namespace().unwrap_or_default()))
+        .map(|s| {
+            let ns = s.namespace().unwrap_or_default();
+            let slices = by_service.get(&(ns.clone(), s.name_any())).cloned().unwrap_or_default();
+            service_model(s, &slices, origin)
+        })
+        .collect()
+}
+
+/// Merges the remote clusters' services into the local ones by namespace sameness: one
+/// service per (namespace, name), its ports from the local Service when there is one (else
+/// from the first remote cluster's, by cluster name), the endpoints of every cluster. Each
+/// remote cluster's namespaces are selected by their own labels. Sorted by namespace and name.
+fn merge_remotes(local: Vec<Service>, remotes: &[Arc<RemoteStores>], selectors: &[LabelSelector]) -> Vec<Service> {
+    let mut merged: BTreeMap<(String, String), Service> = local
+        .into_iter()
+        .map(|s| ((s.namespace.clone(), s.name.clone()), s))
+        .collect();
+    for remote in remotes {
+        let in_mesh = |ns: &str| remote.in_mesh(selectors, ns);
+        for s in cluster_services(&remote.services, &remote.slices, &in_mesh, &remote.origin) {
+            match merged.entry((s.namespace.clone(), s.name.clone())) {
+                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().endpoints.extend(s.endpoints),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(s);
+                }
+            }
+        }
+    }
+    merged.into_values().collect()
 }
 
 /// Why a label selector is not one Kubernetes would accept, if it is not: an unknown
@@ -569,9 +700,220 @@ fn route_model(r: &DynamicObject) -> Option<HttpRoute> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    /// A store holding `objects`, as after a list.
+    pub fn store_of<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for o in objects {
+            writer.apply_watcher_event(&watcher::Event::InitApply(o));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        store
+    }
+
+    /// A Service `ns/name` with one TCP port.
+    pub fn k8s_service(ns: &str, name: &str, port_name: &str, port: u16) -> K8sService {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"ports": [{"name": port_name, "port": port}]}
+        }))
+        .unwrap()
+    }
+
+    /// An EndpointSlice of `ns/service` with ready `addresses` on port `grpc` 50051.
+    pub fn k8s_slice(ns: &str, service: &str, addresses: &[&str]) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{service}-{}", addresses.len()), "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "grpc", "port": 50051}],
+            "endpoints": addresses.iter().map(|a| serde_json::json!({"addresses": [a]})).collect::<Vec<_>>()
+        }))
+        .unwrap()
+    }
+
+    /// A Namespace with `labels`.
+    pub fn k8s_namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+        let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+    }
+
+    /// Remote cluster `cluster` on `network` holding these objects.
+    pub fn remote(
+        cluster: &str,
+        network: &str,
+        services: Vec<K8sService>,
+        slices: Vec<EndpointSlice>,
+        namespaces: Vec<Namespace>,
+    ) -> Arc<RemoteStores> {
+        Arc::new(RemoteStores {
+            origin: Origin {
+                cluster: cluster.into(),
+                network: network.into(),
+            },
+            services: store_of(services),
+            slices: store_of(slices),
+            namespaces: store_of(namespaces),
+        })
+    }
+
+    fn local_origin() -> Origin {
+        Origin {
+            cluster: "a".into(),
+            network: "net-a".into(),
+        }
+    }
+
+    /// Where an endpoint comes from: (address, cluster, network).
+    type WhereFrom = (String, String, String);
+
+    /// Where each endpoint of a service comes from.
+    fn where_from(s: &Service) -> Vec<WhereFrom> {
+        s.endpoints
+            .iter()
+            .map(|e| (e.address.clone(), e.cluster.clone(), e.network.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn one_service_per_namespace_and_name_with_the_endpoints_of_every_cluster() {
+        let sources = Sources::from_objects(
+            vec![k8s_service("shop", "greeter", "grpc", 50051)],
+            vec![k8s_slice("shop", "greeter", &["10.0.0.1"])],
+            vec![k8s_namespace("shop", &[])],
+        );
+        let remotes = Remotes::default();
+        remotes.publish(vec![
+            remote(
+                "b",
+                "net-a",
+                // Another port in the remote: the local Service's ports win.
+                vec![
+                    k8s_service("shop", "greeter", "grpc", 9090),
+                    k8s_service("shop", "only-in-b", "grpc", 7070),
+                ],
+                vec![
+                    k8s_slice("shop", "greeter", &["10.1.0.1"]),
+                    k8s_slice("shop", "only-in-b", &["10.1.0.2"]),
+                ],
+                vec![k8s_namespace("shop", &[])],
+            ),
+            remote(
+                "c",
+                "net-c",
+                vec![k8s_service("shop", "only-in-b", "grpc", 6060)],
+                vec![k8s_slice("shop", "only-in-b", &["10.2.0.2"])],
+                vec![],
+            ),
+        ]);
+        let sources = sources.with_remotes(remotes);
+        let model = sources.model("r", &[], &local_origin());
+        let names: Vec<&str> = model.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["greeter", "only-in-b"]);
+        let greeter = &model.services[0];
+        assert_eq!(greeter.ports.iter().map(|p| p.port).collect::<Vec<_>>(), [50051]);
+        assert_eq!(
+            where_from(greeter),
+            [
+                ("10.0.0.1".into(), "a".into(), "net-a".into()),
+                ("10.1.0.1".into(), "b".into(), "net-a".into()),
+            ]
+        );
+        let remote_only = &model.services[1];
+        assert_eq!(
+            remote_only.ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+            [7070],
+            "the first remote's ports, by cluster name"
+        );
+        assert_eq!(
+            where_from(remote_only),
+            [
+                ("10.1.0.2".into(), "b".into(), "net-a".into()),
+                ("10.2.0.2".into(), "c".into(), "net-c".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn discovery_selectors_read_the_remote_clusters_own_namespace_labels() {
+        let selectors = vec![LabelSelector {
+            match_labels: Some(BTreeMap::from([("mesh".to_string(), "on".to_string())])),
+            ..Default::default()
+        }];
+        let sources = Sources::from_objects(
+            vec![k8s_service("shop", "greeter", "grpc", 50051)],
+            vec![k8s_slice("shop", "greeter", &["10.0.0.1"])],
+            vec![k8s_namespace("shop", &[("mesh", "on")])],
+        );
+        let remotes = Remotes::default();
+        remotes.publish(vec![remote(
+            "b",
+            "",
+            vec![
+                k8s_service("shop", "greeter", "grpc", 50051),
+                k8s_service("pay", "ledger", "grpc", 50051),
+            ],
+            vec![
+                k8s_slice("shop", "greeter", &["10.1.0.1"]),
+                k8s_slice("pay", "ledger", &["10.1.0.9"]),
+            ],
+            // In b, shop is not in the mesh (although it is in a), pay is.
+            vec![k8s_namespace("shop", &[]), k8s_namespace("pay", &[("mesh", "on")])],
+        )]);
+        let model = sources.with_remotes(remotes).model("r", &selectors, &local_origin());
+        let seen: Vec<(String, Vec<WhereFrom>)> =
+            model.services.iter().map(|s| (s.name.clone(), where_from(s))).collect();
+        assert_eq!(
+            seen,
+            [
+                ("ledger".to_string(), vec![("10.1.0.9".into(), "b".into(), "".into())]),
+                (
+                    "greeter".to_string(),
+                    vec![("10.0.0.1".into(), "a".into(), "net-a".into())]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_remotes_the_model_is_the_local_one() {
+        let sources = Sources::from_objects(
+            vec![k8s_service("shop", "greeter", "grpc", 50051)],
+            vec![k8s_slice("shop", "greeter", &["10.0.0.1"])],
+            vec![],
+        );
+        let model = sources.model("r", &[], &local_origin());
+        assert_eq!(model.services.len(), 1);
+        assert_eq!(
+            where_from(&model.services[0]),
+            [("10.0.0.1".into(), "a".into(), "net-a".into())]
+        );
+    }
+
+    #[test]
+    fn namespace_labels_are_looked_up_in_the_named_remote_cluster() {
+        let sources = Sources::from_objects(vec![], vec![], vec![k8s_namespace("shop", &[("weft.dev/rev", "blue")])]);
+        let remotes = Remotes::default();
+        remotes.publish(vec![remote(
+            "b",
+            "",
+            vec![],
+            vec![],
+            vec![k8s_namespace("shop", &[("weft.dev/rev", "green")])],
+        )]);
+        let sources = sources.with_remotes(remotes);
+        assert_eq!(sources.namespace_label("shop").as_deref(), Some("blue"));
+        assert_eq!(sources.remote_namespace_label("b", "shop").as_deref(), Some("green"));
+        assert_eq!(sources.remote_namespace_label("unknown", "shop"), None);
+    }
 
     #[test]
     fn selectors_kubernetes_would_refuse_are_named() {

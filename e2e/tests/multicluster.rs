@@ -1,0 +1,367 @@
+//! Multi-primary discovery on two real API servers: cluster A (the run's test bed) runs
+//! `weft control-plane` as a process; cluster B (a cluster of its own) is added with the
+//! credential `weft remote-secret` makes against B's API server. A `greeter` Service in
+//! namespace `shop` exists in both, each with one real gRPC backend on the test host, and
+//! Python's grpcio, served by A's control plane, calls it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use weft_e2e::multicluster::{Primary, apply, remote_clusters, remote_secret, status_entry};
+use weft_e2e::operator::install_crds;
+use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
+use weft_e2e::{Bed, OwnCluster, repo_root, wait_for};
+
+const REVISION: &str = "mc";
+const MESH: &str = "wcp";
+const MESH_NS: &str = "wcp-mesh";
+const A_BACKEND: &str = "198.51.100.10";
+const B_BACKEND: &str = "198.51.100.11";
+const EDS_CLUSTER: &str = "outbound|50051||greeter.shop.svc.cluster.local";
+
+fn script(name: &str) -> String {
+    repo_root().join("e2e/xds").join(name).display().to_string()
+}
+
+fn backend(host: &TestHost, address: &str, name: &str) -> Proc {
+    let mut p = host.spawn("python3", &[&script("backend.py"), &format!("{address}:50051"), name]);
+    assert_eq!(p.read_line().as_deref(), Some("ready"), "backend {name} did not start");
+    p
+}
+
+/// The grpcio client in the test host, served by `primary`.
+fn client(bed: &Bed, host: &TestHost, primary: &Primary) -> Proc {
+    let boot = bed.kubeconfig.parent().unwrap().join("bootstrap-mc.json");
+    let doc = json!({
+        "xds_servers": [{"server_uri": format!("{HOST_ADDRESS}:{}", primary.xds), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+        "node": {"id": "e2e-mc-client", "locality": {"zone": "zone-a"},
+                 "metadata": {"REVISION": REVISION, "NAMESPACE": "shop", "ROLE": "proxyless"}}
+    });
+    std::fs::write(&boot, doc.to_string()).unwrap();
+    host.spawn(
+        "python3",
+        &[
+            &script("client.py"),
+            boot.to_str().unwrap(),
+            "xds:///greeter.shop.svc.cluster.local:50051",
+        ],
+    )
+}
+
+/// Which backends `n` calls reached, and the errors.
+fn call(client: &mut Proc, n: u32) -> (BTreeMap<String, u64>, u64, String) {
+    let line = client.ask(&format!("call {n}")).expect("the client answers");
+    let v: Value = serde_json::from_str(&line).expect("JSON from the client");
+    let counts = v["counts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect();
+    (
+        counts,
+        v["errors"].as_u64().unwrap(),
+        v["last_error"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Waits until 30 calls reach exactly the backends `want` (each at least once), no errors.
+async fn wait_reached(client: &mut Proc, want: &[&str], what: &str) {
+    wait_for(what, Duration::from_secs(30), || {
+        let (counts, errors, last) = call(client, 30);
+        let reached: Vec<&str> = counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let ok = errors == 0 && reached == want;
+        async move {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("counts {counts:?}, errors {errors} ({last})"))
+            }
+        }
+    })
+    .await;
+}
+
+/// `shop/greeter` with one endpoint at `address`, in `bed`; `shop` labelled `mesh: on`.
+async fn greeter(bed: &Bed, address: &str) {
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "shop", "labels": {"mesh": "on"}}})).unwrap();
+    Api::<Namespace>::all(bed.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace shop");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "greeter"},
+        "spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(bed.client.clone(), "shop")
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("service greeter");
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "greeter-1", "labels": {"kubernetes.io/service-name": "greeter"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": true}, "zone": "zone-a"}]
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::namespaced(bed.client.clone(), "shop")
+        .create(&PostParams::default(), &slice)
+        .await
+        .expect("endpointslice greeter-1");
+}
+
+/// Sets (or removes, with `None`) the `mesh` label of namespace `shop` in `bed`.
+async fn label_shop(bed: &Bed, value: Option<&str>) {
+    let patch = json!({"metadata": {"labels": {"mesh": value}}});
+    Api::<Namespace>::all(bed.client.clone())
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("label shop");
+}
+
+/// Waits until this control plane's entry in RemoteCluster `b` satisfies `check`.
+async fn wait_entry(bed: &Bed, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    wait_entry_of(bed, REVISION, what, check).await
+}
+
+/// Waits until `revision`'s entry in RemoteCluster `b` satisfies `check`.
+async fn wait_entry_of(bed: &Bed, revision: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let api = remote_clusters(bed, MESH_NS);
+    wait_for(what, Duration::from_secs(60), || {
+        let api = api.clone();
+        let check = &check;
+        async move {
+            let entry = status_entry(&api, "b", revision).await?;
+            if check(&entry) {
+                Ok(entry)
+            } else {
+                Err(entry.to_string())
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_primary_serves_a_remote_clusters_endpoints_and_follows_its_remotecluster() {
+    let a = Bed::connect().await;
+    install_crds(&a);
+    let (b_cluster, b) = OwnCluster::up("wcp-b").await;
+    let _ = a.kubectl(&["create", "namespace", MESH_NS]);
+    greeter(&a, A_BACKEND).await;
+    greeter(&b, B_BACKEND).await;
+    let first = remote_secret(
+        &b.kubeconfig,
+        &["--name", "b", "--mesh", MESH, "--mesh-namespace", MESH_NS],
+    );
+    apply(&a, &first);
+
+    let host = TestHost::create();
+    host.add_address(A_BACKEND);
+    host.add_address(B_BACKEND);
+    let _backends = [backend(&host, A_BACKEND, "a"), backend(&host, B_BACKEND, "b")];
+    let mesh_config = format!("mesh: {MESH}\nclusterName: a\ndiscoverySelectors:\n- matchLabels: {{mesh: \"on\"}}\n");
+    let mut primary = Primary::start(&a, REVISION, &mesh_config, &["--mesh-namespace", MESH_NS]);
+    wait_for("the control plane to be ready", Duration::from_secs(60), || async {
+        primary.ready()
+    })
+    .await;
+    let mut grpc = client(&a, &host, &primary);
+
+    // Both clusters' endpoints, B's in a locality whose sub-zone names cluster b.
+    wait_reached(&mut grpc, &["a", "b"], "calls to reach both clusters' backends").await;
+    let eds = primary.eds(REVISION, EDS_CLUSTER).await.expect("EDS");
+    assert_eq!(
+        eds,
+        [
+            ("a".to_string(), A_BACKEND.to_string()),
+            ("b".to_string(), B_BACKEND.to_string())
+        ],
+        "(sub_zone, address) of each endpoint"
+    );
+    let entry = wait_entry(&a, "a synced status entry with counts", |e| {
+        e["synced"] == true && e["services"].as_i64() >= Some(1) && e["endpoints"].as_i64() >= Some(1)
+    })
+    .await;
+    assert!(entry["message"].is_null(), "{entry}");
+    assert!(entry["lastChangeTime"].is_string(), "{entry}");
+    let synced = primary.metrics("weft_remote_cluster_synced");
+    assert_eq!(synced, ["weft_remote_cluster_synced{cluster=\"b\"} 1"], "{synced:?}");
+
+    // discoverySelectors are evaluated on B's own namespace labels.
+    label_shop(&b, None).await;
+    wait_reached(
+        &mut grpc,
+        &["a"],
+        "B's greeter to leave once B's shop is out of the mesh",
+    )
+    .await;
+    label_shop(&b, Some("on")).await;
+    wait_reached(&mut grpc, &["a", "b"], "B's greeter back with the label").await;
+
+    rotate_then_survive_an_outage(&a, &b, &b_cluster, &mut primary, &mut grpc).await;
+
+    // Moved to another mesh: B's endpoints leave, and so does this control plane's entry.
+    let rcs = remote_clusters(&a, MESH_NS);
+    let move_to = |mesh: &str| json!({"spec": {"mesh": mesh}});
+    rcs.patch("b", &PatchParams::default(), &Patch::Merge(&move_to("another")))
+        .await
+        .expect("move b to another mesh");
+    wait_reached(&mut grpc, &["a"], "B's backend to leave with its RemoteCluster's mesh").await;
+    wait_for(
+        "this control plane's entry to be withdrawn",
+        Duration::from_secs(30),
+        || async {
+            match status_entry(&rcs, "b", REVISION).await {
+                Err(e) if e.starts_with("no entry") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    rcs.patch("b", &PatchParams::default(), &Patch::Merge(&move_to(MESH)))
+        .await
+        .expect("move b back");
+    wait_reached(&mut grpc, &["a", "b"], "B's backend back with its mesh").await;
+
+    // Deleting the RemoteCluster removes B's endpoints within seconds.
+    remote_clusters(&a, MESH_NS)
+        .delete("b", &DeleteParams::default())
+        .await
+        .expect("delete RemoteCluster b");
+    wait_reached(
+        &mut grpc,
+        &["a"],
+        "B's backend to be dropped after its RemoteCluster is deleted",
+    )
+    .await;
+    assert!(primary.metrics("weft_remote_cluster_synced{").is_empty());
+    assert!(primary.running(), "no restart");
+
+    for ns in ["shop", MESH_NS] {
+        let _ = Api::<Namespace>::all(a.client.clone())
+            .delete(ns, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// A rotated credential is picked up without a restart; then B's API server stops: its
+/// endpoints are still served and the entry says why; back, it syncs with the new
+/// credential (the old token is deleted, so the old one could not).
+async fn rotate_then_survive_an_outage(
+    a: &Bed,
+    b: &Bed,
+    b_cluster: &OwnCluster,
+    primary: &mut Primary,
+    grpc: &mut Proc,
+) {
+    let second = remote_secret(
+        &b.kubeconfig,
+        &[
+            "--name",
+            "b",
+            "--mesh",
+            MESH,
+            "--mesh-namespace",
+            MESH_NS,
+            "--namespace",
+            "weft-rot",
+        ],
+    );
+    apply(a, &second);
+    wait_for(
+        "the new credential's watches to take over",
+        Duration::from_secs(60),
+        || async {
+            let log = primary.log();
+            if log.contains("new credential's watches have listed") {
+                Ok(())
+            } else {
+                Err(log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
+            }
+        },
+    )
+    .await;
+    Api::<Secret>::namespaced(b.client.clone(), "weft-system")
+        .delete("weft-remote-wcp-token", &DeleteParams::default())
+        .await
+        .expect("delete the old token");
+    wait_reached(grpc, &["a", "b"], "both backends after the rotation").await;
+
+    b_cluster.stop("kube-apiserver");
+    let down = wait_entry(a, "the entry to say B cannot be reached", |e| e["synced"] == false).await;
+    let message = down["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("cannot reach https://") && message.contains("serving the 1 endpoints last seen"),
+        "{down}"
+    );
+    wait_reached(grpc, &["a", "b"], "B's endpoint still served while B is down").await;
+    primary.ready().expect("a remote down leaves the control plane ready");
+    assert_eq!(
+        primary.metrics("weft_remote_cluster_synced"),
+        ["weft_remote_cluster_synced{cluster=\"b\"} 0"]
+    );
+
+    // A control plane starting while B is down waits for it at most the remote sync
+    // timeout, then serves the local mesh; its entry sits beside the first one's.
+    let config = format!("mesh: {MESH}\nclusterName: a\n");
+    let flags = ["--mesh-namespace", MESH_NS, "--remote-sync-timeout-seconds", "3"];
+    let late = Primary::start(a, "mc2", &config, &flags);
+    wait_for(
+        "the second control plane to be ready without B",
+        Duration::from_secs(30),
+        || async { late.ready() },
+    )
+    .await;
+    assert_eq!(
+        late.eds("mc2", EDS_CLUSTER).await.expect("EDS"),
+        [("a".to_string(), A_BACKEND.to_string())]
+    );
+    wait_entry_of(
+        a,
+        "mc2",
+        "the second control plane's entry to say B cannot be reached",
+        |e| {
+            e["synced"] == false
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("cannot reach https://"))
+        },
+    )
+    .await;
+    wait_entry(a, "the first entry to be kept beside the second", |e| {
+        e["synced"] == false
+    })
+    .await;
+
+    b_cluster.start("kube-apiserver");
+    wait_for(
+        "the second control plane to serve B once it lists",
+        Duration::from_secs(60),
+        || async {
+            let eds = late.eds("mc2", EDS_CLUSTER).await?;
+            if eds.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{eds:?}"))
+            }
+        },
+    )
+    .await;
+    wait_entry_of(a, "mc2", "the second entry to be synced", |e| e["synced"] == true).await;
+    let up = wait_entry(a, "the entry to be synced again", |e| e["synced"] == true).await;
+    assert!(up["message"].is_null(), "{up}");
+    wait_reached(grpc, &["a", "b"], "both backends once B is back").await;
+    assert!(primary.running(), "no restart");
+}
