@@ -301,6 +301,7 @@ async fn good_specs_at_the_limits_are_accepted_and_render_objects_the_api_server
             revision: &revision,
             control_plane_namespace: &ns.name,
             version,
+            mesh_network: None,
         };
         match render_gateway(&input) {
             Ok(manifests) => {
@@ -458,6 +459,7 @@ async fn judge(bed: &Bed, ns: &str, mut obj: Value) -> Result<Outcome, String> {
             revision: &revision,
             control_plane_namespace: ns,
             version,
+            mesh_network: None,
         })
     };
     match rendered {

@@ -28,6 +28,9 @@ use super::{Manifest, OwnedKind, RenderError, fnv1a, scaling};
 pub const ADMIN_PORT: i32 = 15000;
 /// The health port: `/healthz/ready` answers once Envoy has its first configuration.
 pub const HEALTH_PORT: i32 = 15021;
+/// The label on an east-west gateway's Service naming the network behind it: how discovery
+/// (`xds::network`) finds each network's gateways.
+pub const NETWORK_LABEL: &str = "topology.weft.dev/network";
 /// The user Envoy's image runs as.
 const PROXY_UID: i64 = 101;
 
@@ -44,6 +47,9 @@ pub struct GatewayInput<'a> {
     pub control_plane_namespace: &'a str,
     /// The version that revision runs (for the proxy image).
     pub version: &'a MeshVersion,
+    /// The mesh's network (its meshConfig's): an east-west gateway's network when its spec
+    /// names none.
+    pub mesh_network: Option<&'a str>,
 }
 
 /// The name of a gateway's bootstrap ConfigMap.
@@ -167,6 +173,20 @@ impl Renderer<'_> {
         l
     }
 
+    /// The network an east-west gateway leads into: its spec's, else the mesh's. `None` for
+    /// other gateways, and for an east-west gateway of a mesh that names no network (then
+    /// discovery does not see it as a network's gateway).
+    fn network(&self) -> Option<String> {
+        let spec = &self.input.gateway.spec;
+        if spec.type_ != GatewayType::Eastwest {
+            return None;
+        }
+        spec.network
+            .clone()
+            .or_else(|| self.input.mesh_network.map(str::to_string))
+            .filter(|n| !n.is_empty())
+    }
+
     fn meta(&self, name: &str) -> ObjectMeta {
         ObjectMeta {
             name: Some(name.to_string()),
@@ -247,16 +267,21 @@ impl Renderer<'_> {
                 }
             }]}]
         });
+        let mut metadata = serde_json::json!({
+            "REVISION": self.input.revision,
+            "NAMESPACE": self.ns,
+            "ROLE": "gateway",
+            "GATEWAY": self.name,
+            "MESH": self.input.mesh,
+        });
+        // An east-west gateway sees only its network's endpoints (split-horizon EDS).
+        if let Some(network) = self.network() {
+            metadata["NETWORK"] = serde_json::Value::String(network);
+        }
         let bootstrap = serde_json::json!({
             "node": {
                 "cluster": format!("{}.{}", self.name, self.ns),
-                "metadata": {
-                    "REVISION": self.input.revision,
-                    "NAMESPACE": self.ns,
-                    "ROLE": "gateway",
-                    "GATEWAY": self.name,
-                    "MESH": self.input.mesh,
-                }
+                "metadata": metadata,
             },
             "admin": {"address": socket("127.0.0.1", ADMIN_PORT)},
             "dynamic_resources": {
@@ -297,6 +322,10 @@ impl Renderer<'_> {
         });
         let mut meta = self.meta(&self.name);
         meta.annotations = svc.annotations.clone().filter(|a| !a.is_empty());
+        // Discovery finds a network's east-west gateways by this label (xds::network).
+        if let (Some(network), Some(l)) = (self.network(), meta.labels.as_mut()) {
+            l.insert(NETWORK_LABEL.to_string(), network);
+        }
         Service {
             metadata: meta,
             spec: Some(ServiceSpec {

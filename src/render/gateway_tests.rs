@@ -38,6 +38,7 @@ fn render(gw: &MeshGateway, revision: &str) -> Result<Vec<Manifest>, RenderError
         revision,
         control_plane_namespace: "weft-system",
         version,
+        mesh_network: None,
     })
 }
 

@@ -83,6 +83,7 @@ fn gateway_objects() -> Vec<Manifest> {
         revision: REVISION,
         control_plane_namespace: MESH_NS,
         version,
+        mesh_network: None,
     })
     .unwrap()
 }

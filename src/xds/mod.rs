@@ -6,6 +6,7 @@
 //!   (ADS streams).
 //! - `server` keeps a `subscription` per stream and type (what that stream is owed) and
 //!   hands the bytes to `grpc` (the framing, which knows nothing of ADS).
+//! - `network` finds the east-west gateways (by their Services) for split-horizon EDS.
 //! - `conn` checks each accepted connection (HTTP/2 only, idle timeout) before `grpc`.
 //! - `control_plane` (`weft control-plane`) wires them together, with `metrics`.
 //!
@@ -16,6 +17,7 @@ pub mod control_plane;
 pub mod grpc;
 pub mod metrics;
 pub mod model;
+pub mod network;
 pub mod server;
 pub mod snapshot;
 pub mod sources;

@@ -357,7 +357,7 @@ async fn delta_sends_only_changes_and_signals_removals() {
 #[test]
 fn shared_encodings_decode_as_whole_messages() {
     let snap = snapshot(1, &[service("a", &["10.0.0.1"]), service("b", &["10.0.0.2"])]);
-    let set = snap.of(CLUSTER, &View::Mesh).unwrap();
+    let set = snap.of(CLUSTER, &View::MESH).unwrap();
     let head = DiscoveryResponse {
         version_info: set.wildcard_version.clone(),
         type_url: CLUSTER.into(),
@@ -412,6 +412,7 @@ fn gateway(name: &str, ports: &[u16]) -> Gateway {
                 container_port: p + 8000,
             })
             .collect(),
+        eastwest: false,
     }
 }
 
@@ -599,7 +600,7 @@ fn snapshots_differ_when_only_a_gateway_listener_does_and_cost_nothing_without_g
     let mesh_only = snapshot(1, &[service("a", &["198.51.100.2"])]);
     assert!(mesh_only.gateway_listeners.is_empty());
     assert!(!mesh_only.same_content(&gateway_snapshot(2, &[80])));
-    let view = View::Gateway("edge/ingress".into());
+    let view = View::gateway("edge/ingress");
     assert_eq!(gateway_snapshot(1, &[80]).of(LISTENER, &view).unwrap().items.len(), 2);
     assert!(
         mesh_only.of(LISTENER, &view).is_none(),
