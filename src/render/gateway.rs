@@ -213,6 +213,22 @@ impl Renderer<'_> {
         }
     }
 
+    /// What the gateway's pods tell the control plane about themselves.
+    fn node_metadata(&self) -> serde_json::Value {
+        let mut metadata = serde_json::json!({
+            "REVISION": self.input.revision,
+            "NAMESPACE": self.ns,
+            "ROLE": "gateway",
+            "GATEWAY": self.name,
+            "MESH": self.input.mesh,
+        });
+        // An east-west gateway sees only its network's endpoints (split-horizon EDS).
+        if let Some(network) = self.network() {
+            metadata["NETWORK"] = serde_json::Value::String(network);
+        }
+        metadata
+    }
+
     /// Envoy's bootstrap: ADS from the resolved revision's control plane, admin on
     /// loopback, and a health listener that forwards `/healthz/ready` to admin `/ready`
     /// (ready once the first listeners and clusters arrived).
@@ -267,21 +283,10 @@ impl Renderer<'_> {
                 }
             }]}]
         });
-        let mut metadata = serde_json::json!({
-            "REVISION": self.input.revision,
-            "NAMESPACE": self.ns,
-            "ROLE": "gateway",
-            "GATEWAY": self.name,
-            "MESH": self.input.mesh,
-        });
-        // An east-west gateway sees only its network's endpoints (split-horizon EDS).
-        if let Some(network) = self.network() {
-            metadata["NETWORK"] = serde_json::Value::String(network);
-        }
         let bootstrap = serde_json::json!({
             "node": {
                 "cluster": format!("{}.{}", self.name, self.ns),
-                "metadata": metadata,
+                "metadata": self.node_metadata(),
             },
             "admin": {"address": socket("127.0.0.1", ADMIN_PORT)},
             "dynamic_resources": {

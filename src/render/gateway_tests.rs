@@ -283,3 +283,48 @@ fn the_gateway_sample_renders() {
     let objects = render(&gw, "default-v1-0-0").unwrap();
     assert!(!find(&objects, OwnedKind::HorizontalPodAutoscaler).is_empty());
 }
+
+#[test]
+fn an_east_west_gateway_is_labelled_with_its_network_and_bootstrapped_on_it() {
+    use super::gateway::NETWORK_LABEL;
+    let render_with = |spec: &str, mesh_network: Option<&str>| {
+        let gw = gateway("eastwest", spec);
+        let table = VersionTable::builtin();
+        let objects = render_gateway(&GatewayInput {
+            gateway: &gw,
+            mesh: &gw.spec.mesh,
+            revision: "rev-1",
+            control_plane_namespace: "weft-system",
+            version: table.get("1.0.0").expect("known version"),
+            mesh_network,
+        })
+        .unwrap();
+        let svc = service(&objects);
+        let label = svc.metadata.labels.unwrap_or_default().get(NETWORK_LABEL).cloned();
+        let cm = find(&objects, OwnedKind::ConfigMap)[0];
+        let b: serde_json::Value = serde_json::from_str(cm.object["data"]["bootstrap.json"].as_str().unwrap()).unwrap();
+        let node_network = b["node"]["metadata"]["NETWORK"].as_str().map(str::to_string);
+        let ports: Vec<(String, i32)> = svc
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap_or_default(), p.port))
+            .collect();
+        (label, node_network, ports)
+    };
+    let net = |n: &str| Some(n.to_string());
+    // The spec's network wins over the mesh's; the default port is tls 15443.
+    let (label, node, ports) = render_with("mesh: m\ntype: eastwest\nnetwork: net-2\n", Some("net-1"));
+    assert_eq!((label, node), (net("net-2"), net("net-2")));
+    assert_eq!(ports, [("tls".to_string(), 15443)]);
+    // Without one, the mesh's.
+    let (label, node, _) = render_with("mesh: m\ntype: eastwest\n", Some("net-1"));
+    assert_eq!((label, node), (net("net-1"), net("net-1")));
+    // Neither: no label (discovery does not see it as a network's gateway).
+    assert_eq!(render_with("mesh: m\ntype: eastwest\n", None).0, None);
+    // Other gateway types never get one, whatever the mesh's network.
+    let (label, node, _) = render_with("mesh: m\n", Some("net-1"));
+    assert_eq!((label, node), (None, None));
+}

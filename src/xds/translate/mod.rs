@@ -105,4 +105,6 @@ pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemet
 #[cfg(test)]
 mod gateway_tests;
 #[cfg(test)]
+mod network_tests;
+#[cfg(test)]
 mod tests;
