@@ -607,3 +607,48 @@ fn snapshots_differ_when_only_a_gateway_listener_does_and_cost_nothing_without_g
         "an unknown gateway has no listeners"
     );
 }
+
+/// Service `a` on net-a (the control plane's) with net-a's east-west gateway.
+fn network_snapshot() -> Snapshot {
+    let services = [service("a", &["198.51.100.2"])];
+    let gateways = [NetworkGateway {
+        network: "net-a".into(),
+        cluster: "local".into(),
+        address: "203.0.113.1".into(),
+        port: 15443,
+    }];
+    let mut r = translate(&services, &[], &Telemetry::default());
+    super::translate::split_horizon(&mut r, &services, &gateways, "net-a");
+    Snapshot::new(1, Instant::now(), &r)
+}
+
+#[tokio::test]
+async fn a_stream_gets_the_load_assignments_of_its_clients_network() {
+    let cache = Cache::new();
+    cache.publish(network_snapshot());
+    let url = start(cache).await;
+    let mut addresses = Vec::new();
+    for network in [None, Some("net-a"), Some("net-b")] {
+        let mut s = sotw(&url).await;
+        let mut first = request(ENDPOINT, &["outbound|50051||a.ns.svc.cluster.local"], "", "");
+        let mut fields = vec![("REVISION", "rev-a")];
+        fields.extend(network.map(|n| ("NETWORK", n)));
+        first.node = Some(node_with(&fields));
+        s.send(first).await;
+        let eds = s.next().await;
+        let cla = ClusterLoadAssignment::decode(eds.resources[0].value.as_slice()).unwrap();
+        let lb = &cla.endpoints[0].lb_endpoints[0];
+        let Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e)) =
+            &lb.host_identifier
+        else {
+            panic!("no endpoint");
+        };
+        let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) =
+            e.address.clone().and_then(|a| a.address)
+        else {
+            panic!("no socket address");
+        };
+        addresses.push(sa.address);
+    }
+    assert_eq!(addresses, ["198.51.100.2", "198.51.100.2", "203.0.113.1"]);
+}

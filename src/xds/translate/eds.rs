@@ -173,6 +173,16 @@ pub fn endpoints_without_gateway(
     out
 }
 
+/// Why `count` endpoints on `network` are left out for other networks, for a status
+/// message (e.g. a RemoteCluster's).
+pub fn without_gateway_message(network: &str, count: usize) -> String {
+    let endpoints = if count == 1 { "endpoint" } else { "endpoints" };
+    format!(
+        "{count} {endpoints} on network {network} cannot be reached from other networks: the network has no east-west gateway with a load-balancer address (a MeshGateway of type eastwest for network {network}, whose Service carries the label {}={network})",
+        crate::xds::network::NETWORK_LABEL
+    )
+}
+
 /// EDS for every network of a multi-network mesh.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NetworkEndpoints {

@@ -203,6 +203,10 @@ fn a_network_without_a_gateway_is_left_out_and_counted() {
             ("net-c".to_string(), 1)
         ])
     );
+    assert_eq!(
+        super::eds::without_gateway_message("net-c", 1),
+        "1 endpoint on network net-c cannot be reached from other networks: the network has no east-west gateway with a load-balancer address (a MeshGateway of type eastwest for network net-c, whose Service carries the label topology.weft.dev/network=net-c)"
+    );
     // A client on a network nothing is on sees gateways only, and nothing of net-c.
     let elsewhere = client_view(&services, &gateways, "net-x");
     assert!(elsewhere.iter().all(|l| l.0.is_empty() && l.1 != "c"), "{elsewhere:?}");
