@@ -267,3 +267,41 @@ async fn other_networks_reach_endpoints_through_the_east_west_gateway() {
     drop((local, remote));
     ns.delete().await;
 }
+
+/// Admission: an east-west gateway's network becomes a label value on its Service, so
+/// anything else is refused with a message.
+#[tokio::test]
+async fn an_east_west_network_that_is_no_label_value_is_refused() {
+    let bed = Bed::connect().await;
+    weft_e2e::operator::install_crds(&bed);
+    let ns = bed.namespace("mn-admission").await;
+    let api: Api<MeshGateway> = Api::namespaced(bed.client.clone(), &ns.name);
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let mut results = Vec::new();
+    for network in ["net-a", "net b", "-net", &"n".repeat(64)] {
+        let gw: MeshGateway = serde_json::from_value(json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
+            "metadata": {"name": "eastwest"},
+            "spec": {"mesh": "m", "type": "eastwest", "network": network}
+        }))
+        .unwrap();
+        let outcome = api.create(&params, &gw).await.map(|_| ()).map_err(|e| e.to_string());
+        results.push((network.len(), outcome));
+    }
+    ns.delete().await;
+    assert!(results[0].1.is_ok(), "{:?}", results[0]);
+    assert!(
+        results[1..3]
+            .iter()
+            .all(|(_, r)| r.as_ref().is_err_and(|e| e.contains("network must be a label value"))),
+        "{results:?}"
+    );
+    assert!(
+        results[3].1.as_ref().is_err_and(|e| e.contains("63")),
+        "{:?}",
+        results[3]
+    );
+}

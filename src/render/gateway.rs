@@ -89,6 +89,31 @@ pub fn validate_ports(ports: &[GatewayPort]) -> Result<(), RenderError> {
     Ok(())
 }
 
+/// Checks that an east-west gateway's network (the mesh's, when its spec names none:
+/// admission checks the spec's) can be a label value, which the Service carries.
+fn check_network(input: &GatewayInput) -> Result<(), RenderError> {
+    let spec = &input.gateway.spec;
+    if spec.type_ != GatewayType::Eastwest || spec.network.is_some() {
+        return Ok(());
+    }
+    let Some(network) = input.mesh_network.filter(|n| !n.is_empty()) else {
+        return Ok(());
+    };
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let valid = network.len() <= 63
+        && edge_ok(network.chars().next())
+        && edge_ok(network.chars().last())
+        && network
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        return Ok(());
+    }
+    Err(RenderError::Invalid(format!(
+        "the MeshInstall's meshConfig.network {network:?} is not a label value (letters, digits, '-', '_' and '.', at most 63 characters), and this east-west gateway's Service is labelled with it; set spec.network or fix the MeshInstall's"
+    )))
+}
+
 /// The fewest pods the gateway runs: its autoscaler's `minReplicas`, or 0 without one (then
 /// `spec.replicas` alone says how many).
 pub fn replica_floor(spec: &MeshGatewaySpec) -> i32 {
@@ -110,6 +135,7 @@ pub fn render_gateway(input: &GatewayInput) -> Result<Vec<Manifest>, RenderError
         "spec",
         "the default of 5",
     )?;
+    check_network(input)?;
     let replicas = spec.replicas.unwrap_or(1);
     let floor = hpa.as_ref().map_or(replicas, |h| h.min);
     let r = Renderer {
@@ -178,6 +204,7 @@ impl Renderer<'_> {
     /// discovery does not see it as a network's gateway).
     fn network(&self) -> Option<String> {
         let spec = &self.input.gateway.spec;
+        // A mesh network that is no label value stops rendering (check_network).
         if spec.type_ != GatewayType::Eastwest {
             return None;
         }

@@ -328,3 +328,23 @@ fn an_east_west_gateway_is_labelled_with_its_network_and_bootstrapped_on_it() {
     let (label, node, _) = render_with("mesh: m\n", Some("net-1"));
     assert_eq!((label, node), (None, None));
 }
+
+#[test]
+fn a_mesh_network_that_is_no_label_value_stops_an_east_west_gateway() {
+    let gw = gateway("eastwest", "mesh: m\ntype: eastwest\n");
+    let table = VersionTable::builtin();
+    let err = render_gateway(&GatewayInput {
+        gateway: &gw,
+        mesh: "m",
+        revision: "rev-1",
+        control_plane_namespace: "weft-system",
+        version: table.get("1.0.0").expect("known version"),
+        mesh_network: Some("net b"),
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("meshConfig.network \"net b\" is not a label value"),
+        "{err}"
+    );
+}
