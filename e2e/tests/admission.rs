@@ -310,8 +310,8 @@ async fn good_specs_at_the_limits_are_accepted_and_render_objects_the_api_server
             control_plane_namespace: &ns.name,
             external_control_plane: None,
             cluster: "Kubernetes",
-            network: None,
             version,
+            mesh_network: None,
         };
         match render_gateway(&input) {
             Ok(manifests) => {
@@ -470,8 +470,8 @@ async fn judge(bed: &Bed, ns: &str, mut obj: Value) -> Result<Outcome, String> {
             control_plane_namespace: ns,
             external_control_plane: None,
             cluster: "Kubernetes",
-            network: None,
             version,
+            mesh_network: None,
         })
     };
     match rendered {

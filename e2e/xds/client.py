@@ -5,6 +5,9 @@ Commands, one per line; each answers with one JSON line:
   call N   -> {"counts": {name: n, ...}, "errors": n, "last_error": "..."}
   csds     -> {"resources": [{"type": ..., "name": ..., "status": ..., "error": ...}]}
              (the client's own view, from CSDS on a loopback port of its test host)
+  eds      -> {"assignments": {cluster: ["address:port", ...]}}  (the endpoints it holds,
+             from the same CSDS view)
+The node metadata (REVISION, NAMESPACE, NETWORK, ...) comes from the bootstrap file.
 """
 import json
 import os
@@ -44,6 +47,27 @@ def client_status(csds):
     return out
 
 
+def assignments(csds):
+    """Every load assignment the client holds: cluster name -> its endpoints' addresses."""
+    from envoy.config.endpoint.v3 import endpoint_pb2
+    from envoy.service.status.v3 import csds_pb2
+
+    response = csds[1].FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=5)
+    out = {}
+    for config in response.config:
+        for c in config.generic_xds_configs:
+            if not c.type_url.endswith("ClusterLoadAssignment") or not c.HasField("xds_config"):
+                continue
+            cla = endpoint_pb2.ClusterLoadAssignment()
+            c.xds_config.Unpack(cla)
+            out[c.name] = [
+                f"{e.endpoint.address.socket_address.address}:{e.endpoint.address.socket_address.port_value}"
+                for locality in cla.endpoints
+                for e in locality.lb_endpoints
+            ]
+    return out
+
+
 def main():
     os.environ["GRPC_XDS_BOOTSTRAP"] = sys.argv[1]
     target = sys.argv[2]
@@ -68,6 +92,10 @@ def main():
             if csds is None:
                 csds = start_csds()
             print(json.dumps({"resources": client_status(csds)}), flush=True)
+        elif words[0] == "eds":
+            if csds is None:
+                csds = start_csds()
+            print(json.dumps({"assignments": assignments(csds)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -98,8 +98,12 @@ pub struct MeshGatewaySpec {
     #[x_kube(validation = Rule::new(cel::TOLERATION_VALUES).message(cel::TOLERATION_VALUES_MESSAGE))]
     #[x_kube(validation = Rule::new(cel::TOLERATION_SECONDS).message(cel::TOLERATION_SECONDS_MESSAGE))]
     pub tolerations: Option<Vec<Toleration>>,
-    /// The network an east-west gateway connects.
+    /// The network an east-west gateway leads into (default: the MeshInstall's
+    /// `meshConfig.network`). Its Service is labelled `topology.weft.dev/network` with it, which
+    /// is how control planes find the gateways of each network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')").message("network must be a label value: letters, digits, '-', '_' and '.', starting and ending with a letter or digit, at most 63 characters"))]
     pub network: Option<String>,
 }
 

@@ -28,6 +28,9 @@ use super::{Manifest, OwnedKind, RenderError, fnv1a, scaling};
 pub const ADMIN_PORT: i32 = 15000;
 /// The health port: `/healthz/ready` answers once Envoy has its first configuration.
 pub const HEALTH_PORT: i32 = 15021;
+/// The label on an east-west gateway's Service naming the network behind it: how discovery
+/// (`xds::network`) finds each network's gateways.
+pub const NETWORK_LABEL: &str = "topology.weft.dev/network";
 /// The user Envoy's image runs as.
 const PROXY_UID: i64 = 101;
 
@@ -47,10 +50,11 @@ pub struct GatewayInput<'a> {
     pub external_control_plane: Option<(String, u16)>,
     /// The mesh's name for this cluster (node metadata `CLUSTER`).
     pub cluster: &'a str,
-    /// This cluster's network, if the mesh names one (node metadata `NETWORK`).
-    pub network: Option<&'a str>,
     /// The version that revision runs (for the proxy image).
     pub version: &'a MeshVersion,
+    /// The mesh's network (its meshConfig's): an east-west gateway's network when its spec
+    /// names none.
+    pub mesh_network: Option<&'a str>,
 }
 
 /// The name of a gateway's bootstrap ConfigMap.
@@ -90,6 +94,31 @@ pub fn validate_ports(ports: &[GatewayPort]) -> Result<(), RenderError> {
     Ok(())
 }
 
+/// Checks that an east-west gateway's network (the mesh's, when its spec names none:
+/// admission checks the spec's) can be a label value, which the Service carries.
+fn check_network(input: &GatewayInput) -> Result<(), RenderError> {
+    let spec = &input.gateway.spec;
+    if spec.type_ != GatewayType::Eastwest || spec.network.is_some() {
+        return Ok(());
+    }
+    let Some(network) = input.mesh_network.filter(|n| !n.is_empty()) else {
+        return Ok(());
+    };
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let valid = network.len() <= 63
+        && edge_ok(network.chars().next())
+        && edge_ok(network.chars().last())
+        && network
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        return Ok(());
+    }
+    Err(RenderError::Invalid(format!(
+        "the MeshInstall's meshConfig.network {network:?} is not a label value (letters, digits, '-', '_' and '.', at most 63 characters), and this east-west gateway's Service is labelled with it; set spec.network or fix the MeshInstall's"
+    )))
+}
+
 /// The fewest pods the gateway runs: its autoscaler's `minReplicas`, or 0 without one (then
 /// `spec.replicas` alone says how many).
 pub fn replica_floor(spec: &MeshGatewaySpec) -> i32 {
@@ -111,6 +140,7 @@ pub fn render_gateway(input: &GatewayInput) -> Result<Vec<Manifest>, RenderError
         "spec",
         "the default of 5",
     )?;
+    check_network(input)?;
     let replicas = spec.replicas.unwrap_or(1);
     let floor = hpa.as_ref().map_or(replicas, |h| h.min);
     let r = Renderer {
@@ -174,6 +204,21 @@ impl Renderer<'_> {
         l
     }
 
+    /// The network an east-west gateway leads into: its spec's, else the mesh's. `None` for
+    /// other gateways, and for an east-west gateway of a mesh that names no network (then
+    /// discovery does not see it as a network's gateway).
+    fn network(&self) -> Option<String> {
+        let spec = &self.input.gateway.spec;
+        // A mesh network that is no label value stops rendering (check_network).
+        if spec.type_ != GatewayType::Eastwest {
+            return None;
+        }
+        spec.network
+            .clone()
+            .or_else(|| self.input.mesh_network.map(str::to_string))
+            .filter(|n| !n.is_empty())
+    }
+
     fn meta(&self, name: &str) -> ObjectMeta {
         ObjectMeta {
             name: Some(name.to_string()),
@@ -198,6 +243,27 @@ impl Renderer<'_> {
             automount_service_account_token: Some(false),
             ..Default::default()
         }
+    }
+
+    /// What the gateway's pods tell the control plane about themselves.
+    fn node_metadata(&self) -> serde_json::Value {
+        let mut metadata = serde_json::json!({
+            "REVISION": self.input.revision,
+            "NAMESPACE": self.ns,
+            "ROLE": "gateway",
+            "GATEWAY": self.name,
+            "MESH": self.input.mesh,
+            "CLUSTER": self.input.cluster,
+        });
+        // Split-horizon EDS: an east-west gateway sees only its network's endpoints, any
+        // other gateway what a client on the mesh's network sees.
+        let network = self
+            .network()
+            .or_else(|| self.input.mesh_network.filter(|n| !n.is_empty()).map(str::to_string));
+        if let Some(network) = network {
+            metadata["NETWORK"] = serde_json::Value::String(network);
+        }
+        metadata
     }
 
     /// Envoy's bootstrap: ADS from the resolved revision's control plane, admin on
@@ -259,21 +325,10 @@ impl Renderer<'_> {
                 }
             }]}]
         });
-        let mut metadata = serde_json::json!({
-            "REVISION": self.input.revision,
-            "NAMESPACE": self.ns,
-            "ROLE": "gateway",
-            "GATEWAY": self.name,
-            "MESH": self.input.mesh,
-            "CLUSTER": self.input.cluster,
-        });
-        if let Some(network) = self.input.network {
-            metadata["NETWORK"] = serde_json::Value::String(network.to_string());
-        }
         let bootstrap = serde_json::json!({
             "node": {
                 "cluster": format!("{}.{}", self.name, self.ns),
-                "metadata": metadata
+                "metadata": self.node_metadata(),
             },
             "admin": {"address": socket("127.0.0.1", ADMIN_PORT)},
             "dynamic_resources": {
@@ -314,6 +369,10 @@ impl Renderer<'_> {
         });
         let mut meta = self.meta(&self.name);
         meta.annotations = svc.annotations.clone().filter(|a| !a.is_empty());
+        // Discovery finds a network's east-west gateways by this label (xds::network).
+        if let (Some(network), Some(l)) = (self.network(), meta.labels.as_mut()) {
+            l.insert(NETWORK_LABEL.to_string(), network);
+        }
         Service {
             metadata: meta,
             spec: Some(ServiceSpec {

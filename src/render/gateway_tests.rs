@@ -39,8 +39,8 @@ fn render(gw: &MeshGateway, revision: &str) -> Result<Vec<Manifest>, RenderError
         control_plane_namespace: "weft-system",
         external_control_plane: None,
         cluster: "Kubernetes",
-        network: None,
         version,
+        mesh_network: None,
     })
 }
 
@@ -284,4 +284,73 @@ fn the_gateway_sample_renders() {
     let gw: MeshGateway = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let objects = render(&gw, "default-v1-0-0").unwrap();
     assert!(!find(&objects, OwnedKind::HorizontalPodAutoscaler).is_empty());
+}
+
+#[test]
+fn an_east_west_gateway_is_labelled_with_its_network_and_bootstrapped_on_it() {
+    use super::gateway::NETWORK_LABEL;
+    let render_with = |spec: &str, mesh_network: Option<&str>| {
+        let gw = gateway("eastwest", spec);
+        let table = VersionTable::builtin();
+        let objects = render_gateway(&GatewayInput {
+            gateway: &gw,
+            mesh: &gw.spec.mesh,
+            revision: "rev-1",
+            control_plane_namespace: "weft-system",
+            external_control_plane: None,
+            cluster: "Kubernetes",
+            version: table.get("1.0.0").expect("known version"),
+            mesh_network,
+        })
+        .unwrap();
+        let svc = service(&objects);
+        let label = svc.metadata.labels.unwrap_or_default().get(NETWORK_LABEL).cloned();
+        let cm = find(&objects, OwnedKind::ConfigMap)[0];
+        let b: serde_json::Value = serde_json::from_str(cm.object["data"]["bootstrap.json"].as_str().unwrap()).unwrap();
+        let node_network = b["node"]["metadata"]["NETWORK"].as_str().map(str::to_string);
+        let ports: Vec<(String, i32)> = svc
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap_or_default(), p.port))
+            .collect();
+        (label, node_network, ports)
+    };
+    let net = |n: &str| Some(n.to_string());
+    // The spec's network wins over the mesh's; the default port is tls 15443.
+    let (label, node, ports) = render_with("mesh: m\ntype: eastwest\nnetwork: net-2\n", Some("net-1"));
+    assert_eq!((label, node), (net("net-2"), net("net-2")));
+    assert_eq!(ports, [("tls".to_string(), 15443)]);
+    // Without one, the mesh's.
+    let (label, node, _) = render_with("mesh: m\ntype: eastwest\n", Some("net-1"));
+    assert_eq!((label, node), (net("net-1"), net("net-1")));
+    // Neither: no label (discovery does not see it as a network's gateway).
+    assert_eq!(render_with("mesh: m\ntype: eastwest\n", None).0, None);
+    // Other gateway types never get the label; their pods are on the mesh's network.
+    let (label, node, _) = render_with("mesh: m\n", Some("net-1"));
+    assert_eq!((label, node), (None, net("net-1")));
+}
+
+#[test]
+fn a_mesh_network_that_is_no_label_value_stops_an_east_west_gateway() {
+    let gw = gateway("eastwest", "mesh: m\ntype: eastwest\n");
+    let table = VersionTable::builtin();
+    let err = render_gateway(&GatewayInput {
+        gateway: &gw,
+        mesh: "m",
+        revision: "rev-1",
+        control_plane_namespace: "weft-system",
+        external_control_plane: None,
+        cluster: "Kubernetes",
+        version: table.get("1.0.0").expect("known version"),
+        mesh_network: Some("net b"),
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("meshConfig.network \"net b\" is not a label value"),
+        "{err}"
+    );
 }

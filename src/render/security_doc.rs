@@ -84,8 +84,8 @@ fn gateway_objects() -> Vec<Manifest> {
         control_plane_namespace: MESH_NS,
         external_control_plane: None,
         cluster: "Kubernetes",
-        network: None,
         version,
+        mesh_network: None,
     })
     .unwrap()
 }

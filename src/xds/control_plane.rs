@@ -26,7 +26,7 @@ use super::remote;
 use super::server::{Admission, AdsServer, ClientInfo, StreamLimits, clip};
 use super::snapshot::{Cache, Snapshot, short};
 use super::sources::{Sources, check_selector};
-use super::translate::translate_all;
+use super::translate::{split_horizon, translate_all};
 use crate::http::{Health, HttpState};
 
 /// How the control plane runs.
@@ -442,11 +442,17 @@ impl Translator {
             origin,
             telemetry,
         } = &self.config;
-        let MeshModel { services, routes } = self.sources.model(&self.revision, selectors, origin);
+        let MeshModel {
+            services,
+            routes,
+            network_gateways,
+        } = self.sources.model(&self.revision, selectors, origin);
         // Every gateway of the mesh, whichever revision it follows: during a gateway's
         // rollout its old pods stay connected here and still need their listeners.
         let gateways = self.sources.gateways(mesh.as_deref());
-        let resources = translate_all(&services, &gateways, &routes, telemetry);
+        let mut resources = translate_all(&services, &gateways, &routes, telemetry);
+        let without_gateway = split_horizon(&mut resources, &services, &network_gateways, &origin.network);
+        self.metrics.set_endpoints_without_gateway(&without_gateway);
         Snapshot::new(version, changed_at, &resources)
     }
 

@@ -1,5 +1,6 @@
 //! The control plane's metrics: connected streams, pushes and their latency, NACKs,
-//! resources by type, and refused or closed clients by reason.
+//! resources by type, refused or closed clients by reason, and endpoints on networks
+//! without an east-west gateway.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -64,6 +65,12 @@ impl RemoteMetrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+/// `network` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetworkLabels {
+    network: String,
 }
 
 /// Why a connection or stream was refused or closed by the control plane.
@@ -134,6 +141,7 @@ pub struct XdsMetrics {
     pub watches: WatchHealth,
     /// Each remote cluster's state (not read by `/ready`: a remote down is no local fault).
     pub remote: RemoteMetrics,
+    without_gateway: Family<NetworkLabels, Gauge>,
 }
 
 impl Default for XdsMetrics {
@@ -188,8 +196,15 @@ impl XdsMetrics {
         );
         let remote = RemoteMetrics::default();
         remote.register(&mut r);
+        let without_gateway = Family::<NetworkLabels, Gauge>::default();
+        r.register(
+            "weft_endpoints_without_gateway",
+            "Ready endpoints on a network without an east-west gateway (unreachable from other networks), by network",
+            without_gateway.clone(),
+        );
         XdsMetrics {
             remote,
+            without_gateway,
             refusals,
             registry: Arc::new(r),
             streams,
@@ -235,6 +250,19 @@ impl XdsMetrics {
         self.refusals
             .get_or_create(&ReasonLabels { reason: reason.label() })
             .get()
+    }
+
+    /// Sets `weft_endpoints_without_gateway` to `counts` (networks no longer counted go).
+    pub fn set_endpoints_without_gateway(&self, counts: &std::collections::BTreeMap<String, usize>) {
+        self.without_gateway.clear();
+        for (network, n) in counts {
+            let labels = NetworkLabels {
+                network: network.clone(),
+            };
+            self.without_gateway
+                .get_or_create(&labels)
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     /// The registry in Prometheus text format.

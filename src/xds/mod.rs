@@ -6,6 +6,7 @@
 //!   (ADS streams).
 //! - `server` keeps a `subscription` per stream and type (what that stream is owed) and
 //!   hands the bytes to `grpc` (the framing, which knows nothing of ADS).
+//! - `network` finds the east-west gateways (by their Services) for split-horizon EDS.
 //! - `conn` checks each accepted connection (HTTP/2 only, idle timeout) before `grpc`.
 //! - `remote` watches the mesh's RemoteClusters and, through their credentials, the remote
 //!   clusters' Services, EndpointSlices and Namespaces, whose stores `sources` merges;
@@ -19,6 +20,7 @@ pub mod control_plane;
 pub mod grpc;
 pub mod metrics;
 pub mod model;
+pub mod network;
 pub mod remote;
 pub mod remote_status;
 pub mod server;

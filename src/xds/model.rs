@@ -105,6 +105,23 @@ pub struct Gateway {
     pub namespace: String,
     /// Its ports: one listener each.
     pub ports: Vec<GatewayPort>,
+    /// An east-west gateway (type `eastwest`): its listeners route by authority to mesh
+    /// services, and its pods see only their own network's endpoints.
+    pub eastwest: bool,
+}
+
+/// An east-west gateway as discovery sees it: where clients on other networks reach the
+/// endpoints of `network`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NetworkGateway {
+    /// The network it leads into.
+    pub network: String,
+    /// The mesh cluster whose Service it is.
+    pub cluster: String,
+    /// Its load-balancer address (IP or host name).
+    pub address: String,
+    /// Its port (the Service port named `tls`, else the first).
+    pub port: u16,
 }
 
 /// One port of a gateway.
@@ -258,4 +275,6 @@ pub struct MeshModel {
     pub services: Vec<Service>,
     /// HTTPRoutes attached to services or gateways, sorted by namespace and name.
     pub routes: Vec<HttpRoute>,
+    /// The east-west gateways of every network, sorted.
+    pub network_gateways: Vec<NetworkGateway>,
 }

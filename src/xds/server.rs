@@ -3,7 +3,8 @@
 //! what it was last sent; a new snapshot is sent only where that stream's view changed.
 //! Nonces are per stream; a NACK is logged and counted, and the NACKed content is not sent
 //! again. Listeners depend on the client: a gateway's pods see only that gateway's
-//! listeners, every other client only the mesh's. One stream loop serves both variants;
+//! listeners, every other client only the mesh's; in a multi-network mesh, load
+//! assignments depend on the client's network (see `snapshot::View`). One stream loop serves both variants;
 //! a `Variant` says how each reads its requests and encodes its responses.
 
 use std::collections::{BTreeMap, HashMap};
@@ -72,14 +73,19 @@ impl ClientInfo {
         }
     }
 
-    /// Which resources the client sees. A gateway pod names its gateway; one that does
-    /// not is refused at admission, so `None` means "not a gateway's view".
+    /// Which resources the client sees: by role (a gateway pod names its gateway; one that
+    /// does not is refused at admission, so `None` means "not a gateway's view") and by
+    /// network (its `NETWORK`; the control plane's own when unset or empty).
     pub fn view(&self) -> Option<View> {
+        let network = self.network.clone().filter(|n| !n.is_empty());
         if self.role.as_deref() != Some(GATEWAY_ROLE) {
-            return Some(View::Mesh);
+            return Some(View { gateway: None, network });
         }
         let (name, namespace) = (self.gateway.as_deref()?, self.namespace.as_deref()?);
-        Some(View::Gateway(model::gateway_key(name, namespace)))
+        Some(View {
+            gateway: Some(model::gateway_key(name, namespace)),
+            network,
+        })
     }
 }
 
@@ -294,7 +300,7 @@ impl AdsServer {
 
     /// The view of an admitted client (every request is admitted before it is served).
     fn view(client: &Option<Client>) -> &View {
-        static MESH: View = View::Mesh;
+        static MESH: View = View::MESH;
         client.as_ref().map_or(&MESH, |c| &c.view)
     }
 }

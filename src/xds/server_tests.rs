@@ -357,7 +357,7 @@ async fn delta_sends_only_changes_and_signals_removals() {
 #[test]
 fn shared_encodings_decode_as_whole_messages() {
     let snap = snapshot(1, &[service("a", &["10.0.0.1"]), service("b", &["10.0.0.2"])]);
-    let set = snap.of(CLUSTER, &View::Mesh).unwrap();
+    let set = snap.of(CLUSTER, &View::MESH).unwrap();
     let head = DiscoveryResponse {
         version_info: set.wildcard_version.clone(),
         type_url: CLUSTER.into(),
@@ -412,6 +412,7 @@ fn gateway(name: &str, ports: &[u16]) -> Gateway {
                 container_port: p + 8000,
             })
             .collect(),
+        eastwest: false,
     }
 }
 
@@ -599,10 +600,55 @@ fn snapshots_differ_when_only_a_gateway_listener_does_and_cost_nothing_without_g
     let mesh_only = snapshot(1, &[service("a", &["198.51.100.2"])]);
     assert!(mesh_only.gateway_listeners.is_empty());
     assert!(!mesh_only.same_content(&gateway_snapshot(2, &[80])));
-    let view = View::Gateway("edge/ingress".into());
+    let view = View::gateway("edge/ingress");
     assert_eq!(gateway_snapshot(1, &[80]).of(LISTENER, &view).unwrap().items.len(), 2);
     assert!(
         mesh_only.of(LISTENER, &view).is_none(),
         "an unknown gateway has no listeners"
     );
+}
+
+/// Service `a` on net-a (the control plane's) with net-a's east-west gateway.
+fn network_snapshot() -> Snapshot {
+    let services = [service("a", &["198.51.100.2"])];
+    let gateways = [NetworkGateway {
+        network: "net-a".into(),
+        cluster: "local".into(),
+        address: "203.0.113.1".into(),
+        port: 15443,
+    }];
+    let mut r = translate(&services, &[], &Telemetry::default());
+    super::translate::split_horizon(&mut r, &services, &gateways, "net-a");
+    Snapshot::new(1, Instant::now(), &r)
+}
+
+#[tokio::test]
+async fn a_stream_gets_the_load_assignments_of_its_clients_network() {
+    let cache = Cache::new();
+    cache.publish(network_snapshot());
+    let url = start(cache).await;
+    let mut addresses = Vec::new();
+    for network in [None, Some("net-a"), Some("net-b")] {
+        let mut s = sotw(&url).await;
+        let mut first = request(ENDPOINT, &["outbound|50051||a.ns.svc.cluster.local"], "", "");
+        let mut fields = vec![("REVISION", "rev-a")];
+        fields.extend(network.map(|n| ("NETWORK", n)));
+        first.node = Some(node_with(&fields));
+        s.send(first).await;
+        let eds = s.next().await;
+        let cla = ClusterLoadAssignment::decode(eds.resources[0].value.as_slice()).unwrap();
+        let lb = &cla.endpoints[0].lb_endpoints[0];
+        let Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e)) =
+            &lb.host_identifier
+        else {
+            panic!("no endpoint");
+        };
+        let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) =
+            e.address.clone().and_then(|a| a.address)
+        else {
+            panic!("no socket address");
+        };
+        addresses.push(sa.address);
+    }
+    assert_eq!(addresses, ["198.51.100.2", "198.51.100.2", "203.0.113.1"]);
 }

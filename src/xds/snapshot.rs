@@ -1,8 +1,10 @@
 //! Snapshots: an immutable, encoded set of every resource, with a version per resource (a
 //! hash of its bytes) so streams can tell exactly what changed. Listeners depend on who
-//! asks (mesh clients or one gateway's pods: a [`View`]); every other type is shared.
+//! asks (mesh clients or one gateway's pods: a [`View`]), and so do load assignments in a
+//! multi-network mesh (split-horizon EDS: by the client's network); every other type is
+//! shared. A single-network mesh holds one EDS set, shared by every client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -119,12 +121,36 @@ const DISCOVERY_RESOURCES_FIELD: u32 = 2;
 
 /// Whose resources a client sees.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum View {
-    /// A mesh client (proxyless or node proxy): the mesh listeners.
-    #[default]
-    Mesh,
-    /// A pod of the gateway with this `model::gateway_key`: only that gateway's listeners.
-    Gateway(String),
+pub struct View {
+    /// A gateway pod's `model::gateway_key`: only that gateway's listeners. `None`: a mesh
+    /// client (proxyless or node proxy), which sees the mesh listeners.
+    pub gateway: Option<String>,
+    /// The client's network (node metadata `NETWORK`); `None`: the control plane's own.
+    pub network: Option<String>,
+}
+
+impl View {
+    /// A mesh client on the control plane's own network.
+    pub const MESH: View = View {
+        gateway: None,
+        network: None,
+    };
+
+    /// A pod of the gateway with this key, on the control plane's own network.
+    pub fn gateway(key: impl Into<String>) -> View {
+        View {
+            gateway: Some(key.into()),
+            network: None,
+        }
+    }
+
+    /// The same view from network `network`.
+    pub fn on(self, network: impl Into<String>) -> View {
+        View {
+            network: Some(network.into()),
+            ..self
+        }
+    }
 }
 
 /// Every resource at one moment.
@@ -139,6 +165,45 @@ pub struct Snapshot {
     /// Each gateway's listeners, by gateway key: what its pods see instead of
     /// `resources[LISTENER]`. Empty (no allocation) without gateways.
     pub gateway_listeners: BTreeMap<String, TypeSet>,
+    /// The networks beside this one: empty (no allocation) in a single-network mesh.
+    pub networks: Networks,
+}
+
+/// Split-horizon EDS of a multi-network mesh: what clients on other networks than the
+/// control plane's, and east-west gateways, see instead of `resources[ENDPOINT]`.
+#[derive(Clone, Debug, Default)]
+pub struct Networks {
+    /// The control plane's own network: its clients see `resources[ENDPOINT]`.
+    pub own: String,
+    /// EDS for clients on each other network (`eds::OTHER_NETWORKS`: any network no
+    /// endpoint or gateway is on).
+    pub endpoints: BTreeMap<String, TypeSet>,
+    /// EDS for east-west gateways on each network, where it differs from a client's there.
+    pub local: BTreeMap<String, TypeSet>,
+    /// The keys of the east-west gateways.
+    pub eastwest: BTreeSet<String>,
+}
+
+impl Networks {
+    fn same_content(&self, other: &Networks) -> bool {
+        self.own == other.own
+            && self.eastwest == other.eastwest
+            && same_sets(&self.endpoints, &other.endpoints)
+            && same_sets(&self.local, &other.local)
+    }
+}
+
+/// Whether two maps of sets hold the same resources (by name and content hash).
+fn same_sets<K: Ord>(a: &BTreeMap<K, TypeSet>, b: &BTreeMap<K, TypeSet>) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((ak, a), (bk, b))| {
+            ak == bk
+                && a.items.len() == b.items.len()
+                && a.items
+                    .iter()
+                    .zip(&b.items)
+                    .all(|((an, a), (bn, b))| an == bn && a.version == b.version)
+        })
 }
 
 impl Snapshot {
@@ -149,6 +214,7 @@ impl Snapshot {
             changed_at: Instant::now(),
             resources: TYPES.iter().map(|t| (*t, TypeSet::default())).collect(),
             gateway_listeners: BTreeMap::new(),
+            networks: Networks::default(),
         }
     }
 
@@ -168,48 +234,83 @@ impl Snapshot {
             .iter()
             .map(|(key, listeners)| (key.clone(), set(listeners)))
             .collect();
+        let by_network = |m: &BTreeMap<String, BTreeMap<String, _>>| -> BTreeMap<String, TypeSet> {
+            m.iter().map(|(n, items)| (n.clone(), set(items))).collect()
+        };
+        let networks = Networks {
+            own: r.own_network.clone(),
+            endpoints: by_network(&r.network_endpoints),
+            local: by_network(&r.local_endpoints),
+            eastwest: r.eastwest_gateways.clone(),
+        };
         Snapshot {
             version,
             changed_at,
             resources,
             gateway_listeners,
+            networks,
         }
     }
 
     /// Whether both hold the same resources (by name and content hash), for every view.
     pub fn same_content(&self, other: &Snapshot) -> bool {
-        fn same_sets<K: Ord>(a: &BTreeMap<K, TypeSet>, b: &BTreeMap<K, TypeSet>) -> bool {
-            a.len() == b.len()
-                && a.iter().zip(b).all(|((ak, a), (bk, b))| {
-                    ak == bk
-                        && a.items.len() == b.items.len()
-                        && a.items
-                            .iter()
-                            .zip(&b.items)
-                            .all(|((an, a), (bn, b))| an == bn && a.version == b.version)
-                })
-        }
-        same_sets(&self.resources, &other.resources) && same_sets(&self.gateway_listeners, &other.gateway_listeners)
+        same_sets(&self.resources, &other.resources)
+            && same_sets(&self.gateway_listeners, &other.gateway_listeners)
+            && self.networks.same_content(&other.networks)
     }
 
     /// The resources of one type as `view` sees them. A gateway that is not (or no longer)
     /// translated has no listeners: `None`, like a type that is not served.
     pub fn of(&self, type_url: &str, view: &View) -> Option<&TypeSet> {
-        match view {
-            View::Gateway(key) if type_url == LISTENER => self.gateway_listeners.get(key),
+        match (type_url, &view.gateway) {
+            (LISTENER, Some(key)) => self.gateway_listeners.get(key),
+            (ENDPOINT, _) => self.endpoints_of(view),
             _ => self.resources.get(type_url),
         }
     }
 
-    /// How many resources of each type there are, counting every gateway's listeners.
-    pub fn counts(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
-        self.resources.iter().map(|(t, set)| {
-            let gateways: usize = if *t == LISTENER {
-                self.gateway_listeners.values().map(|s| s.items.len()).sum()
+    /// Load assignments as `view` sees them: the shared set on the control plane's own
+    /// network (and in every single-network mesh), else its network's, else the set for
+    /// networks nothing is on. An east-west gateway sees only its network's endpoints:
+    /// `None` (nothing) on a network no endpoint is on.
+    fn endpoints_of(&self, view: &View) -> Option<&TypeSet> {
+        let shared = self.resources.get(ENDPOINT);
+        let n = &self.networks;
+        if n.endpoints.is_empty() && n.local.is_empty() {
+            return shared;
+        }
+        let network = view.network.as_deref().unwrap_or(&n.own);
+        let eastwest = view.gateway.as_ref().is_some_and(|k| n.eastwest.contains(k));
+        if eastwest {
+            if let Some(local) = n.local.get(network) {
+                return Some(local);
+            }
+            return if network == n.own {
+                shared
             } else {
-                0
+                n.endpoints.get(network)
             };
-            (*t, set.items.len() + gateways)
+        }
+        if network == n.own {
+            return shared;
+        }
+        n.endpoints
+            .get(network)
+            .or_else(|| n.endpoints.get(super::translate::eds::OTHER_NETWORKS))
+            .or(shared)
+    }
+
+    /// How many resources of each type there are, counting every gateway's listeners and
+    /// every network's load assignments.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
+        let sum = |sets: &BTreeMap<String, TypeSet>| -> usize { sets.values().map(|s| s.items.len()).sum() };
+        self.resources.iter().map(move |(t, set)| {
+            let extra = match *t {
+                LISTENER => sum(&self.gateway_listeners),
+                ENDPOINT => sum(&self.networks.endpoints) + sum(&self.networks.local),
+                _ => 0,
+            };
+            (*t, set.items.len() + extra)
         })
     }
 }

@@ -366,7 +366,15 @@ impl Sources {
             .filter_map(|r| route_model(r))
             .collect();
         routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        MeshModel { services, routes }
+        // East-west gateways' Services: whatever their namespace (discovery selectors pick
+        // the mesh's workloads, not its gateways).
+        let network_gateways =
+            super::network::network_gateways(self.services.state().iter().map(|s| &**s), &origin.cluster);
+        MeshModel {
+            services,
+            routes,
+            network_gateways,
+        }
     }
 }
 
@@ -489,6 +497,7 @@ fn gateway_model(g: &DynamicObject, mesh: Option<&str>) -> Option<Gateway> {
         name: gateway.name_any(),
         namespace: gateway.namespace().unwrap_or_default(),
         ports,
+        eastwest: spec.type_ == crate::api::mesh_gateway::GatewayType::Eastwest,
     })
 }
 

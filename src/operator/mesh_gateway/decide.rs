@@ -50,7 +50,7 @@ pub fn decide(gw: &MeshGateway, versions: &VersionTable, observed: &Observed, no
     let resolution = resolve(gw, observed.mesh.as_ref());
     let built = match &observed.rejected {
         Some(rejected) => Some(Err(rejected.clone())),
-        None => build(gw, versions, &resolution),
+        None => build(gw, versions, &resolution, observed.mesh.as_ref()),
     };
     let status = compute(&GatewayObservation {
         gateway: gw,
@@ -71,14 +71,18 @@ pub fn decide(gw: &MeshGateway, versions: &VersionTable, observed: &Observed, no
 
 /// Validate and build: the objects the gateway consists of, or why it cannot run; `None`
 /// while its revision does not resolve.
-fn build(gw: &MeshGateway, versions: &VersionTable, resolution: &Resolution) -> Option<Result<Vec<Manifest>, Stall>> {
+fn build(
+    gw: &MeshGateway,
+    versions: &VersionTable,
+    resolution: &Resolution,
+    mesh: Option<&MeshInstall>,
+) -> Option<Result<Vec<Manifest>, Stall>> {
     let Resolution::Resolved {
         revision,
         version,
         namespace,
         external,
         cluster,
-        network,
         ..
     } = resolution
     else {
@@ -100,8 +104,10 @@ fn build(gw: &MeshGateway, versions: &VersionTable, resolution: &Resolution) -> 
         control_plane_namespace: namespace,
         external_control_plane: external.clone(),
         cluster,
-        network: network.as_deref(),
         version,
+        mesh_network: mesh
+            .and_then(|m| m.spec.mesh_config.as_ref())
+            .and_then(|c| c.network.as_deref()),
     };
     Some(render_gateway(&input).map_err(Stall::from))
 }

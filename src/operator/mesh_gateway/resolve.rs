@@ -21,10 +21,8 @@ pub enum Resolution {
         ready: bool,
         /// Where the control plane is, when it runs in another cluster (primary-remote).
         external: Option<(String, u16)>,
-        /// The mesh's name for this cluster, and its network, for the proxies' metadata.
+        /// The mesh's name for this cluster, for the proxies' metadata.
         cluster: String,
-        /// This cluster's network, if the mesh names one.
-        network: Option<String>,
     },
     /// Nothing to follow yet; the message says what is missing.
     Waiting(String),
@@ -77,7 +75,6 @@ pub fn resolve(gw: &MeshGateway, mesh: Option<&MeshInstall>) -> Resolution {
             cluster: mesh_config
                 .and_then(|c| c.cluster_name.clone())
                 .unwrap_or_else(|| crate::api::mesh_install::DEFAULT_CLUSTER_NAME.to_string()),
-            network: mesh_config.and_then(|c| c.network.clone()),
         },
         None => Resolution::Waiting(format!(
             "{wanted} resolves to revision {revision} of MeshInstall {mesh_name}, which is not installed yet"
@@ -127,7 +124,6 @@ mod tests {
                 ready: true,
                 external: None,
                 cluster: "Kubernetes".into(),
-                network: None,
             }
         );
         // A revision name works too.

@@ -165,7 +165,6 @@ mod tests {
             ready,
             external: None,
             cluster: "Kubernetes".into(),
-            network: None,
         };
         let s = status_of(&g, &resolved(true), Some(deployment(2, 1)), None);
         assert_eq!(cond(&s, READY), ("False", "RollingOut"));
@@ -198,7 +197,6 @@ mod tests {
             ready: true,
             external: None,
             cluster: "Kubernetes".into(),
-            network: None,
         };
         let s = status_of(&g, &resolved, Some(deployment(1, 1)), None);
         assert_eq!(cond(&s, READY), ("False", "RollingOut"));

@@ -2,6 +2,12 @@
 //! `0.0.0.0:<container port>` whose HttpConnectionManager gets its RouteConfiguration over
 //! RDS. The routes come from the HTTPRoutes attached to the gateway, ranked like mesh routes,
 //! in one virtual host per hostname plus a `*` one.
+//!
+//! An east-west gateway (type `eastwest`) instead routes HTTP and gRPC by authority
+//! (`:authority`/`Host`: a mesh service's short or full name, with or without the port) to
+//! that service port's cluster, so clients on other networks reach this network's endpoints
+//! through it. Plaintext for now: TLS passthrough (SNI routing of mTLS traffic) comes with
+//! mTLS.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,8 +17,8 @@ use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost}
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
-use super::http::{connection_manager, ranked_routes};
-use crate::xds::model::{self, Gateway, GatewayPort, HttpRoute, ParentKind, Telemetry};
+use super::http::{connection_manager, default_route, domains as service_domains, ranked_routes};
+use crate::xds::model::{self, Gateway, GatewayPort, HttpRoute, ParentKind, Service, Telemetry};
 
 /// The virtual host (and hostname key) of requests no hostname claims.
 const ANY_HOST: &str = "*";
@@ -26,8 +32,20 @@ pub struct GatewayResources {
     pub routes: BTreeMap<String, RouteConfiguration>,
 }
 
-/// Translates every gateway (and the routes attached to it).
+/// Translates every gateway (and the routes attached to it); east-west gateways route to no
+/// service (see [`translate_with_services`]).
 pub fn translate(gateways: &[Gateway], routes: &[HttpRoute], telemetry: &Telemetry) -> GatewayResources {
+    translate_with_services(gateways, &[], routes, telemetry)
+}
+
+/// Translates every gateway: east-west ones route by authority to `services`, the others
+/// by the routes attached to them.
+pub fn translate_with_services(
+    gateways: &[Gateway],
+    services: &[Service],
+    routes: &[HttpRoute],
+    telemetry: &Telemetry,
+) -> GatewayResources {
     let mut out = GatewayResources::default();
     for gw in gateways {
         let listeners = out
@@ -40,8 +58,12 @@ pub fn translate(gateways: &[Gateway], routes: &[HttpRoute], telemetry: &Telemet
         for port in gw.ports.iter().filter(|p| bound.insert(p.container_port)) {
             let name = model::gateway_listener_name(&gw.name, &gw.namespace, port.port);
             listeners.insert(name.clone(), listener(&name, port, telemetry));
-            out.routes
-                .insert(name.clone(), route_configuration(&name, gw, port, routes));
+            let config = if gw.eastwest {
+                eastwest_route_configuration(&name, services)
+            } else {
+                route_configuration(&name, gw, port, routes)
+            };
+            out.routes.insert(name.clone(), config);
         }
     }
     out
@@ -146,6 +168,53 @@ fn route_configuration(name: &str, gw: &Gateway, port: &GatewayPort, routes: &[H
                 name: format!("{host}:{}", port.port),
                 domains: domains(host, port.port),
                 routes: envoy_routes,
+                ..Default::default()
+            }
+        })
+        .collect();
+    RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts,
+        ..Default::default()
+    }
+}
+
+/// An east-west gateway's routes: one virtual host per service port, answering to the
+/// names a client may use for it (see `mesh::domains`). Envoy refuses a name in two virtual
+/// hosts: a bare name (no port) that several ports of one service share goes to port 80 if
+/// it has one, else to its lowest port; a name several services share (a short name in two
+/// namespaces) is ambiguous and left out.
+fn eastwest_route_configuration(name: &str, services: &[Service]) -> RouteConfiguration {
+    // Domain → the (service index, port) candidates claiming it.
+    let mut claims: BTreeMap<String, Vec<(usize, u16)>> = BTreeMap::new();
+    for (i, svc) in services.iter().enumerate() {
+        for port in &svc.ports {
+            for d in service_domains(svc, port.port) {
+                claims.entry(d).or_default().push((i, port.port));
+            }
+        }
+    }
+    let mut by_port: BTreeMap<(usize, u16), Vec<String>> = BTreeMap::new();
+    for (domain, candidates) in claims {
+        let first = candidates[0].0;
+        if candidates.iter().any(|(i, _)| *i != first) {
+            continue;
+        }
+        let port = candidates
+            .iter()
+            .map(|(_, p)| *p)
+            .min_by_key(|p| (*p != 80, *p))
+            .unwrap_or_default();
+        by_port.entry((first, port)).or_default().push(domain);
+    }
+    let virtual_hosts = by_port
+        .into_iter()
+        .map(|((i, port), domains)| {
+            let svc = &services[i];
+            VirtualHost {
+                name: model::listener_name(&svc.name, &svc.namespace, port),
+                domains,
+                routes: vec![default_route(svc, port)],
                 ..Default::default()
             }
         })

@@ -71,6 +71,7 @@ pub(super) fn gateway_world() -> (Vec<Gateway>, Vec<HttpRoute>) {
                 container_port: 8443,
             },
         ],
+        eastwest: false,
     }];
     let routes = vec![
         HttpRoute {

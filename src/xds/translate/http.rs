@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
 
-use crate::xds::model::{self, Backend, HttpRoute, PathMatch, Telemetry};
+use crate::xds::model::{self, Backend, HttpRoute, PathMatch, Service, Telemetry};
 
 /// The name of the cluster that carries traces to the Zipkin collector.
 pub const ZIPKIN_CLUSTER: &str = "zipkin";
@@ -200,4 +200,41 @@ fn backends_action(backends: &[Backend]) -> Option<RouteAction> {
         cluster_specifier: Some(specifier),
         ..Default::default()
     })
+}
+
+/// The names a client may use for a service port: short, namespaced and fully qualified,
+/// each with and without the port.
+pub(super) fn domains(svc: &Service, port: u16) -> Vec<String> {
+    let ns = &svc.namespace;
+    let base = [
+        svc.name.clone(),
+        format!("{}.{ns}", svc.name),
+        format!("{}.{ns}.svc", svc.name),
+        svc.host(),
+    ];
+    base.iter().flat_map(|h| [h.clone(), format!("{h}:{port}")]).collect()
+}
+
+/// Every request to one service port's cluster.
+pub(super) fn default_route(svc: &Service, port: u16) -> Route {
+    Route {
+        name: "default".to_string(),
+        r#match: Some(prefix_match("/")),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(model::cluster_name(
+                &svc.name,
+                &svc.namespace,
+                port,
+            ))),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn prefix_match(prefix: &str) -> EnvoyRouteMatch {
+    EnvoyRouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.to_string())),
+        ..Default::default()
+    }
 }

@@ -6,22 +6,16 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::{
-    Address, HealthStatus, Http2ProtocolOptions, Locality, SocketAddress, socket_address,
-};
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
-};
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
-use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch as EnvoyRouteMatch, VirtualHost, route, route_action,
-    route_match,
-};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
-use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, Duration};
 use envoy_types::util::pack_any;
 
-use super::http::{ZIPKIN_CLUSTER, ads, connection_manager, ranked_routes};
+use super::eds::{self, lb_endpoint_for};
+use super::http::{ZIPKIN_CLUSTER, ads, connection_manager, default_route, domains, ranked_routes};
 use crate::xds::model::{self, HttpRoute, ParentKind, Service, ServicePort, Telemetry};
 
 /// The mesh's resources, by type and name.
@@ -47,8 +41,8 @@ pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemet
             out.listeners.insert(name.clone(), api_listener(&name, telemetry));
             out.routes.insert(name.clone(), route_configuration(svc, port, routes));
             out.clusters.insert(cluster.clone(), eds_cluster(&cluster, port));
-            out.endpoints
-                .insert(cluster.clone(), load_assignment(&cluster, svc, port));
+            let assignment = eds::load_assignment(&cluster, svc, port, eds::Horizon::All);
+            out.endpoints.insert(cluster.clone(), assignment);
         }
     }
     if let Some(zipkin) = &telemetry.zipkin {
@@ -70,19 +64,6 @@ fn api_listener(name: &str, telemetry: &Telemetry) -> Listener {
     }
 }
 
-/// The names a client may use for a service port: short, namespaced and fully qualified,
-/// each with and without the port.
-fn domains(svc: &Service, port: u16) -> Vec<String> {
-    let ns = &svc.namespace;
-    let base = [
-        svc.name.clone(),
-        format!("{}.{ns}", svc.name),
-        format!("{}.{ns}.svc", svc.name),
-        svc.host(),
-    ];
-    base.iter().flat_map(|h| [h.clone(), format!("{h}:{port}")]).collect()
-}
-
 fn route_configuration(svc: &Service, port: &ServicePort, routes: &[HttpRoute]) -> RouteConfiguration {
     let name = model::listener_name(&svc.name, &svc.namespace, port.port);
     let attached: Vec<&HttpRoute> = routes
@@ -91,19 +72,7 @@ fn route_configuration(svc: &Service, port: &ServicePort, routes: &[HttpRoute]) 
         .collect();
     let mut envoy_routes = ranked_routes(&attached);
     if attached.is_empty() {
-        envoy_routes.push(Route {
-            name: "default".to_string(),
-            r#match: Some(prefix_match("/")),
-            action: Some(route::Action::Route(RouteAction {
-                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(model::cluster_name(
-                    &svc.name,
-                    &svc.namespace,
-                    port.port,
-                ))),
-                ..Default::default()
-            })),
-            ..Default::default()
-        });
+        envoy_routes.push(default_route(svc, port.port));
     }
     RouteConfiguration {
         name: name.clone(),
@@ -113,13 +82,6 @@ fn route_configuration(svc: &Service, port: &ServicePort, routes: &[HttpRoute]) 
             routes: envoy_routes,
             ..Default::default()
         }],
-        ..Default::default()
-    }
-}
-
-fn prefix_match(prefix: &str) -> EnvoyRouteMatch {
-    EnvoyRouteMatch {
-        path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.to_string())),
         ..Default::default()
     }
 }
@@ -175,66 +137,6 @@ fn zipkin_cluster(address: &str) -> Cluster {
             }],
             ..Default::default()
         }),
-        ..Default::default()
-    }
-}
-
-fn lb_endpoint_for(address: &str, port: u32) -> LbEndpoint {
-    LbEndpoint {
-        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
-            address: Some(Address {
-                address: Some(
-                    envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(SocketAddress {
-                        address: address.to_string(),
-                        port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
-                        ..Default::default()
-                    }),
-                ),
-            }),
-            ..Default::default()
-        })),
-        health_status: HealthStatus::Healthy as i32,
-        ..Default::default()
-    }
-}
-
-/// Ready, non-terminating endpoints of one service port, grouped by locality: zone, and
-/// the mesh cluster as `sub_zone` (so endpoints of two clusters in one zone stay two
-/// localities; gRPC refuses an EDS response that names a locality twice). Every locality
-/// gets a weight (its endpoint count): gRPC ignores localities without one.
-fn load_assignment(name: &str, svc: &Service, port: &ServicePort) -> ClusterLoadAssignment {
-    let mut by_locality: BTreeMap<(String, String), Vec<LbEndpoint>> = BTreeMap::new();
-    let mut usable: Vec<(&model::Endpoint, u16)> = svc
-        .endpoints
-        .iter()
-        .filter(|e| e.ready && !e.terminating)
-        .filter_map(|e| e.ports.get(&port.name).map(|p| (e, *p)))
-        .collect();
-    usable.sort_by(|a, b| (&a.0.cluster, &a.0.address, a.1).cmp(&(&b.0.cluster, &b.0.address, b.1)));
-    usable.dedup_by(|a, b| a.0.cluster == b.0.cluster && a.0.address == b.0.address && a.1 == b.1);
-    for (e, target) in usable {
-        by_locality
-            .entry((e.zone.clone().unwrap_or_default(), e.cluster.clone()))
-            .or_default()
-            .push(lb_endpoint_for(&e.address, u32::from(target)));
-    }
-    ClusterLoadAssignment {
-        cluster_name: name.to_string(),
-        endpoints: by_locality
-            .into_iter()
-            .map(|((zone, cluster), lb_endpoints)| LocalityLbEndpoints {
-                locality: Some(Locality {
-                    zone,
-                    sub_zone: cluster,
-                    ..Default::default()
-                }),
-                load_balancing_weight: Some(UInt32Value {
-                    value: lb_endpoints.len() as u32,
-                }),
-                lb_endpoints,
-                ..Default::default()
-            })
-            .collect(),
         ..Default::default()
     }
 }

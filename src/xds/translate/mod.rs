@@ -1,17 +1,19 @@
 //! Translation (pure): discovery's model → Envoy resources. `mesh` translates services,
 //! `gateway` the MeshGateways' listeners; both build on `http` (the connection manager and
 //! route ranking they share) and never on each other. This module puts their results
-//! together as the [`Resources`] a snapshot encodes.
+//! together as the [`Resources`] a snapshot encodes. `eds` builds load assignments, with
+//! split-horizon EDS for multi-network meshes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
-use super::model::{Gateway, HttpRoute, Service, Telemetry};
+use super::model::{Gateway, HttpRoute, NetworkGateway, Service, Telemetry};
 
+pub mod eds;
 pub mod gateway;
 mod http;
 pub mod mesh;
@@ -32,6 +34,16 @@ pub struct Resources {
     /// LDS for gateway clients: each gateway's listeners, by `model::gateway_key`. Only
     /// that gateway's pods see them; their route configurations are in `routes`.
     pub gateway_listeners: BTreeMap<String, BTreeMap<String, Listener>>,
+    /// The keys of the east-west gateways among them.
+    pub eastwest_gateways: BTreeSet<String>,
+    /// The control plane's own network: clients on it see `endpoints`.
+    pub own_network: String,
+    /// EDS for clients on each other network (multi-network meshes only; see
+    /// `eds::OTHER_NETWORKS`).
+    pub network_endpoints: BTreeMap<String, BTreeMap<String, ClusterLoadAssignment>>,
+    /// EDS for east-west gateways on each network, where it differs from what a client on
+    /// that network sees.
+    pub local_endpoints: BTreeMap<String, BTreeMap<String, ClusterLoadAssignment>>,
 }
 
 impl From<mesh::MeshResources> for Resources {
@@ -41,7 +53,7 @@ impl From<mesh::MeshResources> for Resources {
             routes: m.routes,
             clusters: m.clusters,
             endpoints: m.endpoints,
-            gateway_listeners: BTreeMap::new(),
+            ..Default::default()
         }
     }
 }
@@ -54,10 +66,35 @@ pub fn translate_all(
     telemetry: &Telemetry,
 ) -> Resources {
     let mut out = translate(services, routes, telemetry);
-    let gw = gateway::translate(gateways, routes, telemetry);
+    let gw = gateway::translate_with_services(gateways, services, routes, telemetry);
     out.routes.extend(gw.routes);
     out.gateway_listeners = gw.listeners;
+    out.eastwest_gateways = gateways
+        .iter()
+        .filter(|g| g.eastwest)
+        .map(|g| super::model::gateway_key(&g.name, &g.namespace))
+        .collect();
     out
+}
+
+/// Split-horizon EDS (`eds::translate`) for a control plane on network `own`: replaces
+/// `endpoints` with what clients on `own` see and fills the other networks' sets. Returns
+/// the usable endpoints on networks without a gateway, by network (empty for a
+/// single-network mesh, which keeps its one shared set).
+pub fn split_horizon(
+    out: &mut Resources,
+    services: &[Service],
+    network_gateways: &[NetworkGateway],
+    own: &str,
+) -> BTreeMap<String, usize> {
+    out.own_network = own.to_string();
+    let Some(n) = eds::translate(services, network_gateways, own) else {
+        return BTreeMap::new();
+    };
+    out.endpoints = n.own;
+    out.network_endpoints = n.by_network;
+    out.local_endpoints = n.local;
+    n.without_gateway
 }
 
 /// Translates every service (and the routes attached to them); no gateways (`translate_all`).
@@ -67,5 +104,7 @@ pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemet
 
 #[cfg(test)]
 mod gateway_tests;
+#[cfg(test)]
+mod network_tests;
 #[cfg(test)]
 mod tests;
