@@ -142,6 +142,8 @@ pub struct XdsMetrics {
     /// Each remote cluster's state (not read by `/ready`: a remote down is no local fault).
     pub remote: RemoteMetrics,
     without_gateway: Family<NetworkLabels, Gauge>,
+    /// The same counts, for RemoteCluster status messages.
+    without_gateway_counts: Arc<std::sync::RwLock<std::collections::BTreeMap<String, usize>>>,
 }
 
 impl Default for XdsMetrics {
@@ -205,6 +207,7 @@ impl XdsMetrics {
         XdsMetrics {
             remote,
             without_gateway,
+            without_gateway_counts: Arc::default(),
             refusals,
             registry: Arc::new(r),
             streams,
@@ -254,6 +257,10 @@ impl XdsMetrics {
 
     /// Sets `weft_endpoints_without_gateway` to `counts` (networks no longer counted go).
     pub fn set_endpoints_without_gateway(&self, counts: &std::collections::BTreeMap<String, usize>) {
+        *self
+            .without_gateway_counts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = counts.clone();
         self.without_gateway.clear();
         for (network, n) in counts {
             let labels = NetworkLabels {
@@ -263,6 +270,17 @@ impl XdsMetrics {
                 .get_or_create(&labels)
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Ready endpoints on `network` that clients on other networks cannot reach (no east-west
+    /// gateway), as last translated; `None` when there are none.
+    pub fn endpoints_without_gateway(&self, network: &str) -> Option<usize> {
+        self.without_gateway_counts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(network)
+            .copied()
+            .filter(|n| *n > 0)
     }
 
     /// The registry in Prometheus text format.

@@ -101,9 +101,19 @@ pub fn safe_server(server: &str) -> String {
 /// This control plane's entry for a cluster (without `lastChangeTime`): synced once every
 /// watch has listed and none is failing; otherwise a message saying why, and that the last
 /// endpoints seen are still served.
-pub fn view(revision: &str, health: &Health, server: &str, services: i64, endpoints: i64) -> ControlPlaneView {
+/// Endpoints of a network without an east-west gateway are named too: clients on other
+/// networks do not get them.
+pub fn view(
+    revision: &str,
+    health: &Health,
+    server: &str,
+    (services, endpoints): (i64, i64),
+    without_gateway: Option<(&str, usize)>,
+) -> ControlPlaneView {
     let synced = health.synced();
     let server = safe_server(server);
+    let unreachable =
+        without_gateway.map(|(network, n)| crate::xds::translate::eds::without_gateway_message(network, n));
     let message = match health.failing.values().next() {
         Some(kind) if kind.starts_with("HTTP ") => Some(format!(
             "{server} answers {kind}; serving the {endpoints} endpoints last seen"
@@ -112,7 +122,7 @@ pub fn view(revision: &str, health: &Health, server: &str, services: i64, endpoi
             "cannot reach {server}: {kind}; serving the {endpoints} endpoints last seen"
         )),
         None if !synced => Some(format!("listing Services, EndpointSlices and Namespaces of {server}")),
-        None => None,
+        None => unreachable,
     };
     ControlPlaneView {
         revision: revision.to_string(),
@@ -151,6 +161,8 @@ pub struct Reporter {
     revision: String,
     selectors: Vec<LabelSelector>,
     metrics: RemoteMetrics,
+    /// Every xDS metric: which networks have endpoints without a gateway.
+    xds: XdsMetrics,
     /// By RemoteCluster uid.
     written: BTreeMap<String, Written>,
 }
@@ -169,6 +181,7 @@ impl Reporter {
             revision: revision.to_string(),
             selectors: selectors.to_vec(),
             metrics: metrics.remote.clone(),
+            xds: metrics.clone(),
             written: BTreeMap::new(),
         }
     }
@@ -179,7 +192,12 @@ impl Reporter {
         let names: Vec<String> = clusters.iter().map(|c| c.cluster.to_string()).collect();
         for c in clusters {
             let (services, endpoints) = counts(c.stores, &self.selectors);
-            let view = view(&self.revision, &c.health, c.server, services, endpoints);
+            let network = &c.stores.origin.network;
+            let without = self
+                .xds
+                .endpoints_without_gateway(network)
+                .map(|n| (network.as_str(), n));
+            let view = view(&self.revision, &c.health, c.server, (services, endpoints), without);
             self.metrics.set(c.cluster, view.synced, services, endpoints);
             let (name, uid) = c.source;
             live.insert(uid.clone());
@@ -296,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_listed_cluster_is_synced_without_a_message() {
-        let v = view("rev-a", &health(&ALL, &[]), "https://127.0.0.1:6443", 3, 7);
+        let v = view("rev-a", &health(&ALL, &[]), "https://127.0.0.1:6443", (3, 7), None);
         assert_eq!(
             v,
             ControlPlaneView {
@@ -316,8 +334,8 @@ mod tests {
             "rev-a",
             &health(&ALL, &[("Service", "Connection refused (os error 111)")]),
             "https://127.0.0.1:6443",
-            1,
-            4,
+            (1, 4),
+            None,
         );
         assert!(!v.synced);
         assert_eq!(
@@ -330,8 +348,8 @@ mod tests {
             "rev-a",
             &health(&ALL, &[("EndpointSlice", "HTTP 401 Unauthorized")]),
             "https://b:6443",
-            1,
-            4,
+            (1, 4),
+            Some(("net-b", 4)),
         );
         assert_eq!(
             v.message.as_deref(),
@@ -340,8 +358,25 @@ mod tests {
     }
 
     #[test]
+    fn a_synced_cluster_on_a_network_without_gateway_says_why_its_endpoints_are_left_out() {
+        let v = view(
+            "rev-a",
+            &health(&ALL, &[]),
+            "https://b:6443",
+            (1, 4),
+            Some(("net-b", 4)),
+        );
+        assert!(v.synced);
+        let message = v.message.unwrap_or_default();
+        assert!(
+            message.starts_with("4 endpoints on network net-b cannot be reached from other networks"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn a_cluster_still_listing_is_not_synced() {
-        let v = view("rev-a", &health(&["Service"], &[]), "https://b:6443", 0, 0);
+        let v = view("rev-a", &health(&["Service"], &[]), "https://b:6443", (0, 0), None);
         assert!(!v.synced);
         assert_eq!(
             v.message.as_deref(),
@@ -385,7 +420,13 @@ mod tests {
             "https://b.example:6443/x"
         );
         assert_eq!(safe_server("https://b.example:6443"), "https://b.example:6443");
-        let v = view("r", &health(&[], &[("Service", "timed out")]), "https://u:p@b:1", 0, 0);
+        let v = view(
+            "r",
+            &health(&[], &[("Service", "timed out")]),
+            "https://u:p@b:1",
+            (0, 0),
+            None,
+        );
         assert!(!v.message.unwrap().contains("u:p"));
     }
 }

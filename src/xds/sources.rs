@@ -366,10 +366,18 @@ impl Sources {
             .filter_map(|r| route_model(r))
             .collect();
         routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        // East-west gateways' Services: whatever their namespace (discovery selectors pick
-        // the mesh's workloads, not its gateways).
-        let network_gateways =
+        // East-west gateways' Services, in every cluster: whatever their namespace
+        // (discovery selectors pick the mesh's workloads, not its gateways).
+        let mut network_gateways =
             super::network::network_gateways(self.services.state().iter().map(|s| &**s), &origin.cluster);
+        for remote in remotes.iter() {
+            network_gateways.extend(super::network::network_gateways(
+                remote.services.state().iter().map(|s| &**s),
+                &remote.origin.cluster,
+            ));
+        }
+        network_gateways.sort();
+        network_gateways.dedup();
         MeshModel {
             services,
             routes,
@@ -849,6 +857,36 @@ pub(super) mod tests {
                 ("10.2.0.2".into(), "c".into(), "net-c".into()),
             ]
         );
+    }
+
+    #[test]
+    fn east_west_gateways_of_remote_clusters_join_the_model() {
+        let gateway = |ns: &str, network: &str, ip: &str| -> K8sService {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "eastwest", "namespace": ns, "labels": {
+                    labels::COMPONENT: labels::GATEWAY_COMPONENT,
+                    super::super::network::NETWORK_LABEL: network}},
+                "spec": {"ports": [{"name": "tls", "port": 15443}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}
+            }))
+            .unwrap()
+        };
+        let sources = Sources::from_objects(vec![gateway("weft", "net-a", "192.0.2.1")], vec![], vec![]);
+        let remotes = Remotes::default();
+        remotes.publish(vec![remote(
+            "b",
+            "net-b",
+            vec![gateway("weft", "net-b", "192.0.2.2")],
+            vec![],
+            vec![],
+        )]);
+        let model = sources.with_remotes(remotes).model("r", &[], &local_origin());
+        let seen: Vec<(&str, &str, &str)> = model
+            .network_gateways
+            .iter()
+            .map(|g| (g.cluster.as_str(), g.network.as_str(), g.address.as_str()))
+            .collect();
+        assert_eq!(seen, [("a", "net-a", "192.0.2.1"), ("b", "net-b", "192.0.2.2")]);
     }
 
     #[test]
