@@ -1,0 +1,350 @@
+//! The other two deployment models on real API servers, with real traffic from Python's
+//! grpcio (an xDS client we did not write) in a test host:
+//! - multi-network: cluster B is on another network than the primary A; A's control plane
+//!   serves B's endpoints as the address of B's east-west gateway (a stand-in that answers
+//!   with its own name, since no Envoy runs here), and says so when that gateway is gone;
+//! - primary-remote: cluster C runs the operator with an external control plane (A's),
+//!   so it installs only node proxies, whose rendered bootstrap is used as is to reach A's
+//!   control plane, which serves C's proxies C's view (C's namespace labels, C's endpoints).
+//!
+//! Credentials for B and C are made by `weft remote-secret` against their API servers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use weft::api::MeshInstall;
+use weft::api::mesh_gateway::MeshGateway;
+use weft::render::{GatewayInput, OwnedKind, render_gateway};
+use weft::versions::VersionTable;
+use weft_e2e::multicluster::{Primary, apply, remote_clusters, remote_secret, status_entry};
+use weft_e2e::operator::{Operator, install_crds, mesh, wait_ready};
+use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
+use weft_e2e::{Bed, OwnCluster, repo_root, wait_for};
+
+const A_BACKEND: &str = "198.51.100.10";
+const B_BACKEND: &str = "198.51.100.11";
+const C_BACKEND: &str = "198.51.100.12";
+const B_GATEWAY: &str = "198.51.100.30";
+
+fn script(name: &str) -> String {
+    repo_root().join("e2e/xds").join(name).display().to_string()
+}
+
+/// A gRPC server on `address` answering with `name`.
+fn backend(host: &TestHost, address: &str, name: &str) -> Proc {
+    let mut p = host.spawn("python3", &[&script("backend.py"), address, name]);
+    assert_eq!(p.read_line().as_deref(), Some("ready"), "{name} did not start");
+    p
+}
+
+/// A grpcio xDS client of `greeter.<ns>` with this bootstrap `server` (host:port) and node.
+fn client(bed: &Bed, host: &TestHost, server: &str, id: &str, metadata: Value, ns: &str) -> Proc {
+    let doc = json!({
+        "xds_servers": [{"server_uri": server, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+        "node": {"id": id, "locality": {"zone": "zone-a"}, "metadata": metadata}
+    });
+    let path = bed.kubeconfig.parent().unwrap().join(format!("bootstrap-{id}.json"));
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let target = format!("xds:///greeter.{ns}.svc.cluster.local:50051");
+    host.spawn("python3", &[&script("client.py"), &path.display().to_string(), &target])
+}
+
+/// `call N`: answers by responder name, errors, and the last error.
+fn call(client: &mut Proc, n: u32) -> (BTreeMap<String, u64>, u64, String) {
+    let line = client.ask(&format!("call {n}")).expect("the client answers");
+    let v: Value = serde_json::from_str(&line).expect("JSON from the client");
+    let counts = v["counts"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
+        .unwrap_or_default();
+    let errors = v["errors"].as_u64().unwrap_or(0);
+    (counts, errors, v["last_error"].as_str().unwrap_or_default().to_string())
+}
+
+/// Waits until 30 calls reach exactly the responders `want`, without errors.
+async fn wait_reached(client: &mut Proc, want: &[&str], what: &str) {
+    wait_for(what, Duration::from_secs(45), || {
+        let (counts, errors, last) = call(client, 30);
+        let reached: Vec<&str> = counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let ok = errors == 0 && reached == want;
+        async move {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("counts {counts:?}, errors {errors} ({last})"))
+            }
+        }
+    })
+    .await;
+}
+
+/// Creates namespace `name` with `labels` (nothing when it exists).
+async fn namespace(bed: &Bed, name: &str, labels: Value) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+    match Api::<Namespace>::all(bed.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create namespace {name}: {e}"),
+    }
+}
+
+/// `<ns>/greeter` with one ready endpoint at `address`.
+async fn greeter(bed: &Bed, ns: &str, address: &str) {
+    namespace(bed, ns, json!({})).await;
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "greeter"},
+        "spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(bed.client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("service greeter");
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "greeter-1", "labels": {"kubernetes.io/service-name": "greeter"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": true}, "zone": "zone-a"}]
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::namespaced(bed.client.clone(), ns)
+        .create(&PostParams::default(), &slice)
+        .await
+        .expect("endpointslice greeter-1");
+}
+
+/// Joins `remote` to the primary `a` as RemoteCluster `name` of `mesh`: the credential
+/// `weft remote-secret` makes in the remote, applied on the primary.
+async fn join(a: &Bed, remote: &Bed, name: &str, mesh: &str, mesh_ns: &str, extra: &[&str]) {
+    namespace(a, mesh_ns, json!({})).await;
+    let mut args = vec!["--name", name, "--mesh", mesh, "--mesh-namespace", mesh_ns];
+    args.extend_from_slice(extra);
+    apply(a, &remote_secret(&remote.kubeconfig, &args));
+}
+
+/// The east-west gateway's Service as the operator renders it for an `eastwest`
+/// MeshGateway of network `network` (without its owner: no MeshGateway exists here).
+fn eastwest_service(ns: &str, mesh: &str, network: &str) -> Service {
+    let gw: MeshGateway = serde_json::from_value(json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
+        "metadata": {"name": "eastwest", "namespace": ns, "uid": "00000000-0000-0000-0000-0000000000eb"},
+        "spec": {"mesh": mesh, "type": "eastwest", "network": network}
+    }))
+    .unwrap();
+    let table = VersionTable::builtin();
+    let objects = render_gateway(&GatewayInput {
+        gateway: &gw,
+        mesh,
+        revision: mesh,
+        control_plane_namespace: ns,
+        external_control_plane: None,
+        cluster: "b",
+        version: table.get("1.0.0").expect("a supported version"),
+        mesh_network: None,
+    })
+    .unwrap();
+    let m = objects.iter().find(|m| m.kind == OwnedKind::Service).unwrap();
+    let mut svc: Service = serde_json::from_value(m.object.clone()).unwrap();
+    svc.metadata.owner_references = None;
+    svc
+}
+
+/// Sets the load-balancer addresses of `<ns>/eastwest`.
+async fn set_gateway_address(bed: &Bed, ns: &str, ingress: Value) {
+    let status = json!({"status": {"loadBalancer": {"ingress": ingress}}});
+    Api::<Service>::namespaced(bed.client.clone(), ns)
+        .patch_status("eastwest", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("write the gateway's load-balancer status");
+}
+
+async fn wait_ready_primary(primary: &Primary) {
+    wait_for(
+        "the primary's control plane to be ready",
+        Duration::from_secs(60),
+        || async { primary.ready() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_remote_network_is_reached_through_its_east_west_gateway() {
+    const MESH: &str = "mcn";
+    const MESH_NS: &str = "mcn-mesh";
+    const NS: &str = "store";
+    let a = Bed::connect().await;
+    install_crds(&a);
+    let (_b_cluster, b) = OwnCluster::up("weft-mcn-b").await;
+    let host = TestHost::create();
+    for address in [A_BACKEND, B_BACKEND, B_GATEWAY] {
+        host.add_address(address);
+    }
+    let _a_backend = backend(&host, &format!("{A_BACKEND}:50051"), "a");
+    let _b_backend = backend(&host, &format!("{B_BACKEND}:50051"), "b");
+    let _b_gateway = backend(&host, &format!("{B_GATEWAY}:15443"), "gateway-b");
+    greeter(&a, NS, A_BACKEND).await;
+    greeter(&b, NS, B_BACKEND).await;
+    namespace(&b, "weft-gw", json!({})).await;
+    Api::<Service>::namespaced(b.client.clone(), "weft-gw")
+        .create(&PostParams::default(), &eastwest_service("weft-gw", MESH, "net-b"))
+        .await
+        .expect("B's east-west gateway Service");
+    set_gateway_address(&b, "weft-gw", json!([{"ip": B_GATEWAY}])).await;
+    join(&a, &b, "b", MESH, MESH_NS, &["--network", "net-b"]).await;
+    let config = format!("mesh: {MESH}\nclusterName: a\nnetwork: net-a\n");
+    let primary = Primary::start(&a, MESH, &config, &["--mesh-namespace", MESH_NS]);
+    wait_ready_primary(&primary).await;
+
+    // A client on A's network: A's backend directly, B's through B's gateway, never B's
+    // pod address.
+    let server = format!("{HOST_ADDRESS}:{}", primary.xds);
+    let metadata = json!({"REVISION": MESH, "NAMESPACE": NS, "ROLE": "proxyless"});
+    let mut on_a = client(&a, &host, &server, "mcn-a", metadata, NS);
+    wait_reached(
+        &mut on_a,
+        &["a", "gateway-b"],
+        "calls to reach A's backend and B's gateway",
+    )
+    .await;
+    let eds = primary
+        .eds(MESH, &format!("outbound|50051||greeter.{NS}.svc.cluster.local"))
+        .await
+        .expect("EDS");
+    assert_eq!(
+        eds,
+        [
+            ("a".to_string(), A_BACKEND.to_string()),
+            ("b".to_string(), B_GATEWAY.to_string())
+        ],
+        "B's endpoint is replaced by its gateway, in B's locality"
+    );
+
+    // B's gateway loses its address: B's endpoints are left out, and status and metric say why.
+    set_gateway_address(&b, "weft-gw", json!([])).await;
+    wait_reached(&mut on_a, &["a"], "calls to reach only A's backend").await;
+    let series = "weft_endpoints_without_gateway{network=\"net-b\"} 1";
+    assert!(
+        primary
+            .metrics("weft_endpoints_without_gateway")
+            .iter()
+            .any(|l| l == series),
+        "{:?}",
+        primary.metrics("weft_endpoints_without_gateway")
+    );
+    let rcs = remote_clusters(&a, MESH_NS);
+    let entry = wait_for("B's status entry to say why", Duration::from_secs(60), || {
+        let rcs = rcs.clone();
+        async move {
+            let entry = status_entry(&rcs, "b", MESH).await?;
+            let message = entry["message"].as_str().unwrap_or_default().to_string();
+            if message.contains("on network net-b cannot be reached from other networks") {
+                Ok(entry)
+            } else {
+                Err(entry.to_string())
+            }
+        }
+    })
+    .await;
+    assert_eq!(entry["synced"], true, "{entry}");
+}
+
+#[tokio::test]
+async fn a_cluster_with_an_external_control_plane_is_served_its_own_view_by_the_primary() {
+    const MESH: &str = "mcm";
+    const MESH_NS: &str = "mcm-mesh";
+    const NS: &str = "depot";
+    let a = Bed::connect().await;
+    install_crds(&a);
+    let (_c_cluster, c) = OwnCluster::up("weft-mcm-c").await;
+    install_crds(&c);
+    let host = TestHost::create();
+    for address in [A_BACKEND, C_BACKEND] {
+        host.add_address(address);
+    }
+    let _a_backend = backend(&host, &format!("{A_BACKEND}:50051"), "a");
+    let _c_backend = backend(&host, &format!("{C_BACKEND}:50051"), "c");
+    let config = format!("mesh: {MESH}\nclusterName: a\nnetwork: net-1\n");
+    let primary = Primary::start(&a, MESH, &config, &["--mesh-namespace", MESH_NS]);
+    wait_ready_primary(&primary).await;
+
+    // C: the operator installs the mesh with A's control plane as its external one.
+    let op = Operator::start(&c, "mcm-c", &[]);
+    let external = format!("{HOST_ADDRESS}:{}", primary.xds);
+    let spec = json!({
+        "controlPlane": {"external": {"address": external}},
+        "meshConfig": {"clusterName": "c", "network": "net-1"}
+    });
+    let meshes: Api<MeshInstall> = Api::all(c.client.clone());
+    meshes
+        .create(&PostParams::default(), &mesh(MESH, MESH_NS, spec))
+        .await
+        .expect("create C's MeshInstall");
+    wait_ready(&meshes, MESH, &op).await;
+    let deployments = Api::<Deployment>::namespaced(c.client.clone(), MESH_NS)
+        .list(&ListParams::default())
+        .await
+        .expect("list C's Deployments");
+    assert!(
+        deployments.items.is_empty(),
+        "C runs no control plane: {:?}",
+        deployments.items
+    );
+    let bootstrap = Api::<ConfigMap>::namespaced(c.client.clone(), MESH_NS)
+        .get(&format!("weft-proxy-{MESH}"))
+        .await
+        .expect("C's proxy bootstrap");
+    let text = bootstrap
+        .data
+        .unwrap_or_default()
+        .remove("bootstrap.json")
+        .unwrap_or_default();
+    let boot: Value = serde_json::from_str(&text).expect("bootstrap JSON");
+    let socket = &boot["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        ["address"]["socket_address"];
+    let server = format!(
+        "{}:{}",
+        socket["address"].as_str().unwrap_or_default(),
+        socket["port_value"]
+    );
+    assert_eq!(server, external, "the proxies' bootstrap names the primary's address");
+
+    // C's workloads: namespace NS labelled for the mesh's revision in C only; the primary
+    // discovers C with a credential for C.
+    greeter(&a, NS, A_BACKEND).await;
+    namespace(&c, NS, json!({"weft.dev/rev": MESH})).await;
+    greeter(&c, NS, C_BACKEND).await;
+    join(&a, &c, "c", MESH, MESH_NS, &[]).await;
+
+    // A client with the node metadata C's proxies carry, but the workload's namespace and no
+    // revision: admitted by C's namespace label, served both clusters' endpoints.
+    let mut metadata = boot["node"]["metadata"].clone();
+    assert_eq!(
+        (metadata["CLUSTER"].as_str(), metadata["NETWORK"].as_str()),
+        (Some("c"), Some("net-1"))
+    );
+    metadata["NAMESPACE"] = json!(NS);
+    metadata.as_object_mut().unwrap().remove("REVISION");
+    let mut from_c = client(&c, &host, &server, "mcm-c", metadata.clone(), NS);
+    wait_reached(&mut from_c, &["a", "c"], "C's client to reach both clusters' backends").await;
+
+    // The same client claiming to be in A is refused: A's namespace has no such label.
+    metadata["CLUSTER"] = json!("a");
+    let mut claims_a = client(&c, &host, &server, "mcm-claims-a", metadata, NS);
+    let (counts, errors, last) = call(&mut claims_a, 3);
+    assert!(counts.is_empty() && errors == 3, "{counts:?} {last}");
+    drop((from_c, claims_a));
+    op.stop();
+}
