@@ -14,6 +14,7 @@ use kube::{Api, Client, Config};
 
 pub mod control_plane;
 pub mod operator;
+pub mod remote;
 pub mod testhost;
 
 /// The cluster the tests use unless `WEFT_E2E_CLUSTER` names another.
