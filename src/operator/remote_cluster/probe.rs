@@ -208,22 +208,44 @@ pub enum Failure {
     Unreachable(String),
 }
 
-/// Sorts an error of the remote API server (or of reaching it).
+/// The reason kube gives a non-2xx answer whose body is not a Kubernetes `Status`.
+const NOT_A_STATUS: &str = "Failed to parse error data";
+/// The most of a remote's error message that status shows.
+const MESSAGE_MAX: usize = 200;
+
+/// Sorts an error of the remote API server (or of reaching it). What the remote answered is
+/// quoted only when it is a Kubernetes `Status`, and shortened: the kubeconfig may name any
+/// address, and status must not become a way to read what another server returns.
 pub fn classify(e: &kube::Error) -> Failure {
     match e {
         kube::Error::Api(s) => {
-            let text = format!(
-                "{} {}",
-                s.code,
-                if s.reason.is_empty() { &s.message } else { &s.reason }
-            );
+            let parsed = s.reason != NOT_A_STATUS;
+            let text = match (parsed, s.reason.is_empty()) {
+                (false, _) => s.code.to_string(),
+                (true, true) => format!("{} {}", s.code, shorten(&s.message)),
+                (true, false) => format!("{} {}", s.code, shorten(&s.reason)),
+            };
             match s.code {
                 401 => Failure::Refused(text),
                 403 => Failure::Forbidden(text),
-                _ => Failure::Unreachable(format!("it answered {}: {}", s.code, s.message)),
+                code if parsed => Failure::Unreachable(format!("it answered {code}: {}", shorten(&s.message))),
+                code => Failure::Unreachable(format!(
+                    "it answered {code} with a body that is not a Kubernetes Status: is this a Kubernetes API server?"
+                )),
             }
         }
+        kube::Error::SerdeError(_) | kube::Error::FromUtf8(_) => {
+            Failure::Unreachable("its answer is not a Kubernetes API server's".into())
+        }
         other => Failure::Unreachable(chain(other)),
+    }
+}
+
+/// At most [`MESSAGE_MAX`] characters.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(MESSAGE_MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
     }
 }
 
@@ -355,6 +377,26 @@ mod tests {
             classify(&api(503, "ServiceUnavailable")),
             Failure::Unreachable("it answered 503: m".into())
         );
+        // Another kind of server: its body is not quoted.
+        let body = "<html>internal page with data</html>";
+        let foreign = kube::Error::Api(Box::new(kube::core::Status::failure(body, NOT_A_STATUS).with_code(404)));
+        let Failure::Unreachable(why) = classify(&foreign) else {
+            panic!("unreachable")
+        };
+        assert!(!why.contains("internal page") && why.contains("404"), "{why}");
+        let json = serde_json::from_str::<u8>("\"private value\"").unwrap_err();
+        let Failure::Unreachable(why) = classify(&kube::Error::SerdeError(json)) else {
+            panic!("unreachable")
+        };
+        assert!(!why.contains("private"), "{why}");
+        let long = "x".repeat(500);
+        let long = kube::Error::Api(Box::new(
+            kube::core::Status::failure(&long, "InternalError").with_code(500),
+        ));
+        let Failure::Unreachable(why) = classify(&long) else {
+            panic!("unreachable")
+        };
+        assert!(why.chars().count() < 250, "{why}");
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
         let e = kube::Error::ReadEvents(io);
         assert_eq!(
