@@ -168,6 +168,15 @@ async fn remote_clusters_are_checked_against_a_real_api_server() {
 
     // Short re-checks from here on.
     let op = Operator::start(&a, "rc-real-2", &["--remote-recheck-seconds", "2"]);
+    // A new leader finds every status as it would write it: no write (no flap while its
+    // stores fill).
+    reconciled(&op, 0.0, 2.0, "the new leader's first checks").await;
+    assert_eq!(
+        status_writes(&op),
+        0.0,
+        "a failover rewrites nothing\n{}",
+        op.log_tail()
+    );
     let norbac = forbidden_until_granted(&a, &b, ns, name, &op).await;
     outage(&a, &cluster_b, ns, &op).await;
 

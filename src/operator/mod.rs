@@ -153,26 +153,26 @@ struct Watches {
     meshes: SharedWatch<MeshInstall>,
     gateways: SharedWatch<MeshGateway>,
     remotes: SharedWatch<RemoteCluster>,
-    /// Where the RemoteCluster watch reports deletions.
-    remotes_deleted: remote_cluster::Deletions,
+    /// What the RemoteCluster controller learns from the drivers.
+    remote_feed: remote_cluster::Feed,
     usage: UsageIndex,
 }
 
 /// Every controller, until `shutdown` (finishing the reconciles in flight).
 async fn controllers(shared: Shared, remote: remote_cluster::Settings, shutdown: Shutdown) {
-    let (remotes_deleted, deleted) = remote_cluster::deletions();
+    let (remote_feed, fed) = remote_cluster::feed();
     let w = Watches {
         meshes: SharedWatch::default(),
         gateways: SharedWatch::default(),
         remotes: SharedWatch::default(),
-        remotes_deleted,
+        remote_feed,
         usage: UsageIndex::default(),
     };
     // Controllers subscribe to the shared watches as they are built, before those start.
     let run = future::join3(
         mesh_install::controller(&shared, &w.meshes, &w.usage, shutdown.clone()),
         mesh_gateway::controller(&shared, &w.gateways, &w.meshes, shutdown.clone()),
-        remote_cluster::controller(&shared, &w.remotes, &w.meshes, deleted, remote, shutdown),
+        remote_cluster::controller(&shared, &w.remotes, &w.meshes, fed, remote, shutdown),
     );
     tokio::select! {
         _ = run => {}
@@ -185,12 +185,12 @@ async fn controllers(shared: Shared, remote: remote_cluster::Settings, shutdown:
 async fn drive(shared: &Shared, w: Watches) {
     let (client, health) = (&shared.client, &shared.metrics.watches);
     let (meshes, gateways) = (w.meshes.start(client), w.gateways.start(client));
-    let (remotes, deleted) = (w.remotes.start(client), &w.remotes_deleted);
+    let (remotes, feed) = (w.remotes.start(client), &w.remote_feed);
     let usage = &w.usage;
     future::join4(
-        watch::drive(meshes, health.track("MeshInstall"), |_| {}),
+        watch::drive(meshes, health.track("MeshInstall"), |e| feed.mesh_event(e)),
         watch::drive(gateways, health.track("MeshGateway"), |e| usage.gateway_event(e)),
-        watch::drive(remotes, health.track("RemoteCluster"), |e| deleted.saw(e)),
+        watch::drive(remotes, health.track("RemoteCluster"), |e| feed.remote_event(e)),
         usage.watch_namespaces(client, health.track("Namespace (revision labels)")),
     )
     .await;

@@ -71,6 +71,8 @@ pub struct Context {
     pub meshes: Store<Guarded<MeshInstall>>,
     /// Periods.
     pub settings: Settings,
+    /// True once the MeshInstalls are listed: before, every mesh would seem missing.
+    meshes_listed: tokio::sync::watch::Receiver<bool>,
     /// The last answer of each remote, by RemoteCluster uid.
     answers: Mutex<HashMap<String, Answer>>,
 }
@@ -84,28 +86,56 @@ struct Answer {
     unreachable_in_a_row: u32,
 }
 
-/// RemoteClusters deleted, as the driver of the shared watch reports them (subscribers
-/// see no deletions): the others of the mesh look again, as a name conflict may be gone.
+/// What the driver of the shared watches tells this controller that their subscriptions
+/// do not: which RemoteClusters were deleted (the others of the mesh look again, as a name
+/// conflict may be gone), and when the MeshInstalls are listed (before, every mesh would
+/// seem missing; a store's own `wait_until_ready` wakes only one of several waiters, and
+/// the MeshInstall controller waits on that store).
 #[derive(Clone)]
-pub struct Deletions(mpsc::UnboundedSender<(String, String)>);
-
-/// The receiving end of [`Deletions`], for the controller.
-pub struct Deleted(mpsc::UnboundedReceiver<(String, String)>);
-
-/// A channel of deletions.
-pub fn deletions() -> (Deletions, Deleted) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Deletions(tx), Deleted(rx))
+pub struct Feed {
+    deleted: mpsc::UnboundedSender<(String, String)>,
+    meshes_listed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
-impl Deletions {
-    /// Notes a deleted RemoteCluster in a watch event.
-    pub fn saw(&self, event: &watcher::Event<Guarded<RemoteCluster>>) {
+/// The receiving end of a [`Feed`], for the controller.
+pub struct Fed {
+    deleted: mpsc::UnboundedReceiver<(String, String)>,
+    meshes_listed: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A feed and its receiving end.
+pub fn feed() -> (Feed, Fed) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (listed_tx, listed_rx) = tokio::sync::watch::channel(false);
+    let feed = Feed {
+        deleted: tx,
+        meshes_listed: Arc::new(listed_tx),
+    };
+    let fed = Fed {
+        deleted: rx,
+        meshes_listed: listed_rx,
+    };
+    (feed, fed)
+}
+
+impl Feed {
+    /// Notes a deleted RemoteCluster.
+    pub fn remote_event(&self, event: &watcher::Event<Guarded<RemoteCluster>>) {
         if let watcher::Event::Delete(g) = event
             && let Ok(rc) = &g.0
         {
             // The receiver lives as long as the controller; after it, nobody needs this.
-            let _ = self.0.send((rc.namespace().unwrap_or_default(), rc.spec.mesh.clone()));
+            let _ = self
+                .deleted
+                .send((rc.namespace().unwrap_or_default(), rc.spec.mesh.clone()));
+        }
+    }
+
+    /// Notes that the MeshInstalls are listed (the store holds the list when its driver
+    /// sees the end of it).
+    pub fn mesh_event(&self, event: &watcher::Event<Guarded<MeshInstall>>) {
+        if matches!(event, watcher::Event::InitDone) {
+            self.meshes_listed.send_replace(true);
         }
     }
 }
@@ -115,7 +145,7 @@ pub fn controller(
     shared: &Shared,
     remotes: &SharedWatch<RemoteCluster>,
     meshes: &SharedWatch<MeshInstall>,
-    deleted: Deleted,
+    fed: Fed,
     settings: Settings,
     shutdown: Shutdown,
 ) -> impl Future<Output = ()> + use<> {
@@ -124,11 +154,12 @@ pub fn controller(
         remotes: remotes.store(),
         meshes: meshes.store(),
         settings,
+        meshes_listed: fed.meshes_listed,
         answers: Mutex::default(),
     });
     let (by_mesh, by_sibling, by_secret, by_deletion) =
         (remotes.store(), remotes.store(), remotes.store(), remotes.store());
-    let deletions = stream::unfold(deleted.0, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) })
+    let deletions = stream::unfold(fed.deleted, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) })
         .flat_map(move |(ns, mesh)| stream::iter(of_mesh(&by_deletion, Some(&ns), &mesh)));
     Triggers::new(CONTROLLER, shared, remotes.store(), remotes.subscribe())
         // The mesh appeared, moved namespace or renamed its cluster.
@@ -190,7 +221,8 @@ fn using_secret(store: &Store<Guarded<RemoteCluster>>, s: &PartialObjectMeta<Sec
 
 /// Reconciles one RemoteCluster: observe → decide → write status (→ Events).
 async fn reconcile(rc: Arc<RemoteCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if rc.metadata.deletion_timestamp.is_some() {
+    let mut listed = ctx.meshes_listed.clone();
+    if rc.metadata.deletion_timestamp.is_some() || listed.wait_for(|l| *l).await.is_err() {
         return Ok(Action::await_change());
     }
     let mesh = watch::get(&ctx.meshes, &rc.spec.mesh, None);
