@@ -383,6 +383,8 @@ mod tests {
         assert_eq!(spec_stall(&r, Some(&mesh("")), std::slice::from_ref(&r)), None);
         let s = status(&r, spec_stall(&r, None, &[]).as_ref(), None, &at(100));
         stalled(&s, "InvalidSpec");
+        let unchecked = status(&r, None, None, &at(100));
+        assert_eq!(cond(&unchecked, READY).1, "Checking", "nothing claimed before a check");
         assert_eq!((s.server, s.kubernetes_version), (None, None));
     }
 

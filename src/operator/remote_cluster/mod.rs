@@ -22,12 +22,12 @@ use futures::{Stream, StreamExt, future, stream};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -161,9 +161,14 @@ pub fn controller(
         (remotes.store(), remotes.store(), remotes.store(), remotes.store());
     let deletions = stream::unfold(fed.deleted, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) })
         .flat_map(move |(ns, mesh)| stream::iter(of_mesh(&by_deletion, Some(&ns), &mesh)));
+    let seen = MeshesSeen::default();
     Triggers::new(CONTROLLER, shared, remotes.store(), remotes.subscribe())
-        // The mesh appeared, moved namespace or renamed its cluster.
-        .watches(meshes.subscribe(), move |mi| of_mesh(&by_mesh, None, &mi.name_any()))
+        // The mesh appeared, was replaced, changed its spec (its cluster's name) or is being
+        // deleted; not every status change of a rollout.
+        .watches(meshes.subscribe(), move |g| match seen.changed(g) {
+            true => of_mesh(&by_mesh, None, &g.name_any()),
+            false => Vec::new(),
+        })
         // Another RemoteCluster of the mesh took or released a clusterName.
         .watches(remotes.subscribe(), move |g| match &g.0 {
             Ok(rc) => of_mesh(&by_sibling, rc.namespace().as_deref(), &rc.spec.mesh),
@@ -172,6 +177,24 @@ pub fn controller(
         .watches(secret_changes(shared), move |s| using_secret(&by_secret, s))
         .on(deletions)
         .run(ctx, reconcile, shutdown)
+}
+
+/// What a RemoteCluster depends on of each MeshInstall last seen: uid, generation and
+/// whether it is being deleted.
+#[derive(Default)]
+struct MeshesSeen(Mutex<HashMap<String, MeshVersion>>);
+
+/// A MeshInstall's uid, generation and whether it is being deleted.
+type MeshVersion = (Option<String>, Option<i64>, bool);
+
+impl MeshesSeen {
+    /// Whether `mesh` differs, in what matters here, from when it was last seen.
+    fn changed(&self, mesh: &Guarded<MeshInstall>) -> bool {
+        let meta = mesh.meta();
+        let now = (meta.uid.clone(), meta.generation, meta.deletion_timestamp.is_some());
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(mesh.name_any(), now.clone()) != Some(now)
+    }
 }
 
 /// Every change of a Secret's metadata, in any namespace (its data is neither watched nor
@@ -338,6 +361,28 @@ pub fn next_check(unreachable_in_a_row: u32, period: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mesh_triggers_its_remote_clusters_only_when_what_they_read_changes() {
+        let mesh = |uid: &str, generation: i64, status: &str| -> Guarded<MeshInstall> {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "weft.dev/v1alpha1", "kind": "MeshInstall",
+                "metadata": {"name": "m", "uid": uid, "generation": generation},
+                "spec": {"version": "1.0.0"}, "status": {"observedGeneration": status.len()}
+            }))
+            .unwrap()
+        };
+        let seen = MeshesSeen::default();
+        assert!(seen.changed(&mesh("u1", 1, "")), "first seen");
+        assert!(!seen.changed(&mesh("u1", 1, "rolling")), "a status change");
+        assert!(seen.changed(&mesh("u1", 2, "rolling")), "a spec change");
+        assert!(seen.changed(&mesh("u2", 2, "rolling")), "replaced");
+        let mut deleting = mesh("u2", 2, "rolling");
+        deleting.meta_mut().deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
+        ));
+        assert!(seen.changed(&deleting), "being deleted");
+    }
 
     #[test]
     fn unreachable_is_retried_with_back_off_up_to_the_period() {

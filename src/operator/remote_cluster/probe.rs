@@ -298,6 +298,12 @@ mod tests {
             Err(Credential::NoKey(vec!["config".into(), "other".into()]))
         );
         assert_eq!(kubeconfig_text(Some(&s), "config").as_deref(), Ok("x"));
+        let mut binary = secret(&[]);
+        binary.data = Some([("kubeconfig".to_string(), ByteString(vec![0xff, 0xfe]))].into());
+        assert!(matches!(
+            kubeconfig_text(Some(&binary), "kubeconfig"),
+            Err(Credential::Refused { error, .. }) if error == "it is not UTF-8 text"
+        ));
     }
 
     #[test]
