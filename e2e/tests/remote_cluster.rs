@@ -42,8 +42,15 @@ async fn clean_up(bed: &Bed, name: &str, ns: &str) {
 
 /// Reconciles of the RemoteCluster controller so far.
 fn reconciles(op: &Operator) -> f64 {
-    op.metric_sum("controller_runtime_reconcile_total{controller=\"remotecluster\"")
-        .unwrap_or_default()
+    ["success", "error"]
+        .iter()
+        .map(|r| {
+            op.metric_sum(&format!(
+                "controller_runtime_reconcile_total{{controller=\"remotecluster\",result=\"{r}\"}}"
+            ))
+            .unwrap_or_default()
+        })
+        .sum()
 }
 
 /// RemoteCluster status writes so far.
