@@ -194,6 +194,10 @@ struct OperatorArgs {
     /// Reconciles that may run at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
+    /// Seconds between checks of each remote cluster's API server and credential (an
+    /// unreachable one is retried sooner, from 5 s, doubling up to this).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    remote_recheck_seconds: u64,
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -368,6 +372,9 @@ fn operator(args: OperatorArgs) -> Result<()> {
                 health_address: args.health_address,
                 versions: table,
                 concurrency: args.concurrency,
+                remote: weft::operator::remote_cluster::Settings {
+                    recheck: std::time::Duration::from_secs(args.remote_recheck_seconds),
+                },
             },
         )
         .await?;

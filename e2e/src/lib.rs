@@ -15,6 +15,7 @@ use kube::{Api, Client, Config};
 pub mod control_plane;
 pub mod multicluster;
 pub mod operator;
+pub mod remote;
 pub mod testhost;
 
 /// The cluster the tests use unless `WEFT_E2E_CLUSTER` names another.

@@ -73,6 +73,11 @@ pub enum StallReason {
     Rejected,
     /// A revision tag is pinned to a revision this MeshInstall does not have.
     TagTargetNotFound,
+    /// A RemoteCluster's kubeconfig is missing, refused before use, or refused by its API
+    /// server.
+    InvalidCredentials,
+    /// A RemoteCluster's credential lacks permissions discovery needs.
+    Forbidden,
 }
 
 impl StallReason {
@@ -86,6 +91,8 @@ impl StallReason {
             StallReason::RevisionFailed => "RevisionFailed",
             StallReason::Rejected => "Rejected",
             StallReason::TagTargetNotFound => "TagTargetNotFound",
+            StallReason::InvalidCredentials => "InvalidCredentials",
+            StallReason::Forbidden => "Forbidden",
         }
     }
 }

@@ -47,6 +47,16 @@ pub trait Conditioned {
 
     /// The conditions, to change.
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+
+    /// The part of the status the operator writes: without the fields other field managers
+    /// own (a RemoteCluster's `controlPlanes`), so a status write neither claims nor clears
+    /// them, and a change of theirs alone is no reason to write.
+    fn operator_owned(&self) -> Self
+    where
+        Self: Clone,
+    {
+        self.clone()
+    }
 }
 
 /// The reason of `Reconciling=True` while reconciles fail and are retried.

@@ -9,7 +9,7 @@
 //!   writer), `conditions` (kstatus), `health`, `events`, `queue`, `metrics`, `error`,
 //!   `shared`.
 //! - Controllers: `mesh_install` and `mesh_gateway`, each observe → decide (pure) → apply →
-//!   write status.
+//!   write status; `remote_cluster`, observe (the remote API server) → decide → write status.
 
 pub mod apply;
 pub mod conditions;
@@ -24,6 +24,7 @@ pub mod mesh_gateway;
 pub mod mesh_install;
 pub mod metrics;
 pub mod queue;
+pub mod remote_cluster;
 pub mod shared;
 pub mod status;
 pub mod watch;
@@ -37,7 +38,7 @@ use kube::Client;
 use tokio::sync::watch as signal_watch;
 use tracing::info;
 
-use crate::api::{MeshGateway, MeshInstall};
+use crate::api::{MeshGateway, MeshInstall, RemoteCluster};
 use crate::http::{Health, HttpState};
 use crate::versions::VersionTable;
 use controller::Shutdown;
@@ -60,6 +61,8 @@ pub struct Options {
     pub versions: VersionTable,
     /// Reconciles that may run at once, per controller.
     pub concurrency: u16,
+    /// How the RemoteCluster controller checks remote clusters.
+    pub remote: remote_cluster::Settings,
 }
 
 /// Errors that stop the operator.
@@ -104,7 +107,9 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         &opts.lease.identity,
     );
     lease
-        .lead(&stop, |shutdown| controllers(shared.clone(), shutdown))
+        .lead(&stop, |shutdown| {
+            controllers(shared.clone(), opts.remote.clone(), shutdown)
+        })
         .await;
 
     info!("controllers stopped; releasing the lease");
@@ -147,20 +152,27 @@ async fn serve_endpoints(
 struct Watches {
     meshes: SharedWatch<MeshInstall>,
     gateways: SharedWatch<MeshGateway>,
+    remotes: SharedWatch<RemoteCluster>,
+    /// What the RemoteCluster controller learns from the drivers.
+    remote_feed: remote_cluster::Feed,
     usage: UsageIndex,
 }
 
 /// Every controller, until `shutdown` (finishing the reconciles in flight).
-async fn controllers(shared: Shared, shutdown: Shutdown) {
+async fn controllers(shared: Shared, remote: remote_cluster::Settings, shutdown: Shutdown) {
+    let (remote_feed, fed) = remote_cluster::feed();
     let w = Watches {
         meshes: SharedWatch::default(),
         gateways: SharedWatch::default(),
+        remotes: SharedWatch::default(),
+        remote_feed,
         usage: UsageIndex::default(),
     };
     // Controllers subscribe to the shared watches as they are built, before those start.
-    let run = future::join(
+    let run = future::join3(
         mesh_install::controller(&shared, &w.meshes, &w.usage, shutdown.clone()),
-        mesh_gateway::controller(&shared, &w.gateways, &w.meshes, shutdown),
+        mesh_gateway::controller(&shared, &w.gateways, &w.meshes, shutdown.clone()),
+        remote_cluster::controller(&shared, &w.remotes, &w.meshes, fed, remote, shutdown),
     );
     tokio::select! {
         _ = run => {}
@@ -173,10 +185,12 @@ async fn controllers(shared: Shared, shutdown: Shutdown) {
 async fn drive(shared: &Shared, w: Watches) {
     let (client, health) = (&shared.client, &shared.metrics.watches);
     let (meshes, gateways) = (w.meshes.start(client), w.gateways.start(client));
+    let (remotes, feed) = (w.remotes.start(client), &w.remote_feed);
     let usage = &w.usage;
-    future::join3(
-        watch::drive(meshes, health.track("MeshInstall"), |_| {}),
+    future::join4(
+        watch::drive(meshes, health.track("MeshInstall"), |e| feed.mesh_event(e)),
         watch::drive(gateways, health.track("MeshGateway"), |e| usage.gateway_event(e)),
+        watch::drive(remotes, health.track("RemoteCluster"), |e| feed.remote_event(e)),
         usage.watch_namespaces(client, health.track("Namespace (revision labels)")),
     )
     .await;

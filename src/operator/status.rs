@@ -15,13 +15,16 @@ use super::events::{Note, publish};
 use super::shared::Shared;
 use crate::api::common::condition::{READY, STALLED};
 
-/// Writes `new` as `obj`'s status unless it already is; returns whether it wrote.
+/// Writes `new` as `obj`'s status unless it already is; returns whether it wrote. Only the
+/// operator's part is compared and written ([`Conditioned::operator_owned`]): fields other
+/// managers own are left to them.
 pub async fn write<K>(shared: &Shared, obj: &K, new: &K::Status) -> Result<bool, Error>
 where
     K: Resource<DynamicType = ()> + HasStatus,
     K::Status: Serialize + PartialEq + Default + Clone + Conditioned,
 {
-    let old = obj.status().cloned().unwrap_or_default();
+    let old = obj.status().cloned().unwrap_or_default().operator_owned();
+    let new = &new.operator_owned();
     if old == *new {
         return Ok(false);
     }
