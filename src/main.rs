@@ -275,6 +275,7 @@ fn render(file: &Path, versions_file: Option<&Path>) -> Result<()> {
         mesh: &mi,
         revision: &name,
         version,
+        remote_secrets: &[],
     })? {
         print!("{}", weft::yaml::document(&m.object)?);
     }

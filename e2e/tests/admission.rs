@@ -281,6 +281,7 @@ async fn good_specs_at_the_limits_are_accepted_and_render_objects_the_api_server
             mesh: &mi,
             revision: &revision,
             version,
+            remote_secrets: &[],
         });
         match rendered {
             Ok(manifests) => {
@@ -457,6 +458,7 @@ async fn judge(bed: &Bed, ns: &str, mut obj: Value) -> Result<Outcome, String> {
             mesh: &mi,
             revision: &revision,
             version,
+            remote_secrets: &[],
         })
     } else {
         let mut gw: MeshGateway = serde_json::from_value(obj).map_err(|e| e.to_string())?;

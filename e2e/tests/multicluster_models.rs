@@ -348,3 +348,109 @@ async fn a_cluster_with_an_external_control_plane_is_served_its_own_view_by_the_
     drop((from_c, claims_a));
     op.stop();
 }
+
+/// The control plane needs no more than the RBAC the operator renders for it: run as its
+/// own ServiceAccount (impersonated), it reads the one Secret its RemoteCluster names (the
+/// Role lists it by name, and no other), discovers the remote cluster and writes its status
+/// entry.
+#[tokio::test]
+async fn a_control_plane_with_only_its_rendered_rbac_discovers_a_remote_cluster() {
+    const MESH: &str = "mcr";
+    const MESH_NS: &str = "mcr-mesh";
+    const NS: &str = "bin";
+    let a = Bed::connect().await;
+    install_crds(&a);
+    let op = Operator::start(&a, "mcr-a", &[]);
+    let meshes: Api<MeshInstall> = Api::all(a.client.clone());
+    meshes
+        .create(
+            &PostParams::default(),
+            &mesh(MESH, MESH_NS, json!({"profile": "minimal"})),
+        )
+        .await
+        .expect("create A's MeshInstall");
+    wait_ready(&meshes, MESH, &op).await;
+    let (_b_cluster, b) = OwnCluster::up("weft-mcr-b").await;
+    greeter(&b, NS, B_BACKEND).await;
+    join(&a, &b, "b", MESH, MESH_NS, &[]).await;
+
+    // The operator names the RemoteCluster's Secret in the control plane's Role.
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(a.client.clone(), MESH_NS);
+    let name = format!("weft-cp-{MESH}");
+    wait_for("the Role to name the remote Secret", Duration::from_secs(30), || {
+        let (roles, name) = (roles.clone(), name.clone());
+        async move {
+            let role = roles.get(&name).await.map_err(|e| e.to_string())?;
+            let rules = role.rules.unwrap_or_default();
+            let names: Vec<String> = rules
+                .iter()
+                .filter(|r| r.resources.iter().flatten().any(|x| x == "secrets"))
+                .flat_map(|r| r.resource_names.clone().unwrap_or_default())
+                .collect();
+            if names == ["weft-remote-b"] {
+                Ok(())
+            } else {
+                Err(format!("{rules:?}"))
+            }
+        }
+    })
+    .await;
+    let account = format!("system:serviceaccount:{MESH_NS}:{name}");
+    let other = a.kubectl(&["--as", &account, "get", "secrets", "-n", MESH_NS]);
+    assert!(other.is_err_and(|e| e.contains("Forbidden")), "may list every Secret");
+
+    // The control plane, as that ServiceAccount.
+    let text = std::fs::read_to_string(&a.kubeconfig).expect("A's kubeconfig");
+    let mut kubeconfig: Value = serde_saphyr::from_str(&text).expect("kubeconfig YAML");
+    for user in kubeconfig["users"].as_array_mut().expect("users") {
+        user["user"]["as"] = json!(account);
+    }
+    let path = a.kubeconfig.with_file_name("kubeconfig-weft-cp-mcr");
+    std::fs::write(&path, kubeconfig.to_string()).expect("write the impersonating kubeconfig");
+    let as_cp = Bed {
+        name: a.name.clone(),
+        kubeconfig: path,
+        client: a.client.clone(),
+    };
+    let _host = TestHost::create();
+    let primary = Primary::start(
+        &as_cp,
+        MESH,
+        // Only NS is in the mesh, so the counts are of greeter alone.
+        &format!(
+            "mesh: {MESH}\nclusterName: a\ndiscoverySelectors:\n- matchLabels: {{kubernetes.io/metadata.name: {NS}}}\n"
+        ),
+        &["--mesh-namespace", MESH_NS],
+    );
+    wait_ready_primary(&primary).await;
+    let cluster = format!("outbound|50051||greeter.{NS}.svc.cluster.local");
+    wait_for("B's endpoint in A's EDS", Duration::from_secs(30), || async {
+        let eds = primary.eds(MESH, &cluster).await?;
+        if eds == [("b".to_string(), B_BACKEND.to_string())] {
+            Ok(())
+        } else {
+            Err(format!("{eds:?}"))
+        }
+    })
+    .await;
+    let rcs = remote_clusters(&a, MESH_NS);
+    let entry = wait_for("its status entry", Duration::from_secs(30), || {
+        let rcs = rcs.clone();
+        async move {
+            let entry = status_entry(&rcs, "b", MESH).await?;
+            if entry["synced"] == true && entry["endpoints"] == 1 {
+                Ok(entry)
+            } else {
+                Err(entry.to_string())
+            }
+        }
+    })
+    .await;
+    assert_eq!(entry["services"], 1, "{entry}");
+    assert!(
+        !primary.log().contains("Forbidden"),
+        "the control plane was refused something:\n{}",
+        primary.log()
+    );
+    op.stop();
+}

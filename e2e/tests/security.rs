@@ -230,6 +230,21 @@ async fn the_rbac_policy_refuses_escalation_and_admits_what_a_revision_renders()
         apply_json_as_operator(&bed, "sec-wildcard.json", &wildcard),
         "may only get, list and watch",
     );
+    let all_secrets = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "weft-cp-sec-rbac", "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "weft-operator"}},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}]
+    });
+    refused(
+        "every Secret of the mesh namespace in our Role",
+        apply_json_as_operator(&bed, "sec-all-secrets.json", &all_secrets),
+        "grants Secrets only by name",
+    );
+    // What the operator renders once the mesh has a RemoteCluster: its Secret, by name.
+    let mut named = all_secrets.clone();
+    named["rules"][0]["resourceNames"] = json!(["weft-remote-b"]);
+    let admitted = apply_json_as_operator(&bed, "sec-named-secret.json", &named);
+    assert!(admitted.is_ok(), "a Role reading one named Secret: {admitted:?}");
     // (Wildcards, escalate, bind and impersonate the operator does not hold, so RBAC itself
     // refuses them before the policy is asked; the policy refuses them too, for an operator
     // given more rights.)

@@ -155,28 +155,56 @@ struct Watches {
     remotes: SharedWatch<RemoteCluster>,
     /// What the RemoteCluster controller learns from the drivers.
     remote_feed: remote_cluster::Feed,
+    /// The mesh of each RemoteCluster that changed or went, for the MeshInstall controller.
+    remote_meshes: tokio::sync::mpsc::UnboundedSender<String>,
     usage: UsageIndex,
 }
 
 /// Every controller, until `shutdown` (finishing the reconciles in flight).
 async fn controllers(shared: Shared, remote: remote_cluster::Settings, shutdown: Shutdown) {
     let (remote_feed, fed) = remote_cluster::feed();
+    let (remote_meshes, changed_meshes) = tokio::sync::mpsc::unbounded_channel();
+    let changed_meshes =
+        futures::stream::unfold(changed_meshes, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let w = Watches {
         meshes: SharedWatch::default(),
         gateways: SharedWatch::default(),
         remotes: SharedWatch::default(),
         remote_feed,
+        remote_meshes,
         usage: UsageIndex::default(),
     };
     // Controllers subscribe to the shared watches as they are built, before those start.
     let run = future::join3(
-        mesh_install::controller(&shared, &w.meshes, &w.usage, shutdown.clone()),
+        mesh_install::controller(
+            &shared,
+            &w.meshes,
+            &w.usage,
+            &w.remotes,
+            changed_meshes,
+            shutdown.clone(),
+        ),
         mesh_gateway::controller(&shared, &w.gateways, &w.meshes, shutdown.clone()),
         remote_cluster::controller(&shared, &w.remotes, &w.meshes, fed, remote, shutdown),
     );
     tokio::select! {
         _ = run => {}
         _ = drive(&shared, w) => {}
+    }
+}
+
+/// Sends the mesh of a RemoteCluster that changed or went (nothing for a list's start or
+/// end, or an object that does not decode).
+fn remote_mesh(
+    event: &kube::runtime::watcher::Event<watch::Guarded<RemoteCluster>>,
+    to: &tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    use kube::runtime::watcher::Event;
+    if let Event::Apply(g) | Event::InitApply(g) | Event::Delete(g) = event
+        && let Ok(rc) = &g.0
+    {
+        // The receiver lives as long as the controllers; after them, nobody needs this.
+        let _ = to.send(rc.spec.mesh.clone());
     }
 }
 
@@ -190,7 +218,10 @@ async fn drive(shared: &Shared, w: Watches) {
     future::join4(
         watch::drive(meshes, health.track("MeshInstall"), |e| feed.mesh_event(e)),
         watch::drive(gateways, health.track("MeshGateway"), |e| usage.gateway_event(e)),
-        watch::drive(remotes, health.track("RemoteCluster"), |e| feed.remote_event(e)),
+        watch::drive(remotes, health.track("RemoteCluster"), |e| {
+            feed.remote_event(e);
+            remote_mesh(e, &w.remote_meshes);
+        }),
         usage.watch_namespaces(client, health.track("Namespace (revision labels)")),
     )
     .await;

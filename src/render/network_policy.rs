@@ -139,6 +139,7 @@ mod tests {
             mesh: &mi,
             revision: "mesh-v1-0-0",
             version,
+            remote_secrets: &[],
         })
         .unwrap();
         let policies: Vec<_> = objects.iter().filter(|m| m.kind == OwnedKind::NetworkPolicy).collect();

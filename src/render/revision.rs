@@ -45,6 +45,9 @@ pub struct RevisionInput<'a> {
     pub revision: &'a str,
     /// The version it runs.
     pub version: &'a MeshVersion,
+    /// The Secrets the mesh's RemoteClusters name (in the mesh namespace): the only ones
+    /// its control plane may read.
+    pub remote_secrets: &'a [String],
 }
 
 /// A read-only (get, list, watch) RBAC rule.
@@ -256,12 +259,20 @@ impl Renderer<'_> {
         }
     }
 
-    /// In its own namespace only: the remote-cluster credentials and the mesh config.
+    /// In its own namespace only: the RemoteClusters, its entry of their status, and the
+    /// Secrets they name, by name (none while there are none: an empty `resourceNames`
+    /// would allow every Secret).
     fn role(&self, name: &str) -> Role {
+        let mut rules = Vec::new();
+        if !self.input.remote_secrets.is_empty() {
+            rules.push(PolicyRule {
+                resource_names: Some(self.input.remote_secrets.to_vec()),
+                ..read_rule(&[""], &["secrets"])
+            });
+        }
         Role {
             metadata: self.meta(name, true, "control-plane"),
             rules: Some(vec![
-                read_rule(&[""], &["configmaps", "secrets"]),
                 read_rule(&["weft.dev"], &["remoteclusters"]),
                 // Its own entry of each RemoteCluster's status.controlPlanes (server-side apply).
                 PolicyRule {
@@ -270,7 +281,8 @@ impl Renderer<'_> {
                     verbs: vec!["patch".to_string()],
                     ..Default::default()
                 },
-            ]),
+            ])
+            .map(|r| rules.into_iter().chain(r).collect()),
         }
     }
 

@@ -59,6 +59,8 @@ fn revision_objects() -> Vec<Manifest> {
         mesh: &mi,
         revision: REVISION,
         version,
+        // What the Role says once RemoteClusters exist.
+        remote_secrets: &["<the Secret each RemoteCluster names>".to_string()],
     })
     .unwrap()
 }
@@ -104,6 +106,15 @@ fn list(items: &[String]) -> String {
         .join(", ")
 }
 
+/// A rule's resources, and the names it is limited to, if any.
+fn resources(r: &PolicyRule) -> String {
+    let all = list(r.resources.as_deref().unwrap_or_default());
+    match r.resource_names.as_deref() {
+        Some(names) if !names.is_empty() => format!("{all} named {}", names.join(", ")),
+        _ => all,
+    }
+}
+
 /// A Markdown table of RBAC rules, each with the scope it applies in.
 fn rules_table(rows: &[(String, PolicyRule)]) -> String {
     let mut out = String::from("| Scope | API groups | Resources | Verbs |\n|---|---|---|---|\n");
@@ -112,7 +123,7 @@ fn rules_table(rows: &[(String, PolicyRule)]) -> String {
             out,
             "| {scope} | {} | {} | {} |",
             list(r.api_groups.as_deref().unwrap_or_default()),
-            list(r.resources.as_deref().unwrap_or_default()),
+            resources(r),
             r.verbs.join(", ")
         );
     }

@@ -34,6 +34,7 @@ fn render(mi: &MeshInstall) -> Result<Vec<Manifest>, RenderError> {
         mesh: mi,
         revision: &revision,
         version,
+        remote_secrets: &[],
     })
 }
 

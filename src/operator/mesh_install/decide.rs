@@ -108,6 +108,7 @@ fn build(
         mesh: mi,
         revision: target,
         version,
+        remote_secrets: &observed.remote_secrets,
     })?)
 }
 
@@ -148,7 +149,51 @@ mod tests {
             },
             others: Vec::new(),
             rejected: None,
+            remote_secrets: Vec::new(),
         }
+    }
+
+    /// The rules of the control plane's Role the decision installs.
+    fn role_rules(d: &Decision) -> Vec<serde_json::Value> {
+        let role = d
+            .install
+            .as_ref()
+            .expect("objects to install")
+            .iter()
+            .find(|m| m.kind == OwnedKind::Role)
+            .expect("a Role");
+        role.object["rules"].as_array().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_control_plane_may_read_only_the_secrets_its_remoteclusters_name() {
+        let mi = mesh("version: 1.0.0", 1, None);
+        let none = decide(&mi, &VersionTable::builtin(), &observed(vec![]), at(0));
+        let secrets = |rules: &[serde_json::Value]| -> Vec<serde_json::Value> {
+            rules
+                .iter()
+                .filter(|r| {
+                    r["resources"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == "secrets"))
+                })
+                .cloned()
+                .collect()
+        };
+        assert!(
+            secrets(&role_rules(&none)).is_empty(),
+            "no RemoteCluster: no Secret at all"
+        );
+        let mut with = observed(vec![]);
+        with.remote_secrets = vec!["weft-remote-b".into(), "weft-remote-c".into()];
+        let d = decide(&mi, &VersionTable::builtin(), &with, at(0));
+        let rules = secrets(&role_rules(&d));
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(
+            rules[0]["resourceNames"],
+            serde_json::json!(["weft-remote-b", "weft-remote-c"])
+        );
+        assert_eq!(rules[0]["verbs"], serde_json::json!(["get", "list", "watch"]));
     }
 
     #[test]

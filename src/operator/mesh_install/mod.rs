@@ -17,7 +17,7 @@ pub mod usage;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::{StreamExt, stream};
+use futures::{Stream, StreamExt, stream};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -33,6 +33,7 @@ use super::index::{OwnedIndex, OwnedWatch, controller_owner};
 use super::shared::Shared;
 use super::status::write as write_status;
 use super::watch::{Guarded, SharedWatch};
+use crate::api::RemoteCluster;
 use crate::api::labels;
 use crate::api::mesh_install::MeshInstall;
 use crate::render::OwnedKind;
@@ -54,15 +55,21 @@ pub struct Context {
     pub meshes: Store<Guarded<MeshInstall>>,
     /// Who uses which revision.
     pub usage: UsageIndex,
+    /// Every RemoteCluster (their Secrets are what a control plane may read).
+    pub remotes: Store<Guarded<RemoteCluster>>,
 }
 
 /// Builds the controller over the shared MeshInstall watch; it runs until `shutdown`.
-pub fn controller(
+/// `remote_changes` names the mesh of each RemoteCluster that changed or went (its
+/// Secret is in, or leaves, the control plane's Role).
+pub fn controller<S: Stream<Item = String> + Send + 'static>(
     shared: &Shared,
     meshes: &SharedWatch<MeshInstall>,
     usage: &UsageIndex,
+    remotes: &SharedWatch<RemoteCluster>,
+    remote_changes: S,
     shutdown: Shutdown,
-) -> impl Future<Output = ()> + use<> {
+) -> impl Future<Output = ()> + use<S> {
     // Everything Weft manages except what gateways own (their controller indexes that).
     let selector = format!(
         "{}={},{}!={}",
@@ -77,6 +84,7 @@ pub fn controller(
         index,
         meshes: meshes.store(),
         usage: usage.clone(),
+        remotes: remotes.store(),
     });
     // A namespace label or gateway changed: usage may have moved between revisions. There
     // are few MeshInstalls, so each looks again (a reconcile that changes nothing writes
@@ -93,6 +101,7 @@ pub fn controller(
             controller_owner(o, "MeshInstall").map(|n| ObjectRef::new(&n))
         })
         .on(usage_changed)
+        .on(remote_changes.map(|mesh| ObjectRef::new(&mesh)))
         .run(ctx, reconcile, shutdown)
 }
 

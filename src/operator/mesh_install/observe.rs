@@ -28,6 +28,9 @@ pub struct Observed {
     pub others: Vec<Neighbour>,
     /// Set when the API server refused an object of the target revision just now.
     pub rejected: Option<Stall>,
+    /// The Secrets this mesh's RemoteClusters name, sorted: its control plane may read
+    /// those and no other.
+    pub remote_secrets: Vec<String>,
 }
 
 /// Who uses the revisions, looked up in the usage index for just the label values that
@@ -95,7 +98,20 @@ pub fn observe(ctx: &Context, mi: &MeshInstall) -> Observed {
         revisions,
         usage,
         rejected: None,
+        remote_secrets: remote_secrets(ctx, mi),
     }
+}
+
+/// The Secrets named by the RemoteClusters of `mi` (in its namespace), sorted and distinct.
+fn remote_secrets(ctx: &Context, mi: &MeshInstall) -> Vec<String> {
+    let mut names: Vec<String> = watch::valid(&ctx.remotes)
+        .into_iter()
+        .filter(|rc| rc.spec.mesh == mi.name_any() && rc.namespace().as_deref() == Some(mi.spec.namespace.as_str()))
+        .map(|rc| rc.spec.kubeconfig_secret_ref.name)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The revisions the owner with `uid` has installed: one per control-plane Deployment, or,
