@@ -447,6 +447,26 @@ async fn a_control_plane_with_only_its_rendered_rbac_discovers_a_remote_cluster(
     })
     .await;
     assert_eq!(entry["services"], 1, "{entry}");
+    // What `kubectl get mrc` shows: the operator's check and the control plane's view.
+    let table = wait_for("kubectl get mrc to show both", Duration::from_secs(60), || {
+        let table = a.kubectl(&["get", "mrc", "-n", MESH_NS, "-o", "wide"]);
+        async move {
+            let table = table?;
+            let row = table
+                .lines()
+                .find(|l| l.starts_with("b "))
+                .unwrap_or_default()
+                .to_string();
+            let cells: Vec<&str> = row.split_whitespace().collect();
+            if cells.get(1..3) == Some(&["True", "Ready"][..]) && row.contains(" true ") && row.contains(" 1 ") {
+                Ok(table)
+            } else {
+                Err(table)
+            }
+        }
+    })
+    .await;
+    println!("{table}");
     assert!(
         !primary.log().contains("Forbidden"),
         "the control plane was refused something:\n{}",

@@ -271,6 +271,7 @@ async fn clusters() -> Vec<Bed> {
     }
     let primary = &beds[0];
     if beds.len() > 1 {
+        weft_e2e::operator::install_crds(primary);
         let namespaces: Api<Namespace> = Api::all(primary.client.clone());
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": MESH_NAMESPACE}})).expect("a namespace");
         namespaces
