@@ -16,14 +16,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use weft::api::MeshInstall;
 use weft::api::mesh_gateway::MeshGateway;
 use weft::render::{GatewayInput, OwnedKind, render_gateway};
 use weft::versions::VersionTable;
 use weft_e2e::multicluster::{Primary, apply, remote_clusters, remote_secret, status_entry};
-use weft_e2e::operator::{Operator, install_crds, mesh, wait_ready};
+use weft_e2e::operator::{Operator, delete_and_wait, install_crds, mesh, wait_ready};
 use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
 use weft_e2e::{Bed, OwnCluster, repo_root, wait_for};
 
@@ -171,6 +171,12 @@ async fn set_gateway_address(bed: &Bed, ns: &str, ingress: Value) {
         .expect("write the gateway's load-balancer status");
 }
 
+/// Deletes RemoteCluster `name` of `mesh_ns` on the primary, so no later test's operator
+/// finds it (its cluster is gone by then).
+async fn forget(a: &Bed, mesh_ns: &str, name: &str) {
+    let _ = remote_clusters(a, mesh_ns).delete(name, &DeleteParams::default()).await;
+}
+
 async fn wait_ready_primary(primary: &Primary) {
     wait_for(
         "the primary's control plane to be ready",
@@ -259,6 +265,7 @@ async fn a_remote_network_is_reached_through_its_east_west_gateway() {
     })
     .await;
     assert_eq!(entry["synced"], true, "{entry}");
+    forget(&a, MESH_NS, "b").await;
 }
 
 #[tokio::test]
@@ -346,6 +353,7 @@ async fn a_cluster_with_an_external_control_plane_is_served_its_own_view_by_the_
     let (counts, errors, last) = call(&mut claims_a, 3);
     assert!(counts.is_empty() && errors == 3, "{counts:?} {last}");
     drop((from_c, claims_a));
+    forget(&a, MESH_NS, "c").await;
     op.stop();
 }
 
@@ -472,5 +480,7 @@ async fn a_control_plane_with_only_its_rendered_rbac_discovers_a_remote_cluster(
         "the control plane was refused something:\n{}",
         primary.log()
     );
+    forget(&a, MESH_NS, "b").await;
+    delete_and_wait(&a, MESH).await;
     op.stop();
 }

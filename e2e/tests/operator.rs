@@ -422,6 +422,34 @@ async fn a_restarted_operator_with_nothing_changed_writes_nothing() {
     )
     .await
     .expect("create");
+    // A RemoteCluster of the mesh: its Secret is in the control plane's Role, which a
+    // restarted operator must not render before it has listed the RemoteClusters.
+    let remote: weft::api::RemoteCluster = serde_json::from_value(json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "RemoteCluster",
+        "metadata": {"name": "west", "namespace": "e2e-steady"},
+        "spec": {"mesh": "steady", "clusterName": "west", "kubeconfigSecretRef": {"name": "weft-remote-west"}}
+    }))
+    .expect("a RemoteCluster");
+    let remotes: Api<weft::api::RemoteCluster> = Api::namespaced(bed.client.clone(), "e2e-steady");
+    wait_for("the namespace to take a RemoteCluster", TIMEOUT, || async {
+        match remotes.create(&PostParams::default(), &remote).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(bed.client.clone(), "e2e-steady");
+    wait_for("the Role to name the RemoteCluster's Secret", TIMEOUT, || async {
+        let role = roles.get("weft-cp-steady").await.map_err(|e| e.to_string())?;
+        let text = serde_json::to_string(&role.rules).unwrap_or_default();
+        if text.contains("weft-remote-west") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
     wait_ready(&api, "steady", &first).await;
     first.stop();
     let before = owned_objects(&bed, "steady").await;
@@ -470,6 +498,7 @@ async fn a_restarted_operator_with_nothing_changed_writes_nothing() {
     }
     let (code, _) = second.get(second.health_port, "/readyz").expect("readyz");
     assert_eq!(code, 200);
+    let _ = remotes.delete("west", &DeleteParams::default()).await;
     delete_and_wait(&bed, "steady").await;
     second.stop();
 }
@@ -749,7 +778,8 @@ async fn an_external_control_plane_installs_only_proxies_bootstrapped_to_it() {
     let gw: weft::api::MeshGateway = serde_json::from_value(json!({
         "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
         "metadata": {"name": "ingress", "namespace": "e2e-ext"},
-        "spec": {"mesh": "ext"}
+        // The revision by name: the implicit `default` tag is the oldest mesh's.
+        "spec": {"mesh": "ext", "revision": "ext"}
     }))
     .expect("a MeshGateway");
     gateways

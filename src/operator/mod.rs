@@ -155,17 +155,15 @@ struct Watches {
     remotes: SharedWatch<RemoteCluster>,
     /// What the RemoteCluster controller learns from the drivers.
     remote_feed: remote_cluster::Feed,
-    /// The mesh of each RemoteCluster that changed or went, for the MeshInstall controller.
-    remote_meshes: tokio::sync::mpsc::UnboundedSender<String>,
+    /// What the MeshInstall controller learns of RemoteClusters from the driver.
+    remote_meshes: mesh_install::remotes::RemoteFeed,
     usage: UsageIndex,
 }
 
 /// Every controller, until `shutdown` (finishing the reconciles in flight).
 async fn controllers(shared: Shared, remote: remote_cluster::Settings, shutdown: Shutdown) {
     let (remote_feed, fed) = remote_cluster::feed();
-    let (remote_meshes, changed_meshes) = tokio::sync::mpsc::unbounded_channel();
-    let changed_meshes =
-        futures::stream::unfold(changed_meshes, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let (remote_meshes, remote_news) = mesh_install::remotes::remote_feed();
     let w = Watches {
         meshes: SharedWatch::default(),
         gateways: SharedWatch::default(),
@@ -176,35 +174,13 @@ async fn controllers(shared: Shared, remote: remote_cluster::Settings, shutdown:
     };
     // Controllers subscribe to the shared watches as they are built, before those start.
     let run = future::join3(
-        mesh_install::controller(
-            &shared,
-            &w.meshes,
-            &w.usage,
-            &w.remotes,
-            changed_meshes,
-            shutdown.clone(),
-        ),
+        mesh_install::controller(&shared, &w.meshes, &w.usage, &w.remotes, remote_news, shutdown.clone()),
         mesh_gateway::controller(&shared, &w.gateways, &w.meshes, shutdown.clone()),
         remote_cluster::controller(&shared, &w.remotes, &w.meshes, fed, remote, shutdown),
     );
     tokio::select! {
         _ = run => {}
         _ = drive(&shared, w) => {}
-    }
-}
-
-/// Sends the mesh of a RemoteCluster that changed or went (nothing for a list's start or
-/// end, or an object that does not decode).
-fn remote_mesh(
-    event: &kube::runtime::watcher::Event<watch::Guarded<RemoteCluster>>,
-    to: &tokio::sync::mpsc::UnboundedSender<String>,
-) {
-    use kube::runtime::watcher::Event;
-    if let Event::Apply(g) | Event::InitApply(g) | Event::Delete(g) = event
-        && let Ok(rc) = &g.0
-    {
-        // The receiver lives as long as the controllers; after them, nobody needs this.
-        let _ = to.send(rc.spec.mesh.clone());
     }
 }
 
@@ -220,7 +196,7 @@ async fn drive(shared: &Shared, w: Watches) {
         watch::drive(gateways, health.track("MeshGateway"), |e| usage.gateway_event(e)),
         watch::drive(remotes, health.track("RemoteCluster"), |e| {
             feed.remote_event(e);
-            remote_mesh(e, &w.remote_meshes);
+            w.remote_meshes.event(e);
         }),
         usage.watch_namespaces(client, health.track("Namespace (revision labels)")),
     )

@@ -9,6 +9,7 @@ pub mod decide;
 mod fixtures;
 pub mod names;
 pub mod observe;
+pub mod remotes;
 pub mod revisions;
 pub mod status;
 pub mod steps;
@@ -17,7 +18,7 @@ pub mod usage;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt, stream};
+use futures::{StreamExt, stream};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -57,19 +58,22 @@ pub struct Context {
     pub usage: UsageIndex,
     /// Every RemoteCluster (their Secrets are what a control plane may read).
     pub remotes: Store<Guarded<RemoteCluster>>,
+    /// True once the RemoteClusters are listed.
+    pub remotes_listed: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Builds the controller over the shared MeshInstall watch; it runs until `shutdown`.
-/// `remote_changes` names the mesh of each RemoteCluster that changed or went (its
-/// Secret is in, or leaves, the control plane's Role).
-pub fn controller<S: Stream<Item = String> + Send + 'static>(
+/// `news` names the mesh of each RemoteCluster that changed or went (its Secret is in, or
+/// leaves, the control plane's Role).
+pub fn controller(
     shared: &Shared,
     meshes: &SharedWatch<MeshInstall>,
     usage: &UsageIndex,
     remotes: &SharedWatch<RemoteCluster>,
-    remote_changes: S,
+    news: remotes::RemoteNews,
     shutdown: Shutdown,
-) -> impl Future<Output = ()> + use<S> {
+) -> impl Future<Output = ()> + use<> {
+    let (remote_changes, remotes_listed) = news.split();
     // Everything Weft manages except what gateways own (their controller indexes that).
     let selector = format!(
         "{}={},{}!={}",
@@ -85,6 +89,7 @@ pub fn controller<S: Stream<Item = String> + Send + 'static>(
         meshes: meshes.store(),
         usage: usage.clone(),
         remotes: remotes.store(),
+        remotes_listed,
     });
     // A namespace label or gateway changed: usage may have moved between revisions. There
     // are few MeshInstalls, so each looks again (a reconcile that changes nothing writes
@@ -107,8 +112,10 @@ pub fn controller<S: Stream<Item = String> + Send + 'static>(
 
 /// Reconciles one MeshInstall, under its finalizer.
 async fn reconcile(mi: Arc<MeshInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // Until every owned kind is listed, a missing object might only be not yet seen.
+    // Until every owned kind is listed, a missing object might only be not yet seen; until
+    // the RemoteClusters are, a Role would be rendered without their Secrets.
     ctx.index.ready().await;
+    let _ = ctx.remotes_listed.clone().wait_for(|listed| *listed).await;
     let api: Api<MeshInstall> = Api::all(ctx.shared.client.clone());
     if !mi.finalizers().iter().any(|f| f == FINALIZER) && mi.metadata.deletion_timestamp.is_none() {
         ctx.shared.metrics.write("MeshInstall", "finalizer");
