@@ -13,6 +13,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
 pub mod control_plane;
+pub mod grpc_clients;
 pub mod multicluster;
 pub mod operator;
 pub mod remote;

@@ -11,7 +11,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_end
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -39,17 +41,9 @@ pub fn remote_secret(remote: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
-/// `kubectl apply -f -` of `yaml` on `bed` (through a file, as `Bed::kubectl` takes no input).
+/// `kubectl apply -f -` of `yaml` on `bed` (server-side).
 pub fn apply(bed: &Bed, yaml: &str) {
-    let file = std::env::temp_dir().join(format!(
-        "weft-mc-{}-{}.yaml",
-        std::process::id(),
-        weft::render::fnv1a(yaml)
-    ));
-    std::fs::write(&file, yaml).expect("write manifest");
-    let applied = bed.kubectl(&["apply", "-f", file.to_str().expect("path")]);
-    let _ = std::fs::remove_file(&file);
-    applied.unwrap_or_else(|e| panic!("kubectl apply failed: {e}"));
+    crate::remote::apply_yaml(bed, yaml);
 }
 
 /// A `weft control-plane` process whose ADS listens on the test host's address, killed
@@ -226,4 +220,83 @@ pub async fn status_entry(api: &Api<DynamicObject>, name: &str, revision: &str) 
         .into_iter()
         .find(|e| e["revision"] == revision)
         .ok_or_else(|| format!("no entry for {revision}: status {}", rc.data["status"]))
+}
+
+/// The east-west gateway's Service as the operator renders it for MeshGateway `eastwest` of
+/// `mesh` in `ns` (type eastwest, network `network`), without its owner (no MeshGateway
+/// exists in these tests).
+pub fn eastwest_service(ns: &str, mesh: &str, network: &str) -> Service {
+    let gw: weft::api::MeshGateway = serde_json::from_value(serde_json::json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
+        "metadata": {"name": "eastwest", "namespace": ns, "uid": "00000000-0000-0000-0000-0000000000ee"},
+        "spec": {"mesh": mesh, "type": "eastwest", "network": network}
+    }))
+    .expect("a MeshGateway");
+    let table = weft::versions::VersionTable::builtin();
+    let objects = weft::render::render_gateway(&weft::render::GatewayInput {
+        gateway: &gw,
+        mesh,
+        revision: mesh,
+        control_plane_namespace: ns,
+        external_control_plane: None,
+        cluster: "e2e",
+        version: table.get("1.0.0").expect("a supported version"),
+        mesh_network: None,
+    })
+    .expect("the gateway renders");
+    let m = objects
+        .iter()
+        .find(|m| m.kind == weft::render::OwnedKind::Service)
+        .expect("a Service");
+    let mut svc: Service = serde_json::from_value(m.object.clone()).expect("a Service");
+    svc.metadata.owner_references = None;
+    svc
+}
+
+/// Sets the load-balancer addresses (`status.loadBalancer.ingress`) of `<ns>/eastwest`.
+pub async fn set_gateway_address(bed: &Bed, ns: &str, ingress: serde_json::Value) {
+    let status = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
+    Api::<Service>::namespaced(bed.client.clone(), ns)
+        .patch_status("eastwest", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("write the gateway's load-balancer status");
+}
+
+/// Creates namespace `name` with `labels` (nothing when it exists).
+pub async fn namespace(bed: &Bed, name: &str, labels: serde_json::Value) {
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+    match Api::<Namespace>::all(bed.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create namespace {name}: {e}"),
+    }
+}
+
+/// `<ns>/greeter` with one ready endpoint at `address`.
+pub async fn greeter(bed: &Bed, ns: &str, address: &str) {
+    namespace(bed, ns, serde_json::json!({})).await;
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "greeter"},
+        "spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(bed.client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("service greeter");
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "greeter-1", "labels": {"kubernetes.io/service-name": "greeter"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": true}, "zone": "zone-a"}]
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::namespaced(bed.client.clone(), ns)
+        .create(&PostParams::default(), &slice)
+        .await
+        .expect("endpointslice greeter-1");
 }

@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use serde_json::json;
 use weft::api::RemoteCluster;
 
 use crate::operator::Operator;
-use crate::{Bed, wait_for, weft_bin};
+use crate::{Bed, wait_for};
 
 /// How long the RemoteCluster helpers wait.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,19 +25,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// Runs `weft remote-secret` against `remote` (its admin kubeconfig) for cluster `name` of
 /// mesh `mesh` in `mesh_ns`; returns the YAML to apply on the primary.
 pub fn remote_secret(remote: &Bed, name: &str, mesh: &str, mesh_ns: &str) -> String {
-    let out = Command::new(weft_bin())
-        .arg("remote-secret")
-        .arg("--kubeconfig")
-        .arg(&remote.kubeconfig)
-        .args(["--name", name, "--mesh", mesh, "--mesh-namespace", mesh_ns])
-        .output()
-        .expect("run weft remote-secret");
-    assert!(
-        out.status.success(),
-        "weft remote-secret failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
+    crate::multicluster::remote_secret(
+        &remote.kubeconfig,
+        &["--name", name, "--mesh", mesh, "--mesh-namespace", mesh_ns],
+    )
 }
 
 /// Applies YAML on `bed` (server-side, as `kubectl apply -f -` would).

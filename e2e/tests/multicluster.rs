@@ -4,18 +4,17 @@
 //! namespace `shop` exists in both, each with one real gRPC backend on the test host, and
 //! Python's grpcio, served by A's control plane, calls it.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use weft_e2e::multicluster::{Primary, apply, remote_clusters, remote_secret, status_entry};
+use weft_e2e::grpc_clients::{self, wait_reached};
+use weft_e2e::multicluster::{self, Primary, apply, remote_clusters, remote_secret, status_entry};
 use weft_e2e::operator::install_crds;
 use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
-use weft_e2e::{Bed, OwnCluster, repo_root, wait_for};
+use weft_e2e::{Bed, OwnCluster, wait_for};
 
 const REVISION: &str = "mc";
 const MESH: &str = "wcp";
@@ -24,101 +23,27 @@ const A_BACKEND: &str = "198.51.100.10";
 const B_BACKEND: &str = "198.51.100.11";
 const EDS_CLUSTER: &str = "outbound|50051||greeter.shop.svc.cluster.local";
 
-fn script(name: &str) -> String {
-    repo_root().join("e2e/xds").join(name).display().to_string()
-}
-
+/// A backend named `name` on `address`, port 50051.
 fn backend(host: &TestHost, address: &str, name: &str) -> Proc {
-    let mut p = host.spawn("python3", &[&script("backend.py"), &format!("{address}:50051"), name]);
-    assert_eq!(p.read_line().as_deref(), Some("ready"), "backend {name} did not start");
-    p
+    grpc_clients::backend(host, &format!("{address}:50051"), name)
 }
 
 /// The grpcio client in the test host, served by `primary`.
 fn client(bed: &Bed, host: &TestHost, primary: &Primary) -> Proc {
-    let boot = bed.kubeconfig.parent().unwrap().join("bootstrap-mc.json");
-    let doc = json!({
-        "xds_servers": [{"server_uri": format!("{HOST_ADDRESS}:{}", primary.xds), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-        "node": {"id": "e2e-mc-client", "locality": {"zone": "zone-a"},
-                 "metadata": {"REVISION": REVISION, "NAMESPACE": "shop", "ROLE": "proxyless"}}
-    });
-    std::fs::write(&boot, doc.to_string()).unwrap();
-    host.spawn(
-        "python3",
-        &[
-            &script("client.py"),
-            boot.to_str().unwrap(),
-            "xds:///greeter.shop.svc.cluster.local:50051",
-        ],
+    grpc_clients::client(
+        host,
+        bed.kubeconfig.parent().unwrap(),
+        &format!("{HOST_ADDRESS}:{}", primary.xds),
+        "e2e-mc-client",
+        json!({"REVISION": REVISION, "NAMESPACE": "shop", "ROLE": "proxyless"}),
+        "xds:///greeter.shop.svc.cluster.local:50051",
     )
-}
-
-/// Which backends `n` calls reached, and the errors.
-fn call(client: &mut Proc, n: u32) -> (BTreeMap<String, u64>, u64, String) {
-    let line = client.ask(&format!("call {n}")).expect("the client answers");
-    let v: Value = serde_json::from_str(&line).expect("JSON from the client");
-    let counts = v["counts"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
-        .collect();
-    (
-        counts,
-        v["errors"].as_u64().unwrap(),
-        v["last_error"].as_str().unwrap_or_default().to_string(),
-    )
-}
-
-/// Waits until 30 calls reach exactly the backends `want` (each at least once), no errors.
-async fn wait_reached(client: &mut Proc, want: &[&str], what: &str) {
-    wait_for(what, Duration::from_secs(30), || {
-        let (counts, errors, last) = call(client, 30);
-        let reached: Vec<&str> = counts
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, _)| k.as_str())
-            .collect();
-        let ok = errors == 0 && reached == want;
-        async move {
-            if ok {
-                Ok(())
-            } else {
-                Err(format!("counts {counts:?}, errors {errors} ({last})"))
-            }
-        }
-    })
-    .await;
 }
 
 /// `shop/greeter` with one endpoint at `address`, in `bed`; `shop` labelled `mesh: on`.
 async fn greeter(bed: &Bed, address: &str) {
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "shop", "labels": {"mesh": "on"}}})).unwrap();
-    Api::<Namespace>::all(bed.client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace shop");
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "greeter"},
-        "spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}
-    }))
-    .unwrap();
-    Api::<Service>::namespaced(bed.client.clone(), "shop")
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("service greeter");
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": "greeter-1", "labels": {"kubernetes.io/service-name": "greeter"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [address], "conditions": {"ready": true}, "zone": "zone-a"}]
-    }))
-    .unwrap();
-    Api::<EndpointSlice>::namespaced(bed.client.clone(), "shop")
-        .create(&PostParams::default(), &slice)
-        .await
-        .expect("endpointslice greeter-1");
+    multicluster::namespace(bed, "shop", json!({"mesh": "on"})).await;
+    multicluster::greeter(bed, "shop", address).await;
 }
 
 /// Sets (or removes, with `None`) the `mesh` label of namespace `shop` in `bed`.

@@ -9,121 +9,32 @@
 //!
 //! Credentials for B and C are made by `weft remote-secret` against their API servers.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use weft::api::MeshInstall;
-use weft::api::mesh_gateway::MeshGateway;
-use weft::render::{GatewayInput, OwnedKind, render_gateway};
-use weft::versions::VersionTable;
-use weft_e2e::multicluster::{Primary, apply, remote_clusters, remote_secret, status_entry};
+use weft_e2e::grpc_clients::{self, backend, call, wait_reached};
+use weft_e2e::multicluster::{
+    Primary, apply, eastwest_service, greeter, namespace, remote_clusters, remote_secret, set_gateway_address,
+    status_entry,
+};
 use weft_e2e::operator::{Operator, delete_and_wait, install_crds, mesh, wait_ready};
 use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
-use weft_e2e::{Bed, OwnCluster, repo_root, wait_for};
+use weft_e2e::{Bed, OwnCluster, wait_for};
 
 const A_BACKEND: &str = "198.51.100.10";
 const B_BACKEND: &str = "198.51.100.11";
 const C_BACKEND: &str = "198.51.100.12";
 const B_GATEWAY: &str = "198.51.100.30";
 
-fn script(name: &str) -> String {
-    repo_root().join("e2e/xds").join(name).display().to_string()
-}
-
-/// A gRPC server on `address` answering with `name`.
-fn backend(host: &TestHost, address: &str, name: &str) -> Proc {
-    let mut p = host.spawn("python3", &[&script("backend.py"), address, name]);
-    assert_eq!(p.read_line().as_deref(), Some("ready"), "{name} did not start");
-    p
-}
-
 /// A grpcio xDS client of `greeter.<ns>` with this bootstrap `server` (host:port) and node.
 fn client(bed: &Bed, host: &TestHost, server: &str, id: &str, metadata: Value, ns: &str) -> Proc {
-    let doc = json!({
-        "xds_servers": [{"server_uri": server, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-        "node": {"id": id, "locality": {"zone": "zone-a"}, "metadata": metadata}
-    });
-    let path = bed.kubeconfig.parent().unwrap().join(format!("bootstrap-{id}.json"));
-    std::fs::write(&path, doc.to_string()).unwrap();
     let target = format!("xds:///greeter.{ns}.svc.cluster.local:50051");
-    host.spawn("python3", &[&script("client.py"), &path.display().to_string(), &target])
-}
-
-/// `call N`: answers by responder name, errors, and the last error.
-fn call(client: &mut Proc, n: u32) -> (BTreeMap<String, u64>, u64, String) {
-    let line = client.ask(&format!("call {n}")).expect("the client answers");
-    let v: Value = serde_json::from_str(&line).expect("JSON from the client");
-    let counts = v["counts"]
-        .as_object()
-        .map(|o| o.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
-        .unwrap_or_default();
-    let errors = v["errors"].as_u64().unwrap_or(0);
-    (counts, errors, v["last_error"].as_str().unwrap_or_default().to_string())
-}
-
-/// Waits until 30 calls reach exactly the responders `want`, without errors.
-async fn wait_reached(client: &mut Proc, want: &[&str], what: &str) {
-    wait_for(what, Duration::from_secs(45), || {
-        let (counts, errors, last) = call(client, 30);
-        let reached: Vec<&str> = counts
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, _)| k.as_str())
-            .collect();
-        let ok = errors == 0 && reached == want;
-        async move {
-            if ok {
-                Ok(())
-            } else {
-                Err(format!("counts {counts:?}, errors {errors} ({last})"))
-            }
-        }
-    })
-    .await;
-}
-
-/// Creates namespace `name` with `labels` (nothing when it exists).
-async fn namespace(bed: &Bed, name: &str, labels: Value) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
-    match Api::<Namespace>::all(bed.client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("create namespace {name}: {e}"),
-    }
-}
-
-/// `<ns>/greeter` with one ready endpoint at `address`.
-async fn greeter(bed: &Bed, ns: &str, address: &str) {
-    namespace(bed, ns, json!({})).await;
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "greeter"},
-        "spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}
-    }))
-    .unwrap();
-    Api::<Service>::namespaced(bed.client.clone(), ns)
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("service greeter");
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": "greeter-1", "labels": {"kubernetes.io/service-name": "greeter"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [address], "conditions": {"ready": true}, "zone": "zone-a"}]
-    }))
-    .unwrap();
-    Api::<EndpointSlice>::namespaced(bed.client.clone(), ns)
-        .create(&PostParams::default(), &slice)
-        .await
-        .expect("endpointslice greeter-1");
+    grpc_clients::client(host, bed.kubeconfig.parent().unwrap(), server, id, metadata, &target)
 }
 
 /// Joins `remote` to the primary `a` as RemoteCluster `name` of `mesh`: the credential
@@ -133,42 +44,6 @@ async fn join(a: &Bed, remote: &Bed, name: &str, mesh: &str, mesh_ns: &str, extr
     let mut args = vec!["--name", name, "--mesh", mesh, "--mesh-namespace", mesh_ns];
     args.extend_from_slice(extra);
     apply(a, &remote_secret(&remote.kubeconfig, &args));
-}
-
-/// The east-west gateway's Service as the operator renders it for an `eastwest`
-/// MeshGateway of network `network` (without its owner: no MeshGateway exists here).
-fn eastwest_service(ns: &str, mesh: &str, network: &str) -> Service {
-    let gw: MeshGateway = serde_json::from_value(json!({
-        "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
-        "metadata": {"name": "eastwest", "namespace": ns, "uid": "00000000-0000-0000-0000-0000000000eb"},
-        "spec": {"mesh": mesh, "type": "eastwest", "network": network}
-    }))
-    .unwrap();
-    let table = VersionTable::builtin();
-    let objects = render_gateway(&GatewayInput {
-        gateway: &gw,
-        mesh,
-        revision: mesh,
-        control_plane_namespace: ns,
-        external_control_plane: None,
-        cluster: "b",
-        version: table.get("1.0.0").expect("a supported version"),
-        mesh_network: None,
-    })
-    .unwrap();
-    let m = objects.iter().find(|m| m.kind == OwnedKind::Service).unwrap();
-    let mut svc: Service = serde_json::from_value(m.object.clone()).unwrap();
-    svc.metadata.owner_references = None;
-    svc
-}
-
-/// Sets the load-balancer addresses of `<ns>/eastwest`.
-async fn set_gateway_address(bed: &Bed, ns: &str, ingress: Value) {
-    let status = json!({"status": {"loadBalancer": {"ingress": ingress}}});
-    Api::<Service>::namespaced(bed.client.clone(), ns)
-        .patch_status("eastwest", &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("write the gateway's load-balancer status");
 }
 
 /// Deletes RemoteCluster `name` of `mesh_ns` on the primary, so no later test's operator
@@ -350,8 +225,8 @@ async fn a_cluster_with_an_external_control_plane_is_served_its_own_view_by_the_
     // The same client claiming to be in A is refused: A's namespace has no such label.
     metadata["CLUSTER"] = json!("a");
     let mut claims_a = client(&c, &host, &server, "mcm-claims-a", metadata, NS);
-    let (counts, errors, last) = call(&mut claims_a, 3);
-    assert!(counts.is_empty() && errors == 3, "{counts:?} {last}");
+    let calls = call(&mut claims_a, 3);
+    assert!(calls.counts.is_empty() && calls.errors == 3, "{calls:?}");
     drop((from_c, claims_a));
     forget(&a, MESH_NS, "c").await;
     op.stop();

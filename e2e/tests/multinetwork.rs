@@ -6,77 +6,22 @@
 //! load-balancer address, net-b gets no endpoints and the control plane's metric says how
 //! many endpoints net-a has that other networks cannot reach.
 
-use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use serde_json::{Value, json};
 use weft::api::mesh_gateway::MeshGateway;
-use weft::render::{GatewayInput, OwnedKind, render_gateway};
-use weft::versions::VersionTable;
+use weft_e2e::grpc_clients::{self, backend, call};
+use weft_e2e::multicluster::{Primary, eastwest_service, set_gateway_address};
 use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
-use weft_e2e::{Bed, repo_root, wait_for, weft_bin};
+use weft_e2e::{Bed, wait_for};
 
 const REVISION: &str = "mn-test";
 const BACKEND: &str = "198.51.100.10";
 const GATEWAY: &str = "198.51.100.30";
-
-struct ControlPlane(Child);
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port(address: &str) -> u16 {
-    std::net::TcpListener::bind((address, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts the control plane on the test host's side of its veth, with a mesh config that
-/// puts it in cluster `a` on network `net-a` and limits the mesh to namespace `ns`.
-fn start_control_plane(bed: &Bed, ns: &str, xds_port: u16, monitoring_port: u16) -> ControlPlane {
-    let dir = bed.kubeconfig.parent().unwrap();
-    let config = dir.join(format!("mesh-{REVISION}.yaml"));
-    let text = format!(
-        "mesh: m\nclusterName: a\nnetwork: net-a\ndiscoverySelectors:\n- matchLabels: {{kubernetes.io/metadata.name: {ns}}}\n"
-    );
-    std::fs::write(&config, text).unwrap();
-    let log = dir.join(format!("control-plane-{REVISION}.log"));
-    let child = Command::new(weft_bin())
-        .args(["control-plane", "--revision", REVISION, "--debounce-ms", "50"])
-        .arg("--kubeconfig")
-        .arg(&bed.kubeconfig)
-        .arg("--mesh-config")
-        .arg(&config)
-        .args(["--xds-address", &format!("{HOST_ADDRESS}:{xds_port}")])
-        .args(["--monitoring-address", &format!("127.0.0.1:{monitoring_port}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-        .spawn()
-        .expect("start weft control-plane");
-    ControlPlane(child)
-}
-
-fn script(name: &str) -> String {
-    repo_root().join("e2e/xds").join(name).display().to_string()
-}
-
-/// A gRPC server on `address` answering with `name`.
-fn backend(host: &TestHost, address: &str, name: &str) -> Proc {
-    let mut p = host.spawn("python3", &[&script("backend.py"), address, name]);
-    assert_eq!(p.read_line().as_deref(), Some("ready"), "{name} did not start");
-    p
-}
 
 /// A grpcio xDS client of greeter whose node metadata says `extra` (e.g. NETWORK).
 fn client(bed: &Bed, host: &TestHost, xds_port: u16, ns: &str, id: &str, extra: Value) -> Proc {
@@ -84,42 +29,19 @@ fn client(bed: &Bed, host: &TestHost, xds_port: u16, ns: &str, id: &str, extra: 
     for (k, v) in extra.as_object().unwrap() {
         metadata[k] = v.clone();
     }
-    let doc = json!({
-        "xds_servers": [{"server_uri": format!("{HOST_ADDRESS}:{xds_port}"), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-        "node": {"id": id, "locality": {"zone": "zone-a"}, "metadata": metadata}
-    });
-    let path = bed.kubeconfig.parent().unwrap().join(format!("bootstrap-mn-{id}.json"));
-    std::fs::write(&path, doc.to_string()).unwrap();
-    let target = format!("xds:///greeter.{ns}.svc.cluster.local:50051");
-    host.spawn("python3", &[&script("client.py"), &path.display().to_string(), &target])
-}
-
-/// `call N`: answers by responder name, and errors.
-fn call(client: &mut Proc, n: u32) -> (BTreeMap<String, u64>, u64, String) {
-    let line = client.ask(&format!("call {n}")).expect("the client answers");
-    let v: Value = serde_json::from_str(&line).expect("JSON from the client");
-    let counts = v["counts"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
-        .collect();
-    let errors = v["errors"].as_u64().unwrap();
-    (counts, errors, v["last_error"].as_str().unwrap_or_default().to_string())
+    grpc_clients::client(
+        host,
+        bed.kubeconfig.parent().unwrap(),
+        &format!("{HOST_ADDRESS}:{xds_port}"),
+        &format!("mn-{id}"),
+        metadata,
+        &format!("xds:///greeter.{ns}.svc.cluster.local:50051"),
+    )
 }
 
 /// The addresses the client holds for greeter's cluster (from its own CSDS view).
 fn eds(client: &mut Proc, ns: &str) -> Option<Vec<String>> {
-    let line = client.ask("eds").expect("the client answers");
-    let v: Value = serde_json::from_str(&line).expect("JSON from the client");
-    let cluster = format!("outbound|50051||greeter.{ns}.svc.cluster.local");
-    let addresses = v["assignments"].get(&cluster)?.as_array()?;
-    Some(
-        addresses
-            .iter()
-            .filter_map(|a| a.as_str().map(str::to_string))
-            .collect(),
-    )
+    grpc_clients::eds(client, &format!("outbound|50051||greeter.{ns}.svc.cluster.local"))
 }
 
 /// One sample of the control plane's metrics (0 when the series is absent).
@@ -131,42 +53,6 @@ fn metric(port: u16, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The east-west gateway's Service as the operator renders it for MeshGateway `eastwest`
-/// (type eastwest, network net-a), without its owner (no MeshGateway exists here).
-fn eastwest_service(ns: &str) -> Service {
-    let gw: MeshGateway = serde_json::from_value(json!({
-        "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
-        "metadata": {"name": "eastwest", "namespace": ns, "uid": "00000000-0000-0000-0000-0000000000ee"},
-        "spec": {"mesh": "m", "type": "eastwest", "network": "net-a"}
-    }))
-    .unwrap();
-    let table = VersionTable::builtin();
-    let version = table.get("1.0.0").expect("a supported version");
-    let objects = render_gateway(&GatewayInput {
-        gateway: &gw,
-        mesh: "m",
-        revision: REVISION,
-        control_plane_namespace: ns,
-        external_control_plane: None,
-        cluster: "a",
-        version,
-        mesh_network: None,
-    })
-    .unwrap();
-    let m = objects.iter().find(|m| m.kind == OwnedKind::Service).unwrap();
-    let mut svc: Service = serde_json::from_value(m.object.clone()).unwrap();
-    svc.metadata.owner_references = None;
-    svc
-}
-
-async fn set_gateway_address(services: &Api<Service>, ingress: Value) {
-    let status = json!({"status": {"loadBalancer": {"ingress": ingress}}});
-    services
-        .patch_status("eastwest", &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("write the gateway's load-balancer status");
-}
-
 #[tokio::test]
 async fn other_networks_reach_endpoints_through_the_east_west_gateway() {
     let bed = Bed::connect().await;
@@ -174,8 +60,13 @@ async fn other_networks_reach_endpoints_through_the_east_west_gateway() {
     let host = TestHost::create();
     host.add_address(BACKEND);
     host.add_address(GATEWAY);
-    let (xds_port, monitoring) = (free_port(HOST_ADDRESS), free_port("127.0.0.1"));
-    let _cp = start_control_plane(&bed, &ns.name, xds_port, monitoring);
+    // Cluster `a` on network `net-a`; the mesh is namespace `ns` alone.
+    let config = format!(
+        "mesh: m\nclusterName: a\nnetwork: net-a\ndiscoverySelectors:\n- matchLabels: {{kubernetes.io/metadata.name: {}}}\n",
+        ns.name
+    );
+    let cp = Primary::start(&bed, REVISION, &config, &[]);
+    let (xds_port, monitoring) = (cp.xds, cp.monitoring);
     wait_for("the control plane to be ready", Duration::from_secs(30), || async {
         match weft_e2e::http_get(monitoring, "/ready")? {
             (200, _) => Ok(()),
@@ -203,20 +94,20 @@ async fn other_networks_reach_endpoints_through_the_east_west_gateway() {
     let slices: Api<EndpointSlice> = Api::namespaced(bed.client.clone(), &ns.name);
     slices.create(&PostParams::default(), &slice).await.unwrap();
     services
-        .create(&PostParams::default(), &eastwest_service(&ns.name))
+        .create(&PostParams::default(), &eastwest_service(&ns.name, "m", "net-a"))
         .await
         .expect("create the east-west gateway's Service");
-    set_gateway_address(&services, json!([{"ip": GATEWAY}])).await;
+    set_gateway_address(&bed, &ns.name, json!([{"ip": GATEWAY}])).await;
 
     // A client that names no network is on the control plane's (net-a): direct.
     let mut local = client(&bed, &host, xds_port, &ns.name, "local", json!({}));
     let direct = wait_for("the net-a client to reach the backend", Duration::from_secs(30), || {
-        let (counts, errors, last) = call(&mut local, 10);
+        let calls = call(&mut local, 10);
         async move {
-            if counts.get("a") == Some(&10) {
-                Ok(counts)
+            if calls.counts.get("a") == Some(&10) {
+                Ok(calls.counts)
             } else {
-                Err(format!("counts {counts:?}, {errors} errors ({last})"))
+                Err(format!("{calls:?}"))
             }
         }
     })
@@ -230,12 +121,12 @@ async fn other_networks_reach_endpoints_through_the_east_west_gateway() {
         "the net-b client's calls to land on the gateway",
         Duration::from_secs(30),
         || {
-            let (counts, errors, last) = call(&mut remote, 10);
+            let calls = call(&mut remote, 10);
             async move {
-                if counts.get("gateway") == Some(&10) {
+                if calls.counts.get("gateway") == Some(&10) {
                     Ok(())
                 } else {
-                    Err(format!("counts {counts:?}, {errors} errors ({last})"))
+                    Err(format!("{calls:?}"))
                 }
             }
         },
@@ -246,7 +137,7 @@ async fn other_networks_reach_endpoints_through_the_east_west_gateway() {
     assert_eq!(metric(monitoring, series), 0.0, "net-a has a gateway");
 
     // The gateway loses its address: net-b cannot reach net-a, and the metric says so.
-    set_gateway_address(&services, json!([])).await;
+    set_gateway_address(&bed, &ns.name, json!([])).await;
     wait_for(
         "net-b's endpoints of greeter to be empty",
         Duration::from_secs(30),
@@ -261,11 +152,11 @@ async fn other_networks_reach_endpoints_through_the_east_west_gateway() {
         },
     )
     .await;
-    let (counts, errors, _) = call(&mut remote, 3);
-    assert!(counts.is_empty() && errors == 3, "{counts:?}");
+    let calls = call(&mut remote, 3);
+    assert!(calls.counts.is_empty() && calls.errors == 3, "{calls:?}");
     assert_eq!(metric(monitoring, series), 1.0);
     // net-a's own client is untouched.
-    assert_eq!(call(&mut local, 10).0.get("a"), Some(&10));
+    assert_eq!(call(&mut local, 10).counts.get("a"), Some(&10));
     drop((local, remote));
     ns.delete().await;
 }

@@ -2,32 +2,18 @@
 //! for `kubectl apply`, the primary): what it creates, what the printed credential may do,
 //! and that it never prints the caller's own.
 
-use std::process::Command;
-
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams};
 use kube::config::KubeConfigOptions;
 use kube::{Api, Client, Config, ResourceExt};
 use serde_json::Value;
+use weft_e2e::Bed;
 use weft_e2e::operator::install_crds;
-use weft_e2e::{Bed, weft_bin};
 
 /// Runs `weft remote-secret` with the test bed's admin kubeconfig; its standard output.
 fn remote_secret(bed: &Bed, args: &[&str]) -> String {
-    let out = Command::new(weft_bin())
-        .arg("remote-secret")
-        .arg("--kubeconfig")
-        .arg(&bed.kubeconfig)
-        .args(args)
-        .output()
-        .expect("run weft remote-secret");
-    assert!(
-        out.status.success(),
-        "weft remote-secret failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
+    weft_e2e::multicluster::remote_secret(&bed.kubeconfig, args)
 }
 
 /// The YAML documents of an output.

@@ -177,38 +177,8 @@ async fn populate(bed: &Bed, cluster: usize) {
 /// Makes a credential for `remote` with `weft remote-secret` and applies the Secret and
 /// RemoteCluster it prints on the primary.
 fn join(primary: &Bed, remote: &Bed) {
-    let printed = Command::new(weft_bin())
-        .arg("remote-secret")
-        .arg("--kubeconfig")
-        .arg(&remote.kubeconfig)
-        .args([
-            "--name",
-            &remote.name,
-            "--mesh",
-            REVISION,
-            "--mesh-namespace",
-            MESH_NAMESPACE,
-        ])
-        .output()
-        .expect("run weft remote-secret");
-    assert!(
-        printed.status.success(),
-        "weft remote-secret: {}",
-        String::from_utf8_lossy(&printed.stderr)
-    );
-    let mut apply = Command::new(weft_e2e::kubectl_path())
-        .arg("--kubeconfig")
-        .arg(&primary.kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("run kubectl");
-    std::io::Write::write_all(&mut apply.stdin.take().expect("stdin"), &printed.stdout).expect("write to kubectl");
-    assert!(
-        apply.wait().expect("kubectl").success(),
-        "kubectl apply of the remote secret failed"
-    );
+    let yaml = weft_e2e::remote::remote_secret(remote, &remote.name, REVISION, MESH_NAMESPACE);
+    weft_e2e::remote::apply_yaml(primary, &yaml);
 }
 
 /// A metric's value, summed over the lines that start with `prefix`.
