@@ -2,17 +2,19 @@
 //! `weft control-plane` as a process; cluster B (a cluster of its own) is added with the
 //! credential `weft remote-secret` makes against B's API server. A `greeter` Service in
 //! namespace `shop` exists in both, each with one real gRPC backend on the test host, and
-//! Python's grpcio, served by A's control plane, calls it.
+//! Python's grpcio, served by A's control plane, calls it. A's operator checks the
+//! credential and reports it in the RemoteCluster's conditions.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use weft::api::MeshInstall;
 use weft_e2e::grpc_clients::{self, wait_reached};
 use weft_e2e::multicluster::{self, Primary, apply, remote_clusters, remote_secret, status_entry};
-use weft_e2e::operator::install_crds;
+use weft_e2e::operator::{Operator, delete_and_wait, install_crds, mesh};
 use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
 use weft_e2e::{Bed, OwnCluster, wait_for};
 
@@ -82,8 +84,18 @@ async fn wait_entry_of(bed: &Bed, revision: &str, what: &str, check: impl Fn(&Va
 async fn a_primary_serves_a_remote_clusters_endpoints_and_follows_its_remotecluster() {
     let a = Bed::connect().await;
     install_crds(&a);
+    // The operator checks the credential (RemoteCluster conditions); the control plane,
+    // started below as a process, serves what it discovers.
+    let op = Operator::start(&a, "wcp-op", &["--remote-recheck-seconds", "3"]);
+    let meshes: Api<MeshInstall> = Api::all(a.client.clone());
+    meshes
+        .create(
+            &PostParams::default(),
+            &mesh(MESH, MESH_NS, json!({"profile": "minimal"})),
+        )
+        .await
+        .expect("create the mesh");
     let (b_cluster, b) = OwnCluster::up("wcp-b").await;
-    let _ = a.kubectl(&["create", "namespace", MESH_NS]);
     greeter(&a, A_BACKEND).await;
     greeter(&b, B_BACKEND).await;
     let first = remote_secret(
@@ -91,6 +103,7 @@ async fn a_primary_serves_a_remote_clusters_endpoints_and_follows_its_remoteclus
         &["--name", "b", "--mesh", MESH, "--mesh-namespace", MESH_NS],
     );
     apply(&a, &first);
+    wait_condition(&a, "True", "Ready").await;
 
     let host = TestHost::create();
     host.add_address(A_BACKEND);
@@ -174,11 +187,38 @@ async fn a_primary_serves_a_remote_clusters_endpoints_and_follows_its_remoteclus
     assert!(primary.metrics("weft_remote_cluster_synced{").is_empty());
     assert!(primary.running(), "no restart");
 
+    delete_and_wait(&a, MESH).await;
+    op.stop();
     for ns in ["shop", MESH_NS] {
         let _ = Api::<Namespace>::all(a.client.clone())
             .delete(ns, &DeleteParams::default())
             .await;
     }
+}
+
+/// Waits until RemoteCluster `b`'s Ready condition has `status` and `reason` (and it is not
+/// Stalled), as the operator writes it.
+async fn wait_condition(a: &Bed, status: &str, reason: &str) {
+    let rcs = remote_clusters(a, MESH_NS);
+    wait_for(
+        &format!("RemoteCluster b to be Ready={status} ({reason})"),
+        Duration::from_secs(60),
+        || {
+            let rcs = rcs.clone();
+            async move {
+                let rc = rcs.get("b").await.map_err(|e| e.to_string())?;
+                let conditions = rc.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                let of = |t: &str| conditions.iter().find(|c| c["type"] == t).cloned().unwrap_or_default();
+                let (ready, stalled) = (of("Ready"), of("Stalled"));
+                if ready["status"] == status && ready["reason"] == reason && stalled["status"] != "True" {
+                    Ok(())
+                } else {
+                    Err(format!("{conditions:?}"))
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// A rotated credential is picked up without a restart; then B's API server stops: its
@@ -225,6 +265,7 @@ async fn rotate_then_survive_an_outage(
     wait_reached(grpc, &["a", "b"], "both backends after the rotation").await;
 
     b_cluster.stop("kube-apiserver");
+    wait_condition(a, "False", "Unreachable").await;
     let down = wait_entry(a, "the entry to say B cannot be reached", |e| e["synced"] == false).await;
     let message = down["message"].as_str().unwrap_or_default();
     assert!(
@@ -287,6 +328,7 @@ async fn rotate_then_survive_an_outage(
     wait_entry_of(a, "mc2", "the second entry to be synced", |e| e["synced"] == true).await;
     let up = wait_entry(a, "the entry to be synced again", |e| e["synced"] == true).await;
     assert!(up["message"].is_null(), "{up}");
+    wait_condition(a, "True", "Ready").await;
     wait_reached(grpc, &["a", "b"], "both backends once B is back").await;
     assert!(primary.running(), "no restart");
 }
