@@ -468,12 +468,16 @@ impl Manager {
         } else if run.next.as_ref().map(|(h, _)| *h) != Some(hash) {
             info!(cluster = %cluster, "remote cluster's credential changed: new watches start beside the old");
             let next = self.generation(&origin, checked).await;
-            let run = self.clusters.get_mut(&cluster).expect("present above");
+            let Some(run) = self.clusters.get_mut(&cluster) else {
+                return false;
+            };
             run.next = next.map(|g| (hash, g));
         }
-        let run = self.clusters.get_mut(&cluster).expect("present above");
-        if run.next.as_ref().is_some_and(|(_, g)| g.listed()) {
-            let (h, g) = run.next.take().expect("checked");
+        // (Present: it was found above, and nothing removes it in between.)
+        let Some(run) = self.clusters.get_mut(&cluster) else {
+            return false;
+        };
+        if let Some((h, g)) = run.next.take_if(|(_, g)| g.listed()) {
             info!(cluster = %cluster, "new credential's watches have listed: the old ones stop");
             run.current = g;
             run.hash = h;
