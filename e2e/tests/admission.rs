@@ -229,12 +229,15 @@ fn good_meshes() -> Vec<(&'static str, String, Value)> {
                                                  {"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"},
                                                  {"key": "example.com/k", "value": "v"},
                                                  {"key": "n", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]}})),
+        ("earlier, lowercase enum spellings", "legacy".into(),
+         json!({"version": "1.0.0", "profile": "minimal", "proxy": {"enabled": true, "logLevel": "warning"},
+                "meshConfig": {"outboundTrafficPolicy": "REGISTRY_ONLY"}})),
         ("external control plane on IPv6", "ext".into(),
          json!({"version": "1.0.0", "controlPlane": {"external": {"address": "[2001:db8::10]:15443"}}})),
         ("selectors with every operator", "sel".into(),
          json!({"version": "1.0.0", "meshConfig": {"discoverySelectors": selectors}})),
         ("requests equal to limits, every percentage, autoscaled", "res".into(),
-         json!({"version": "1.0.0", "profile": "ha",
+         json!({"version": "1.0.0", "profile": "HA",
                 "controlPlane": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"},
                                                "limits": {"cpu": "1000m", "memory": "1024Mi"}},
                                  "podDisruptionBudget": {"maxUnavailable": "100%"},
@@ -362,7 +365,9 @@ fn generated_mesh(g: &mut Gen) -> Value {
     let mut spec = json!({
         "version": g.field(&[json!("1.0.0"), json!("1.1.0"), json!("1.0.0-rc.12345678901")],
                            &[json!("1.0.0-rc.123456789012"), json!("one")]),
-        "profile": g.field(&[json!("default"), json!("minimal"), json!("demo"), json!("ha")], &[]),
+        // CamelCase, and the lowercase spellings of earlier versions (still accepted).
+        "profile": g.field(&[json!("Default"), json!("Minimal"), json!("Demo"), json!("HA"), json!("ha")],
+                           &[json!("High-Availability")]),
         "namespace": g.field(&[json!("weft-gen")], &[json!("kube-system"), json!("default")]),
         "updateStrategy": {"type": g.field(&[json!("InPlace"), json!("RevisionBased")], &[])},
     });
@@ -400,7 +405,8 @@ fn generated_gateway(g: &mut Gen) -> Value {
                        &[json!(format!("g{}", "1".repeat(63))), json!("1gw")]);
     let spec = json!({
         "mesh": g.field(&[json!("m"), json!("a".repeat(30))], &[json!("a".repeat(31))]),
-        "type": g.field(&[json!("ingress"), json!("egress"), json!("eastwest")], &[]),
+        "type": g.field(&[json!("Ingress"), json!("Egress"), json!("EastWest"), json!("eastwest")],
+                        &[json!("East-West")]),
         "replicas": g.field(&[Value::Null, json!(0), json!(2)], &[]),
         "autoscaling": g.field(&[Value::Null, json!({"minReplicas": 2, "maxReplicas": 5})],
                                &[json!({"minReplicas": 6, "maxReplicas": 2})]),

@@ -807,3 +807,27 @@ async fn an_external_control_plane_installs_only_proxies_bootstrapped_to_it() {
     delete_and_wait(&bed, "ext").await;
     op.stop();
 }
+
+/// Run outside a cluster against a fresh one, the operator says in one line that its
+/// Lease's namespace is missing and what to do, and exits, instead of retrying API errors.
+#[tokio::test]
+async fn a_missing_lease_namespace_is_one_line_saying_what_to_do() {
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let mut op = Operator::start(&bed, "no-lease-ns", &["--leader-election-namespace", "weft-nowhere"]);
+    wait_for("the operator to exit", TIMEOUT, || {
+        let running = op.running();
+        async move { if running { Err("still running") } else { Ok(()) } }
+    })
+    .await;
+    let log = op.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("weft-nowhere")).collect();
+    assert_eq!(
+        lines,
+        [
+            "error: the leader-election namespace weft-nowhere does not exist in this cluster: create it (kubectl create namespace weft-nowhere) or name another with --leader-election-namespace"
+        ],
+        "{log}"
+    );
+    assert!(!log.contains("ApiError"), "{log}");
+}

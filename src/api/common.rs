@@ -278,3 +278,25 @@ pub mod bounds {
         );
     }
 }
+
+/// The schema of a string enum: the Kubernetes-style (CamelCase) values first, then the
+/// spellings an earlier version used, still accepted and read as the same values (see the
+/// README's note on enum spellings).
+pub fn string_enum(values: &[&str]) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": values})
+}
+
+/// Implements `JsonSchema` for a string enum with these values (canonical, then legacy).
+macro_rules! string_enum_schema {
+    ($t:ty, $name:literal, [$($v:literal),* $(,)?]) => {
+        impl schemars::JsonSchema for $t {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                $crate::api::common::string_enum(&[$($v),*])
+            }
+        }
+    };
+}
+pub(crate) use string_enum_schema;

@@ -42,8 +42,8 @@ use super::common::{Autoscaling, DisruptionBudget, bounds, cel};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.service) || !has(self.service.externalTrafficPolicy) || (has(self.service.type) ? self.service.type != 'ClusterIP' : self.type != 'egress')").message("service.externalTrafficPolicy needs a NodePort or LoadBalancer Service (an egress gateway's Service is ClusterIP unless service.type says otherwise)"))]
-#[x_kube(validation = Rule::new("!has(self.network) || self.type == 'eastwest'").message("network applies to east-west gateways only (type: eastwest)"))]
+#[x_kube(validation = Rule::new("!has(self.service) || !has(self.service.externalTrafficPolicy) || (has(self.service.type) ? self.service.type != 'ClusterIP' : !(self.type in ['Egress', 'egress']))").message("service.externalTrafficPolicy needs a NodePort or LoadBalancer Service (an egress gateway's Service is ClusterIP unless service.type says otherwise)"))]
+#[x_kube(validation = Rule::new("!has(self.network) || self.type in ['EastWest', 'eastwest']").message("network applies to east-west gateways only (type: EastWest)"))]
 pub struct MeshGatewaySpec {
     /// The MeshInstall whose control plane serves this gateway.
     #[schemars(length(min = 1, max = 30))]
@@ -120,7 +120,7 @@ impl MeshGatewaySpec {
         }
         let (name, port) = match self.type_ {
             GatewayType::Ingress | GatewayType::Egress => ("http", 80),
-            GatewayType::Eastwest => ("tls", 15443),
+            GatewayType::EastWest => ("tls", 15443),
         };
         vec![GatewayPort {
             name: name.to_string(),
@@ -139,18 +139,27 @@ impl GatewayPort {
     }
 }
 
-/// Gateway roles.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
+/// Gateway roles: `Ingress`, `Egress`, `EastWest` (the lowercase spellings of earlier
+/// versions are accepted too).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GatewayType {
     /// Traffic entering the mesh.
     #[default]
+    #[serde(alias = "ingress")]
     Ingress,
     /// Traffic leaving the mesh.
+    #[serde(alias = "egress")]
     Egress,
     /// Traffic between clusters of a multi-network mesh.
-    Eastwest,
+    #[serde(alias = "eastwest")]
+    EastWest,
 }
+
+super::common::string_enum_schema!(
+    GatewayType,
+    "GatewayType",
+    ["Ingress", "Egress", "EastWest", "ingress", "egress", "eastwest"]
+);
 
 /// The gateway's Service.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]

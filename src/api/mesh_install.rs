@@ -113,20 +113,30 @@ fn default_namespace() -> String {
     DEFAULT_NAMESPACE.to_string()
 }
 
-/// A set of built-in defaults.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
+/// A set of built-in defaults: `Default`, `Minimal`, `Demo`, `HA` (the lowercase spellings
+/// of earlier versions are accepted too).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Profile {
     /// One control-plane replica with modest resources, node proxies on every node.
     #[default]
+    #[serde(alias = "default")]
     Default,
     /// The control plane only: no node proxies.
+    #[serde(alias = "minimal")]
     Minimal,
     /// Small resources and verbose access logs, for trying the mesh out.
+    #[serde(alias = "demo")]
     Demo,
     /// Highly available: at least 3 replicas across hosts and zones, a PDB and an HPA.
+    #[serde(rename = "HA", alias = "ha")]
     Ha,
 }
+
+super::common::string_enum_schema!(
+    Profile,
+    "Profile",
+    ["Default", "Minimal", "Demo", "HA", "default", "minimal", "demo", "ha"]
+);
 
 /// How version changes are rolled out.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
@@ -321,23 +331,37 @@ pub struct Proxy {
     pub tolerations: Option<Vec<Toleration>>,
 }
 
-/// Proxy log levels.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
+/// Proxy log levels: `Trace`, `Debug`, `Info`, `Warning`, `Error`, `Off` (the lowercase
+/// spellings of earlier versions are accepted too).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogLevel {
     /// Everything.
+    #[serde(alias = "trace")]
     Trace,
     /// Debugging detail.
+    #[serde(alias = "debug")]
     Debug,
     /// Normal operation.
+    #[serde(alias = "info")]
     Info,
     /// Problems only.
+    #[serde(alias = "warning")]
     Warning,
     /// Errors only.
+    #[serde(alias = "error")]
     Error,
     /// Nothing.
+    #[serde(alias = "off")]
     Off,
 }
+
+super::common::string_enum_schema!(
+    LogLevel,
+    "LogLevel",
+    [
+        "Trace", "Debug", "Info", "Warning", "Error", "Off", "trace", "debug", "info", "warning", "error", "off"
+    ]
+);
 
 /// How node proxies are replaced during an update.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
@@ -423,14 +447,33 @@ pub struct Zipkin {
     pub address: String,
 }
 
-/// Outbound traffic policies.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
-#[allow(non_camel_case_types)]
+/// Outbound traffic policies: `AllowAny`, `RegistryOnly` (Istio's `ALLOW_ANY` and
+/// `REGISTRY_ONLY`, which earlier versions used, are accepted too).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutboundTrafficPolicy {
     /// Traffic to unknown hosts passes through.
-    ALLOW_ANY,
+    #[serde(alias = "ALLOW_ANY")]
+    AllowAny,
     /// Only hosts in the mesh registry are reachable.
-    REGISTRY_ONLY,
+    #[serde(alias = "REGISTRY_ONLY")]
+    RegistryOnly,
+}
+
+super::common::string_enum_schema!(
+    OutboundTrafficPolicy,
+    "OutboundTrafficPolicy",
+    ["AllowAny", "RegistryOnly", "ALLOW_ANY", "REGISTRY_ONLY"]
+);
+
+impl OutboundTrafficPolicy {
+    /// Istio's spelling, which the control plane's mesh config file keeps (so that file, and
+    /// with it every control plane's pod template, is unchanged by the new API spelling).
+    pub fn istio_name(self) -> &'static str {
+        match self {
+            OutboundTrafficPolicy::AllowAny => "ALLOW_ANY",
+            OutboundTrafficPolicy::RegistryOnly => "REGISTRY_ONLY",
+        }
+    }
 }
 
 /// What the operator observed.

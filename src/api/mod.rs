@@ -137,3 +137,59 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod enum_spelling_tests {
+    use super::mesh_gateway::GatewayType;
+    use super::mesh_install::{LogLevel, OutboundTrafficPolicy, Profile};
+    use kube::CustomResourceExt;
+
+    fn read<T: serde::de::DeserializeOwned>(s: &str) -> T {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).unwrap()
+    }
+
+    #[test]
+    fn earlier_spellings_read_as_the_camelcase_values_which_are_what_is_written() {
+        for (old, new, v) in [
+            ("ingress", "Ingress", GatewayType::Ingress),
+            ("egress", "Egress", GatewayType::Egress),
+            ("eastwest", "EastWest", GatewayType::EastWest),
+        ] {
+            assert_eq!((read::<GatewayType>(old), read::<GatewayType>(new)), (v, v));
+            assert_eq!(serde_json::to_value(v).unwrap(), new);
+        }
+        for (old, new, v) in [
+            ("default", "Default", Profile::Default),
+            ("minimal", "Minimal", Profile::Minimal),
+            ("demo", "Demo", Profile::Demo),
+            ("ha", "HA", Profile::Ha),
+        ] {
+            assert_eq!((read::<Profile>(old), read::<Profile>(new)), (v, v));
+            assert_eq!(serde_json::to_value(v).unwrap(), new);
+        }
+        assert_eq!(read::<LogLevel>("warning"), LogLevel::Warning);
+        assert_eq!(serde_json::to_value(LogLevel::Warning).unwrap(), "Warning");
+        assert_eq!(
+            read::<OutboundTrafficPolicy>("REGISTRY_ONLY"),
+            OutboundTrafficPolicy::RegistryOnly
+        );
+        assert_eq!(
+            serde_json::to_value(OutboundTrafficPolicy::AllowAny).unwrap(),
+            "AllowAny"
+        );
+        assert!(serde_json::from_value::<GatewayType>("East-West".into()).is_err());
+    }
+
+    #[test]
+    fn the_crd_schema_accepts_both_spellings_and_nothing_else() {
+        let crd = serde_json::to_value(super::MeshGateway::crd()).unwrap();
+        let text = crd.to_string();
+        let start = text
+            .find("\"type\":{\"default\":\"Ingress\"")
+            .expect("the type field defaults to Ingress");
+        let field = &text[start..start + 200];
+        for v in ["Ingress", "Egress", "EastWest", "ingress", "egress", "eastwest"] {
+            assert!(field.contains(&format!("\"{v}\"")), "{v} in {field}");
+        }
+    }
+}

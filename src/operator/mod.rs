@@ -76,10 +76,27 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// The leader-election Lease's namespace does not exist (typical of a first run outside
+    /// a cluster): one line saying what to do beats retrying API errors forever.
+    #[error(
+        "the leader-election namespace {0} does not exist in this cluster: create it (kubectl create namespace {0}) or name another with --leader-election-namespace"
+    )]
+    LeaseNamespaceMissing(String),
+}
+
+/// Fails when the Lease's namespace is missing. Any other answer (such as an API server
+/// that is not up yet) is left to leader election, which retries.
+async fn check_lease_namespace(client: &Client, namespace: &str) -> Result<(), RunError> {
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    match namespaces.get_opt(namespace).await {
+        Ok(None) => Err(RunError::LeaseNamespaceMissing(namespace.to_string())),
+        _ => Ok(()),
+    }
 }
 
 /// Runs until SIGTERM: reconciles only while this process holds the Lease.
 pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
+    check_lease_namespace(&client, &opts.lease.namespace).await?;
     let metrics = Metrics::new();
     let health = Arc::new(Health::checking(vec![
         Arc::new(metrics.watches.clone()),

@@ -98,7 +98,7 @@ pub fn validate_ports(ports: &[GatewayPort]) -> Result<(), RenderError> {
 /// admission checks the spec's) can be a label value, which the Service carries.
 fn check_network(input: &GatewayInput) -> Result<(), RenderError> {
     let spec = &input.gateway.spec;
-    if spec.type_ != GatewayType::Eastwest || spec.network.is_some() {
+    if spec.type_ != GatewayType::EastWest || spec.network.is_some() {
         return Ok(());
     }
     let Some(network) = input.mesh_network.filter(|n| !n.is_empty()) else {
@@ -210,7 +210,7 @@ impl Renderer<'_> {
     fn network(&self) -> Option<String> {
         let spec = &self.input.gateway.spec;
         // A mesh network that is no label value stops rendering (check_network).
-        if spec.type_ != GatewayType::Eastwest {
+        if spec.type_ != GatewayType::EastWest {
             return None;
         }
         spec.network
@@ -364,7 +364,7 @@ impl Renderer<'_> {
         let spec = &self.input.gateway.spec;
         let svc = spec.service.clone().unwrap_or_default();
         let type_ = svc.type_.unwrap_or(match spec.type_ {
-            GatewayType::Ingress | GatewayType::Eastwest => ServiceType::LoadBalancer,
+            GatewayType::Ingress | GatewayType::EastWest => ServiceType::LoadBalancer,
             GatewayType::Egress => ServiceType::ClusterIP,
         });
         let mut meta = self.meta(&self.name);

@@ -348,7 +348,7 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
     mc.cluster_name
         .get_or_insert_with(|| crate::api::mesh_install::DEFAULT_CLUSTER_NAME.to_string());
     mc.outbound_traffic_policy
-        .get_or_insert(OutboundTrafficPolicy::ALLOW_ANY);
+        .get_or_insert(OutboundTrafficPolicy::AllowAny);
     let log = mc.access_log.get_or_insert_with(AccessLog::default);
     log.enabled.get_or_insert(d.access_log);
     log.path.get_or_insert_with(|| "/dev/stdout".to_string());

@@ -306,6 +306,15 @@ impl Renderer<'_> {
             config: &self.resolved.mesh_config,
         };
         let text = serde_json::to_value(&file)
+            .map(|mut v| {
+                // Istio's spelling in the file, as before the API's CamelCase values: the
+                // file's hash is in the pod template, so a new spelling would roll every
+                // control plane on an operator upgrade.
+                if let Some(p) = self.resolved.mesh_config.outbound_traffic_policy {
+                    v["outboundTrafficPolicy"] = serde_json::Value::String(p.istio_name().to_string());
+                }
+                v
+            })
             .map_err(|e| e.to_string())
             .and_then(|v| serde_saphyr::to_string(&v).map_err(|e| e.to_string()))
             .map_err(|message| RenderError::Encode {

@@ -505,7 +505,7 @@ fn gateway_model(g: &DynamicObject, mesh: Option<&str>) -> Option<Gateway> {
         name: gateway.name_any(),
         namespace: gateway.namespace().unwrap_or_default(),
         ports,
-        eastwest: spec.type_ == crate::api::mesh_gateway::GatewayType::Eastwest,
+        eastwest: spec.type_ == crate::api::mesh_gateway::GatewayType::EastWest,
     })
 }
 
