@@ -222,6 +222,13 @@ fn the_charts_cluster_role_and_rbac_policy_are_those_in_config_rbac() {
                     "the chart's {kind} {name}: spec.{field} drifted from {file}"
                 );
             }
+            for c in got["spec"]["matchConditions"].as_array().into_iter().flatten() {
+                let expression = c["expression"].as_str().unwrap_or_default();
+                assert!(
+                    expression.contains("'system:serviceaccount:weft-system:weft-operator'"),
+                    "the chart's {kind} {name} should match its own ServiceAccount: {expression}"
+                );
+            }
         }
     }
 }
