@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CLUSTER ?= weft
 
-.PHONY: all build test lint unit e2e xds-clients demo bench bench-xds toolchain crds security-doc cluster-up cluster-down
+.PHONY: all build test lint unit e2e image xds-clients demo bench bench-xds toolchain crds security-doc cluster-up cluster-down
 
 all: build
 
@@ -15,8 +15,9 @@ toolchain:
 build: toolchain
 	cargo build --workspace
 
-## test: everything CI checks — format, lints, unit tests, then the e2e suite on a fresh cluster.
-test: lint unit e2e
+## test: everything CI checks — format, lints, unit tests, the image, then the e2e suite on a
+## fresh cluster.
+test: lint unit image e2e
 
 lint: toolchain
 	cargo fmt --all --check
@@ -27,6 +28,11 @@ unit: toolchain
 
 e2e: toolchain xds-clients
 	e2e/run-tests
+
+## image: the container image as an OCI archive, without Docker (deploy/image/build):
+## $${CARGO_TARGET_DIR:-target}/image/weft.oci.tar.
+image: toolchain
+	deploy/image/build
 
 ## xds-clients: the real xDS clients the e2e tests drive (gRPC's Python and Node packages).
 xds-clients:

@@ -144,6 +144,22 @@ build_helm() {
   rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
 }
 
+# build_registry: the distribution registry, which the image test pushes to and pulls from
+# on 127.0.0.1.
+build_registry() {
+  local v=$DISTRIBUTION_VERSION
+  local out="$CACHE/registry-$v"
+  [ -x "$out/bin/registry" ] && return 0
+  echo "building the distribution registry v$v from its Go module" >&2
+  local src="$CACHE/src/registry-$v"
+  rm -rf "$src" && mkdir -p "$src"
+  wrapper_module "$src" github.com/distribution/distribution/v3 "v$v"
+  mkdir -p "$out/bin.tmp"
+  (cd "$src" && run_logged "registry v$v" "$src/build.log" \
+    go build -trimpath -ldflags "-s -w" -o "$out/bin.tmp/registry" github.com/distribution/distribution/v3/cmd/registry) || return 1
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+}
+
 # fetch_module_dir MODULE VERSION: the module's source directory in the module cache.
 fetch_module_dir() {
   go mod download -json "$1@$2" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p'
@@ -180,5 +196,5 @@ build_all() {
   command -v go >/dev/null || { echo "error: Go is required to build the test bed (https://go.dev/dl/)" >&2; return 1; }
   go_env
   mkdir -p "$CACHE"
-  build_etcd && build_kwok && fetch_assets && build_kubernetes && build_helm
+  build_etcd && build_kwok && fetch_assets && build_kubernetes && build_helm && build_registry
 }

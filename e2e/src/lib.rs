@@ -143,6 +143,11 @@ pub fn helm_path() -> PathBuf {
     cache_dir().join(format!("helm-{}/bin/helm", pinned("HELM_VERSION")))
 }
 
+/// The OCI distribution registry that the test bed built.
+pub fn registry_path() -> PathBuf {
+    cache_dir().join(format!("registry-{}/bin/registry", pinned("DISTRIBUTION_VERSION")))
+}
+
 /// The `weft` binary under test (`WEFT_BIN`, or the workspace's debug build).
 pub fn weft_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("WEFT_BIN") {
