@@ -7,10 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use kube::Api;
-use kube::api::PostParams;
 use serde_json::{Value, json};
 use weft::api::MeshInstall;
-use weft_e2e::operator::{Operator, condition, delete_and_wait, mesh, owned_objects, wait_ready};
+use weft_e2e::operator::{Operator, condition, delete_and_wait, owned_objects, wait_ready};
 use weft_e2e::{Bed, OwnCluster, repo_root, wait_for};
 
 /// The chart as of the commit before this one's changes: the "previous chart version".
@@ -364,9 +363,14 @@ async fn helm_upgrade_from_the_previous_chart_keeps_a_running_mesh_untouched() {
     .expect("the previous chart's CRDs are established");
     let op = Operator::start(&bed, "helm-before", &[]);
     let api: Api<MeshInstall> = Api::all(bed.client.clone());
-    api.create(&PostParams::default(), &mesh("helm", "e2e-helm", json!({})))
-        .await
-        .expect("create the MeshInstall");
+    // As a user of the previous version wrote it (its CRD knows only the lowercase enum
+    // spellings, so not through today's typed MeshInstall, which writes `profile: Default`).
+    let previous_spec = json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "MeshInstall",
+        "metadata": {"name": "helm"},
+        "spec": {"version": "1.0.0", "namespace": "e2e-helm", "profile": "default"}
+    });
+    weft_e2e::remote::apply_yaml(&bed, &previous_spec.to_string());
     wait_ready(&api, "helm", &op).await;
     idle_after_reconciling(&op).await;
     let before = owned_objects(&bed, "helm").await;
