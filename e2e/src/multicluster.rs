@@ -41,11 +41,6 @@ pub fn remote_secret(remote: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
-/// `kubectl apply -f -` of `yaml` on `bed` (server-side).
-pub fn apply(bed: &Bed, yaml: &str) {
-    crate::remote::apply_yaml(bed, yaml);
-}
-
 /// A `weft control-plane` process whose ADS listens on the test host's address, killed
 /// when dropped.
 pub struct Primary {

@@ -13,8 +13,9 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use weft::api::MeshInstall;
 use weft_e2e::grpc_clients::{self, wait_reached};
-use weft_e2e::multicluster::{self, Primary, apply, remote_clusters, remote_secret, status_entry};
+use weft_e2e::multicluster::{self, Primary, remote_clusters, remote_secret, status_entry};
 use weft_e2e::operator::{Operator, delete_and_wait, install_crds, mesh};
+use weft_e2e::remote::apply_yaml;
 use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
 use weft_e2e::{Bed, OwnCluster, wait_for};
 
@@ -102,7 +103,7 @@ async fn a_primary_serves_a_remote_clusters_endpoints_and_follows_its_remoteclus
         &b.kubeconfig,
         &["--name", "b", "--mesh", MESH, "--mesh-namespace", MESH_NS],
     );
-    apply(&a, &first);
+    apply_yaml(&a, &first);
     wait_condition(&a, "True", "Ready").await;
 
     let host = TestHost::create();
@@ -244,7 +245,7 @@ async fn rotate_then_survive_an_outage(
             "weft-rot",
         ],
     );
-    apply(a, &second);
+    apply_yaml(a, &second);
     wait_for(
         "the new credential's watches to take over",
         Duration::from_secs(60),

@@ -19,10 +19,10 @@ use serde_json::{Value, json};
 use weft::api::MeshInstall;
 use weft_e2e::grpc_clients::{self, backend, call, wait_reached};
 use weft_e2e::multicluster::{
-    Primary, apply, eastwest_service, greeter, namespace, remote_clusters, remote_secret, set_gateway_address,
-    status_entry,
+    Primary, eastwest_service, greeter, namespace, remote_clusters, remote_secret, set_gateway_address, status_entry,
 };
 use weft_e2e::operator::{Operator, delete_and_wait, install_crds, mesh, wait_ready};
+use weft_e2e::remote::apply_yaml;
 use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
 use weft_e2e::{Bed, OwnCluster, wait_for};
 
@@ -43,7 +43,7 @@ async fn join(a: &Bed, remote: &Bed, name: &str, mesh: &str, mesh_ns: &str, extr
     namespace(a, mesh_ns, json!({})).await;
     let mut args = vec!["--name", name, "--mesh", mesh, "--mesh-namespace", mesh_ns];
     args.extend_from_slice(extra);
-    apply(a, &remote_secret(&remote.kubeconfig, &args));
+    apply_yaml(a, &remote_secret(&remote.kubeconfig, &args));
 }
 
 /// Deletes RemoteCluster `name` of `mesh_ns` on the primary, so no later test's operator

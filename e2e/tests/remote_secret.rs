@@ -106,17 +106,7 @@ async fn remote_secret_creates_a_read_only_identity_and_prints_only_its_credenti
 
     // Ready for `kubectl apply -f -` on the primary.
     let _ = bed.kubectl(&["create", "namespace", "weft-rs"]);
-    let file = std::env::temp_dir().join(format!("weft-remote-secret-{}.yaml", std::process::id()));
-    std::fs::write(&file, &first).expect("write output");
-    let applied = bed.kubectl(&[
-        "apply",
-        "--server-side",
-        "--field-manager=weft-e2e",
-        "-f",
-        file.to_str().expect("path"),
-    ]);
-    let _ = std::fs::remove_file(&file);
-    applied.expect("the output applies as it is");
+    weft_e2e::remote::apply_yaml(&bed, &first);
 
     // --dry-run creates nothing.
     let dry = remote_secret(
