@@ -9,7 +9,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use weft::api::MeshInstall;
 use weft::render::{RevisionInput, render_revision};
-use weft::versions::VersionTable;
+use weft::versions::{ImageRegistry, VersionTable, operator_image};
 
 /// Weft: a service-mesh operator with an embedded xDS control plane.
 #[derive(Parser)]
@@ -31,18 +31,20 @@ enum Command {
     },
     /// List the mesh versions this operator can install, oldest first.
     Versions {
-        /// A YAML file of extra versions (as for `weft operator --versions-file`).
-        #[arg(long, env = "WEFT_VERSIONS_FILE")]
-        versions_file: Option<PathBuf>,
+        /// Also list every image to mirror for an air-gapped install: the operator's and each
+        /// version's, one per line as `role version image [mirrored image]`.
+        #[arg(long)]
+        images: bool,
+        #[command(flatten)]
+        catalogue: CatalogueArgs,
     },
     /// Print what the operator would apply for a MeshInstall, for review.
     Render {
         /// The MeshInstall manifest (`-` for standard input).
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
-        /// A YAML file of extra versions.
-        #[arg(long, env = "WEFT_VERSIONS_FILE")]
-        versions_file: Option<PathBuf>,
+        #[command(flatten)]
+        catalogue: CatalogueArgs,
     },
     /// Give a primary cluster read access to a remote cluster: create, in the remote cluster
     /// (the current kubeconfig's), a ServiceAccount that may only read what discovery needs
@@ -52,6 +54,42 @@ enum Command {
     Operator(OperatorArgs),
     /// Run the xDS control plane of one revision.
     ControlPlane(ControlPlaneArgs),
+}
+
+/// Where the mesh versions and their images come from.
+#[derive(clap::Args)]
+struct CatalogueArgs {
+    /// A YAML file of extra mesh versions and images: a list of {version, images: {controlPlane, proxy}}.
+    #[arg(long, env = "WEFT_VERSIONS_FILE")]
+    versions_file: Option<PathBuf>,
+    /// Pull every mesh image from this mirror (`host[:port][/path]`) instead of its own
+    /// registry, keeping each image's repository path.
+    #[arg(long, env = "WEFT_IMAGE_REGISTRY")]
+    image_registry: Option<String>,
+}
+
+impl CatalogueArgs {
+    /// The mirror, checked.
+    fn registry(&self) -> Result<Option<ImageRegistry>> {
+        Ok(self.image_registry.as_deref().map(ImageRegistry::parse).transpose()?)
+    }
+
+    /// The version table as published: built in, plus the file.
+    fn upstream(&self) -> Result<VersionTable> {
+        Ok(match &self.versions_file {
+            Some(f) => VersionTable::with_file(f)?,
+            None => VersionTable::builtin(),
+        })
+    }
+
+    /// The version table the operator uses: [`Self::upstream`], pulled from the mirror.
+    fn table(&self) -> Result<VersionTable> {
+        let table = self.upstream()?;
+        Ok(match self.registry()? {
+            Some(registry) => table.mirrored(&registry),
+            None => table,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -188,9 +226,8 @@ struct OperatorArgs {
     /// This process's identity in the Lease (default: pod name or host name, and process id).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// A YAML file of extra mesh versions and images: a list of {version, images: {controlPlane, proxy}}.
-    #[arg(long, env = "WEFT_VERSIONS_FILE")]
-    versions_file: Option<PathBuf>,
+    #[command(flatten)]
+    catalogue: CatalogueArgs,
     /// Reconciles that may run at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
@@ -210,12 +247,8 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Crd { out_dir } => crd(out_dir.as_deref()),
-        Command::Versions { versions_file } => versions(versions_file.as_deref()).map(|t| {
-            for v in t.all() {
-                println!("{}", v.version);
-            }
-        }),
-        Command::Render { file, versions_file } => render(&file, versions_file.as_deref()),
+        Command::Versions { images, catalogue } => versions(images, &catalogue),
+        Command::Render { file, catalogue } => render(&file, &catalogue),
         Command::RemoteSecret(args) => remote_secret(args),
         Command::Operator(args) => operator(args),
         Command::ControlPlane(args) => control_plane(args),
@@ -240,14 +273,32 @@ fn crd(out_dir: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn versions(file: Option<&Path>) -> Result<VersionTable> {
-    Ok(match file {
-        Some(f) => VersionTable::with_file(f)?,
-        None => VersionTable::builtin(),
-    })
+fn versions(images: bool, catalogue: &CatalogueArgs) -> Result<()> {
+    if !images {
+        let table = catalogue.table()?;
+        for v in table.all() {
+            println!("{}", v.version);
+        }
+        return Ok(());
+    }
+    // The upstream names, and beside them the mirror's: the pairs to copy (README, "Air-gapped
+    // install").
+    let upstream = catalogue.upstream()?;
+    let registry = catalogue.registry()?;
+    let line = |role: &str, version: &str, image: &str| match &registry {
+        Some(r) => println!("{role} {version} {image} {}", r.mirror(image)),
+        None => println!("{role} {version} {image}"),
+    };
+    line("operator", weft::VERSION, &operator_image());
+    for v in upstream.all() {
+        let version = v.version.to_string();
+        line("control-plane", &version, &v.images.control_plane);
+        line("proxy", &version, &v.images.proxy);
+    }
+    Ok(())
 }
 
-fn render(file: &Path, versions_file: Option<&Path>) -> Result<()> {
+fn render(file: &Path, catalogue: &CatalogueArgs) -> Result<()> {
     let text = if file == Path::new("-") {
         std::io::read_to_string(std::io::stdin())?
     } else {
@@ -255,7 +306,7 @@ fn render(file: &Path, versions_file: Option<&Path>) -> Result<()> {
     };
     let mi: MeshInstall =
         serde_saphyr::from_str(&text).map_err(|e| format!("{} is not a MeshInstall: {e}", file.display()))?;
-    let table = versions(versions_file)?;
+    let table = catalogue.table()?;
     let version = table.get(&mi.spec.version).ok_or_else(|| {
         format!(
             "version {} is not supported (supported: {})",
@@ -351,7 +402,7 @@ fn control_plane(args: ControlPlaneArgs) -> Result<()> {
 
 fn operator(args: OperatorArgs) -> Result<()> {
     weft::telemetry::init();
-    let table = versions(args.versions_file.as_deref())?;
+    let table = args.catalogue.table()?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "weft".into());
         format!("{}-{}", host.trim(), std::process::id())

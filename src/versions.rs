@@ -151,8 +151,72 @@ pub struct VersionTable {
     versions: Vec<MeshVersion>,
 }
 
-const CONTROL_PLANE_IMAGE: &str = "ghcr.io/weft-dev/weft";
+/// The image (without its tag) that runs both `weft operator` and `weft control-plane`.
+pub const WEFT_IMAGE: &str = "ghcr.io/weft-dev/weft";
 const PROXY_IMAGE: &str = "docker.io/envoyproxy/envoy";
+
+/// The operator's own image: [`WEFT_IMAGE`] tagged with this build's version.
+pub fn operator_image() -> String {
+    format!("{WEFT_IMAGE}:{}", crate::VERSION)
+}
+
+/// A mirror every image is pulled from instead of its own registry: `host[:port][/path]`.
+///
+/// An image keeps its repository path under the mirror (`ghcr.io/weft-dev/weft:1.0.0` becomes
+/// `<mirror>/weft-dev/weft:1.0.0`), the layout `skopeo sync` and registry proxies produce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRegistry(String);
+
+/// A registry setting that is not `host[:port][/path]`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "{0:?} is not an image registry: write host[:port][/path], such as registry.example.com:5000 or registry.example.com/mirror (no scheme, tag or digest)"
+)]
+pub struct BadRegistry(pub String);
+
+impl ImageRegistry {
+    /// Checks a registry setting; a trailing `/` is dropped.
+    pub fn parse(s: &str) -> Result<ImageRegistry, BadRegistry> {
+        let trimmed = s.trim_end_matches('/');
+        let host = trimmed.split('/').next().unwrap_or_default();
+        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-:/".contains(c);
+        let ok = !host.is_empty()
+            && !trimmed.contains("//")
+            && trimmed.chars().all(allowed)
+            && !trimmed.split('/').skip(1).any(|segment| segment.contains(':'));
+        if ok {
+            Ok(ImageRegistry(trimmed.to_string()))
+        } else {
+            Err(BadRegistry(s.to_string()))
+        }
+    }
+
+    /// The image's name in this mirror (unchanged if it already names the mirror, as images
+    /// of a versions file written for the mirror do).
+    pub fn mirror(&self, image: &str) -> String {
+        match image.strip_prefix(self.0.as_str()) {
+            Some(rest) if rest.starts_with('/') => image.to_string(),
+            _ => format!("{}/{}", self.0, repository_path(image)),
+        }
+    }
+}
+
+impl fmt::Display for ImageRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An image's name without its registry, by the rule Docker uses: the first segment names a
+/// registry when it has a `.` or `:` or is `localhost`; otherwise the image is on Docker Hub,
+/// where a bare name lives under `library/`.
+fn repository_path(image: &str) -> String {
+    match image.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => rest.to_string(),
+        Some(_) => image.to_string(),
+        None => format!("library/{image}"),
+    }
+}
 
 impl VersionTable {
     /// The table built into this binary.
@@ -160,7 +224,7 @@ impl VersionTable {
         let v = |version: &str, envoy: &str| MeshVersion {
             version: SemVer::parse(version).expect("built-in versions are valid"),
             images: Images {
-                control_plane: format!("{CONTROL_PLANE_IMAGE}:{version}"),
+                control_plane: format!("{WEFT_IMAGE}:{version}"),
                 proxy: format!("{PROXY_IMAGE}:{envoy}"),
             },
         };
@@ -194,6 +258,22 @@ impl VersionTable {
         // Stable sort keeps `extra` first among equal versions; dedup keeps the first.
         versions.sort_by(|a, b| a.version.cmp(&b.version));
         versions.dedup_by(|later, earlier| later.version == earlier.version);
+        VersionTable { versions }
+    }
+
+    /// This table with every image pulled from `registry` instead.
+    pub fn mirrored(&self, registry: &ImageRegistry) -> VersionTable {
+        let versions = self
+            .versions
+            .iter()
+            .map(|v| MeshVersion {
+                version: v.version.clone(),
+                images: Images {
+                    control_plane: registry.mirror(&v.images.control_plane),
+                    proxy: registry.mirror(&v.images.proxy),
+                },
+            })
+            .collect();
         VersionTable { versions }
     }
 
@@ -269,5 +349,69 @@ mod tests {
         let err = VersionTable::with_file(&file).unwrap_err().to_string();
         assert!(err.contains("is not a YAML list"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_mirror_keeps_each_repository_path() {
+        let m = ImageRegistry::parse("registry.internal:5000/mirror/").unwrap();
+        assert_eq!(m.to_string(), "registry.internal:5000/mirror");
+        assert_eq!(
+            m.mirror("ghcr.io/weft-dev/weft:1.0.0"),
+            "registry.internal:5000/mirror/weft-dev/weft:1.0.0"
+        );
+        assert_eq!(
+            m.mirror("docker.io/envoyproxy/envoy:v1"),
+            "registry.internal:5000/mirror/envoyproxy/envoy:v1"
+        );
+        assert_eq!(
+            m.mirror("localhost/a/b@sha256:00"),
+            "registry.internal:5000/mirror/a/b@sha256:00"
+        );
+        // Docker Hub shorthand: the registry is implied.
+        assert_eq!(
+            m.mirror("envoyproxy/envoy:v1"),
+            "registry.internal:5000/mirror/envoyproxy/envoy:v1"
+        );
+        assert_eq!(m.mirror("busybox"), "registry.internal:5000/mirror/library/busybox");
+        // Mirroring a mirrored name again changes nothing.
+        let once = m.mirror("ghcr.io/weft-dev/weft:1.0.0");
+        assert_eq!(m.mirror(&once), once);
+    }
+
+    #[test]
+    fn a_registry_setting_is_host_port_and_path_only() {
+        for bad in [
+            "",
+            "/",
+            "https://registry.example.com",
+            "Registry.example.com",
+            "r.example.com/a:1",
+            "r.example.com//a",
+            "r example",
+        ] {
+            assert!(ImageRegistry::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        for good in [
+            "r.example.com",
+            "r.example.com:5000",
+            "localhost:5000/weft",
+            "10.0.0.1:5000",
+        ] {
+            assert!(ImageRegistry::parse(good).is_ok(), "{good:?} was refused");
+        }
+    }
+
+    #[test]
+    fn a_mirrored_table_pulls_every_image_from_the_mirror() {
+        let m = ImageRegistry::parse("mirror.example").unwrap();
+        let t = VersionTable::builtin().mirrored(&m);
+        assert_eq!(t.all().len(), VersionTable::builtin().all().len());
+        for v in t.all() {
+            assert!(
+                v.images.control_plane.starts_with("mirror.example/weft-dev/weft:"),
+                "{v:?}"
+            );
+            assert!(v.images.proxy.starts_with("mirror.example/envoyproxy/envoy:"), "{v:?}");
+        }
     }
 }

@@ -22,6 +22,49 @@ fn versions_are_listed_oldest_first() {
 }
 
 #[test]
+fn versions_list_every_image_to_mirror_and_its_name_in_the_mirror() {
+    let (ok, out, err) = weft(&["versions", "--images"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(format!("operator {v} ghcr.io/weft-dev/weft:{v}", v = env!("CARGO_PKG_VERSION")).as_str())
+    );
+    assert!(
+        lines.contains(&"control-plane 1.1.0 ghcr.io/weft-dev/weft:1.1.0"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 5, "{out}");
+
+    let (ok, out, err) = weft(&["versions", "--images", "--image-registry", "mirror.example:5000/weft/"]);
+    assert!(ok, "{err}");
+    for line in out.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (upstream, mirrored) = (fields[2], fields[3]);
+        let path = upstream.split_once('/').unwrap().1;
+        assert_eq!(mirrored, format!("mirror.example:5000/weft/{path}"), "{line}");
+    }
+
+    // The operator renders the mirror's names: what `render` prints is what it applies.
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/samples/weft_v1alpha1_meshinstall.yaml"
+    );
+    let (ok, out, err) = weft(&["render", "-f", sample, "--image-registry", "mirror.example:5000"]);
+    assert!(ok, "{err}");
+    let images: Vec<&str> = out.lines().filter_map(|l| l.trim().strip_prefix("image: ")).collect();
+    assert!(images.len() >= 2, "{out}");
+    assert!(
+        images.iter().all(|i| i.starts_with("mirror.example:5000/")),
+        "{images:?}"
+    );
+
+    let (ok, _, err) = weft(&["versions", "--image-registry", "https://mirror.example"]);
+    assert!(!ok);
+    assert!(err.contains("is not an image registry"), "{err}");
+}
+
+#[test]
 fn render_prints_what_the_operator_applies_for_the_sample() {
     let sample = concat!(
         env!("CARGO_MANIFEST_DIR"),

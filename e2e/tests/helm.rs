@@ -90,7 +90,8 @@ fn helm_lint_strict_is_clean_with_defaults_and_with_every_option_set() {
     // Lint also renders the templates: the optional ones must be rendered too.
     let everything = "extraVersions[0].version=1.2.0,extraVersions[0].images.controlPlane=example.org/cp:1.2.0,\
                       extraVersions[0].images.proxy=example.org/proxy:1,imagePolicy.enabled=true,\
-                      imagePullSecrets[0].name=pull,tolerations[0].key=dedicated,nodeSelector.pool=system";
+                      imagePullSecrets[0].name=pull,tolerations[0].key=dedicated,nodeSelector.pool=system,\
+                      global.imageRegistry=mirror.example.com:5000/weft";
     for extra in [&[][..], &["--set", everything][..]] {
         let mut args = vec!["lint", "--strict", chart];
         args.extend_from_slice(extra);
@@ -144,6 +145,10 @@ fn the_values_schema_accepts_the_documented_values_and_refuses_typos_and_wrong_t
             "imagePolicy.allowedImagePrefixes[0]=registry.example.com",
             "allowedImagePrefixes/0",
         ),
+        (
+            "global.imageRegistry=https://mirror.example.com",
+            "at '/global/imageRegistry'",
+        ),
     ] {
         let err = helm(&["template", "weft", chart, "--set", set]).expect_err(&format!("--set {set} must be refused"));
         assert!(
@@ -152,6 +157,108 @@ fn the_values_schema_accepts_the_documented_values_and_refuses_typos_and_wrong_t
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs a program that must succeed; its stdout.
+fn run(program: &Path, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{} {} failed:\n{}",
+        program.display(),
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The operator Deployment's container: its image, args and env.
+fn operator_container(docs: &[Value]) -> &Value {
+    &find(docs, "Deployment", "weft-operator")["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// `weft versions --images [--image-registry R]`: (upstream, name used) of the operator's image,
+/// and the names used for every mesh image.
+fn weft_images(registry: Option<&str>) -> ((String, String), Vec<String>) {
+    let mut args = vec!["versions", "--images"];
+    args.extend(registry.iter().flat_map(|r| ["--image-registry", r]));
+    let out = run(&weft_e2e::weft_bin(), &args);
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split(' ').collect()).collect();
+    let used = |row: &Vec<&str>| row.get(3).unwrap_or(&row[2]).to_string();
+    let operator = rows.iter().find(|r| r[0] == "operator").expect("an operator row");
+    let mesh = rows.iter().filter(|r| r[0] != "operator").map(used).collect();
+    ((operator[2].to_string(), used(operator)), mesh)
+}
+
+#[test]
+fn one_image_name_in_weft_helm_and_kustomize_and_one_mirror_setting_for_every_image() {
+    let kubectl = weft_e2e::kubectl_path();
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    let kustomize = |dir: &str| documents(&run(&kubectl, &["kustomize", repo_root().join(dir).to_str().unwrap()]));
+
+    // Upstream: the same name and tag from weft, the chart's defaults and config/default.
+    let ((operator, used), _) = weft_images(None);
+    assert_eq!(operator, used);
+    assert_eq!(operator, format!("ghcr.io/weft-dev/weft:{}", weft::VERSION));
+    let helm_docs = documents(&helm(&["template", "weft", chart, "--namespace", "weft-system"]).unwrap());
+    assert_eq!(
+        operator_container(&helm_docs)["image"],
+        operator.as_str(),
+        "the chart's default image"
+    );
+    let kustomize_docs = kustomize("config/default");
+    assert_eq!(
+        operator_container(&kustomize_docs)["image"],
+        operator.as_str(),
+        "config/default's image"
+    );
+
+    // A mirror, set once: the chart's global.imageRegistry, or the air-gapped sample's
+    // ConfigMap. The operator's image moves there, and the operator is told the mirror, which
+    // `weft versions` shows moves every mesh image too (the cli test shows `render` uses it).
+    let mirror = "registry.example.com/mirror";
+    let ((_, mirrored), mesh) = weft_images(Some(mirror));
+    assert!(mesh.iter().all(|i| i.starts_with(&format!("{mirror}/"))), "{mesh:?}");
+    let helm_docs = documents(
+        &helm(&[
+            "template",
+            "weft",
+            chart,
+            "--namespace",
+            "weft-system",
+            "--set",
+            &format!("global.imageRegistry={mirror}"),
+        ])
+        .unwrap(),
+    );
+    let container = operator_container(&helm_docs);
+    assert_eq!(
+        container["image"],
+        mirrored.as_str(),
+        "the chart's image with global.imageRegistry"
+    );
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(format!("--image-registry={mirror}"))),
+        "{container}"
+    );
+    let sample = kustomize("config/samples/air-gapped");
+    let container = operator_container(&sample);
+    assert_eq!(container["image"], mirrored.as_str(), "the air-gapped sample's image");
+    let env = container["env"].as_array().unwrap();
+    let from = env
+        .iter()
+        .find(|e| e["name"] == "WEFT_IMAGE_REGISTRY")
+        .unwrap_or_else(|| panic!("no WEFT_IMAGE_REGISTRY in {env:?}"));
+    let config_map = from["valueFrom"]["configMapKeyRef"]["name"].as_str().unwrap();
+    let data = &find(&sample, "ConfigMap", config_map)["data"];
+    assert_eq!(data["registry"], mirror, "the air-gapped sample's ConfigMap");
 }
 
 #[test]
