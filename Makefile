@@ -40,7 +40,7 @@ xds-clients:
 	@cd e2e/xds/node && npm install --no-package-lock --no-audit --no-fund --silent
 
 ## demo: build, start the local test-bed cluster and show how to use it.
-demo: build
+demo: build xds-clients
 	e2e/demo
 
 ## crds: regenerate crds/ from the Rust types (a unit test fails when they drift).
