@@ -76,8 +76,15 @@ fn harness(args: &[&str]) -> Result<String, String> {
 
 /// The health Argo CD gives the object in file `path`: (upstream layout, argocd-cm form).
 pub fn evaluate(path: &std::path::Path) -> (Health, Health) {
+    let v = evaluate_with(&configmap_path(), path);
+    (Health::from_json(&v["upstream"]), Health::from_json(&v["argocdCm"]))
+}
+
+/// The harness's verdict on the object in file `path` with the argocd-cm in file `cm`:
+/// `{"upstream": …, "argocdCm": …}`, where `argocdCm` is null when Argo CD has no health
+/// check for the object.
+pub fn evaluate_with(cm: &std::path::Path, path: &std::path::Path) -> Value {
     let dir = customizations_dir();
-    let cm = configmap_path();
     let args = [
         "eval",
         dir.to_str().expect("path"),
@@ -85,8 +92,7 @@ pub fn evaluate(path: &std::path::Path) -> (Health, Health) {
         path.to_str().expect("path"),
     ];
     let out = harness(&args).unwrap_or_else(|e| panic!("the harness failed on {}: {e}", path.display()));
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("harness output {out:?}: {e}"));
-    (Health::from_json(&v["upstream"]), Health::from_json(&v["argocdCm"]))
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("harness output {out:?}: {e}"))
 }
 
 /// Runs every committed health_test.yaml in both forms; the harness's report, or it with

@@ -430,3 +430,27 @@ fn argocd_cm_patch_matches_the_upstream_scripts() {
         );
     }
 }
+
+/// Without the argocd-cm patch Argo CD gives a Weft object no health at all, so an
+/// Application would show Healthy while its mesh is Stalled: the patch is needed.
+#[test]
+fn without_the_patch_argo_cd_gives_weft_objects_no_health() {
+    let cm = std::env::temp_dir().join(format!("weft-e2e-argocd-cm-{}.yaml", std::process::id()));
+    let bare = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: argocd-cm\n  namespace: argocd\n  labels:\n    app.kubernetes.io/part-of: argocd\n";
+    std::fs::write(&cm, bare).expect("write a bare argocd-cm");
+    for kind in KINDS {
+        let dir = argocd::kind_dir(kind).join("testdata");
+        let stalled = std::fs::read_dir(&dir)
+            .expect("testdata")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("stalled"))
+            })
+            .unwrap_or_else(|| panic!("{kind} has a stalled testdata file"));
+        let v = argocd::evaluate_with(&cm, &stalled);
+        assert_eq!(v["upstream"]["status"], "Degraded", "{kind}: {v}");
+        assert!(v["argocdCm"].is_null(), "{kind}: a bare argocd-cm gives no health: {v}");
+    }
+    let _ = std::fs::remove_file(&cm);
+}
