@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CLUSTER ?= weft
 
-.PHONY: all build test lint unit e2e image xds-clients demo bench bench-xds toolchain crds security-doc cluster-up cluster-down
+.PHONY: all build test lint unit e2e image xds-clients demo bench bench-xds toolchain crds security-doc argocd-testdata cluster-up cluster-down
 
 all: build
 
@@ -52,6 +52,11 @@ crds:
 ## config/rbac and the renderer (a unit test fails when they drift).
 security-doc:
 	WEFT_UPDATE_DOCS=1 cargo test -q -p weft --lib security_doc
+
+## argocd-testdata: capture the Argo CD health testdata (deploy/argocd) from the test bed
+## again, with the expected health each stage must get, and rewrite argocd-cm.yaml.
+argocd-testdata: toolchain
+	WEFT_ARGOCD_CAPTURE=1 WEFT_E2E_CLUSTER=$${WEFT_E2E_CLUSTER:-weft-argocd} e2e/run-tests --test argocd
 
 ## bench: operator figures (apply to Ready, memory idle and with 50 MeshInstalls, writes per
 ## reconcile) on a release build, on a cluster of its own.

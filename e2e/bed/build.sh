@@ -160,6 +160,32 @@ build_registry() {
   rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
 }
 
+# build_argocd_health: our harness (e2e/argocd/main.go) that evaluates the Argo CD health
+# checks in deploy/argocd with Argo CD's own Lua health code, built against the argo-cd module
+# (v3.2.x: from v3.3 on, gitops-engine is a nested module the proxy does not serve). Rebuilt
+# when the version or the harness changes.
+build_argocd_health() {
+  local v=$ARGOCD_VERSION
+  local out="$CACHE/argocd-health-$v"
+  [ -x "$out/bin/weft-argocd-health" ] && cmp -s "$E2E_DIR/argocd/main.go" "$out/main.go" && return 0
+  echo "building the Argo CD health harness against argo-cd v$v from its Go module; the first build takes about 5 minutes on 2 cores" >&2
+  local src="$CACHE/src/argocd-health-$v"
+  rm -rf "$src" && mkdir -p "$src"
+  local mod replaces=()
+  mod=$(cd "$src" && go mod download -json "github.com/argoproj/argo-cd/v3@v$v" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+  [ -f "$mod" ] || { echo "error: cannot fetch github.com/argoproj/argo-cd/v3@v$v" >&2; return 1; }
+  # argo-cd's own `replace` lines (one module per line, `a => b version`), which a requiring
+  # module must repeat.
+  mapfile -t replaces < <(sed -n '/^replace (/,/^)/p' "$mod" | sed -n 's#^\t\([^ /][^ ]* => [^ ]* v[^ ]*\)$#\1#p')
+  wrapper_module "$src" github.com/argoproj/argo-cd/v3 "v$v" "${replaces[@]}"
+  cp "$E2E_DIR/argocd/main.go" "$src/main.go"
+  mkdir -p "$out/bin.tmp"
+  (cd "$src" && run_logged "Argo CD health harness (argo-cd v$v)" "$src/build.log" \
+    go build -trimpath -ldflags "-s -w" -o "$out/bin.tmp/weft-argocd-health" .) || return 1
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  cp "$E2E_DIR/argocd/main.go" "$out/main.go"
+}
+
 # fetch_module_dir MODULE VERSION: the module's source directory in the module cache.
 fetch_module_dir() {
   go mod download -json "$1@$2" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p'
@@ -196,5 +222,6 @@ build_all() {
   command -v go >/dev/null || { echo "error: Go is required to build the test bed (https://go.dev/dl/)" >&2; return 1; }
   go_env
   mkdir -p "$CACHE"
-  build_etcd && build_kwok && fetch_assets && build_kubernetes && build_helm && build_registry
+  build_etcd && build_kwok && fetch_assets && build_kubernetes && build_helm && build_registry &&
+    build_argocd_health
 }

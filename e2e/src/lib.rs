@@ -12,6 +12,7 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+pub mod argocd;
 pub mod control_plane;
 pub mod grpc_clients;
 pub mod multicluster;
@@ -146,6 +147,14 @@ pub fn helm_path() -> PathBuf {
 /// The OCI distribution registry that the test bed built.
 pub fn registry_path() -> PathBuf {
     cache_dir().join(format!("registry-{}/bin/registry", pinned("DISTRIBUTION_VERSION")))
+}
+
+/// The Argo CD health harness (e2e/argocd) that the test bed built against argo-cd.
+pub fn argocd_health_path() -> PathBuf {
+    cache_dir().join(format!(
+        "argocd-health-{}/bin/weft-argocd-health",
+        pinned("ARGOCD_VERSION")
+    ))
 }
 
 /// The `weft` binary under test (`WEFT_BIN`, or the workspace's debug build).
