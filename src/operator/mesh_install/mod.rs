@@ -91,12 +91,16 @@ pub fn controller(
         remotes: remotes.store(),
         remotes_listed,
     });
-    // A namespace label or gateway changed: usage may have moved between revisions. There
-    // are few MeshInstalls, so each looks again (a reconcile that changes nothing writes
-    // nothing).
+    // A namespace label or gateway changed: usage may have moved between revisions. A
+    // gateway concerns its own mesh; a namespace label any mesh, and there are few
+    // MeshInstalls, so each looks again (a reconcile that changes nothing writes nothing).
     let all = meshes.store();
-    let usage_changed = usage.changes().flat_map(move |()| {
-        let refs: Vec<_> = all.state().iter().map(|m| ObjectRef::from_obj(m.as_ref())).collect();
+    let usage_changed = usage.changes().flat_map(move |concerns| {
+        let refs: Vec<_> = match concerns {
+            usage::Concerns::Meshes(names) => names.iter().map(|n| ObjectRef::new(n)).collect(),
+            usage::Concerns::All => all.state().iter().map(|m| ObjectRef::from_obj(m.as_ref())).collect(),
+            usage::Concerns::Nothing => Vec::new(),
+        };
         stream::iter(refs)
     });
     Triggers::new(CONTROLLER, shared, meshes.store(), meshes.subscribe())

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::core::v1::Namespace;
@@ -64,38 +64,44 @@ impl<V: Clone + Eq + Hash> ByValue<V> {
         }
     }
 
-    /// Applies one watch event; `Some(true)` when the index changed in a way readers see.
-    fn apply(&mut self, event: Event<(String, Option<V>)>) -> bool {
+    /// Applies one watch event; returns the values whose keys changed in a way readers see
+    /// (a relist names every value before and after it).
+    fn apply(&mut self, event: Event<(String, Option<V>)>) -> Vec<V> {
         match event {
             Event::Init => {
                 self.pending = Some(HashMap::new());
-                false
+                Vec::new()
             }
             Event::InitApply((key, value)) => {
                 if let (Some(p), Some(v)) = (self.pending.as_mut(), value) {
                     p.insert(key, v);
                 }
-                false
+                Vec::new()
             }
             Event::InitDone => {
                 let fresh = self.pending.take().unwrap_or_default();
+                let mut touched: Vec<V> = self.by_value.keys().cloned().collect();
                 self.live.clear();
                 self.by_value.clear();
                 for (k, v) in fresh {
                     self.set(k, Some(v));
                 }
+                touched.extend(self.by_value.keys().cloned());
                 self.synced = true;
-                true
+                touched
             }
             Event::Apply((key, value)) => {
-                let changed = self.live.get(&key) != value.as_ref();
-                self.set(key, value);
-                changed
+                let old = self.live.get(&key).cloned();
+                if old == value {
+                    return Vec::new();
+                }
+                self.set(key, value.clone());
+                old.into_iter().chain(value).collect()
             }
             Event::Delete((key, _)) => {
-                let changed = self.live.contains_key(&key);
+                let old = self.live.get(&key).cloned();
                 self.remove(&key);
-                changed
+                old.into_iter().collect()
             }
         }
     }
@@ -113,11 +119,35 @@ struct Inner {
     gateways: ByValue<(String, String)>,
 }
 
+/// The MeshInstalls a change of the index concerns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Concerns {
+    /// None (nothing readers see changed).
+    #[default]
+    Nothing,
+    /// These meshes: a gateway names its own mesh.
+    Meshes(BTreeSet<String>),
+    /// Every mesh: a namespace label names a tag or revision, which any mesh may own.
+    All,
+}
+
+impl Concerns {
+    fn add(&mut self, other: Concerns) {
+        match (&mut *self, other) {
+            (_, Concerns::Nothing) | (Concerns::All, _) => {}
+            (Concerns::Meshes(mine), Concerns::Meshes(more)) => mine.extend(more),
+            (me, other) => *me = other,
+        }
+    }
+}
+
 /// The usage index (cheap to clone). The namespace watch is its own; gateways come from
 /// the operator's shared MeshGateway watch.
 #[derive(Clone, Debug)]
 pub struct UsageIndex {
     inner: Arc<RwLock<Inner>>,
+    /// What changed since [`UsageIndex::changes`] last yielded.
+    pending: Arc<Mutex<Concerns>>,
     /// Bumped after each change readers can see.
     changed: Arc<watch::Sender<()>>,
 }
@@ -126,6 +156,7 @@ impl Default for UsageIndex {
     fn default() -> Self {
         UsageIndex {
             inner: Arc::default(),
+            pending: Arc::default(),
             changed: Arc::new(watch::Sender::new(())),
         }
     }
@@ -143,7 +174,13 @@ impl UsageIndex {
                 match e {
                     Ok(e) => {
                         let e = map_event(&e, |o| (o.name_any(), o.labels().get(labels::REVISION).cloned()));
-                        self.write(|i| i.namespaces.apply(e));
+                        self.write(|i| {
+                            if i.namespaces.apply(e).is_empty() {
+                                Concerns::Nothing
+                            } else {
+                                Concerns::All
+                            }
+                        });
                     }
                     Err(error) => warn!(%error, "namespace watch error"),
                 }
@@ -155,22 +192,41 @@ impl UsageIndex {
     /// Takes in one event of the shared MeshGateway watch.
     pub fn gateway_event(&self, e: &Event<Guarded<MeshGateway>>) {
         let e = map_event(e, |g| (describe(g), gateway_follows(g)));
-        self.write(|i| i.gateways.apply(e));
+        self.write(|i| {
+            let touched = i.gateways.apply(e);
+            if touched.is_empty() {
+                Concerns::Nothing
+            } else {
+                Concerns::Meshes(touched.into_iter().map(|(mesh, _)| mesh).collect())
+            }
+        });
     }
 
-    /// Yields after each change readers can see (bursts may coalesce into one).
-    pub fn changes(&self) -> impl Stream<Item = ()> + Send + 'static {
-        futures::stream::unfold(self.changed.subscribe(), |mut rx| async move {
-            rx.changed().await.ok()?;
-            Some(((), rx))
+    /// Yields, after changes readers can see, the meshes they concern (a burst may coalesce
+    /// into one item).
+    pub fn changes(&self) -> impl Stream<Item = Concerns> + Send + 'static {
+        let pending = self.pending.clone();
+        futures::stream::unfold(self.changed.subscribe(), move |mut rx| {
+            let pending = pending.clone();
+            async move {
+                loop {
+                    rx.changed().await.ok()?;
+                    let concerns = std::mem::take(&mut *lock(&pending));
+                    // An earlier wake-up may have taken this change already.
+                    if concerns != Concerns::Nothing {
+                        return Some((concerns, rx));
+                    }
+                }
+            }
         })
     }
 
-    fn write(&self, f: impl FnOnce(&mut Inner) -> bool) {
+    fn write(&self, f: impl FnOnce(&mut Inner) -> Concerns) {
         let mut guard = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let changed = f(&mut guard);
+        let concerns = f(&mut guard);
         drop(guard);
-        if changed {
+        if concerns != Concerns::Nothing {
+            lock(&self.pending).add(concerns);
             self.changed.send_replace(());
         }
     }
@@ -194,6 +250,10 @@ impl UsageIndex {
     pub fn gateways(&self, mesh: &str, value: &str) -> BTreeSet<String> {
         self.read(|i| i.gateways.get(&(mesh.to_string(), value.to_string())))
     }
+}
+
+fn lock(pending: &Mutex<Concerns>) -> std::sync::MutexGuard<'_, Concerns> {
+    pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn map_event<K, T>(e: &Event<K>, f: impl Fn(&K) -> T) -> Event<T> {
@@ -223,25 +283,77 @@ mod tests {
     #[test]
     fn values_follow_applies_deletes_and_relists() {
         let mut ix: ByValue<String> = ByValue::default();
-        assert!(!ix.apply(Event::Init));
+        assert!(ix.apply(Event::Init).is_empty());
         ix.apply(Event::InitApply(("a".into(), Some("canary".into()))));
         ix.apply(Event::InitApply(("b".into(), Some("stable".into()))));
         assert!(!ix.synced, "not synced before the list is complete");
-        assert!(ix.apply(Event::InitDone));
+        assert_eq!(ix.apply(Event::InitDone).len(), 2);
         assert_eq!(ix.get(&"canary".into()), BTreeSet::from(["a".to_string()]));
-        assert!(ix.apply(Event::Apply(("b".into(), Some("canary".into())))));
+        assert_eq!(
+            ix.apply(Event::Apply(("b".into(), Some("canary".into())))),
+            ["stable", "canary"],
+            "the value left and the value joined"
+        );
         assert!(
-            !ix.apply(Event::Apply(("b".into(), Some("canary".into())))),
+            ix.apply(Event::Apply(("b".into(), Some("canary".into())))).is_empty(),
             "no change, no trigger"
         );
         assert_eq!(ix.get(&"canary".into()).len(), 2);
         assert!(ix.get(&"stable".into()).is_empty());
-        assert!(ix.apply(Event::Delete(("a".into(), None))));
+        assert_eq!(ix.apply(Event::Delete(("a".into(), None))), ["canary"]);
         // A relist replaces everything, including objects deleted while disconnected.
         ix.apply(Event::Init);
         ix.apply(Event::InitApply(("c".into(), Some("stable".into()))));
         ix.apply(Event::InitDone);
         assert!(ix.get(&"canary".into()).is_empty());
         assert_eq!(ix.get(&"stable".into()), BTreeSet::from(["c".to_string()]));
+    }
+
+    fn gateway(ns: &str, name: &str, mesh: &str, revision: &str) -> Guarded<MeshGateway> {
+        let gw: MeshGateway = serde_json::from_value(serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"mesh": mesh, "revision": revision}
+        }))
+        .unwrap();
+        kube::core::DeserializeGuard(Ok(gw))
+    }
+
+    #[tokio::test]
+    async fn a_gateway_change_concerns_only_its_mesh_and_a_namespace_every_mesh() {
+        let ix = UsageIndex::default();
+        let mut changes = Box::pin(ix.changes());
+        ix.gateway_event(&Event::Init);
+        ix.gateway_event(&Event::InitDone);
+        ix.gateway_event(&Event::Apply(gateway("a", "gw", "mesh-a", "stable")));
+        // Coalesced with the previous change: both are pending when the stream is polled.
+        ix.gateway_event(&Event::Apply(gateway("b", "gw", "mesh-b", "stable")));
+        assert_eq!(
+            changes.next().await,
+            Some(Concerns::Meshes(BTreeSet::from([
+                "mesh-a".to_string(),
+                "mesh-b".to_string()
+            ])))
+        );
+        // The same gateway again (a status write): nothing readers see.
+        ix.gateway_event(&Event::Apply(gateway("a", "gw", "mesh-a", "stable")));
+        // Moved to another mesh: both meshes look again.
+        ix.gateway_event(&Event::Apply(gateway("a", "gw", "mesh-c", "stable")));
+        assert_eq!(
+            changes.next().await,
+            Some(Concerns::Meshes(BTreeSet::from([
+                "mesh-a".to_string(),
+                "mesh-c".to_string()
+            ])))
+        );
+        ix.write(|i| {
+            let touched = i.namespaces.apply(Event::Apply(("shop".into(), Some("stable".into()))));
+            if touched.is_empty() {
+                Concerns::Nothing
+            } else {
+                Concerns::All
+            }
+        });
+        assert_eq!(changes.next().await, Some(Concerns::All));
     }
 }
