@@ -137,9 +137,13 @@ struct ControlPlaneArgs {
     /// The mesh config file (the operator mounts it at /etc/weft/mesh.yaml).
     #[arg(long)]
     mesh_config: Option<PathBuf>,
-    /// Milliseconds of quiet that end a burst of changes before a push.
-    #[arg(long, default_value_t = 100)]
+    /// Milliseconds of quiet that end a burst of changes before a push (a lone change waits
+    /// only this long).
+    #[arg(long, default_value_t = 10)]
     debounce_ms: u64,
+    /// Longest wait, in milliseconds, from the first change of a burst to its push.
+    #[arg(long, default_value_t = 100)]
+    debounce_max_ms: u64,
     /// Largest xDS request accepted, in bytes (its encoded size).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     xds_max_request_bytes: usize,
@@ -389,7 +393,10 @@ fn control_plane(args: ControlPlaneArgs) -> Result<()> {
                 xds_address: args.xds_address,
                 monitoring_address: args.monitoring_address,
                 mesh_config: args.mesh_config,
-                debounce: std::time::Duration::from_millis(args.debounce_ms),
+                debounce: weft::xds::control_plane::Debounce {
+                    after: std::time::Duration::from_millis(args.debounce_ms),
+                    max: std::time::Duration::from_millis(args.debounce_max_ms.max(args.debounce_ms)),
+                },
                 limits,
                 mesh_namespace: args.mesh_namespace,
                 remote_sync_timeout: std::time::Duration::from_secs(args.remote_sync_timeout_seconds),

@@ -40,8 +40,8 @@ pub struct Options {
     pub monitoring_address: SocketAddr,
     /// The mesh config file the operator mounts.
     pub mesh_config: Option<PathBuf>,
-    /// Quiet time that ends a burst of changes.
-    pub debounce: Duration,
+    /// When changes are pushed.
+    pub debounce: Debounce,
     /// What each client may hold.
     pub limits: Limits,
     /// The mesh namespace: where the mesh's RemoteClusters and their Secrets are.
@@ -392,8 +392,8 @@ struct Translator {
     /// The revision served.
     revision: String,
     config: MeshConfig,
-    /// Quiet time that ends a burst.
-    debounce: Duration,
+    /// When changes are pushed.
+    debounce: Debounce,
 }
 
 impl Translator {
@@ -468,14 +468,34 @@ impl Translator {
     }
 }
 
-/// Waits until `changed` has been quiet for `debounce`, but at most ten times that, so a
-/// constant trickle of changes still gets through.
-async fn quiet(changed: &Notify, debounce: Duration) {
-    let deadline = tokio::time::Instant::now() + debounce * 10;
+/// When a change is pushed (Istio's PILOT_DEBOUNCE_AFTER and PILOT_DEBOUNCE_MAX): once the
+/// sources have been quiet for `after`, but at most `max` after the first change, so a lone
+/// change goes out quickly, a burst is translated once, and a constant trickle still gets
+/// through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Debounce {
+    /// Quiet time that ends a burst.
+    pub after: Duration,
+    /// Longest wait after the first change of a burst.
+    pub max: Duration,
+}
+
+impl Default for Debounce {
+    fn default() -> Self {
+        Debounce {
+            after: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Waits until `changed` has been quiet for `debounce.after`, but at most `debounce.max`.
+async fn quiet(changed: &Notify, debounce: Debounce) {
+    let deadline = tokio::time::Instant::now() + debounce.max;
     loop {
         tokio::select! {
             _ = changed.notified() => {}
-            _ = tokio::time::sleep(debounce) => break,
+            _ = tokio::time::sleep(debounce.after) => break,
         }
         if tokio::time::Instant::now() >= deadline {
             break;
@@ -646,14 +666,22 @@ mod tests {
 
     /// On paused (virtual) time: exact bounds, no real waiting.
     #[tokio::test(start_paused = true)]
-    async fn a_burst_ends_when_quiet_or_after_ten_times_the_debounce() {
+    async fn a_burst_ends_when_quiet_or_at_the_maximum_delay() {
         let changed = Arc::new(Notify::new());
-        let debounce = Duration::from_millis(50);
+        let debounce = Debounce {
+            after: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        };
+        assert_eq!(debounce, Debounce::default(), "the documented defaults");
         let started = tokio::time::Instant::now();
         quiet(&changed, debounce).await;
-        assert_eq!(started.elapsed(), debounce, "quiet for the debounce");
+        assert_eq!(
+            started.elapsed(),
+            debounce.after,
+            "a lone change waits only the quiet time"
+        );
 
-        // A change every 5 ms never leaves 50 ms of quiet: the cap ends the burst.
+        // A change every 5 ms never leaves 10 ms of quiet: the maximum ends the burst.
         let trickle = changed.clone();
         let pinger = tokio::spawn(async move {
             loop {
@@ -665,6 +693,6 @@ mod tests {
         quiet(&changed, debounce).await;
         pinger.abort();
         let took = started.elapsed();
-        assert!(took >= debounce * 10 && took < debounce * 11, "{took:?}");
+        assert!(took >= debounce.max && took < debounce.max + debounce.after, "{took:?}");
     }
 }

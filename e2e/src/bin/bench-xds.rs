@@ -324,7 +324,7 @@ async fn main() {
     println!("  control plane CPU: {:.2} s to sync, {:.2} s in total", idle_cpu, cpu);
     println!("  initial configuration (CDS: {SERVICES} clusters, EDS: 20 assignments) on every stream: {initial:?}");
     println!(
-        "  EndpointSlice change in {} -> all {STREAMS} streams: p50 {:?}, p99 {:?}, max {:?} over {CHANGES} changes (debounce 100 ms included)",
+        "  EndpointSlice change in {} -> all {STREAMS} streams: p50 {:?}, p99 {:?}, max {:?} over {CHANGES} changes (default debounce included: 10 ms quiet, 100 ms at most)",
         changed.name,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
