@@ -160,6 +160,55 @@ build_registry() {
   rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
 }
 
+# gomod_replaces MODULE VERSION: the `replace` lines of MODULE@VERSION's go.mod, for a wrapper
+# module. A replace by a local directory (`./api`) names a nested module of the same release:
+# it becomes that module's published version.
+gomod_replaces() {
+  local module=$1 version=$2 mod
+  mod=$(go mod download -json "$module@$version" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+  [ -n "$mod" ] || { echo "error: cannot download $module@$version" >&2; return 1; }
+  # One line per replace, from `replace a => b v` and from `replace ( … )` blocks.
+  awk '/^replace \(/ { inblock = 1; next }
+       inblock && /^\)/ { inblock = 0; next }
+       inblock && /=>/ { print; next }
+       /^replace .*=>/ { sub(/^replace /, ""); print }' "$mod" |
+    sed -E 's#//.*##; s/^[[:space:]]+//; s/[[:space:]]+$//' |
+    while read -r from arrow to ver; do
+      [ "$arrow" = "=>" ] || continue
+      case $to in
+        ./* | ../*) echo "$from => $from $version" ;;
+        *) echo "$from => $to $ver" ;;
+      esac
+    done
+}
+
+# build_flux_controller NAME MODULE VERSION: one Flux controller (its main package is the
+# module's root), through a wrapper module of its own: the two controllers pin different
+# versions of shared dependencies, so one wrapper for both would build neither as released.
+build_flux_controller() {
+  local name=$1 module=$2 v=$3
+  local out="$CACHE/$name-$v"
+  [ -x "$out/bin/$name" ] && return 0
+  echo "building Flux's $name v$v from its Go module (5-10 minutes on 2 cores the first time)" >&2
+  local src="$CACHE/src/$name-$v"
+  rm -rf "$src" && mkdir -p "$src"
+  local replaces=()
+  mapfile -t replaces < <(gomod_replaces "$module" "v$v")
+  wrapper_module "$src" "$module" "v$v" "${replaces[@]}"
+  mkdir -p "$out/bin.tmp"
+  (cd "$src" && run_logged "$name v$v" "$src/build.log" \
+    go build -trimpath -ldflags "-s -w" -o "$out/bin.tmp/$name" "$module") || return 1
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+}
+
+# build_flux: Flux's source-controller and kustomize-controller, for the Flux end-to-end test.
+# Newer releases need a newer Go than the bed's; source-controller v1.9.4 and later need a
+# fluxcd/pkg/artifact version the module proxy does not serve.
+build_flux() {
+  build_flux_controller source-controller github.com/fluxcd/source-controller "$FLUX_SOURCE_CONTROLLER_VERSION" &&
+    build_flux_controller kustomize-controller github.com/fluxcd/kustomize-controller "$FLUX_KUSTOMIZE_CONTROLLER_VERSION"
+}
+
 # fetch_module_dir MODULE VERSION: the module's source directory in the module cache.
 fetch_module_dir() {
   go mod download -json "$1@$2" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p'
@@ -189,6 +238,26 @@ fetch_assets() {
     cp "$dir"/config/crd/standard/*.yaml "$gw/crds.tmp/"
     mv "$gw/crds.tmp" "$gw/crds"
   fi
+  fetch_flux_crds
+}
+
+# fetch_flux_crds: the CRDs of Flux's two controllers as their modules publish them: every
+# source kind (kustomize-controller watches GitRepository, OCIRepository, Bucket and
+# ExternalArtifact, and source-controller all of its kinds) and Kustomization.
+fetch_flux_crds() {
+  local out="$CACHE/flux-crds-$FLUX_SOURCE_CONTROLLER_VERSION-$FLUX_KUSTOMIZE_CONTROLLER_VERSION"
+  [ -d "$out/crds" ] && return 0
+  echo "fetching Flux's CRDs from the source-controller and kustomize-controller modules" >&2
+  local m v dir
+  rm -rf "$out" && mkdir -p "$out/crds.tmp"
+  for m in source-controller:$FLUX_SOURCE_CONTROLLER_VERSION kustomize-controller:$FLUX_KUSTOMIZE_CONTROLLER_VERSION; do
+    v=${m#*:}
+    dir=$(cd "$CACHE" && fetch_module_dir "github.com/fluxcd/${m%%:*}" "v$v")
+    [ -d "$dir/config/crd/bases" ] || { echo "error: no config/crd/bases in $dir" >&2; return 1; }
+    cp "$dir"/config/crd/bases/*.yaml "$out/crds.tmp/"
+  done
+  chmod u+w "$out"/crds.tmp/*.yaml
+  mv "$out/crds.tmp" "$out/crds"
 }
 
 # build_all: everything the bed needs, built in sequence (two cores: parallel builds only thrash).
@@ -196,5 +265,6 @@ build_all() {
   command -v go >/dev/null || { echo "error: Go is required to build the test bed (https://go.dev/dl/)" >&2; return 1; }
   go_env
   mkdir -p "$CACHE"
-  build_etcd && build_kwok && fetch_assets && build_kubernetes && build_helm && build_registry
+  build_etcd && build_kwok && fetch_assets && build_kubernetes && build_helm && build_registry &&
+    build_flux
 }

@@ -13,6 +13,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
 pub mod control_plane;
+pub mod flux;
+pub mod githttp;
 pub mod grpc_clients;
 pub mod multicluster;
 pub mod operator;
