@@ -194,6 +194,7 @@ build_flux_controller() {
   rm -rf "$src" && mkdir -p "$src"
   local replaces=()
   mapfile -t replaces < <(gomod_replaces "$module" "v$v")
+  [ ${#replaces[@]} -gt 0 ] || { echo "error: found no replace lines in $module@v$v" >&2; return 1; }
   wrapper_module "$src" "$module" "v$v" "${replaces[@]}"
   mkdir -p "$out/bin.tmp"
   (cd "$src" && run_logged "$name v$v" "$src/build.log" \
