@@ -15,6 +15,7 @@ use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use weft::api::MeshInstall;
+use weft::api::mesh_gateway::MeshGateway;
 use weft_e2e::flux::{self, Flux};
 use weft_e2e::githttp::GitServer;
 use weft_e2e::operator::{Operator, SERIAL, condition, owned_objects};
@@ -22,6 +23,9 @@ use weft_e2e::{Bed, repo_root, wait_for};
 
 const MESH: &str = "fluxmesh";
 const MESH_NS: &str = "e2e-flux";
+/// The MeshGateway's namespace (in Git too) and name; it follows the stable tag.
+const GW_NS: &str = "e2e-flux-gw";
+const GW: &str = "ingress";
 /// The MeshInstall (and directory, and Kustomization) that shows `wait: true` alone.
 const BARE: &str = "fluxbare";
 const OLD: &str = "fluxmesh-v1-0-0";
@@ -47,6 +51,27 @@ spec:
   revisionTags:
   - {{name: flux-stable, target: Active}}
   - {{name: flux-canary, target: Latest}}
+"
+    )
+}
+
+/// A namespace and a MeshGateway in it that follows the mesh's Active tag.
+fn gateway_yaml() -> String {
+    format!(
+        "apiVersion: v1
+kind: Namespace
+metadata:
+  name: {GW_NS}
+---
+apiVersion: weft.dev/v1alpha1
+kind: MeshGateway
+metadata:
+  name: {GW}
+  namespace: {GW_NS}
+spec:
+  mesh: {MESH}
+  revision: flux-stable
+  type: Ingress
 "
     )
 }
@@ -107,6 +132,7 @@ fn initial_files() -> Vec<(String, String)> {
         }
     }
     files.push(("weft/mesh.yaml".into(), mesh_yaml("1.0.0")));
+    files.push(("weft/gateway.yaml".into(), gateway_yaml()));
     files.push((
         format!("{BARE}/mesh.yaml"),
         format!(
@@ -125,11 +151,13 @@ struct Sample {
     applied: String,
     /// The MeshInstall, if it exists.
     mesh: Option<MeshInstall>,
+    /// The MeshGateway, if it exists.
+    gateway: Option<MeshGateway>,
 }
 
 impl Sample {
-    async fn take(ks: &Api<DynamicObject>, name: &str, mi: &Api<MeshInstall>) -> Result<Sample, String> {
-        let k = ks.get(name).await.map_err(|e| e.to_string())?;
+    async fn take(t: &Setup) -> Result<Sample, String> {
+        let k = t.kss.get(&t.ks_name).await.map_err(|e| e.to_string())?;
         Ok(Sample {
             ready: flux::condition(&k, "Ready"),
             applied: k
@@ -138,7 +166,8 @@ impl Sample {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
-            mesh: mi.get_opt(MESH).await.map_err(|e| e.to_string())?,
+            mesh: t.mi.get_opt(MESH).await.map_err(|e| e.to_string())?,
+            gateway: t.gw.get_opt(GW).await.map_err(|e| e.to_string())?,
         })
     }
 
@@ -152,6 +181,16 @@ impl Sample {
         self.mesh.as_ref().is_some_and(|mi| {
             mi.status.as_ref().and_then(|s| s.observed_generation) == mi.metadata.generation
                 && condition(mi, "Ready").is_some_and(|c| c.0 == "True")
+        })
+    }
+
+    /// The MeshGateway is Ready for its current generation, on `revision`.
+    fn gateway_ready_on(&self, revision: &str) -> bool {
+        self.gateway.as_ref().is_some_and(|gw| {
+            let s = gw.status.clone().unwrap_or_default();
+            s.observed_generation == gw.metadata.generation
+                && s.revision.as_deref() == Some(revision)
+                && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
         })
     }
 
@@ -174,6 +213,7 @@ struct Setup {
     repos: Api<DynamicObject>,
     kss: Api<DynamicObject>,
     mi: Api<MeshInstall>,
+    gw: Api<MeshGateway>,
     repo_name: String,
     ks_name: String,
     /// When the Kustomizations were created.
@@ -190,7 +230,7 @@ impl Setup {
         let mut last;
         let deadline = Instant::now() + STEP;
         loop {
-            match Sample::take(&self.kss, &self.ks_name, &self.mi).await {
+            match Sample::take(self).await {
                 Ok(s) => {
                     check(&s);
                     if done(&s) {
@@ -273,6 +313,7 @@ async fn start() -> Setup {
         .await
         .expect("create the Kustomization without healthCheckExprs");
     let mi = Api::all(bed.client.clone());
+    let bed_client = bed.client.clone();
     Setup {
         repo_name: repo["metadata"]["name"].as_str().expect("name").to_string(),
         ks_name: ks["metadata"]["name"].as_str().expect("name").to_string(),
@@ -284,6 +325,7 @@ async fn start() -> Setup {
         repos,
         kss,
         mi,
+        gw: Api::namespaced(bed_client, GW_NS),
     }
 }
 
@@ -322,8 +364,8 @@ async fn wait_alone_reports_a_status_less_mesh_ready(t: &Setup) {
     .await;
 }
 
-/// No operator: the documented Kustomization does not call the status-less MeshInstall
-/// ready; it waits and fails at its timeout, saying the status has no conditions.
+/// No operator: the documented Kustomization does not call the status-less MeshInstall and
+/// MeshGateway ready; it waits and fails at its timeout, saying they have no conditions.
 async fn without_operator_flux_waits_and_fails_at_its_timeout(t: &Setup) {
     let s = t
         .until(
@@ -345,7 +387,9 @@ async fn without_operator_flux_waits_and_fails_at_its_timeout(t: &Setup) {
     let message = &s.ready.as_ref().unwrap().2;
     eprintln!("no operator: Flux says {message}");
     assert!(
-        message.contains("timeout waiting for") && message.contains(&format!("MeshInstall/{MESH} status: 'Unknown'")),
+        message.contains("timeout waiting for")
+            && message.contains(&format!("MeshInstall/{MESH} status: 'Unknown'"))
+            && message.contains(&format!("MeshGateway/{GW_NS}/{GW} status: 'Unknown'")),
         "{message}"
     );
     assert!(
@@ -405,16 +449,17 @@ async fn with_the_operator_flux_is_ready_after_the_mesh(t: &Setup, op: &Operator
             |s| s.flux_ready_at(&first),
             |s| {
                 assert!(
-                    !s.flux_ready_at(&first) || s.mesh_ready(),
-                    "Flux Ready before the MeshInstall: {s:?}"
+                    !s.flux_ready_at(&first) || (s.mesh_ready() && s.gateway_ready_on(OLD)),
+                    "Flux Ready before the MeshInstall and the MeshGateway: {s:?}"
                 )
             },
         )
         .await;
-    let (flux_since, mesh_since) = (&s.ready.as_ref().unwrap().3, ready_since(s.mesh.as_ref().unwrap()));
+    let flux_since = &s.ready.as_ref().unwrap().3;
+    let (mesh_since, gw_since) = (ready_since(json!(s.mesh)), ready_since(json!(s.gateway)));
     assert!(
-        flux_since >= &mesh_since,
-        "Flux Ready at {flux_since}, the MeshInstall at {mesh_since}"
+        flux_since >= &mesh_since && flux_since >= &gw_since,
+        "Flux Ready at {flux_since}, the MeshInstall at {mesh_since}, the MeshGateway at {gw_since}"
     );
     assert_eq!(s.active().as_deref(), Some(OLD));
 }
@@ -438,8 +483,8 @@ async fn a_version_bump_is_a_canary_flux_waits_for(t: &Setup, op: &Operator) {
                 }
                 if s.flux_ready_at(&bump) {
                     assert!(
-                        s.mesh_ready() && s.active().as_deref() == Some(NEW),
-                        "Flux Ready before promotion: {s:?}"
+                        s.mesh_ready() && s.active().as_deref() == Some(NEW) && s.gateway_ready_on(NEW),
+                        "Flux Ready before the promotion and the gateway following it: {s:?}"
                     );
                 }
             },
@@ -515,7 +560,12 @@ async fn an_unsupported_version_is_reported_and_a_revert_recovers(t: &Setup, op:
             "Flux to be Ready after the revert",
             Some(op),
             |s| s.flux_ready_at(&revert),
-            |s| assert!(!s.flux_ready_at(&revert) || s.mesh_ready(), "{s:?}"),
+            |s| {
+                assert!(
+                    !s.flux_ready_at(&revert) || (s.mesh_ready() && s.gateway_ready_on(NEW)),
+                    "{s:?}"
+                )
+            },
         )
         .await;
     assert_eq!(s.mesh.as_ref().unwrap().spec.version, "1.1.0");
@@ -525,8 +575,9 @@ async fn an_unsupported_version_is_reported_and_a_revert_recovers(t: &Setup, op:
     );
 }
 
-/// Deleting the file from Git: Flux prunes the MeshInstall, the operator's finalizer
-/// removes the cluster-scoped objects and the garbage collector the rest.
+/// Deleting the files from Git: Flux prunes the MeshInstall (and the gateway with its
+/// namespace), the operator's finalizer removes the cluster-scoped objects and the garbage
+/// collector the rest.
 async fn deleting_the_file_from_git_removes_the_mesh(t: &Setup, op: &Operator) {
     let before = owned_objects(&t.bed, MESH).await;
     assert!(
@@ -539,11 +590,16 @@ async fn deleting_the_file_from_git_removes_the_mesh(t: &Setup, op: &Operator) {
         "{:?}",
         mi.finalizers()
     );
-    let removed = t.commit(&[("weft/mesh.yaml", None)], "Remove the mesh").await;
+    let removed = t
+        .commit(
+            &[("weft/mesh.yaml", None), ("weft/gateway.yaml", None)],
+            "Remove the mesh and its gateway",
+        )
+        .await;
     t.until(
         "Flux to be Ready without the mesh",
         Some(op),
-        |s| s.flux_ready_at(&removed) && s.mesh.is_none(),
+        |s| s.flux_ready_at(&removed) && s.mesh.is_none() && s.gateway.is_none(),
         |_| {},
     )
     .await;
@@ -563,9 +619,8 @@ async fn deleting_the_file_from_git_removes_the_mesh(t: &Setup, op: &Operator) {
     );
 }
 
-/// When the MeshInstall's Ready condition last changed (RFC 3339, as Flux writes its own).
-fn ready_since(mi: &MeshInstall) -> String {
-    let v = serde_json::to_value(mi).expect("MeshInstall as JSON");
+/// When a Weft object's Ready condition last changed (RFC 3339, as Flux writes its own).
+fn ready_since(v: Value) -> String {
     v.pointer("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
@@ -607,28 +662,32 @@ fn assert_no_drift(t: &Setup) {
     );
 }
 
-/// The operator wrote only the MeshInstall's status and its finalizer, never the spec or
-/// labels Flux applies: by its `weft_api_writes_total`, and by who owns which fields.
+/// The operator wrote only the status of the MeshInstall and the MeshGateway (and the
+/// MeshInstall's finalizer), never the spec or labels Flux applies: by its
+/// `weft_api_writes_total`, and by who owns which fields.
 async fn assert_operator_wrote_no_spec(t: &Setup, op: &Operator) {
     let metrics = op.metrics().expect("operator metrics");
-    let writes: BTreeMap<String, f64> = metrics
-        .lines()
-        .filter(|l| l.starts_with("weft_api_writes_total{") && l.contains("kind=\"MeshInstall\""))
-        .filter_map(|l| {
-            let verb = l.split("verb=\"").nth(1)?.split('"').next()?.to_string();
-            Some((verb, l.rsplit(' ').next()?.parse().ok()?))
-        })
-        .collect();
-    assert!(
-        writes.get("status").is_some_and(|n| *n > 0.0),
-        "no status writes counted: {writes:?}"
-    );
-    assert!(
-        writes.keys().all(|v| v == "status" || v == "finalizer"),
-        "the operator wrote a MeshInstall other than its status and finalizer: {writes:?}"
-    );
+    for kind in ["MeshInstall", "MeshGateway"] {
+        let writes: BTreeMap<String, f64> = metrics
+            .lines()
+            .filter(|l| l.starts_with("weft_api_writes_total{") && l.contains(&format!("kind=\"{kind}\"")))
+            .filter_map(|l| {
+                let verb = l.split("verb=\"").nth(1)?.split('"').next()?.to_string();
+                Some((verb, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        assert!(
+            writes.get("status").is_some_and(|n| *n > 0.0),
+            "no {kind} status writes counted: {writes:?}"
+        );
+        assert!(
+            writes.keys().all(|v| v == "status" || v == "finalizer"),
+            "the operator wrote a {kind} other than its status and finalizer: {writes:?}"
+        );
+    }
     let mi = t.mi.get(MESH).await.expect("the MeshInstall");
-    for f in mi.managed_fields() {
+    let gw = t.gw.get(GW).await.expect("the MeshGateway");
+    for f in mi.managed_fields().iter().chain(gw.managed_fields()) {
         let fields = f.fields_v1.as_ref().map(|v| &v.0).cloned().unwrap_or_default();
         for path in ["/f:spec", "/f:metadata/f:labels"] {
             if fields.pointer(path).is_some() {
@@ -668,7 +727,7 @@ async fn cleanup(t: &Setup) {
         .await;
     }
     let namespaces: Api<Namespace> = Api::all(t.bed.client.clone());
-    for ns in [t.ns.as_str(), MESH_NS] {
+    for ns in [t.ns.as_str(), MESH_NS, GW_NS] {
         let _ = namespaces.delete(ns, &DeleteParams::default()).await;
     }
 }
