@@ -65,12 +65,8 @@ impl GitServer {
                     let Ok(conn) = conn else { continue };
                     let (root, log) = (root.clone(), log.clone());
                     std::thread::spawn(move || {
-                        let line = match serve(conn, &root) {
-                            Ok(line) => line,
-                            Err(e) => format!("error: {e}"),
-                        };
-                        if let Ok(mut f) = log.lock() {
-                            let _ = writeln!(f, "{line}");
+                        if let Err(e) = serve(conn, &root, &log) {
+                            record(&log, &format!("error: {e}"));
                         }
                     });
                 }
@@ -177,8 +173,17 @@ struct Request {
     body: Vec<u8>,
 }
 
-/// Answers one request (one per connection: the response closes it). Returns a log line.
-fn serve(conn: TcpStream, root: &Path) -> Result<String, String> {
+type Log = std::sync::Mutex<std::fs::File>;
+
+fn record(log: &Log, line: &str) {
+    if let Ok(mut f) = log.lock() {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// Answers one request (one per connection: the response closes it), logged before the
+/// response is sent, so a client that got it finds it in the log.
+fn serve(conn: TcpStream, root: &Path, log: &Log) -> Result<(), String> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
@@ -188,20 +193,15 @@ fn serve(conn: TcpStream, root: &Path) -> Result<String, String> {
     } else {
         http_backend(&req, root)?
     };
+    let (method, path, query, len) = (&req.method, &req.path, &req.query, body.len());
+    record(log, &format!("{method} {path}?{query} -> {status} ({len} bytes)"));
     let mut out = conn;
     write!(out, "HTTP/1.1 {status}\r\n").map_err(|e| e.to_string())?;
     for (k, v) in &headers {
         write!(out, "{k}: {v}\r\n").map_err(|e| e.to_string())?;
     }
-    write!(out, "Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).map_err(|e| e.to_string())?;
-    out.write_all(&body).map_err(|e| e.to_string())?;
-    Ok(format!(
-        "{} {}?{} -> {status} ({} bytes)",
-        req.method,
-        req.path,
-        req.query,
-        body.len()
-    ))
+    write!(out, "Content-Length: {len}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    out.write_all(&body).map_err(|e| e.to_string())
 }
 
 /// Reads the request line, the headers and the body (by length, or chunked).
@@ -332,4 +332,44 @@ fn http_backend(req: &Request, root: &Path) -> Result<Response, String> {
         }
     }
     Ok((status, headers, out.stdout[split.0 + split.1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real git client clones over smart HTTP, then fetches a later commit and a revert.
+    #[test]
+    fn git_clones_and_fetches_over_smart_http() {
+        let dir = std::env::temp_dir().join(format!("weft-githttp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = GitServer::start(&dir, "repo", &dir.join("server.log"));
+        let first = server.commit(&[("a/file.yaml", Some("one\n"))], "one");
+        let clone = dir.join("clone");
+        git(
+            &dir,
+            &[
+                "-c",
+                "protocol.version=2",
+                "clone",
+                "--quiet",
+                &server.url(),
+                clone.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(std::fs::read_to_string(clone.join("a/file.yaml")).unwrap(), "one\n");
+        assert_eq!(git(&clone, &["rev-parse", "HEAD"]).trim(), first);
+
+        let second = server.commit(&[("a/file.yaml", None), ("b.yaml", Some("two\n"))], "two");
+        let reverted = server.revert(&second);
+        git(&clone, &["pull", "--quiet", "--ff-only"]);
+        assert_eq!(git(&clone, &["rev-parse", "HEAD"]).trim(), reverted);
+        assert_eq!(std::fs::read_to_string(clone.join("a/file.yaml")).unwrap(), "one\n");
+        assert!(!clone.join("b.yaml").exists());
+        let log = std::fs::read_to_string(dir.join("server.log")).unwrap();
+        assert!(log.contains("POST /repo.git/git-upload-pack? -> 200 OK"), "{log}");
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
