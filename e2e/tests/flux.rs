@@ -1,10 +1,11 @@
 //! Flux end to end: Flux's source-controller and kustomize-controller (built from their Go
 //! modules) run as processes against the test bed and apply, from a Git repository served
-//! over smart HTTP on 127.0.0.1, Weft's CRDs and a MeshInstall with the Kustomization
-//! documented in `deploy/flux/weft.yaml`. The operator runs as a process, as in the other
-//! tests. What is checked is what a user of Flux sees: the Kustomization's Ready condition
-//! and message, the MeshInstall's status, what exists in the cluster, Flux's own apply log
-//! and the operator's metrics.
+//! over smart HTTP on 127.0.0.1, Weft's CRDs, a MeshInstall and a MeshGateway with the
+//! Kustomization documented in `deploy/flux/weft.yaml`. The operator runs as a process, as
+//! in the other tests. What is checked is what a user of Flux sees: the Kustomization's
+//! Ready condition and message, the Weft objects' status, what exists in the cluster,
+//! Flux's own apply log (one line per apply, each object `created`, `configured` or
+//! `unchanged`: how it reports drift) and the operator's metrics.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -118,7 +119,8 @@ fn flux_objects(ns: &str, url: &str) -> (Value, Value) {
     (repo, ks)
 }
 
-/// Weft's CRDs and the MeshInstall, as files of the repository.
+/// The repository's first commit: Weft's CRDs, the MeshInstall and the MeshGateway under
+/// `weft/`, and another MeshInstall under `fluxbare/`.
 fn initial_files() -> Vec<(String, String)> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(repo_root().join("crds")).expect("read crds/") {
@@ -251,20 +253,22 @@ impl Setup {
         }
     }
 
-    /// Commits, asks the source-controller to fetch, and returns the short commit id that
-    /// ends Flux's revision string (`main@sha1:<id>`).
+    /// Commits, asks the source-controller to fetch, and returns the commit id (Flux's
+    /// revision string is `main@sha1:<id>`).
     async fn commit(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
         let id = self.git.commit(files, message);
         flux::request_reconcile(&self.repos, &self.repo_name).await;
         id
     }
 
+    /// Reverts a commit (`git revert`) and asks the source-controller to fetch.
     async fn revert(&self, id: &str) -> String {
         let id = self.git.revert(id);
         flux::request_reconcile(&self.repos, &self.repo_name).await;
         id
     }
 
+    /// Sets the Kustomization's timeout (a spec change: Flux reconciles at once).
     async fn set_timeout(&self, timeout: &str) {
         self.kss
             .patch(
@@ -277,6 +281,8 @@ impl Setup {
     }
 }
 
+/// Starts Flux with its CRDs, a Git server holding the first commit, and the documented
+/// Kustomization (and the one without healthCheckExprs) pointed at it.
 async fn start() -> Setup {
     let bed = Bed::connect().await;
     // Weft's CRDs are not installed here: Flux applies them from Git.
