@@ -35,6 +35,8 @@ const NEW: &str = "fluxmesh-v1-1-0";
 const STEP: Duration = Duration::from_secs(90);
 
 /// The MeshInstall as a user commits it: RevisionBased, so a version bump is a canary.
+/// Its minReadySeconds outlasts two of Flux's health polls (every 5 s): a Flux that did not
+/// wait for Ready would be seen Ready mid-canary.
 fn mesh_yaml(version: &str) -> String {
     format!(
         "apiVersion: weft.dev/v1alpha1
@@ -48,7 +50,7 @@ spec:
   updateStrategy:
     type: RevisionBased
     inactiveRevisionDeletionGracePeriodSeconds: 2
-    promotion: {{minReadySeconds: 3, progressDeadlineSeconds: 60}}
+    promotion: {{minReadySeconds: 12, progressDeadlineSeconds: 60}}
   revisionTags:
   - {{name: flux-stable, target: Active}}
   - {{name: flux-canary, target: Latest}}
