@@ -171,12 +171,10 @@ build_argocd_health() {
   echo "building the Argo CD health harness against argo-cd v$v from its Go module; the first build takes about 5 minutes on 2 cores" >&2
   local src="$CACHE/src/argocd-health-$v"
   rm -rf "$src" && mkdir -p "$src"
-  local mod replaces=()
-  mod=$(cd "$src" && go mod download -json "github.com/argoproj/argo-cd/v3@v$v" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
-  [ -f "$mod" ] || { echo "error: cannot fetch github.com/argoproj/argo-cd/v3@v$v" >&2; return 1; }
-  # argo-cd's own `replace` lines (one module per line, `a => b version`), which a requiring
-  # module must repeat.
-  mapfile -t replaces < <(sed -n '/^replace (/,/^)/p' "$mod" | sed -n 's#^\t\([^ /][^ ]* => [^ ]* v[^ ]*\)$#\1#p')
+  # argo-cd's own `replace` lines, which a requiring module must repeat.
+  local replaces=()
+  mapfile -t replaces < <(gomod_replaces github.com/argoproj/argo-cd/v3 "v$v")
+  [ ${#replaces[@]} -gt 0 ] || { echo "error: found no replace lines in argo-cd v$v" >&2; return 1; }
   wrapper_module "$src" github.com/argoproj/argo-cd/v3 "v$v" "${replaces[@]}"
   cp "$E2E_DIR/argocd/main.go" "$src/main.go"
   mkdir -p "$out/bin.tmp"
@@ -184,6 +182,56 @@ build_argocd_health() {
     go build -trimpath -ldflags "-s -w" -o "$out/bin.tmp/weft-argocd-health" .) || return 1
   rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
   cp "$E2E_DIR/argocd/main.go" "$out/main.go"
+}
+
+# gomod_replaces MODULE VERSION: the `replace` lines of MODULE@VERSION's go.mod, for a wrapper
+# module. A replace by a local directory (`./api`) names a nested module of the same release:
+# it becomes that module's published version.
+gomod_replaces() {
+  local module=$1 version=$2 mod
+  mod=$(go mod download -json "$module@$version" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+  [ -n "$mod" ] || { echo "error: cannot download $module@$version" >&2; return 1; }
+  # One line per replace, from `replace a => b v` and from `replace ( … )` blocks.
+  awk '/^replace \(/ { inblock = 1; next }
+       inblock && /^\)/ { inblock = 0; next }
+       inblock && /=>/ { print; next }
+       /^replace .*=>/ { sub(/^replace /, ""); print }' "$mod" |
+    sed -E 's#//.*##; s/^[[:space:]]+//; s/[[:space:]]+$//' |
+    while read -r from arrow to ver; do
+      [ "$arrow" = "=>" ] || continue
+      case $to in
+        ./* | ../*) echo "$from => $from $version" ;;
+        *) echo "$from => $to $ver" ;;
+      esac
+    done
+}
+
+# build_flux_controller NAME MODULE VERSION: one Flux controller (its main package is the
+# module's root), through a wrapper module of its own: the two controllers pin different
+# versions of shared dependencies, so one wrapper for both would build neither as released.
+build_flux_controller() {
+  local name=$1 module=$2 v=$3
+  local out="$CACHE/$name-$v"
+  [ -x "$out/bin/$name" ] && return 0
+  echo "building Flux's $name v$v from its Go module (5-10 minutes on 2 cores the first time)" >&2
+  local src="$CACHE/src/$name-$v"
+  rm -rf "$src" && mkdir -p "$src"
+  local replaces=()
+  mapfile -t replaces < <(gomod_replaces "$module" "v$v")
+  [ ${#replaces[@]} -gt 0 ] || { echo "error: found no replace lines in $module@v$v" >&2; return 1; }
+  wrapper_module "$src" "$module" "v$v" "${replaces[@]}"
+  mkdir -p "$out/bin.tmp"
+  (cd "$src" && run_logged "$name v$v" "$src/build.log" \
+    go build -trimpath -ldflags "-s -w" -o "$out/bin.tmp/$name" "$module") || return 1
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+}
+
+# build_flux: Flux's source-controller and kustomize-controller, for the Flux end-to-end test.
+# Newer releases need a newer Go than the bed's; source-controller v1.9.4 and later need a
+# fluxcd/pkg/artifact version the module proxy does not serve.
+build_flux() {
+  build_flux_controller source-controller github.com/fluxcd/source-controller "$FLUX_SOURCE_CONTROLLER_VERSION" &&
+    build_flux_controller kustomize-controller github.com/fluxcd/kustomize-controller "$FLUX_KUSTOMIZE_CONTROLLER_VERSION"
 }
 
 # fetch_module_dir MODULE VERSION: the module's source directory in the module cache.
@@ -215,13 +263,36 @@ fetch_assets() {
     cp "$dir"/config/crd/standard/*.yaml "$gw/crds.tmp/"
     mv "$gw/crds.tmp" "$gw/crds"
   fi
+  fetch_flux_crds
 }
 
-# build_all: everything the bed needs, built in sequence (two cores: parallel builds only thrash).
+# fetch_flux_crds: the CRDs of Flux's two controllers as their modules publish them: every
+# source kind (kustomize-controller watches GitRepository, OCIRepository, Bucket and
+# ExternalArtifact, and source-controller all of its kinds) and Kustomization.
+fetch_flux_crds() {
+  local out="$CACHE/flux-crds-$FLUX_SOURCE_CONTROLLER_VERSION-$FLUX_KUSTOMIZE_CONTROLLER_VERSION"
+  [ -d "$out/crds" ] && return 0
+  echo "fetching Flux's CRDs from the source-controller and kustomize-controller modules" >&2
+  local m v dir
+  rm -rf "$out" && mkdir -p "$out/crds.tmp"
+  for m in source-controller:$FLUX_SOURCE_CONTROLLER_VERSION kustomize-controller:$FLUX_KUSTOMIZE_CONTROLLER_VERSION; do
+    v=${m#*:}
+    dir=$(cd "$CACHE" && fetch_module_dir "github.com/fluxcd/${m%%:*}" "v$v")
+    [ -d "$dir/config/crd/bases" ] || { echo "error: no config/crd/bases in $dir" >&2; return 1; }
+    cp "$dir"/config/crd/bases/*.yaml "$out/crds.tmp/"
+  done
+  chmod u+w "$out"/crds.tmp/*.yaml
+  mv "$out/crds.tmp" "$out/crds"
+}
+
+# build_all: everything the bed and the tests need, built in sequence (two cores: parallel
+# builds only thrash); with WEFT_E2E_CLUSTER_ONLY=1, only the cluster's own components.
 build_all() {
   command -v go >/dev/null || { echo "error: Go is required to build the test bed (https://go.dev/dl/)" >&2; return 1; }
   go_env
   mkdir -p "$CACHE"
-  build_etcd && build_kwok && fetch_assets && build_kubernetes && build_helm && build_registry &&
-    build_argocd_health
+  build_etcd && build_kwok && fetch_assets && build_kubernetes || return 1
+  # What only tests use (the chart, the image, the GitOps tools): `make demo` skips it.
+  [ "${WEFT_E2E_CLUSTER_ONLY:-0}" = 1 ] && return 0
+  build_helm && build_registry && build_argocd_health && build_flux
 }

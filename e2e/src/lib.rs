@@ -14,6 +14,8 @@ use kube::{Api, Client, Config};
 
 pub mod argocd;
 pub mod control_plane;
+pub mod flux;
+pub mod githttp;
 pub mod grpc_clients;
 pub mod multicluster;
 pub mod operator;
