@@ -10,80 +10,59 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use weft::api::MeshInstall;
 use weft_e2e::grpc_clients::{Calls, backend, call, client};
+use weft_e2e::multicluster::Primary;
 use weft_e2e::remote::apply_yaml;
 use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
-use weft_e2e::{Bed, http_get, kubectl_path, wait_for, weft_bin};
+use weft_e2e::{Bed, kubectl_path, wait_for};
 
 const MESH: &str = "demo";
 const BACKENDS: [(&str, &str); 2] = [("greeter-1", "198.51.100.10"), ("greeter-2", "198.51.100.11")];
 /// Namespace, and the tag its `weft.dev/rev` label follows.
 const NAMESPACES: [(&str, &str); 2] = [("shop", "prod"), ("beta", "canary")];
 
-/// A `weft control-plane` process, killed when dropped.
+/// A revision's control plane, run as its Deployment would run it: with the mesh config the
+/// operator rendered (ConfigMap `weft-cp-<revision>`), ADS on the test host's side.
 struct ControlPlane {
-    child: Child,
+    process: Primary,
     revision: String,
-    xds: u16,
 }
 
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port(address: &str) -> u16 {
-    std::net::TcpListener::bind((address, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Starts the control plane of `revision`, serving xDS on the host side of the test host.
 async fn control_plane(bed: &Bed, revision: &str) -> ControlPlane {
-    let (xds, monitoring) = (free_port(HOST_ADDRESS), free_port("127.0.0.1"));
-    let log = bed
-        .kubeconfig
-        .parent()
-        .expect("cluster dir")
-        .join(format!("logs/control-plane-{revision}.log"));
-    let child = Command::new(weft_bin())
-        .args(["control-plane", "--revision", revision, "--debounce-ms", "20"])
-        .arg("--kubeconfig")
-        .arg(&bed.kubeconfig)
-        .args(["--xds-address", &format!("{HOST_ADDRESS}:{xds}")])
-        .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("control-plane log"))
-        .spawn()
-        .expect("start weft control-plane");
-    let cp = ControlPlane {
-        child,
-        revision: revision.to_string(),
-        xds,
-    };
+    let config_maps: Api<ConfigMap> = Api::namespaced(bed.client.clone(), "weft-mesh");
+    let name = format!("weft-cp-{revision}");
+    let mesh_config = wait_for(&format!("ConfigMap {name}"), Duration::from_secs(30), || async {
+        let cm = config_maps.get(&name).await.map_err(|e| e.to_string())?;
+        cm.data
+            .and_then(|d| d.get("mesh.yaml").cloned())
+            .ok_or("no mesh.yaml".to_string())
+    })
+    .await;
+    let process = Primary::start(bed, revision, &mesh_config, &["--mesh-namespace", "weft-mesh"]);
     wait_for(
         &format!("control plane {revision} to be ready"),
         Duration::from_secs(30),
         || async {
-            match http_get(monitoring, "/ready") {
-                Ok((200, _)) => Ok(()),
-                other => Err(format!("{other:?} (log: {})", log.display())),
-            }
+            process
+                .ready()
+                .map_err(|e| format!("{e} (log: {})", process.log.display()))
         },
     )
     .await;
     println!(
-        "   control plane {revision}: xDS on {HOST_ADDRESS}:{xds} (log: {})",
-        log.display()
+        "   control plane {revision}: xDS on {HOST_ADDRESS}:{} (log: {})",
+        process.xds,
+        process.log.display()
     );
-    cp
+    ControlPlane {
+        process,
+        revision: revision.to_string(),
+    }
 }
 
 /// The Service `greeter` in each namespace, its endpoints the test host's backends.
@@ -115,7 +94,7 @@ fn client_in(host: &TestHost, bed: &Bed, cp: &ControlPlane, ns: &str) -> Proc {
     client(
         host,
         dir,
-        &format!("{HOST_ADDRESS}:{}", cp.xds),
+        &format!("{HOST_ADDRESS}:{}", cp.process.xds),
         &id,
         metadata,
         &target(ns),
