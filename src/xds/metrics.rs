@@ -137,6 +137,8 @@ pub struct XdsMetrics {
     refusals: Family<ReasonLabels, Counter>,
     /// Resources in the current snapshot, by type.
     pub resources: Family<TypeLabels, Gauge>,
+    /// Time to build one snapshot from the sources (model, translation, encoding).
+    translate: Histogram,
     /// Whether each Kubernetes watch flows (`weft_watch_up`), which `/ready` also reads.
     pub watches: WatchHealth,
     /// Each remote cluster's state (not read by `/ready`: a remote down is no local fault).
@@ -188,6 +190,12 @@ impl XdsMetrics {
             "Resources in the current snapshot, by type",
             resources.clone(),
         );
+        let translate = latency_buckets();
+        r.register(
+            "weft_xds_translate_seconds",
+            "Time to build one snapshot from the sources: model, translation and encoding",
+            translate.clone(),
+        );
         let watches = WatchHealth::default();
         watches.register(&mut r);
         let refusals = Family::<ReasonLabels, Counter>::default();
@@ -215,8 +223,14 @@ impl XdsMetrics {
             push_latency,
             nacks,
             resources,
+            translate,
             watches,
         }
+    }
+
+    /// Records how long building one snapshot took.
+    pub fn translated(&self, took: std::time::Duration) {
+        self.translate.observe(took.as_secs_f64());
     }
 
     /// Counts an open stream until the guard drops.

@@ -181,6 +181,15 @@ fn join(primary: &Bed, remote: &Bed) {
     weft_e2e::remote::apply_yaml(primary, &yaml);
 }
 
+/// `weft_xds_translate_seconds`: (sum, count).
+fn translate_seconds(monitoring: u16) -> (f64, f64) {
+    let (_, text) = weft_e2e::http_get(monitoring, "/metrics").expect("the control plane's metrics");
+    (
+        metric(&text, "weft_xds_translate_seconds_sum"),
+        metric(&text, "weft_xds_translate_seconds_count"),
+    )
+}
+
 /// A metric's value, summed over the lines that start with `prefix`.
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
@@ -307,8 +316,14 @@ async fn main() {
     // Changes (in the last cluster, a remote one when there are several): each
     // EndpointSlice change of a shared cluster must reach all 2000 streams.
     let changed = &beds[beds.len() - 1];
-    let mut latencies = measure_changes(changed, beds.len() - 1, &mut reports).await;
+    let translated_before = translate_seconds(monitoring);
+    let ChangeLatencies {
+        streams: mut latencies,
+        mut watch,
+    } = measure_changes(changed, beds.len() - 1, &mut reports).await;
+    let translated = translate_seconds(monitoring);
     latencies.sort();
+    watch.sort();
     let (final_rss, cpu) = proc_stat(pid);
     let peak_rss = status_kib(pid, "VmHWM:");
 
@@ -329,6 +344,16 @@ async fn main() {
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies[latencies.len() - 1]
+    );
+    println!(
+        "    of which the API server's write and watch (a bare watch in the benchmark): p50 {:?}, p99 {:?}",
+        percentile(&watch, 0.5),
+        percentile(&watch, 0.99)
+    );
+    let (sum, count) = (translated.0 - translated_before.0, translated.1 - translated_before.1);
+    println!(
+        "    snapshots built for the changes: {count} (mean {:.1} ms each: model, translation, encoding)",
+        if count > 0.0 { sum / count * 1000.0 } else { 0.0 }
     );
     let _ = cp.kill();
     let _ = cp.wait();
@@ -362,14 +387,52 @@ async fn wait_initial(reports: &mut mpsc::UnboundedReceiver<Report>, t0: Instant
 }
 
 /// Makes the changes in cluster number `cluster`; how long each took to reach every stream.
-async fn measure_changes(bed: &Bed, cluster: usize, reports: &mut mpsc::UnboundedReceiver<Report>) -> Vec<Duration> {
+/// What the changes took: to every stream, and to a bare watch of the same EndpointSlices
+/// (this process's own, the part no control plane can save).
+struct ChangeLatencies {
+    streams: Vec<Duration>,
+    watch: Vec<Duration>,
+}
+
+/// A watch of the namespace's EndpointSlices: each applied object's resourceVersion and when
+/// it arrived. Returns once the watch has listed.
+async fn bare_watch(slices: Api<EndpointSlice>) -> mpsc::UnboundedReceiver<(String, Instant)> {
+    use kube::runtime::watcher::{self, Event};
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (listed_tx, listed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut listed = Some(listed_tx);
+        let mut events = std::pin::pin!(watcher::watcher(slices, watcher::Config::default()));
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(Event::InitDone) => {
+                    if let Some(l) = listed.take() {
+                        let _ = l.send(());
+                    }
+                }
+                Ok(Event::Apply(o)) => {
+                    let _ = tx.send((o.metadata.resource_version.unwrap_or_default(), Instant::now()));
+                }
+                _ => {}
+            }
+        }
+    });
+    listed_rx.await.expect("the bare watch lists");
+    rx
+}
+
+async fn measure_changes(bed: &Bed, cluster: usize, reports: &mut mpsc::UnboundedReceiver<Report>) -> ChangeLatencies {
     let slices: Api<EndpointSlice> = Api::namespaced(bed.client.clone(), NAMESPACE);
-    let mut latencies = Vec::new();
+    let mut watched = bare_watch(slices.clone()).await;
+    let mut out = ChangeLatencies {
+        streams: Vec::new(),
+        watch: Vec::new(),
+    };
     for n in 0..CHANGES {
         let i = n % 10;
         while reports.try_recv().is_ok() {}
         let start = Instant::now();
-        slices
+        let patched = slices
             .patch(
                 &format!("svc-{i}-1"),
                 &PatchParams::apply("bench").force(),
@@ -378,9 +441,19 @@ async fn measure_changes(bed: &Bed, cluster: usize, reports: &mut mpsc::Unbounde
             .await
             .expect("patch");
         wait_all_streams(reports, n).await;
-        latencies.push(start.elapsed());
+        out.streams.push(start.elapsed());
+        let version = patched.metadata.resource_version.unwrap_or_default();
+        loop {
+            let Ok(Some((seen, at))) = tokio::time::timeout(Duration::from_secs(30), watched.recv()).await else {
+                panic!("change {n}: the bare watch never saw resourceVersion {version}");
+            };
+            if seen == version {
+                out.watch.push(at - start);
+                break;
+            }
+        }
     }
-    latencies
+    out
 }
 
 /// Waits until every stream has received a load assignment since the change `n`.
