@@ -31,6 +31,8 @@ use crate::api::mesh_gateway::MeshGateway;
 use crate::api::mesh_install::MeshInstall;
 use crate::render::OwnedKind;
 use decide::Observed;
+use futures::StreamExt;
+use resolve::MeshView;
 
 /// The controller's name in metrics and logs.
 pub const CONTROLLER: &str = "meshgateway";
@@ -75,6 +77,18 @@ pub fn controller(
         meshes: meshes.store(),
     });
     let all = gateways.store();
+    // Only what gateways read of a MeshInstall: each gateway joining changes the mesh's
+    // status (who uses which revision), which must not send every other gateway round again.
+    let seen = std::sync::Mutex::new(std::collections::HashMap::<String, Option<MeshView>>::new());
+    let mesh_news = meshes.subscribe().filter(move |mi| {
+        let view = mi.0.as_ref().ok().map(MeshView::of);
+        let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let news = seen.get(&mi.name_any()) != Some(&view);
+        if news {
+            seen.insert(mi.name_any(), view);
+        }
+        futures::future::ready(news)
+    });
     Triggers::new(CONTROLLER, shared, gateways.store(), gateways.subscribe())
         .owns(streams, |o| {
             let ns = o.namespace()?;
@@ -82,7 +96,7 @@ pub fn controller(
         })
         // A MeshInstall changed (a tag moved, a revision appeared or became ready): its
         // gateways look again.
-        .watches(meshes.subscribe(), move |mi| of_mesh(&all, &mi.name_any()))
+        .watches(mesh_news, move |mi| of_mesh(&all, &mi.name_any()))
         .run(ctx, reconcile, shutdown)
 }
 

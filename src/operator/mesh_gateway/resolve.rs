@@ -28,6 +28,40 @@ pub enum Resolution {
     Waiting(String),
 }
 
+/// What a gateway reads of its MeshInstall ([`resolve`] and the build in `decide`): its spec
+/// (by generation), whether it is being deleted, its tags and its revisions' versions and
+/// readiness. The rest of its status (who uses which revision, replica counts, conditions)
+/// changes as gateways come and go and concerns none of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshView {
+    generation: Option<i64>,
+    deleting: bool,
+    tags: Vec<(String, String)>,
+    revisions: Vec<(String, String, bool)>,
+}
+
+impl MeshView {
+    /// The view of `mi`.
+    pub fn of(mi: &MeshInstall) -> MeshView {
+        let status = mi.status.as_ref();
+        MeshView {
+            generation: mi.metadata.generation,
+            deleting: mi.metadata.deletion_timestamp.is_some(),
+            tags: status
+                .map(|s| s.tags.iter().map(|t| (t.name.clone(), t.revision.clone())).collect())
+                .unwrap_or_default(),
+            revisions: status
+                .map(|s| {
+                    s.revisions
+                        .iter()
+                        .map(|r| (r.name.clone(), r.version.clone(), r.ready))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// Resolves a gateway's `revision` against the status of its MeshInstall.
 pub fn resolve(gw: &MeshGateway, mesh: Option<&MeshInstall>) -> Resolution {
     let (mesh_name, wanted) = (&gw.spec.mesh, &gw.spec.revision);
@@ -89,6 +123,22 @@ mod tests {
 
     fn mesh(tags: &[(&str, &str)], revisions: &[(&str, bool)]) -> MeshInstall {
         fixtures::mesh("1.0.0", tags, revisions)
+    }
+
+    #[test]
+    fn the_mesh_view_changes_with_tags_and_readiness_not_with_usage() {
+        let mi = mesh(&[("prod", "mesh-a")], &[("mesh-a", true)]);
+        let view = MeshView::of(&mi);
+        let mut used = mi.clone();
+        if let Some(s) = used.status.as_mut() {
+            s.revisions[0].gateways = vec!["shop/ingress".into()];
+            s.revisions[0].in_use = true;
+        }
+        assert_eq!(MeshView::of(&used), view, "a gateway joining is no news to the others");
+        let moved = mesh(&[("prod", "mesh-b")], &[("mesh-a", true), ("mesh-b", true)]);
+        assert_ne!(MeshView::of(&moved), view, "a tag moved");
+        let unready = mesh(&[("prod", "mesh-a")], &[("mesh-a", false)]);
+        assert_ne!(MeshView::of(&unready), view, "a revision's readiness changed");
     }
 
     #[test]
