@@ -26,7 +26,8 @@ use super::remote;
 use super::server::{Admission, AdsServer, ClientInfo, StreamLimits, clip};
 use super::snapshot::{Cache, Snapshot, short};
 use super::sources::{Sources, check_selector};
-use super::translate::{split_horizon, translate_all};
+use super::translate::incremental::Incremental;
+use super::translate::{split_horizon, translate_gateways};
 use crate::http::{Health, HttpState};
 
 /// How the control plane runs.
@@ -271,6 +272,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
         revision: opts.revision.clone(),
         config,
         debounce: opts.debounce,
+        incremental: Incremental::default(),
     };
     tokio::spawn(translator.run());
     let server = AdsServer::new(cache, admission, metrics.clone(), opts.limits.stream);
@@ -394,11 +396,13 @@ struct Translator {
     config: MeshConfig,
     /// When changes are pushed.
     debounce: Debounce,
+    /// What the last snapshot's mesh services were translated from.
+    incremental: Incremental,
 }
 
 impl Translator {
     /// Runs until the process ends. Ready once the first snapshot is out.
-    async fn run(self) {
+    async fn run(mut self) {
         let _ = self.sources.synced.clone().wait_for(|s| *s).await;
         self.wait_for_remotes().await;
         let mut version = 0u64;
@@ -437,7 +441,7 @@ impl Translator {
     }
 
     /// Translates the sources as they are now into snapshot `version`.
-    fn snapshot(&self, version: u64, changed_at: Instant) -> Snapshot {
+    fn snapshot(&mut self, version: u64, changed_at: Instant) -> Snapshot {
         let MeshConfig {
             mesh,
             selectors,
@@ -452,10 +456,13 @@ impl Translator {
         // Every gateway of the mesh, whichever revision it follows: during a gateway's
         // rollout its old pods stay connected here and still need their listeners.
         let gateways = self.sources.gateways(mesh.as_deref());
-        let mut resources = translate_all(&services, &gateways, &routes, telemetry);
-        let without_gateway = split_horizon(&mut resources, &services, &network_gateways, &origin.network);
+        // Mesh services incrementally (only what changed is translated and encoded again);
+        // the few gateways, and split-horizon EDS, in full.
+        let encoded = self.incremental.translate(&services, &routes, telemetry);
+        let mut rest = translate_gateways(&services, &gateways, &routes, telemetry);
+        let without_gateway = split_horizon(&mut rest, &services, &network_gateways, &origin.network);
         self.metrics.set_endpoints_without_gateway(&without_gateway);
-        Snapshot::new(version, changed_at, &resources)
+        Snapshot::assemble(version, changed_at, encoded, &rest)
     }
 
     /// Publishes a snapshot to every stream, and counts its resources.

@@ -15,6 +15,7 @@ use prost::{Message, Name};
 use tokio::sync::watch;
 
 use super::translate::Resources;
+use super::translate::incremental::EncodedMesh;
 use crate::render::{fnv1a, fnv1a_bytes};
 
 /// Type URL of listeners.
@@ -54,7 +55,8 @@ pub struct Encoded {
     pub version: String,
 }
 
-fn encode<M: Message + Name>(m: &M) -> Encoded {
+/// Encodes a resource and versions it by the hash of its bytes.
+pub fn encode<M: Message + Name>(m: &M) -> Encoded {
     let bytes = m.encode_to_vec();
     let version = fnv1a_bytes(&bytes);
     Encoded {
@@ -250,6 +252,46 @@ impl Snapshot {
             gateway_listeners,
             networks,
         }
+    }
+
+    /// A snapshot of mesh resources encoded beforehand (incremental translation) and the rest
+    /// of `rest`: the gateways' listeners and route configurations, and split-horizon EDS,
+    /// whose client-network set replaces the mesh's load assignments.
+    pub fn assemble(version: u64, changed_at: Instant, mesh: EncodedMesh, rest: &Resources) -> Snapshot {
+        fn encoded<M: Message + Name>(items: &BTreeMap<String, M>) -> BTreeMap<String, Encoded> {
+            items.iter().map(|(n, m)| (n.clone(), encode(m))).collect()
+        }
+        let EncodedMesh {
+            listeners,
+            mut routes,
+            clusters,
+            endpoints,
+        } = mesh;
+        routes.extend(encoded(&rest.routes));
+        let endpoints = if rest.split_horizon {
+            encoded(&rest.endpoints)
+        } else {
+            endpoints
+        };
+        let mut snap = Snapshot::new(
+            version,
+            changed_at,
+            &Resources {
+                gateway_listeners: rest.gateway_listeners.clone(),
+                eastwest_gateways: rest.eastwest_gateways.clone(),
+                own_network: rest.own_network.clone(),
+                network_endpoints: rest.network_endpoints.clone(),
+                local_endpoints: rest.local_endpoints.clone(),
+                ..Default::default()
+            },
+        );
+        snap.resources = BTreeMap::from([
+            (LISTENER, TypeSet::new(listeners)),
+            (ROUTE, TypeSet::new(routes)),
+            (CLUSTER, TypeSet::new(clusters)),
+            (ENDPOINT, TypeSet::new(endpoints)),
+        ]);
+        snap
     }
 
     /// Whether both hold the same resources (by name and content hash), for every view.

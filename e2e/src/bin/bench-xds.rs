@@ -181,13 +181,16 @@ fn join(primary: &Bed, remote: &Bed) {
     weft_e2e::remote::apply_yaml(primary, &yaml);
 }
 
-/// `weft_xds_translate_seconds`: (sum, count).
-fn translate_seconds(monitoring: u16) -> (f64, f64) {
+/// Sums and counts of the control plane's histograms: (translate sum, translate count, EDS
+/// push latency sum, EDS push count).
+fn histograms(monitoring: u16) -> [f64; 4] {
     let (_, text) = weft_e2e::http_get(monitoring, "/metrics").expect("the control plane's metrics");
-    (
+    [
         metric(&text, "weft_xds_translate_seconds_sum"),
         metric(&text, "weft_xds_translate_seconds_count"),
-    )
+        metric(&text, "weft_xds_push_latency_seconds_sum{type=\"eds\"}"),
+        metric(&text, "weft_xds_push_latency_seconds_count{type=\"eds\"}"),
+    ]
 }
 
 /// A metric's value, summed over the lines that start with `prefix`.
@@ -316,12 +319,12 @@ async fn main() {
     // Changes (in the last cluster, a remote one when there are several): each
     // EndpointSlice change of a shared cluster must reach all 2000 streams.
     let changed = &beds[beds.len() - 1];
-    let translated_before = translate_seconds(monitoring);
+    let before = histograms(monitoring);
     let ChangeLatencies {
         streams: mut latencies,
         mut watch,
     } = measure_changes(changed, beds.len() - 1, &mut reports).await;
-    let translated = translate_seconds(monitoring);
+    let after = histograms(monitoring);
     latencies.sort();
     watch.sort();
     let (final_rss, cpu) = proc_stat(pid);
@@ -350,10 +353,15 @@ async fn main() {
         percentile(&watch, 0.5),
         percentile(&watch, 0.99)
     );
-    let (sum, count) = (translated.0 - translated_before.0, translated.1 - translated_before.1);
+    let d: Vec<f64> = (0..4).map(|i| after[i] - before[i]).collect();
+    let mean_ms = |sum: f64, count: f64| if count > 0.0 { sum / count * 1000.0 } else { 0.0 };
     println!(
-        "    snapshots built for the changes: {count} (mean {:.1} ms each: model, translation, encoding)",
-        if count > 0.0 { sum / count * 1000.0 } else { 0.0 }
+        "    in the control plane: {} snapshots built (mean {:.1} ms each: model, translation, encoding); \
+         from seeing a change to writing its EDS response, mean {:.1} ms over {} responses (debounce included)",
+        d[1],
+        mean_ms(d[0], d[1]),
+        mean_ms(d[2], d[3]),
+        d[3]
     );
     let _ = cp.kill();
     let _ = cp.wait();

@@ -36,13 +36,12 @@ pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemet
     let mut out = MeshResources::default();
     for svc in services {
         for port in &svc.ports {
-            let name = model::listener_name(&svc.name, &svc.namespace, port.port);
-            let cluster = model::cluster_name(&svc.name, &svc.namespace, port.port);
-            out.listeners.insert(name.clone(), api_listener(&name, telemetry));
-            out.routes.insert(name.clone(), route_configuration(svc, port, routes));
-            out.clusters.insert(cluster.clone(), eds_cluster(&cluster, port));
-            let assignment = eds::load_assignment(&cluster, svc, port, eds::Horizon::All);
-            out.endpoints.insert(cluster.clone(), assignment);
+            let (listener, route, cluster) = port_config(svc, port, routes, telemetry);
+            out.listeners.insert(listener.name.clone(), listener);
+            out.routes.insert(route.name.clone(), route);
+            out.clusters.insert(cluster.name.clone(), cluster);
+            let assignment = port_endpoints(svc, port);
+            out.endpoints.insert(assignment.cluster_name.clone(), assignment);
         }
     }
     if let Some(zipkin) = &telemetry.zipkin {
@@ -50,6 +49,29 @@ pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemet
             .insert(ZIPKIN_CLUSTER.to_string(), zipkin_cluster(&zipkin.address));
     }
     out
+}
+
+/// A service port's listener, route configuration and cluster: what its name, port and
+/// attached routes (and the telemetry) make, whatever its endpoints.
+pub fn port_config(
+    svc: &Service,
+    port: &ServicePort,
+    routes: &[HttpRoute],
+    telemetry: &Telemetry,
+) -> (Listener, RouteConfiguration, Cluster) {
+    let name = model::listener_name(&svc.name, &svc.namespace, port.port);
+    let cluster = model::cluster_name(&svc.name, &svc.namespace, port.port);
+    (
+        api_listener(&name, telemetry),
+        route_configuration(svc, port, routes),
+        eds_cluster(&cluster, port),
+    )
+}
+
+/// A service port's load assignment: its ready endpoints by zone.
+pub fn port_endpoints(svc: &Service, port: &ServicePort) -> ClusterLoadAssignment {
+    let cluster = model::cluster_name(&svc.name, &svc.namespace, port.port);
+    eds::load_assignment(&cluster, svc, port, eds::Horizon::All)
 }
 
 /// A mesh listener: an `api_listener` (no socket) whose routes come over RDS, as proxyless
@@ -120,7 +142,8 @@ fn eds_cluster(name: &str, port: &ServicePort) -> Cluster {
     }
 }
 
-fn zipkin_cluster(address: &str) -> Cluster {
+/// The cluster of the Zipkin collector.
+pub fn zipkin_cluster(address: &str) -> Cluster {
     let (host, port) = address.rsplit_once(':').unwrap_or((address, "9411"));
     let port: u32 = port.parse().unwrap_or(9411);
     Cluster {

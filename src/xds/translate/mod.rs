@@ -16,6 +16,7 @@ use super::model::{Gateway, HttpRoute, NetworkGateway, Service, Telemetry};
 pub mod eds;
 pub mod gateway;
 mod http;
+pub mod incremental;
 pub mod mesh;
 
 pub use http::ZIPKIN_CLUSTER;
@@ -44,6 +45,8 @@ pub struct Resources {
     /// EDS for east-west gateways on each network, where it differs from what a client on
     /// that network sees.
     pub local_endpoints: BTreeMap<String, BTreeMap<String, ClusterLoadAssignment>>,
+    /// Whether split-horizon EDS replaced `endpoints` (a multi-network mesh).
+    pub split_horizon: bool,
 }
 
 impl From<mesh::MeshResources> for Resources {
@@ -66,15 +69,32 @@ pub fn translate_all(
     telemetry: &Telemetry,
 ) -> Resources {
     let mut out = translate(services, routes, telemetry);
-    let gw = gateway::translate_with_services(gateways, services, routes, telemetry);
+    let gw = translate_gateways(services, gateways, routes, telemetry);
     out.routes.extend(gw.routes);
-    out.gateway_listeners = gw.listeners;
-    out.eastwest_gateways = gateways
-        .iter()
-        .filter(|g| g.eastwest)
-        .map(|g| super::model::gateway_key(&g.name, &g.namespace))
-        .collect();
+    out.gateway_listeners = gw.gateway_listeners;
+    out.eastwest_gateways = gw.eastwest_gateways;
     out
+}
+
+/// What `translate_all` adds to the mesh services: the gateways' listeners and route
+/// configurations.
+pub fn translate_gateways(
+    services: &[Service],
+    gateways: &[Gateway],
+    routes: &[HttpRoute],
+    telemetry: &Telemetry,
+) -> Resources {
+    let gw = gateway::translate_with_services(gateways, services, routes, telemetry);
+    Resources {
+        routes: gw.routes,
+        gateway_listeners: gw.listeners,
+        eastwest_gateways: gateways
+            .iter()
+            .filter(|g| g.eastwest)
+            .map(|g| super::model::gateway_key(&g.name, &g.namespace))
+            .collect(),
+        ..Default::default()
+    }
 }
 
 /// Split-horizon EDS (`eds::translate`) for a control plane on network `own`: replaces
@@ -92,6 +112,7 @@ pub fn split_horizon(
         return BTreeMap::new();
     };
     out.endpoints = n.own;
+    out.split_horizon = true;
     out.network_endpoints = n.by_network;
     out.local_endpoints = n.local;
     n.without_gateway

@@ -351,3 +351,53 @@ fn every_resource_round_trips_through_the_envoy_types() {
     }
     r.endpoints.values().for_each(round_trip);
 }
+
+/// Where a snapshot's time goes at 1000 services (`cargo test --release -p weft --lib
+/// translation_cost -- --ignored --nocapture`); not run by default.
+#[test]
+#[ignore]
+fn translation_cost() {
+    use std::time::Instant;
+    let services: Vec<Service> = (0..1000)
+        .map(|i| {
+            let eps = (0..5)
+                .map(|e| {
+                    endpoint(
+                        &format!("198.18.{}.{}", i / 200, (i % 200) + e),
+                        8080,
+                        "zone-a",
+                        true,
+                        false,
+                    )
+                })
+                .collect();
+            service(&format!("svc-{i}"), eps)
+        })
+        .collect();
+    let t = Instant::now();
+    let r = translate_all(&services, &[], &[], &Telemetry::default());
+    let translated = t.elapsed();
+    let t = Instant::now();
+    let snap = crate::xds::snapshot::Snapshot::new(1, Instant::now(), &r);
+    let encoded = t.elapsed();
+    let t = Instant::now();
+    assert!(snap.same_content(&snap));
+    let compared = t.elapsed();
+    let mut inc = super::incremental::Incremental::default();
+    let t = Instant::now();
+    inc.translate(&services, &[], &Telemetry::default());
+    let first = t.elapsed();
+    let mut changed = services.clone();
+    changed[7].endpoints.pop();
+    let t = Instant::now();
+    let mesh = inc.translate(&changed, &[], &Telemetry::default());
+    let again = t.elapsed();
+    let t = Instant::now();
+    let rest = super::translate_gateways(&changed, &[], &[], &Telemetry::default());
+    let _ = crate::xds::snapshot::Snapshot::assemble(2, Instant::now(), mesh, &rest);
+    let assembled = t.elapsed();
+    println!(
+        "full: translate {translated:?}, encode {encoded:?}, compare {compared:?}; \
+         incremental: first {first:?}, after one endpoint change {again:?}, then snapshot {assembled:?}"
+    );
+}

@@ -1,0 +1,355 @@
+//! Incremental translation: each service is translated and encoded again only when what its
+//! resources are made from changed. A service's listeners, route configurations and clusters
+//! come from its name, ports and attached HTTPRoutes (and the mesh's telemetry); its load
+//! assignments from its ports and endpoints. So an EndpointSlice change re-derives one
+//! service's load assignments, and nothing else is encoded again. The full translation
+//! (`translate_all`) stays the reference: a property test compares the two over random
+//! sequences of changes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::mesh;
+use crate::xds::model::{HttpRoute, ParentKind, Service, Telemetry};
+use crate::xds::snapshot::{Encoded, encode};
+
+/// One service as last translated, and what that gave.
+struct Entry {
+    /// The service, endpoints included.
+    service: Service,
+    /// The HTTPRoutes attached to any of its ports.
+    routes: Vec<HttpRoute>,
+    /// Listeners, route configurations and clusters, by name.
+    listeners: Vec<(String, Encoded)>,
+    route_configs: Vec<(String, Encoded)>,
+    clusters: Vec<(String, Encoded)>,
+    /// Load assignments, by cluster name.
+    endpoints: Vec<(String, Encoded)>,
+}
+
+/// The mesh's resources, encoded, by type and name.
+#[derive(Debug, Default, PartialEq)]
+pub struct EncodedMesh {
+    /// LDS.
+    pub listeners: BTreeMap<String, Encoded>,
+    /// RDS.
+    pub routes: BTreeMap<String, Encoded>,
+    /// CDS.
+    pub clusters: BTreeMap<String, Encoded>,
+    /// EDS.
+    pub endpoints: BTreeMap<String, Encoded>,
+}
+
+/// What the last translation was made from, per service (`namespace/name`).
+#[derive(Default)]
+pub struct Incremental {
+    entries: HashMap<String, Entry>,
+    telemetry: Option<Telemetry>,
+    /// Services translated again by the last call (for tests and logs).
+    pub last_translated: usize,
+}
+
+impl Incremental {
+    /// The mesh resources of `services` and `routes`, reusing what has not changed since the
+    /// previous call.
+    pub fn translate(&mut self, services: &[Service], routes: &[HttpRoute], telemetry: &Telemetry) -> EncodedMesh {
+        if self.telemetry.as_ref() != Some(telemetry) {
+            // Every listener carries the telemetry settings.
+            self.entries.clear();
+            self.telemetry = Some(telemetry.clone());
+        }
+        let mut out = EncodedMesh::default();
+        let mut live = HashMap::with_capacity(services.len());
+        self.last_translated = 0;
+        for svc in services {
+            let key = format!("{}/{}", svc.namespace, svc.name);
+            let attached: Vec<HttpRoute> = routes.iter().filter(|r| attached_to(r, svc)).cloned().collect();
+            let entry = match self.entries.remove(&key) {
+                Some(old) => self.refresh(old, svc, attached, routes, telemetry),
+                None => {
+                    self.last_translated += 1;
+                    fresh(svc, attached, routes, telemetry)
+                }
+            };
+            out.listeners.extend(entry.listeners.iter().cloned());
+            out.routes.extend(entry.route_configs.iter().cloned());
+            out.clusters.extend(entry.clusters.iter().cloned());
+            out.endpoints.extend(entry.endpoints.iter().cloned());
+            live.insert(key, entry);
+        }
+        // Services gone since the last call leave with the old map.
+        self.entries = live;
+        if let Some(zipkin) = &telemetry.zipkin {
+            let cluster = mesh::zipkin_cluster(&zipkin.address);
+            out.clusters.insert(cluster.name.clone(), encode(&cluster));
+        }
+        out
+    }
+
+    /// `old` brought up to date with `svc`: its configuration re-derived if the service's
+    /// ports or routes changed, its load assignments if its ports or endpoints did.
+    fn refresh(
+        &mut self,
+        old: Entry,
+        svc: &Service,
+        attached: Vec<HttpRoute>,
+        routes: &[HttpRoute],
+        telemetry: &Telemetry,
+    ) -> Entry {
+        let same_ports = old.service.ports == svc.ports;
+        let same_config = same_ports && old.routes == attached;
+        let same_endpoints = same_ports && old.service.endpoints == svc.endpoints;
+        if same_config && same_endpoints {
+            return old;
+        }
+        self.last_translated += 1;
+        let mut entry = if same_config {
+            Entry {
+                service: svc.clone(),
+                routes: attached,
+                endpoints: Vec::new(),
+                ..old
+            }
+        } else {
+            let mut e = fresh(svc, attached, routes, telemetry);
+            if same_endpoints {
+                e.endpoints = old.endpoints;
+            }
+            return e;
+        };
+        entry.endpoints = endpoints_of(svc);
+        entry
+    }
+}
+
+/// Whether `route` attaches to any port of `svc`.
+fn attached_to(route: &HttpRoute, svc: &Service) -> bool {
+    svc.ports
+        .iter()
+        .any(|p| route.attaches_to(ParentKind::Service, &svc.name, &svc.namespace, p.port, &p.name))
+}
+
+/// `svc` translated and encoded from scratch.
+fn fresh(svc: &Service, attached: Vec<HttpRoute>, routes: &[HttpRoute], telemetry: &Telemetry) -> Entry {
+    let mut entry = Entry {
+        service: svc.clone(),
+        routes: attached,
+        listeners: Vec::new(),
+        route_configs: Vec::new(),
+        clusters: Vec::new(),
+        endpoints: Vec::new(),
+    };
+    for port in &svc.ports {
+        let (listener, route_config, cluster) = mesh::port_config(svc, port, routes, telemetry);
+        entry.listeners.push((listener.name.clone(), encode(&listener)));
+        entry
+            .route_configs
+            .push((route_config.name.clone(), encode(&route_config)));
+        entry.clusters.push((cluster.name.clone(), encode(&cluster)));
+    }
+    entry.endpoints = endpoints_of(svc);
+    entry
+}
+
+fn endpoints_of(svc: &Service) -> Vec<(String, Encoded)> {
+    svc.ports
+        .iter()
+        .map(|port| {
+            let cla = mesh::port_endpoints(svc, port);
+            (cla.cluster_name.clone(), encode(&cla))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::xds::model::{Backend, Endpoint, ParentRef, RouteRule, ServicePort};
+    use crate::xds::snapshot::Snapshot;
+    use crate::xds::translate::{translate_all, translate_gateways};
+
+    /// A small deterministic generator (xorshift), so a failure replays from its seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn endpoints(rng: &mut Rng) -> Vec<Endpoint> {
+        (0..rng.below(4))
+            .map(|i| Endpoint {
+                address: format!("198.51.100.{}", 10 + i * 10 + rng.below(3)),
+                ports: BTreeMap::from([("grpc".to_string(), 8080), ("http".to_string(), 8081)]),
+                zone: Some(["zone-a", "zone-b"][rng.below(2) as usize].to_string()),
+                cluster: "local".to_string(),
+                network: String::new(),
+                ready: rng.below(4) > 0,
+                terminating: rng.below(5) == 0,
+            })
+            .collect()
+    }
+
+    fn ports(rng: &mut Rng) -> Vec<ServicePort> {
+        let grpc = ServicePort {
+            name: "grpc".into(),
+            port: 50051,
+            http2: true,
+        };
+        let http = ServicePort {
+            name: "http".into(),
+            port: 8080,
+            http2: rng.below(2) == 0,
+        };
+        match rng.below(3) {
+            0 => vec![grpc],
+            1 => vec![http],
+            _ => vec![grpc, http],
+        }
+    }
+
+    fn route(rng: &mut Rng, n: usize) -> HttpRoute {
+        let target = |rng: &mut Rng| format!("svc-{}", rng.below(6));
+        HttpRoute {
+            name: format!("route-{n}"),
+            namespace: "shop".into(),
+            hostnames: vec![],
+            parents: vec![ParentRef {
+                kind: ParentKind::Service,
+                name: target(rng),
+                namespace: "shop".into(),
+                port: None,
+                section_name: None,
+            }],
+            rules: vec![RouteRule {
+                matches: vec![],
+                backends: vec![Backend {
+                    name: target(rng),
+                    namespace: "shop".into(),
+                    port: 50051,
+                    weight: 1 + rng.below(9) as u32,
+                }],
+            }],
+        }
+    }
+
+    fn telemetry(rng: &mut Rng) -> Telemetry {
+        if rng.below(2) == 0 {
+            Telemetry::default()
+        } else {
+            crate::xds::translate::tests::telemetry()
+        }
+    }
+
+    /// The reference: everything translated and encoded from scratch.
+    fn full(services: &[Service], routes: &[HttpRoute], telemetry: &Telemetry) -> Snapshot {
+        Snapshot::new(1, Instant::now(), &translate_all(services, &[], routes, telemetry))
+    }
+
+    #[test]
+    fn incremental_translation_matches_the_full_rebuild_over_random_changes() {
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut services: Vec<Service> = (0..6)
+                .map(|i| Service {
+                    name: format!("svc-{i}"),
+                    namespace: "shop".into(),
+                    ports: ports(&mut rng),
+                    endpoints: endpoints(&mut rng),
+                })
+                .collect();
+            let mut routes: Vec<HttpRoute> = Vec::new();
+            let mut tel = Telemetry::default();
+            let mut inc = Incremental::default();
+            for step in 0..60 {
+                let what = rng.below(6);
+                let i = rng.below(services.len().max(1) as u64) as usize;
+                match what {
+                    0 | 1 if !services.is_empty() => services[i].endpoints = endpoints(&mut rng),
+                    2 if !services.is_empty() => services[i].ports = ports(&mut rng),
+                    3 => {
+                        if rng.below(2) == 0 || routes.is_empty() {
+                            routes.push(route(&mut rng, step));
+                        } else {
+                            routes.remove(rng.below(routes.len() as u64) as usize);
+                        }
+                    }
+                    4 => {
+                        if rng.below(2) == 0 && !services.is_empty() {
+                            services.remove(i);
+                        } else {
+                            let name = format!("svc-{}", rng.below(8));
+                            if !services.iter().any(|s| s.name == name) {
+                                services.push(Service {
+                                    name,
+                                    namespace: "shop".into(),
+                                    ports: ports(&mut rng),
+                                    endpoints: endpoints(&mut rng),
+                                });
+                            }
+                        }
+                    }
+                    _ => tel = telemetry(&mut rng),
+                }
+                let mesh = inc.translate(&services, &routes, &tel);
+                let got = Snapshot::assemble(
+                    1,
+                    Instant::now(),
+                    mesh,
+                    &translate_gateways(&services, &[], &routes, &tel),
+                );
+                assert!(
+                    got.same_content(&full(&services, &routes, &tel)),
+                    "seed {seed}, step {step} (change {what}): incremental and full translations differ"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_endpoint_change_translates_one_service_again() {
+        let mut rng = Rng(7);
+        let mut services: Vec<Service> = (0..50)
+            .map(|i| Service {
+                name: format!("svc-{i}"),
+                namespace: "shop".into(),
+                ports: ports(&mut rng),
+                endpoints: endpoints(&mut rng),
+            })
+            .collect();
+        let mut inc = Incremental::default();
+        let tel = Telemetry::default();
+        let before = inc.translate(&services, &[], &tel);
+        assert_eq!(inc.last_translated, 50);
+        services[3].endpoints.push(Endpoint {
+            address: "198.51.100.99".into(),
+            ports: BTreeMap::from([("grpc".to_string(), 8080), ("http".to_string(), 8081)]),
+            zone: None,
+            cluster: "local".into(),
+            network: String::new(),
+            ready: true,
+            terminating: false,
+        });
+        let after = inc.translate(&services, &[], &tel);
+        assert_eq!(inc.last_translated, 1, "only svc-3");
+        assert_eq!(after.clusters, before.clusters, "no cluster changed");
+        assert_eq!(after.listeners, before.listeners);
+        let changed: Vec<&String> = after
+            .endpoints
+            .iter()
+            .filter(|(name, e)| before.endpoints.get(*name) != Some(e))
+            .map(|(name, _)| name)
+            .collect();
+        assert!(
+            !changed.is_empty() && changed.iter().all(|n| n.contains("svc-3.")),
+            "{changed:?}"
+        );
+        inc.translate(&services, &[], &tel);
+        assert_eq!(inc.last_translated, 0, "nothing changed, nothing translated");
+    }
+}
