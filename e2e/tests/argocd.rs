@@ -65,11 +65,11 @@ struct Captures {
 }
 
 impl Captures {
-    /// Reads `kind` `name` as it is now, checks that Argo CD gives it `want` in both forms,
-    /// and records it as testdata `stage`.yaml.
-    async fn capture(&mut self, bed: &Bed, kind: &'static str, ns: &str, name: &str, stage: &str, want: Health) {
-        let obj = api(bed, kind, ns).get(name).await.expect("read the object");
-        let obj = argocd::strip_noise(serde_json::to_value(&obj).expect("JSON"));
+    /// Checks that Argo CD gives `obj` (as read when `want` was worked out from it: the
+    /// object may have moved on since) `want` in both forms, and records it as testdata
+    /// `stage`.yaml.
+    fn capture(&mut self, kind: &'static str, obj: &Value, stage: &str, want: Health) {
+        let obj = argocd::strip_noise(obj.clone());
         let file = format!("{stage}.yaml");
         let path = if capturing() {
             argocd::kind_dir(kind).join("testdata").join(&file)
@@ -128,6 +128,11 @@ where
         }
     })
     .await
+}
+
+/// A Weft object as it is now.
+async fn read(bed: &Bed, kind: &str, ns: &str, name: &str) -> Value {
+    serde_json::to_value(api(bed, kind, ns).get(name).await.expect("read the object")).expect("JSON")
 }
 
 /// Creates a Weft object from JSON.
@@ -199,15 +204,24 @@ async fn weft_objects_get_their_argo_cd_health_at_every_stage() {
     .await;
     put_remote(&bed, MESH_NS, "no-secret", MESH, "no-secret", "wa-argo-absent").await;
     let none = Health::new("Progressing", NO_STATUS);
-    captures
-        .capture(&bed, "MeshInstall", "", MESH, "no-status", none.clone())
-        .await;
-    captures
-        .capture(&bed, "MeshGateway", GW_NS, "ingress", "no-status", none.clone())
-        .await;
-    captures
-        .capture(&bed, "RemoteCluster", MESH_NS, "no-secret", "no-status", none)
-        .await;
+    captures.capture(
+        "MeshInstall",
+        &read(&bed, "MeshInstall", "", MESH).await,
+        "no-status",
+        none.clone(),
+    );
+    captures.capture(
+        "MeshGateway",
+        &read(&bed, "MeshGateway", GW_NS, "ingress").await,
+        "no-status",
+        none.clone(),
+    );
+    captures.capture(
+        "RemoteCluster",
+        &read(&bed, "RemoteCluster", MESH_NS, "no-secret").await,
+        "no-status",
+        none,
+    );
 
     let op = Operator::start(&bed, "wa-argocd", &[]);
     progressing_stages(&bed, &op, &mut captures).await;
@@ -242,7 +256,7 @@ async fn progressing_stages(bed: &Bed, op: &Operator, captures: &mut Captures) {
     })
     .await;
     let want = Health::new("Progressing", &message(&mi, "Reconciling"));
-    captures.capture(bed, "MeshInstall", "", MESH, "installing", want).await;
+    captures.capture("MeshInstall", &mi, "installing", want);
 
     create(
         bed,
@@ -257,25 +271,14 @@ async fn progressing_stages(bed: &Bed, op: &Operator, captures: &mut Captures) {
     .await;
     assert_eq!(message(&gw, "Ready"), "MeshInstall wa-argo-later does not exist yet");
     let want = Health::new("Progressing", &message(&gw, "Ready"));
-    captures
-        .capture(bed, "MeshGateway", GW_NS, "waiting", "waiting-for-mesh", want)
-        .await;
+    captures.capture("MeshGateway", &gw, "waiting-for-mesh", want);
 
     let rc = wait_status(bed, "RemoteCluster", MESH_NS, "no-secret", "stalled", op, |o| {
         is(o, "Stalled", "True", Some("InvalidCredentials"))
     })
     .await;
     let want = Health::new("Degraded", &message(&rc, "Stalled"));
-    captures
-        .capture(
-            bed,
-            "RemoteCluster",
-            MESH_NS,
-            "no-secret",
-            "stalled-invalid-credentials",
-            want,
-        )
-        .await;
+    captures.capture("RemoteCluster", &rc, "stalled-invalid-credentials", want);
 
     // Something listens but speaks no TLS: unreachable, which may heal, so not stalled.
     let listener = CountingListener::start();
@@ -298,9 +301,7 @@ async fn progressing_stages(bed: &Bed, op: &Operator, captures: &mut Captures) {
         rc["status"]
     );
     let want = Health::new("Progressing", &message(&rc, "Reconciling"));
-    captures
-        .capture(bed, "RemoteCluster", MESH_NS, "unreachable", "unreachable", want)
-        .await;
+    captures.capture("RemoteCluster", &rc, "unreachable", want);
 }
 
 /// Ready: the mesh once its pods may be scheduled, its gateway, and a remote cluster whose
@@ -320,16 +321,14 @@ async fn ready_and_stalled_stages(bed: &Bed, op: &Operator, captures: &mut Captu
     })
     .await;
     let want = Health::new("Healthy", &message(&mi, "Ready"));
-    captures.capture(bed, "MeshInstall", "", MESH, "ready", want).await;
+    captures.capture("MeshInstall", &mi, "ready", want);
 
     let gw = wait_status(bed, "MeshGateway", GW_NS, "ingress", "Ready", op, |o| {
         is(o, "Ready", "True", None)
     })
     .await;
     let want = Health::new("Healthy", &message(&gw, "Ready"));
-    captures
-        .capture(bed, "MeshGateway", GW_NS, "ingress", "ready", want)
-        .await;
+    captures.capture("MeshGateway", &gw, "ready", want);
 
     let ports = json!([{"name": "http", "port": 80}, {"name": "alt", "port": 8080}]);
     let spec = json!({"mesh": MESH, "revision": "wa-argo-stable", "service": {"ports": ports}});
@@ -339,9 +338,7 @@ async fn ready_and_stalled_stages(bed: &Bed, op: &Operator, captures: &mut Captu
     })
     .await;
     let want = Health::new("Degraded", &message(&gw, "Stalled"));
-    captures
-        .capture(bed, "MeshGateway", GW_NS, "clash", "stalled-invalid-spec", want)
-        .await;
+    captures.capture("MeshGateway", &gw, "stalled-invalid-spec", want);
 
     apply_yaml(bed, &remote_secret(bed, "wa-self", MESH, MESH_NS));
     let rc = wait_status(bed, "RemoteCluster", MESH_NS, "wa-self", "Ready", op, |o| {
@@ -349,9 +346,7 @@ async fn ready_and_stalled_stages(bed: &Bed, op: &Operator, captures: &mut Captu
     })
     .await;
     let want = Health::new("Healthy", &message(&rc, "Ready"));
-    captures
-        .capture(bed, "RemoteCluster", MESH_NS, "wa-self", "ready", want)
-        .await;
+    captures.capture("RemoteCluster", &rc, "ready", want);
 }
 
 /// Specs edited while the operator is down: each status describes an older generation, so
@@ -374,7 +369,7 @@ async fn old_generation_stages(bed: &Bed, op: Operator, captures: &mut Captures)
             "Progressing",
             &format!("Waiting for the Weft operator to observe generation {generation}"),
         );
-        captures.capture(bed, kind, ns, name, "old-generation", want).await;
+        captures.capture(kind, &obj, "old-generation", want);
     }
 
     let op = Operator::start(bed, "wa-argocd-2", &[]);
@@ -383,9 +378,7 @@ async fn old_generation_stages(bed: &Bed, op: Operator, captures: &mut Captures)
     })
     .await;
     let want = Health::new("Degraded", &message(&mi, "Stalled"));
-    captures
-        .capture(bed, "MeshInstall", "", MESH, "stalled-unsupported-version", want)
-        .await;
+    captures.capture("MeshInstall", &mi, "stalled-unsupported-version", want);
     op
 }
 
