@@ -213,6 +213,15 @@ mod tests {
         }
     }
 
+    fn service(rng: &mut Rng, name: String) -> Service {
+        Service {
+            name,
+            namespace: "shop".into(),
+            ports: ports(rng),
+            endpoints: endpoints(rng),
+        }
+    }
+
     fn route(rng: &mut Rng, n: usize) -> HttpRoute {
         let target = |rng: &mut Rng| format!("svc-{}", rng.below(6));
         HttpRoute {
@@ -255,14 +264,7 @@ mod tests {
     fn incremental_translation_matches_the_full_rebuild_over_random_changes() {
         for seed in 1..=40u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut services: Vec<Service> = (0..6)
-                .map(|i| Service {
-                    name: format!("svc-{i}"),
-                    namespace: "shop".into(),
-                    ports: ports(&mut rng),
-                    endpoints: endpoints(&mut rng),
-                })
-                .collect();
+            let mut services: Vec<Service> = (0..6).map(|i| service(&mut rng, format!("svc-{i}"))).collect();
             let mut routes: Vec<HttpRoute> = Vec::new();
             let mut tel = Telemetry::default();
             let mut inc = Incremental::default();
@@ -285,12 +287,7 @@ mod tests {
                         } else {
                             let name = format!("svc-{}", rng.below(8));
                             if !services.iter().any(|s| s.name == name) {
-                                services.push(Service {
-                                    name,
-                                    namespace: "shop".into(),
-                                    ports: ports(&mut rng),
-                                    endpoints: endpoints(&mut rng),
-                                });
+                                services.push(service(&mut rng, name));
                             }
                         }
                     }
@@ -314,14 +311,7 @@ mod tests {
     #[test]
     fn an_endpoint_change_translates_one_service_again() {
         let mut rng = Rng(7);
-        let mut services: Vec<Service> = (0..50)
-            .map(|i| Service {
-                name: format!("svc-{i}"),
-                namespace: "shop".into(),
-                ports: ports(&mut rng),
-                endpoints: endpoints(&mut rng),
-            })
-            .collect();
+        let mut services: Vec<Service> = (0..50).map(|i| service(&mut rng, format!("svc-{i}"))).collect();
         let mut inc = Incremental::default();
         let tel = Telemetry::default();
         let before = inc.translate(&services, &[], &tel);
