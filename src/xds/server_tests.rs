@@ -368,7 +368,7 @@ fn shared_encodings_decode_as_whole_messages() {
     bytes.extend_from_slice(&set.all_sotw);
     let decoded = DiscoveryResponse::decode(bytes.as_slice()).unwrap();
     let expected = DiscoveryResponse {
-        resources: set.items.values().map(|e| e.any.clone()).collect(),
+        resources: set.items.values().map(|e| (*e.any).clone()).collect(),
         ..head
     };
     assert_eq!(decoded, expected);
@@ -394,7 +394,7 @@ fn shared_encodings_decode_as_whole_messages() {
         let e = &set.items[&r.name];
         assert_eq!(
             (r.version.as_str(), r.resource.as_ref()),
-            (e.version.as_str(), Some(&e.any))
+            (e.version.as_str(), Some(&*e.any))
         );
     }
     assert_eq!((decoded.nonce.as_str(), decoded.type_url.as_str()), ("8", CLUSTER));

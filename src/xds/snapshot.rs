@@ -49,8 +49,9 @@ pub fn wildcard_type(type_url: &str) -> bool {
 /// One encoded resource.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Encoded {
-    /// The resource, packed.
-    pub any: Any,
+    /// The resource, packed; shared by the snapshots and the incremental translation's
+    /// memory of it, so an unchanged resource is held once.
+    pub any: Arc<Any>,
     /// Its version: a hash of its encoding.
     pub version: String,
 }
@@ -60,10 +61,10 @@ pub fn encode<M: Message + Name>(m: &M) -> Encoded {
     let bytes = m.encode_to_vec();
     let version = fnv1a_bytes(&bytes);
     Encoded {
-        any: Any {
+        any: Arc::new(Any {
             type_url: M::type_url(),
             value: bytes,
-        },
+        }),
         version,
     }
 }
@@ -112,7 +113,7 @@ pub fn delta_field(name: &str, e: &Encoded, out: &mut Vec<u8>) {
     let resource = Resource {
         name: name.to_string(),
         version: e.version.clone(),
-        resource: Some(e.any.clone()),
+        resource: Some(Any::clone(&e.any)),
         ..Default::default()
     };
     prost::encoding::message::encode(DISCOVERY_RESOURCES_FIELD, &resource, out);

@@ -243,10 +243,10 @@ mod tests {
                 .iter()
                 .map(|(name, version)| {
                     let e = Encoded {
-                        any: Any {
+                        any: std::sync::Arc::new(Any {
                             type_url: "type.googleapis.com/test".into(),
                             value: name.as_bytes().to_vec(),
-                        },
+                        }),
                         version: version.to_string(),
                     };
                     (name.to_string(), e)
