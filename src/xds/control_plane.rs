@@ -81,6 +81,9 @@ impl Default for Limits {
     }
 }
 
+/// How long the sources must be quiet before freed memory is handed back.
+const TRIM_AFTER: Duration = Duration::from_millis(500);
+
 /// Hands freed heap memory back to the system. A translation allocates and frees many
 /// small objects; glibc keeps freed chunks in its arenas, so without this the resident size
 /// ratchets up with every change although nothing is live.
@@ -418,9 +421,14 @@ impl Translator {
             } else {
                 drop(snap);
             }
-            release_free_memory();
             self.health.set_ready(true);
-            self.sources.changed.notified().await;
+            // Freed memory goes back to the system once changes pause, not between a
+            // snapshot and its pushes: trimming walks the allocator's arenas under their
+            // locks, and the streams are allocating their responses.
+            if tokio::time::timeout(TRIM_AFTER, self.sources.changed.notified()).await.is_err() {
+                release_free_memory();
+                self.sources.changed.notified().await;
+            }
             changed_at = Instant::now();
             quiet(&self.sources.changed, self.debounce).await;
         }
@@ -462,7 +470,7 @@ impl Translator {
         let mut rest = translate_gateways(&services, &gateways, &routes, telemetry);
         let without_gateway = split_horizon(&mut rest, &services, &network_gateways, &origin.network);
         self.metrics.set_endpoints_without_gateway(&without_gateway);
-        Snapshot::assemble(version, changed_at, encoded, &rest)
+        Snapshot::assemble(version, changed_at, encoded, &rest, &self.cache.current())
     }
 
     /// Publishes a snapshot to every stream, and counts its resources.

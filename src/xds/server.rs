@@ -461,7 +461,7 @@ impl Variant for Delta {
         .encode_to_vec();
         // Everything at once (a new subscriber) shares the snapshot's encoding.
         let shared = if owed.whole_set {
-            Some(set.all_delta.clone())
+            Some(set.all_delta())
         } else {
             for (name, e) in &owed.changed {
                 delta_field(name, e, &mut head);

@@ -365,7 +365,7 @@ fn shared_encodings_decode_as_whole_messages() {
         ..Default::default()
     };
     let mut bytes = head.encode_to_vec();
-    bytes.extend_from_slice(&set.all_sotw);
+    bytes.extend_from_slice(&set.all_sotw());
     let decoded = DiscoveryResponse::decode(bytes.as_slice()).unwrap();
     let expected = DiscoveryResponse {
         resources: set.items.values().map(|e| (*e.any).clone()).collect(),
@@ -380,7 +380,7 @@ fn shared_encodings_decode_as_whole_messages() {
         ..Default::default()
     };
     let mut bytes = head.encode_to_vec();
-    bytes.extend_from_slice(&set.all_delta);
+    bytes.extend_from_slice(&set.all_delta());
     let decoded = DeltaDiscoveryResponse::decode(bytes.as_slice()).unwrap();
     let names: Vec<&str> = decoded.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(

@@ -5,7 +5,7 @@
 //! shared. A single-network mesh holds one EDS set, shared by every client.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -76,30 +76,61 @@ pub struct TypeSet {
     pub items: BTreeMap<String, Encoded>,
     /// The version of the whole set, as a wildcard subscriber sees it.
     pub wildcard_version: String,
-    /// Every resource encoded as `DiscoveryResponse.resources` fields. Protobuf messages
-    /// concatenate, so every wildcard stream sends these same bytes after its own few
-    /// header fields: memory stays one copy however many streams there are.
-    pub all_sotw: Bytes,
+    /// Every resource encoded as `DiscoveryResponse.resources` fields, made when a stream
+    /// first needs it (load assignments, which streams name, never are).
+    all_sotw: OnceLock<Bytes>,
     /// Every resource encoded as `DeltaDiscoveryResponse.resources` fields (same idea).
-    pub all_delta: Bytes,
+    all_delta: OnceLock<Bytes>,
 }
 
 impl TypeSet {
-    /// A set of `items`, with its wildcard version and shared encodings.
+    /// A set of `items`, with its wildcard version.
     pub fn new(items: BTreeMap<String, Encoded>) -> TypeSet {
         let wildcard_version = format!("*{}", set_version(items.iter().map(|(n, e)| (n, Some(&e.version)))));
-        let mut all_sotw = Vec::new();
-        let mut all_delta = Vec::new();
-        for (name, e) in &items {
-            sotw_field(&e.any, &mut all_sotw);
-            delta_field(name, e, &mut all_delta);
-        }
         TypeSet {
             items,
             wildcard_version,
-            all_sotw: all_sotw.into(),
-            all_delta: all_delta.into(),
+            all_sotw: OnceLock::new(),
+            all_delta: OnceLock::new(),
         }
+    }
+
+    /// Every resource as `DiscoveryResponse.resources` fields. Protobuf messages
+    /// concatenate, so every wildcard stream sends these same bytes after its own few
+    /// header fields: memory stays one copy however many streams there are.
+    pub fn all_sotw(&self) -> Bytes {
+        self.all_sotw
+            .get_or_init(|| {
+                let mut out = Vec::new();
+                for e in self.items.values() {
+                    sotw_field(&e.any, &mut out);
+                }
+                out.into()
+            })
+            .clone()
+    }
+
+    /// Every resource as `DeltaDiscoveryResponse.resources` fields (same idea).
+    pub fn all_delta(&self) -> Bytes {
+        self.all_delta
+            .get_or_init(|| {
+                let mut out = Vec::new();
+                for (name, e) in &self.items {
+                    delta_field(name, e, &mut out);
+                }
+                out.into()
+            })
+            .clone()
+    }
+
+    /// Whether both hold the same resources (by name and content hash).
+    pub fn same_items(&self, other: &TypeSet) -> bool {
+        self.items.len() == other.items.len()
+            && self
+                .items
+                .iter()
+                .zip(&other.items)
+                .all(|((an, a), (bn, b))| an == bn && a.version == b.version)
     }
 }
 
@@ -163,8 +194,9 @@ pub struct Snapshot {
     pub version: u64,
     /// When the change that produced it was first seen (for push latency).
     pub changed_at: Instant,
-    /// Resources by type URL, as mesh clients see them.
-    pub resources: BTreeMap<&'static str, TypeSet>,
+    /// Resources by type URL, as mesh clients see them; a set that did not change is
+    /// shared with the snapshot before.
+    pub resources: BTreeMap<&'static str, Arc<TypeSet>>,
     /// Each gateway's listeners, by gateway key: what its pods see instead of
     /// `resources[LISTENER]`. Empty (no allocation) without gateways.
     pub gateway_listeners: BTreeMap<String, TypeSet>,
@@ -197,16 +229,17 @@ impl Networks {
 }
 
 /// Whether two maps of sets hold the same resources (by name and content hash).
-fn same_sets<K: Ord>(a: &BTreeMap<K, TypeSet>, b: &BTreeMap<K, TypeSet>) -> bool {
+fn same_sets<K: Ord, S: AsRef<TypeSet>>(a: &BTreeMap<K, S>, b: &BTreeMap<K, S>) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|((ak, a), (bk, b))| {
-            ak == bk
-                && a.items.len() == b.items.len()
-                && a.items
-                    .iter()
-                    .zip(&b.items)
-                    .all(|((an, a), (bn, b))| an == bn && a.version == b.version)
-        })
+        && a.iter()
+            .zip(b)
+            .all(|((ak, a), (bk, b))| ak == bk && a.as_ref().same_items(b.as_ref()))
+}
+
+impl AsRef<TypeSet> for TypeSet {
+    fn as_ref(&self) -> &TypeSet {
+        self
+    }
 }
 
 impl Snapshot {
@@ -215,7 +248,7 @@ impl Snapshot {
         Snapshot {
             version: 0,
             changed_at: Instant::now(),
-            resources: TYPES.iter().map(|t| (*t, TypeSet::default())).collect(),
+            resources: TYPES.iter().map(|t| (*t, Arc::default())).collect(),
             gateway_listeners: BTreeMap::new(),
             networks: Networks::default(),
         }
@@ -227,10 +260,10 @@ impl Snapshot {
             TypeSet::new(items.iter().map(|(n, m)| (n.clone(), encode(m))).collect())
         }
         let resources = BTreeMap::from([
-            (LISTENER, set(&r.listeners)),
-            (ROUTE, set(&r.routes)),
-            (CLUSTER, set(&r.clusters)),
-            (ENDPOINT, set(&r.endpoints)),
+            (LISTENER, Arc::new(set(&r.listeners))),
+            (ROUTE, Arc::new(set(&r.routes))),
+            (CLUSTER, Arc::new(set(&r.clusters))),
+            (ENDPOINT, Arc::new(set(&r.endpoints))),
         ]);
         let gateway_listeners = r
             .gateway_listeners
@@ -257,8 +290,15 @@ impl Snapshot {
 
     /// A snapshot of mesh resources encoded beforehand (incremental translation) and the rest
     /// of `rest`: the gateways' listeners and route configurations, and split-horizon EDS,
-    /// whose client-network set replaces the mesh's load assignments.
-    pub fn assemble(version: u64, changed_at: Instant, mesh: EncodedMesh, rest: &Resources) -> Snapshot {
+    /// whose client-network set replaces the mesh's load assignments. Each type's set that
+    /// holds the same resources as in `previous` is that set, shared.
+    pub fn assemble(
+        version: u64,
+        changed_at: Instant,
+        mesh: EncodedMesh,
+        rest: &Resources,
+        previous: &Snapshot,
+    ) -> Snapshot {
         fn encoded<M: Message + Name>(items: &BTreeMap<String, M>) -> BTreeMap<String, Encoded> {
             items.iter().map(|(n, m)| (n.clone(), encode(m))).collect()
         }
@@ -286,11 +326,16 @@ impl Snapshot {
                 ..Default::default()
             },
         );
+        let reuse = |type_url: &'static str, items: BTreeMap<String, Encoded>| {
+            let set = TypeSet::new(items);
+            let shared = previous.resources.get(type_url).filter(|p| p.same_items(&set));
+            (type_url, shared.cloned().unwrap_or_else(|| Arc::new(set)))
+        };
         snap.resources = BTreeMap::from([
-            (LISTENER, TypeSet::new(listeners)),
-            (ROUTE, TypeSet::new(routes)),
-            (CLUSTER, TypeSet::new(clusters)),
-            (ENDPOINT, TypeSet::new(endpoints)),
+            reuse(LISTENER, listeners),
+            reuse(ROUTE, routes),
+            reuse(CLUSTER, clusters),
+            reuse(ENDPOINT, endpoints),
         ]);
         snap
     }
@@ -308,7 +353,7 @@ impl Snapshot {
         match (type_url, &view.gateway) {
             (LISTENER, Some(key)) => self.gateway_listeners.get(key),
             (ENDPOINT, _) => self.endpoints_of(view),
-            _ => self.resources.get(type_url),
+            _ => self.resources.get(type_url).map(|s| &**s),
         }
     }
 
@@ -317,7 +362,7 @@ impl Snapshot {
     /// networks nothing is on. An east-west gateway sees only its network's endpoints:
     /// `None` (nothing) on a network no endpoint is on.
     fn endpoints_of(&self, view: &View) -> Option<&TypeSet> {
-        let shared = self.resources.get(ENDPOINT);
+        let shared = self.resources.get(ENDPOINT).map(|s| &**s);
         let n = &self.networks;
         if n.endpoints.is_empty() && n.local.is_empty() {
             return shared;

@@ -136,7 +136,7 @@ impl Subscription {
             return None;
         }
         let resources = if self.wildcard {
-            SotwResources::Shared(set.all_sotw.clone())
+            SotwResources::Shared(set.all_sotw())
         } else {
             SotwResources::Named(self.names.iter().filter_map(|n| set.items.get(n)).collect())
         };
@@ -183,12 +183,19 @@ impl Subscription {
     /// Delta: what `set` owes the stream since the client last heard, if anything.
     pub fn delta_owed<'a>(&self, set: &'a TypeSet) -> Option<DeltaOwed<'a>> {
         let all = &set.items;
-        let in_scope = |name: &String| self.wildcard || self.names.contains(name);
-        let changed: Vec<(&str, &Encoded)> = all
-            .iter()
-            .filter(|(n, e)| in_scope(n) && self.held.get(*n) != Some(&e.version))
-            .map(|(n, e)| (n.as_str(), e))
-            .collect();
+        let stale = |(n, e): &(&'a String, &'a Encoded)| self.held.get(*n) != Some(&e.version);
+        // A stream that names its resources looks up only those: with thousands of streams
+        // each naming a few, walking the whole set per stream would dominate a push.
+        let changed: Vec<(&str, &Encoded)> = if self.wildcard {
+            all.iter().filter(stale).map(|(n, e)| (n.as_str(), e)).collect()
+        } else {
+            self.names
+                .iter()
+                .filter_map(|n| all.get_key_value(n))
+                .filter(stale)
+                .map(|(n, e)| (n.as_str(), e))
+                .collect()
+        };
         let removed: Vec<String> = self.held.keys().filter(|n| !all.contains_key(*n)).cloned().collect();
         // A subscribed name that does not exist is reported removed once, so the client
         // does not wait for it.
@@ -287,7 +294,7 @@ mod tests {
         assert!(wild.is_wildcard());
         let owed = wild.sotw_owed(&s).expect("a first response");
         assert_eq!(owed.version, s.wildcard_version);
-        assert_eq!(owed.resources, SotwResources::Shared(s.all_sotw.clone()));
+        assert_eq!(owed.resources, SotwResources::Shared(s.all_sotw()));
 
         let mut star = Subscription::new(LISTENER);
         star.sotw_request(&names(&["*", "a"]), "");

@@ -162,11 +162,12 @@ fn endpoints_of(svc: &Service) -> Vec<(String, Encoded)> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Instant;
 
     use super::*;
     use crate::xds::model::{Backend, Endpoint, ParentRef, RouteRule, ServicePort};
-    use crate::xds::snapshot::Snapshot;
+    use crate::xds::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot};
     use crate::xds::translate::{translate_all, translate_gateways};
 
     /// A small deterministic generator (xorshift), so a failure replays from its seed.
@@ -268,6 +269,7 @@ mod tests {
             let mut routes: Vec<HttpRoute> = Vec::new();
             let mut tel = Telemetry::default();
             let mut inc = Incremental::default();
+            let mut previous = Snapshot::empty();
             for step in 0..60 {
                 let what = rng.below(6);
                 let i = rng.below(services.len().max(1) as u64) as usize;
@@ -299,11 +301,13 @@ mod tests {
                     Instant::now(),
                     mesh,
                     &translate_gateways(&services, &[], &routes, &tel),
+                    &previous,
                 );
                 assert!(
                     got.same_content(&full(&services, &routes, &tel)),
                     "seed {seed}, step {step} (change {what}): incremental and full translations differ"
                 );
+                previous = got;
             }
         }
     }
@@ -341,5 +345,42 @@ mod tests {
         );
         inc.translate(&services, &[], &tel);
         assert_eq!(inc.last_translated, 0, "nothing changed, nothing translated");
+    }
+
+    #[test]
+    fn a_snapshot_shares_the_sets_an_endpoint_change_left_alone() {
+        let mut rng = Rng(11);
+        let mut services: Vec<Service> = (0..20).map(|i| service(&mut rng, format!("svc-{i}"))).collect();
+        let mut inc = Incremental::default();
+        let tel = Telemetry::default();
+        let rest = |s: &[Service]| translate_gateways(s, &[], &[], &tel);
+        let first = Snapshot::assemble(
+            1,
+            Instant::now(),
+            inc.translate(&services, &[], &tel),
+            &rest(&services),
+            &Snapshot::empty(),
+        );
+        services[5].endpoints.push(Endpoint {
+            address: "198.51.100.98".into(),
+            ports: BTreeMap::from([("grpc".to_string(), 8080), ("http".to_string(), 8081)]),
+            zone: None,
+            cluster: "local".into(),
+            network: String::new(),
+            ready: true,
+            terminating: false,
+        });
+        let second = Snapshot::assemble(
+            2,
+            Instant::now(),
+            inc.translate(&services, &[], &tel),
+            &rest(&services),
+            &first,
+        );
+        for t in [CLUSTER, LISTENER, ROUTE] {
+            assert!(Arc::ptr_eq(&first.resources[t], &second.resources[t]), "{t} is shared");
+        }
+        assert!(!Arc::ptr_eq(&first.resources[ENDPOINT], &second.resources[ENDPOINT]));
+        assert!(second.same_content(&full(&services, &[], &tel)));
     }
 }
