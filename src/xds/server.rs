@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use super::grpc::{SendError, Sender, StreamHandler};
 use super::metrics::{Refusal, XdsMetrics};
 use super::model;
-use super::snapshot::{Cache, Snapshot, TYPES, TypeSet, View, delta_field, short, sotw_field};
+use super::snapshot::{Cache, Snapshot, TYPES, TypeSet, View, delta_field, short, sotw_field, sotw_field_len};
 use super::subscription::{Freshness, SotwOwed, SotwResources, Subscription};
 
 /// The `ROLE` of a gateway's pods.
@@ -351,7 +351,7 @@ trait Variant {
     fn respond(
         sub: &mut Subscription,
         type_url: &str,
-        set: &TypeSet,
+        set: &Arc<TypeSet>,
         snapshot: u64,
         nonces: &mut Nonces,
     ) -> Option<Outgoing>;
@@ -384,7 +384,13 @@ impl Variant for Sotw {
         sub.sotw_request(&req.resource_names, &req.response_nonce) == Freshness::Current
     }
 
-    fn respond(sub: &mut Subscription, type_url: &str, set: &TypeSet, _: u64, nonces: &mut Nonces) -> Option<Outgoing> {
+    fn respond(
+        sub: &mut Subscription,
+        type_url: &str,
+        set: &Arc<TypeSet>,
+        _: u64,
+        nonces: &mut Nonces,
+    ) -> Option<Outgoing> {
         let owed = sub.sotw_owed(set)?;
         let nonce = nonces.next();
         sub.sotw_sent(&owed, &nonce);
@@ -399,6 +405,7 @@ impl Variant for Sotw {
         let shared = match resources {
             SotwResources::Shared(all) => Some(all),
             SotwResources::Named(items) => {
+                head.reserve(items.iter().map(|e| sotw_field_len(&e.any)).sum());
                 for e in items {
                     sotw_field(&e.any, &mut head);
                 }
@@ -444,13 +451,13 @@ impl Variant for Delta {
     fn respond(
         sub: &mut Subscription,
         type_url: &str,
-        set: &TypeSet,
+        set: &Arc<TypeSet>,
         snapshot: u64,
         nonces: &mut Nonces,
     ) -> Option<Outgoing> {
         let owed = sub.delta_owed(set)?;
         let nonce = nonces.next();
-        sub.delta_sent(&owed, &nonce);
+        sub.delta_sent(&owed, &nonce, set);
         let mut head = DeltaDiscoveryResponse {
             system_version_info: snapshot.to_string(),
             type_url: type_url.to_string(),
@@ -553,7 +560,12 @@ impl AdsServer {
         let Some(sub) = stream.subscriptions.get_mut(type_url).filter(|_| snap.version > 0) else {
             return Ok(());
         };
-        let empty = TypeSet::default();
+        // Checked against this snapshot already, and not changed since (an ACK).
+        if sub.checked(snap.version) {
+            return Ok(());
+        }
+        sub.mark_checked(snap.version);
+        let empty = Arc::default();
         let set = snap.of(type_url, Self::view(&stream.client)).unwrap_or(&empty);
         let Some(response) = V::respond(sub, type_url, set, snap.version, &mut stream.nonces) else {
             return Ok(());

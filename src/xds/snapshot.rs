@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::translate::Resources;
 use super::translate::incremental::EncodedMesh;
-use crate::render::{fnv1a, fnv1a_bytes};
+use crate::render::fnv1a_bytes;
 
 /// Type URL of listeners.
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -139,6 +139,11 @@ pub fn sotw_field(any: &Any, out: &mut Vec<u8>) {
     prost::encoding::message::encode(DISCOVERY_RESOURCES_FIELD, any, out);
 }
 
+/// The length of one resource as a `DiscoveryResponse.resources` field.
+pub fn sotw_field_len(any: &Any) -> usize {
+    prost::encoding::message::encoded_len(DISCOVERY_RESOURCES_FIELD, any)
+}
+
 /// Appends one resource as a `DeltaDiscoveryResponse.resources` field.
 pub fn delta_field(name: &str, e: &Encoded, out: &mut Vec<u8>) {
     let resource = Resource {
@@ -199,7 +204,7 @@ pub struct Snapshot {
     pub resources: BTreeMap<&'static str, Arc<TypeSet>>,
     /// Each gateway's listeners, by gateway key: what its pods see instead of
     /// `resources[LISTENER]`. Empty (no allocation) without gateways.
-    pub gateway_listeners: BTreeMap<String, TypeSet>,
+    pub gateway_listeners: BTreeMap<String, Arc<TypeSet>>,
     /// The networks beside this one: empty (no allocation) in a single-network mesh.
     pub networks: Networks,
 }
@@ -212,9 +217,9 @@ pub struct Networks {
     pub own: String,
     /// EDS for clients on each other network (`eds::OTHER_NETWORKS`: any network no
     /// endpoint or gateway is on).
-    pub endpoints: BTreeMap<String, TypeSet>,
+    pub endpoints: BTreeMap<String, Arc<TypeSet>>,
     /// EDS for east-west gateways on each network, where it differs from a client's there.
-    pub local: BTreeMap<String, TypeSet>,
+    pub local: BTreeMap<String, Arc<TypeSet>>,
     /// The keys of the east-west gateways.
     pub eastwest: BTreeSet<String>,
 }
@@ -256,21 +261,21 @@ impl Snapshot {
 
     /// Encodes translated resources.
     pub fn new(version: u64, changed_at: Instant, r: &Resources) -> Snapshot {
-        fn set<M: Message + Name>(items: &BTreeMap<String, M>) -> TypeSet {
-            TypeSet::new(items.iter().map(|(n, m)| (n.clone(), encode(m))).collect())
+        fn set<M: Message + Name>(items: &BTreeMap<String, M>) -> Arc<TypeSet> {
+            Arc::new(TypeSet::new(items.iter().map(|(n, m)| (n.clone(), encode(m))).collect()))
         }
         let resources = BTreeMap::from([
-            (LISTENER, Arc::new(set(&r.listeners))),
-            (ROUTE, Arc::new(set(&r.routes))),
-            (CLUSTER, Arc::new(set(&r.clusters))),
-            (ENDPOINT, Arc::new(set(&r.endpoints))),
+            (LISTENER, set(&r.listeners)),
+            (ROUTE, set(&r.routes)),
+            (CLUSTER, set(&r.clusters)),
+            (ENDPOINT, set(&r.endpoints)),
         ]);
         let gateway_listeners = r
             .gateway_listeners
             .iter()
             .map(|(key, listeners)| (key.clone(), set(listeners)))
             .collect();
-        let by_network = |m: &BTreeMap<String, BTreeMap<String, _>>| -> BTreeMap<String, TypeSet> {
+        let by_network = |m: &BTreeMap<String, BTreeMap<String, _>>| -> BTreeMap<String, Arc<TypeSet>> {
             m.iter().map(|(n, items)| (n.clone(), set(items))).collect()
         };
         let networks = Networks {
@@ -349,11 +354,11 @@ impl Snapshot {
 
     /// The resources of one type as `view` sees them. A gateway that is not (or no longer)
     /// translated has no listeners: `None`, like a type that is not served.
-    pub fn of(&self, type_url: &str, view: &View) -> Option<&TypeSet> {
+    pub fn of(&self, type_url: &str, view: &View) -> Option<&Arc<TypeSet>> {
         match (type_url, &view.gateway) {
             (LISTENER, Some(key)) => self.gateway_listeners.get(key),
             (ENDPOINT, _) => self.endpoints_of(view),
-            _ => self.resources.get(type_url).map(|s| &**s),
+            _ => self.resources.get(type_url),
         }
     }
 
@@ -361,8 +366,8 @@ impl Snapshot {
     /// network (and in every single-network mesh), else its network's, else the set for
     /// networks nothing is on. An east-west gateway sees only its network's endpoints:
     /// `None` (nothing) on a network no endpoint is on.
-    fn endpoints_of(&self, view: &View) -> Option<&TypeSet> {
-        let shared = self.resources.get(ENDPOINT).map(|s| &**s);
+    fn endpoints_of(&self, view: &View) -> Option<&Arc<TypeSet>> {
+        let shared = self.resources.get(ENDPOINT);
         let n = &self.networks;
         if n.endpoints.is_empty() && n.local.is_empty() {
             return shared;
@@ -391,7 +396,7 @@ impl Snapshot {
     /// How many resources of each type there are, counting every gateway's listeners and
     /// every network's load assignments.
     pub fn counts(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
-        let sum = |sets: &BTreeMap<String, TypeSet>| -> usize { sets.values().map(|s| s.items.len()).sum() };
+        let sum = |sets: &BTreeMap<String, Arc<TypeSet>>| -> usize { sets.values().map(|s| s.items.len()).sum() };
         self.resources.iter().map(move |(t, set)| {
             let extra = match *t {
                 LISTENER => sum(&self.gateway_listeners),
@@ -438,14 +443,22 @@ impl Cache {
     }
 }
 
-/// A version for a set of (name, version) pairs, so a response's version names its content.
+/// A version for a set of (name, version) pairs, so a response's version names its content:
+/// FNV-1a over `name=version;` for each pair (`-` for a missing version), hashed as it goes
+/// rather than joined first, since every stream computes one per push.
 pub fn set_version<'a>(items: impl Iterator<Item = (&'a String, Option<&'a String>)>) -> String {
-    let mut text = String::new();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
     for (name, version) in items {
-        text.push_str(name);
-        text.push('=');
-        text.push_str(version.map(String::as_str).unwrap_or("-"));
-        text.push(';');
+        feed(name.as_bytes());
+        feed(b"=");
+        feed(version.map_or("-", String::as_str).as_bytes());
+        feed(b";");
     }
-    fnv1a(&text)
+    format!("{h:016x}")
 }

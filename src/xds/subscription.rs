@@ -12,10 +12,11 @@
 //! that no longer exist, and, once, the subscribed names that never existed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::snapshot::{Encoded, TypeSet, set_version, wildcard_type};
+use super::snapshot::{Encoded, TypeSet, wildcard_type};
 
 /// The name that stands for "every resource" in a subscription.
 const WILDCARD: &str = "*";
@@ -35,10 +36,66 @@ pub struct Subscription {
     sent_version: Option<String>,
     /// Delta: whether the first request was seen.
     started: bool,
-    /// Delta: what the client holds, name → version.
-    held: BTreeMap<String, String>,
+    /// Delta: what the client holds.
+    held: Held,
     /// Delta: subscribed names already reported as absent.
     told_missing: BTreeSet<String>,
+    /// The snapshot last checked for what it owes, while the subscription stays as it was
+    /// then: until either changes, nothing new is owed (every ACK would otherwise check
+    /// again).
+    checked_at: Option<u64>,
+    /// State of the world: a hash of the names last requested, so a request repeating them
+    /// (every ACK does) leaves them as they are.
+    requested: u64,
+}
+
+/// Delta: what the client holds.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    /// Exactly this set's resources (`versions` is then empty): what a wildcard stream
+    /// holds once it is caught up, one shared reference instead of every name per stream.
+    set: Option<Arc<TypeSet>>,
+    /// Otherwise, name → version.
+    versions: BTreeMap<String, String>,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Held) -> bool {
+        let same_set = match (&self.set, &other.set) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        same_set && self.versions == other.versions
+    }
+}
+
+impl Eq for Held {}
+
+impl Held {
+    /// The version the client holds of `name`.
+    fn version(&self, name: &str) -> Option<&String> {
+        match &self.set {
+            Some(set) => set.items.get(name).map(|e| &e.version),
+            None => self.versions.get(name),
+        }
+    }
+
+    /// Every name and version held, to change them one by one.
+    fn versions(&mut self) -> &mut BTreeMap<String, String> {
+        if let Some(set) = self.set.take() {
+            self.versions = set.items.iter().map(|(n, e)| (n.clone(), e.version.clone())).collect();
+        }
+        &mut self.versions
+    }
+
+    /// The names held that `set` does not have.
+    fn removed_from(&self, set: &TypeSet) -> Vec<String> {
+        let gone = |n: &&String| !set.items.contains_key(*n);
+        match &self.set {
+            Some(held) => held.items.keys().filter(gone).cloned().collect(),
+            None => self.versions.keys().filter(gone).cloned().collect(),
+        }
+    }
 }
 
 /// Whether a state-of-the-world request answers the stream's latest response.
@@ -119,28 +176,39 @@ impl Subscription {
         if !response_nonce.is_empty() && response_nonce != self.nonce {
             return Freshness::Stale;
         }
-        self.wildcard = self.wildcard_type && (names.is_empty() || names.iter().any(|n| n == WILDCARD));
-        self.names = names.iter().filter(|n| *n != WILDCARD).cloned().collect();
+        let requested = names_hash(names);
+        if self.nonce.is_empty() || requested != self.requested {
+            self.requested = requested;
+            self.wildcard = self.wildcard_type && (names.is_empty() || names.iter().any(|n| n == WILDCARD));
+            self.names = names.iter().filter(|n| *n != WILDCARD).cloned().collect();
+            self.checked_at = None;
+        }
         Freshness::Current
     }
 
     /// State of the world: the response `set` owes the stream, if its view's version
     /// differs from the one last sent.
     pub fn sotw_owed<'a>(&self, set: &'a TypeSet) -> Option<SotwOwed<'a>> {
-        let version = if self.wildcard {
-            set.wildcard_version.clone()
-        } else {
-            set_version(self.names.iter().map(|n| (n, set.items.get(n).map(|e| &e.version))))
-        };
+        if self.wildcard {
+            let version = &set.wildcard_version;
+            if self.sent_version.as_ref() == Some(version) {
+                return None;
+            }
+            return Some(SotwOwed {
+                version: version.clone(),
+                resources: SotwResources::Shared(set.all_sotw()),
+            });
+        }
+        // Each name is looked up once: for the version and for the response.
+        let found: Vec<Option<&Encoded>> = self.names.iter().map(|n| set.items.get(n)).collect();
+        let version = named_version(self.requested, &found);
         if self.sent_version.as_deref() == Some(version.as_str()) {
             return None;
         }
-        let resources = if self.wildcard {
-            SotwResources::Shared(set.all_sotw())
-        } else {
-            SotwResources::Named(self.names.iter().filter_map(|n| set.items.get(n)).collect())
-        };
-        Some(SotwOwed { version, resources })
+        Some(SotwOwed {
+            version,
+            resources: SotwResources::Named(found.into_iter().flatten().collect()),
+        })
     }
 
     /// State of the world: records `owed` as sent with `nonce`.
@@ -160,7 +228,13 @@ impl Subscription {
         if !self.started {
             self.started = true;
             self.wildcard = self.wildcard_type && subscribe.is_empty();
-            self.held = initial_versions.clone().into_iter().collect();
+            self.held = Held {
+                set: None,
+                versions: initial_versions.clone().into_iter().collect(),
+            };
+        }
+        if !subscribe.is_empty() || !unsubscribe.is_empty() {
+            self.checked_at = None;
         }
         for name in subscribe {
             if name == WILDCARD {
@@ -175,34 +249,43 @@ impl Subscription {
             } else {
                 self.names.remove(name);
             }
-            self.held.remove(name);
+            if self.held.version(name).is_some() {
+                self.held.versions().remove(name);
+            }
             self.told_missing.remove(name);
         }
     }
 
     /// Delta: what `set` owes the stream since the client last heard, if anything.
-    pub fn delta_owed<'a>(&self, set: &'a TypeSet) -> Option<DeltaOwed<'a>> {
+    pub fn delta_owed<'a>(&self, set: &'a Arc<TypeSet>) -> Option<DeltaOwed<'a>> {
         let all = &set.items;
-        let stale = |(n, e): &(&'a String, &'a Encoded)| self.held.get(*n) != Some(&e.version);
-        // A stream that names its resources looks up only those: with thousands of streams
-        // each naming a few, walking the whole set per stream would dominate a push.
-        let changed: Vec<(&str, &Encoded)> = if self.wildcard {
-            all.iter().filter(stale).map(|(n, e)| (n.as_str(), e)).collect()
-        } else {
-            self.names
-                .iter()
-                .filter_map(|n| all.get_key_value(n))
-                .filter(stale)
-                .map(|(n, e)| (n.as_str(), e))
-                .collect()
+        let stale = |(n, e): &(&'a String, &'a Encoded)| self.held.version(n) != Some(&e.version);
+        let (changed, removed) = match (&self.held.set, self.wildcard) {
+            // Caught up with this very set: only unknown names can be owed.
+            (Some(held), _) if Arc::ptr_eq(held, set) => (Vec::new(), Vec::new()),
+            (Some(held), true) => diff(held, set),
+            (_, true) => (
+                all.iter().filter(stale).map(|(n, e)| (n.as_str(), e)).collect(),
+                self.held.removed_from(set),
+            ),
+            // A stream that names its resources looks up only those: with thousands of
+            // streams each naming a few, walking the whole set per stream would dominate.
+            (_, false) => (
+                self.names
+                    .iter()
+                    .filter_map(|n| all.get_key_value(n))
+                    .filter(stale)
+                    .map(|(n, e)| (n.as_str(), e))
+                    .collect(),
+                self.held.removed_from(set),
+            ),
         };
-        let removed: Vec<String> = self.held.keys().filter(|n| !all.contains_key(*n)).cloned().collect();
         // A subscribed name that does not exist is reported removed once, so the client
         // does not wait for it.
         let unknown: Vec<String> = self
             .names
             .iter()
-            .filter(|n| !all.contains_key(*n) && !self.held.contains_key(*n) && !self.told_missing.contains(*n))
+            .filter(|n| !all.contains_key(*n) && self.held.version(n).is_none() && !self.told_missing.contains(*n))
             .cloned()
             .collect();
         if changed.is_empty() && removed.is_empty() && unknown.is_empty() {
@@ -217,16 +300,30 @@ impl Subscription {
         })
     }
 
-    /// Delta: records `owed` as sent with `nonce`: the client now holds the changed
-    /// resources and none of the removed ones, and knows the removed and unknown names it
-    /// subscribed to are absent (so they are not reported again).
-    pub fn delta_sent(&mut self, owed: &DeltaOwed<'_>, nonce: &str) {
-        for (name, e) in &owed.changed {
-            self.held.insert((*name).to_string(), e.version.clone());
+    /// Delta: records `owed` (from `set`) as sent with `nonce`: the client now holds the
+    /// changed resources and none of the removed ones, and knows the removed and unknown
+    /// names it subscribed to are absent (so they are not reported again).
+    pub fn delta_sent(&mut self, owed: &DeltaOwed<'_>, nonce: &str, set: &Arc<TypeSet>) {
+        if self.wildcard {
+            // Everything was in scope and everything owed was sent: the client holds
+            // exactly the set.
+            self.held = Held {
+                set: Some(Arc::clone(set)),
+                versions: BTreeMap::new(),
+            };
+        } else {
+            let held = self.held.versions();
+            for (name, e) in &owed.changed {
+                held.insert((*name).to_string(), e.version.clone());
+            }
+            for name in &owed.removed {
+                held.remove(name);
+            }
+        }
+        for (name, _) in &owed.changed {
             self.told_missing.remove(*name);
         }
         for name in &owed.removed {
-            self.held.remove(name);
             // Still subscribed by name: the client now knows it is absent.
             if self.names.contains(name) {
                 self.told_missing.insert(name.clone());
@@ -235,6 +332,65 @@ impl Subscription {
         self.told_missing.extend(owed.unknown.iter().cloned());
         self.nonce = nonce.to_string();
     }
+
+    /// Whether the subscription was checked against snapshot `version` and has not changed
+    /// since: nothing new can be owed.
+    pub fn checked(&self, version: u64) -> bool {
+        self.checked_at == Some(version)
+    }
+
+    /// Records that the subscription was checked against snapshot `version`.
+    pub fn mark_checked(&mut self, version: u64) {
+        self.checked_at = Some(version);
+    }
+}
+
+/// What a client holding exactly `held` is owed of `set`: new or changed resources, and
+/// the names gone. Both are sorted by name, so one pass over each does.
+fn diff<'a>(held: &TypeSet, set: &'a TypeSet) -> (Vec<(&'a str, &'a Encoded)>, Vec<String>) {
+    let (mut changed, mut removed) = (Vec::new(), Vec::new());
+    let mut old = held.items.iter().peekable();
+    for (name, e) in &set.items {
+        while let Some((gone, _)) = old.next_if(|(o, _)| *o < name) {
+            removed.push(gone.clone());
+        }
+        match old.next_if(|(o, _)| *o == name) {
+            Some((_, was)) if was.version == e.version => {}
+            _ => changed.push((name.as_str(), e)),
+        }
+    }
+    removed.extend(old.map(|(n, _)| n.clone()));
+    (changed, removed)
+}
+
+/// The version of what a subscription to named resources sees: a hash of which names
+/// (`names`, the hash of the request) and each one's version, or its absence.
+fn named_version(names: u64, found: &[Option<&Encoded>]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    feed(&names.to_le_bytes());
+    for e in found {
+        feed(e.map_or("-", |e| e.version.as_str()).as_bytes());
+        feed(b";");
+    }
+    format!("{h:016x}")
+}
+
+/// A hash of requested names, in the order given.
+fn names_hash(names: &[String]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for name in names {
+        for b in name.as_bytes().iter().chain(b"\n") {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 #[cfg(test)]
@@ -244,8 +400,8 @@ mod tests {
     use super::*;
     use crate::xds::snapshot::{CLUSTER, ENDPOINT, LISTENER};
 
-    fn set(items: &[(&str, &str)]) -> TypeSet {
-        TypeSet::new(
+    fn set(items: &[(&str, &str)]) -> Arc<TypeSet> {
+        Arc::new(TypeSet::new(
             items
                 .iter()
                 .map(|(name, version)| {
@@ -259,7 +415,7 @@ mod tests {
                     (name.to_string(), e)
                 })
                 .collect(),
-        )
+        ))
     }
 
     fn names(ns: &[&str]) -> Vec<String> {
@@ -280,9 +436,9 @@ mod tests {
         Some(owed)
     }
 
-    fn delta_send<'a>(sub: &mut Subscription, set: &'a TypeSet, nonce: &str) -> Option<DeltaOwed<'a>> {
+    fn delta_send<'a>(sub: &mut Subscription, set: &'a Arc<TypeSet>, nonce: &str) -> Option<DeltaOwed<'a>> {
         let owed = sub.delta_owed(set)?;
-        sub.delta_sent(&owed, nonce);
+        sub.delta_sent(&owed, nonce, set);
         Some(owed)
     }
 
@@ -459,5 +615,52 @@ mod tests {
         let owed = delta_send(&mut sub, &v2, "4").unwrap();
         assert_eq!(owed.removed, ["zzz"]);
         assert_eq!(sub.nonce(), "4");
+    }
+
+    #[test]
+    fn delta_a_caught_up_wildcard_stream_holds_the_set_itself_and_is_owed_the_difference() {
+        let v1 = set(&[("a", "1"), ("b", "1"), ("c", "1")]);
+        let mut sub = Subscription::new(CLUSTER);
+        sub.delta_request(&[], &[], &HashMap::new());
+        delta_send(&mut sub, &v1, "1").unwrap();
+        assert!(sub.held.set.as_ref().is_some_and(|h| Arc::ptr_eq(h, &v1)) && sub.held.versions.is_empty());
+        let v2 = set(&[("a", "2"), ("b", "1"), ("d", "1")]);
+        // The same answer as a client that says what it holds, name by name.
+        let mut told = Subscription::new(CLUSTER);
+        let held: HashMap<String, String> = [("a", "1"), ("b", "1"), ("c", "1")]
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        told.delta_request(&[], &[], &held);
+        for sub in [&sub, &told] {
+            let owed = sub.delta_owed(&v2).unwrap();
+            assert_eq!(owed.changed.iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["a", "d"]);
+            assert_eq!(owed.removed, ["c"]);
+        }
+        // Unsubscribing one name spells out the rest of what it holds.
+        sub.delta_request(&[], &names(&["b"]), &HashMap::new());
+        assert!(sub.held.set.is_none());
+        assert_eq!(sub.held.versions.keys().collect::<Vec<_>>(), ["a", "c"]);
+    }
+
+    #[test]
+    fn a_set_version_is_the_hash_of_its_names_and_versions() {
+        let (a, b, one) = ("a".to_string(), "b".to_string(), "1".to_string());
+        let v = crate::xds::snapshot::set_version([(&a, Some(&one)), (&b, None)].into_iter());
+        assert_eq!(v, crate::render::fnv1a("a=1;b=-;"));
+    }
+
+    #[test]
+    fn sotw_a_request_repeating_its_names_keeps_them_and_new_names_replace_them() {
+        let s = set(&[("a", "1"), ("b", "1")]);
+        let mut sub = Subscription::new(ENDPOINT);
+        sub.sotw_request(&names(&["a"]), "");
+        sotw_send(&mut sub, &s, "1").unwrap();
+        sub.mark_checked(7);
+        sub.sotw_request(&names(&["a"]), "1");
+        assert!(sub.checked(7), "an ACK leaves the subscription as it was");
+        sub.sotw_request(&names(&["a", "b"]), "1");
+        assert!(!sub.checked(7));
+        assert_eq!(named(&sotw_send(&mut sub, &s, "2").unwrap()), [b"a".as_slice(), b"b"]);
     }
 }

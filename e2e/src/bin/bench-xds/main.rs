@@ -62,10 +62,13 @@ async fn main_case(beds: &[Bed]) {
         population::populate(bed, cluster, 0, SERVICES).await;
     }
     control_plane::join_remotes(beds).await;
+    // WEFT_BENCH_PROTOCOLS=sotw or delta runs one of them (while working on it).
+    let only = std::env::var("WEFT_BENCH_PROTOCOLS").unwrap_or_default();
     let mut protocols = vec![Protocol::Sotw];
     if beds.len() == 1 {
         protocols.push(Protocol::Delta);
     }
+    protocols.retain(|p| only.is_empty() || only.contains(&format!("{p:?}").to_lowercase()));
     for protocol in protocols {
         let sc = Scenario {
             services: SERVICES,
