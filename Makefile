@@ -67,20 +67,14 @@ bench: toolchain
 	WEFT_E2E_CLUSTER=weft-bench WEFT_BIN=$${CARGO_TARGET_DIR:-target}/release/weft \
 	  $${CARGO_TARGET_DIR:-target}/debug/bench-operator; rc=$$?; e2e/cluster down weft-bench >/dev/null; exit $$rc
 
-## bench-xds: control-plane figures (1000 services, 2000 ADS streams) on a release build:
-## one cluster, then three (the same services in each, two discovered as RemoteClusters).
+## bench-xds: control-plane figures on a release build (e2e/bench-xds): 1000 services x 2000
+## streams, state of the world and delta; 10 000 services x 10 000 streams and the scaling
+## curve (written into the README and docs/bench/); the same over three clusters.
+## BENCH_XDS_PHASES="main scale multi" picks phases.
 bench-xds: toolchain
 	cargo build --release -p weft
 	cargo build --release -p weft-e2e --bin bench-xds
-	for c in weft-bench weft-bench-b weft-bench-c; do e2e/cluster down $$c >/dev/null; done
-	e2e/cluster up weft-bench >/dev/null
-	rc=0; WEFT_BIN=$${CARGO_TARGET_DIR:-target}/release/weft $${CARGO_TARGET_DIR:-target}/release/bench-xds weft-bench || rc=$$?; \
-	  e2e/cluster down weft-bench >/dev/null; \
-	  if [ $$rc = 0 ]; then \
-	    for c in weft-bench weft-bench-b weft-bench-c; do e2e/cluster up $$c >/dev/null; done; \
-	    WEFT_BIN=$${CARGO_TARGET_DIR:-target}/release/weft $${CARGO_TARGET_DIR:-target}/release/bench-xds weft-bench weft-bench-b weft-bench-c || rc=$$?; \
-	  fi; \
-	  for c in weft-bench weft-bench-b weft-bench-c; do e2e/cluster down $$c >/dev/null; done; exit $$rc
+	e2e/bench-xds
 
 cluster-up:
 	e2e/cluster up $(CLUSTER)

@@ -425,7 +425,10 @@ impl Translator {
             // Freed memory goes back to the system once changes pause, not between a
             // snapshot and its pushes: trimming walks the allocator's arenas under their
             // locks, and the streams are allocating their responses.
-            if tokio::time::timeout(TRIM_AFTER, self.sources.changed.notified()).await.is_err() {
+            if tokio::time::timeout(TRIM_AFTER, self.sources.changed.notified())
+                .await
+                .is_err()
+            {
                 release_free_memory();
                 self.sources.changed.notified().await;
             }

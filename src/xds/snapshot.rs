@@ -15,7 +15,7 @@ use prost::{Message, Name};
 use tokio::sync::watch;
 
 use super::translate::Resources;
-use super::translate::incremental::EncodedMesh;
+use super::translate::incremental::{Changed, EncodedMesh};
 use crate::render::fnv1a_bytes;
 
 /// Type URL of listeners.
@@ -262,7 +262,9 @@ impl Snapshot {
     /// Encodes translated resources.
     pub fn new(version: u64, changed_at: Instant, r: &Resources) -> Snapshot {
         fn set<M: Message + Name>(items: &BTreeMap<String, M>) -> Arc<TypeSet> {
-            Arc::new(TypeSet::new(items.iter().map(|(n, m)| (n.clone(), encode(m))).collect()))
+            Arc::new(TypeSet::new(
+                items.iter().map(|(n, m)| (n.clone(), encode(m))).collect(),
+            ))
         }
         let resources = BTreeMap::from([
             (LISTENER, set(&r.listeners)),
@@ -293,32 +295,22 @@ impl Snapshot {
         }
     }
 
-    /// A snapshot of mesh resources encoded beforehand (incremental translation) and the rest
-    /// of `rest`: the gateways' listeners and route configurations, and split-horizon EDS,
-    /// whose client-network set replaces the mesh's load assignments. Each type's set that
-    /// holds the same resources as in `previous` is that set, shared.
+    /// A snapshot of mesh resources encoded beforehand (incremental translation, with which
+    /// of its types changed since it made `previous`) and the rest of `rest`: the gateways'
+    /// listeners and route configurations, and split-horizon EDS, whose client-network set
+    /// replaces the mesh's load assignments. A set that holds the same resources as in
+    /// `previous` is that set, shared; listeners and clusters that did not change are not
+    /// even copied.
     pub fn assemble(
         version: u64,
         changed_at: Instant,
-        mesh: EncodedMesh,
+        (mesh, changed): (&EncodedMesh, Changed),
         rest: &Resources,
         previous: &Snapshot,
     ) -> Snapshot {
         fn encoded<M: Message + Name>(items: &BTreeMap<String, M>) -> BTreeMap<String, Encoded> {
             items.iter().map(|(n, m)| (n.clone(), encode(m))).collect()
         }
-        let EncodedMesh {
-            listeners,
-            mut routes,
-            clusters,
-            endpoints,
-        } = mesh;
-        routes.extend(encoded(&rest.routes));
-        let endpoints = if rest.split_horizon {
-            encoded(&rest.endpoints)
-        } else {
-            endpoints
-        };
         let mut snap = Snapshot::new(
             version,
             changed_at,
@@ -331,16 +323,34 @@ impl Snapshot {
                 ..Default::default()
             },
         );
-        let reuse = |type_url: &'static str, items: BTreeMap<String, Encoded>| {
-            let set = TypeSet::new(items);
-            let shared = previous.resources.get(type_url).filter(|p| p.same_items(&set));
+        let reuse = |type_url: &'static str, changed: bool, items: &dyn Fn() -> BTreeMap<String, Encoded>| {
+            let before = previous.resources.get(type_url);
+            if let (false, Some(before)) = (changed, before) {
+                return (type_url, Arc::clone(before));
+            }
+            let set = TypeSet::new(items());
+            let shared = before.filter(|p| p.same_items(&set));
             (type_url, shared.cloned().unwrap_or_else(|| Arc::new(set)))
         };
+        // Route configurations and load assignments may hold more than the mesh's (the
+        // gateways', split-horizon EDS): always compared.
+        let routes = || {
+            let mut all = mesh.routes.clone();
+            all.extend(encoded(&rest.routes));
+            all
+        };
+        let endpoints = || {
+            if rest.split_horizon {
+                encoded(&rest.endpoints)
+            } else {
+                mesh.endpoints.clone()
+            }
+        };
         snap.resources = BTreeMap::from([
-            reuse(LISTENER, listeners),
-            reuse(ROUTE, routes),
-            reuse(CLUSTER, clusters),
-            reuse(ENDPOINT, endpoints),
+            reuse(LISTENER, changed.listeners, &|| mesh.listeners.clone()),
+            reuse(ROUTE, true, &routes),
+            reuse(CLUSTER, changed.clusters, &|| mesh.clusters.clone()),
+            reuse(ENDPOINT, true, &endpoints),
         ]);
         snap
     }

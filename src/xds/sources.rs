@@ -3,8 +3,8 @@
 //! model from them. Every change pings `changed` so the control plane can debounce and
 //! retranslate.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service as K8sService};
@@ -41,6 +41,20 @@ pub struct Sources {
     pub synced: watch::Receiver<bool>,
     /// The remote clusters of the mesh (none unless [`Sources::with_remotes`]).
     remotes: Remotes,
+    /// Service models as last built.
+    built: Arc<Mutex<Built>>,
+}
+
+/// Service models as last built, by cluster/namespace/name, with the objects they came
+/// from. A reflector replaces an object's `Arc` when the object changes, so the same `Arc`s
+/// give the same model: an unchanged Service is not built again on every change.
+type Built = HashMap<String, BuiltService>;
+
+/// One service's model and what it was built from.
+struct BuiltService {
+    service: Arc<K8sService>,
+    slices: Vec<Arc<EndpointSlice>>,
+    model: Service,
 }
 
 /// One remote cluster's live objects, and where they come from.
@@ -217,6 +231,7 @@ impl Sources {
             changed,
             synced: watch::channel(false).1,
             remotes: Remotes::default(),
+            built: Arc::default(),
         };
         sources.synced = sources.synced_when_listed();
         sources
@@ -242,6 +257,7 @@ impl Sources {
             changed: Arc::new(Notify::new()),
             synced: watch::channel(true).1,
             remotes: Remotes::default(),
+            built: Arc::default(),
         }
     }
 
@@ -332,24 +348,20 @@ impl Sources {
     /// Builds the model for `revision`, limited to namespaces matching `selectors` (all
     /// when empty); endpoints are marked as coming from `origin`.
     pub fn model(&self, revision: &str, selectors: &[LabelSelector], origin: &Origin) -> MeshModel {
-        let in_mesh = |ns: &str| {
-            if selectors.is_empty() {
-                return true;
-            }
-            let labels = self
-                .namespaces
-                .state()
-                .into_iter()
-                .find(|n| n.name_any() == ns)
-                .and_then(|n| n.metadata.labels.clone())
-                .unwrap_or_default();
-            selectors.iter().any(|s| selector_matches(s, &labels))
+        let selected = selected_namespaces(&self.namespaces, selectors);
+        let in_mesh = |ns: &str| selected.as_ref().is_none_or(|s| s.contains(ns));
+        let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut memo = Memo {
+            old: std::mem::take(&mut *built),
+            new: HashMap::new(),
         };
-        let mut services = cluster_services(&self.services, &self.slices, &in_mesh, origin);
+        let mut services = cluster_services(&self.services, &self.slices, &in_mesh, origin, &mut memo);
         let remotes = self.remotes.current();
         if !remotes.is_empty() {
-            services = merge_remotes(services, &remotes, selectors);
+            services = merge_remotes(services, &remotes, selectors, &mut memo);
         }
+        *built = memo.new;
+        drop(built);
         services.retain(|s| !s.ports.is_empty());
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let mut routes: Vec<HttpRoute> = self
@@ -393,6 +405,7 @@ fn cluster_services(
     slices: &Store<EndpointSlice>,
     in_mesh: &dyn Fn(&str) -> bool,
     origin: &Origin,
+    memo: &mut Memo,
 ) -> Vec<Service> {
     let mut by_service: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
     for slice in slices.state() {
@@ -410,24 +423,66 @@ fn cluster_services(
         .filter(|s| in_mesh(&s.namespace().unwrap_or_default()))
         .map(|s| {
             let ns = s.namespace().unwrap_or_default();
-            let slices = by_service.get(&(ns.clone(), s.name_any())).cloned().unwrap_or_default();
-            service_model(s, &slices, origin)
+            let name = s.name_any();
+            let slices = by_service.remove(&(ns.clone(), name.clone())).unwrap_or_default();
+            memo.model(format!("{}/{ns}/{name}", origin.cluster), s, slices, origin)
         })
         .collect()
+}
+
+/// The models built by the last translation, and those of this one.
+struct Memo {
+    old: Built,
+    new: Built,
+}
+
+impl Memo {
+    /// The model of `service` with `slices`: the one built before when both are the very
+    /// objects it was built from.
+    fn model(
+        &mut self,
+        key: String,
+        service: &Arc<K8sService>,
+        slices: Vec<Arc<EndpointSlice>>,
+        origin: &Origin,
+    ) -> Service {
+        let same = |b: &BuiltService| {
+            Arc::ptr_eq(&b.service, service)
+                && b.slices.len() == slices.len()
+                && b.slices.iter().zip(&slices).all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        let built = match self.old.remove(&key) {
+            Some(b) if same(&b) => b,
+            _ => BuiltService {
+                model: service_model(service, &slices, origin),
+                service: Arc::clone(service),
+                slices,
+            },
+        };
+        let model = built.model.clone();
+        self.new.insert(key, built);
+        model
+    }
 }
 
 /// Merges the remote clusters' services into the local ones by namespace sameness: one
 /// service per (namespace, name), its ports from the local Service when there is one (else
 /// from the first remote cluster's, by cluster name), the endpoints of every cluster. Each
 /// remote cluster's namespaces are selected by their own labels. Sorted by namespace and name.
-fn merge_remotes(local: Vec<Service>, remotes: &[Arc<RemoteStores>], selectors: &[LabelSelector]) -> Vec<Service> {
+fn merge_remotes(
+    local: Vec<Service>,
+    remotes: &[Arc<RemoteStores>],
+    selectors: &[LabelSelector],
+    memo: &mut Memo,
+) -> Vec<Service> {
     let mut merged: BTreeMap<(String, String), Service> = local
         .into_iter()
         .map(|s| ((s.namespace.clone(), s.name.clone()), s))
         .collect();
     for remote in remotes {
-        let in_mesh = |ns: &str| remote.in_mesh(selectors, ns);
-        for s in cluster_services(&remote.services, &remote.slices, &in_mesh, &remote.origin) {
+        let selected = selected_namespaces(&remote.namespaces, selectors);
+        let in_mesh = |ns: &str| selected.as_ref().is_none_or(|s| s.contains(ns));
+        for s in cluster_services(&remote.services, &remote.slices, &in_mesh, &remote.origin, memo) {
             match merged.entry((s.namespace.clone(), s.name.clone())) {
                 std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().endpoints.extend(s.endpoints),
                 std::collections::btree_map::Entry::Vacant(e) => {
@@ -437,6 +492,21 @@ fn merge_remotes(local: Vec<Service>, remotes: &[Arc<RemoteStores>], selectors: 
         }
     }
     merged.into_values().collect()
+}
+
+/// The namespaces `selectors` pick, worked out once per model rather than per object;
+/// `None` when there are no selectors (every namespace).
+fn selected_namespaces(namespaces: &Store<Namespace>, selectors: &[LabelSelector]) -> Option<HashSet<String>> {
+    if selectors.is_empty() {
+        return None;
+    }
+    let picked = namespaces
+        .state()
+        .iter()
+        .filter(|n| selectors.iter().any(|s| selector_matches(s, n.labels())))
+        .map(|n| n.name_any())
+        .collect();
+    Some(picked)
 }
 
 /// Why a label selector is not one Kubernetes would accept, if it is not: an unknown
@@ -798,6 +868,34 @@ pub(super) mod tests {
             .iter()
             .map(|e| (e.address.clone(), e.cluster.clone(), e.network.clone()))
             .collect()
+    }
+
+    #[test]
+    fn a_changed_slice_changes_its_model_and_the_models_built_before_are_kept_for_the_rest() {
+        let (slices, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for (svc, address) in [("greeter", "198.51.100.1"), ("other", "198.51.100.9")] {
+            writer.apply_watcher_event(&watcher::Event::InitApply(k8s_slice("shop", svc, &[address])));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let services = vec![
+            k8s_service("shop", "greeter", "grpc", 50051),
+            k8s_service("shop", "other", "grpc", 50051),
+        ];
+        let mut sources = Sources::from_objects(services, vec![], vec![]);
+        sources.slices = slices;
+        let addresses = |m: &MeshModel| -> Vec<Vec<String>> {
+            m.services
+                .iter()
+                .map(|s| s.endpoints.iter().map(|e| e.address.clone()).collect())
+                .collect()
+        };
+        let first = sources.model("r", &[], &local_origin());
+        assert_eq!(addresses(&first), [["198.51.100.1"], ["198.51.100.9"]]);
+        writer.apply_watcher_event(&watcher::Event::Apply(k8s_slice("shop", "greeter", &["198.51.100.2"])));
+        let second = sources.model("r", &[], &local_origin());
+        assert_eq!(addresses(&second), [["198.51.100.2"], ["198.51.100.9"]]);
+        assert_eq!(sources.built.lock().unwrap().len(), 2, "one model kept per service");
     }
 
     #[test]

@@ -24,10 +24,12 @@ struct Entry {
     clusters: Vec<(String, Encoded)>,
     /// Load assignments, by cluster name.
     endpoints: Vec<(String, Encoded)>,
+    /// The translation round that last saw the service.
+    round: u64,
 }
 
 /// The mesh's resources, encoded, by type and name.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct EncodedMesh {
     /// LDS.
     pub listeners: BTreeMap<String, Encoded>,
@@ -39,86 +41,188 @@ pub struct EncodedMesh {
     pub endpoints: BTreeMap<String, Encoded>,
 }
 
-/// What the last translation was made from, per service (`namespace/name`).
+/// Which of the mesh's types a translation changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// LDS.
+    pub listeners: bool,
+    /// RDS.
+    pub routes: bool,
+    /// CDS.
+    pub clusters: bool,
+    /// EDS.
+    pub endpoints: bool,
+}
+
+impl Changed {
+    const ALL: Changed = Changed {
+        listeners: true,
+        routes: true,
+        clusters: true,
+        endpoints: true,
+    };
+}
+
+/// The memory of the last translation: what each service was translated from, and the
+/// mesh's encoded resources, kept up to date in place.
 #[derive(Default)]
 pub struct Incremental {
     entries: HashMap<String, Entry>,
+    mesh: EncodedMesh,
     telemetry: Option<Telemetry>,
-    /// Services translated again by the last call (for tests and logs).
+    round: u64,
+    /// How many services the last call translated again (for tests and figures).
     pub last_translated: usize,
 }
 
 impl Incremental {
-    /// The mesh resources of `services` and `routes`, reusing what has not changed since the
-    /// previous call.
-    pub fn translate(&mut self, services: &[Service], routes: &[HttpRoute], telemetry: &Telemetry) -> EncodedMesh {
+    /// The mesh resources of `services`, translating again only what changed since the last
+    /// call, and which types changed.
+    pub fn translate(
+        &mut self,
+        services: &[Service],
+        routes: &[HttpRoute],
+        telemetry: &Telemetry,
+    ) -> (&EncodedMesh, Changed) {
+        let mut changed = Changed::default();
         if self.telemetry.as_ref() != Some(telemetry) {
-            // Every listener carries the telemetry settings.
+            // Telemetry is in every listener and cluster: everything again.
             self.entries.clear();
+            self.mesh = EncodedMesh::default();
             self.telemetry = Some(telemetry.clone());
+            if let Some(zipkin) = &telemetry.zipkin {
+                let cluster = mesh::zipkin_cluster(&zipkin.address);
+                self.mesh.clusters.insert(cluster.name.clone(), encode(&cluster));
+            }
+            changed = Changed::ALL;
         }
-        let mut out = EncodedMesh::default();
-        let mut live = HashMap::with_capacity(services.len());
+        self.round += 1;
         self.last_translated = 0;
         for svc in services {
             let key = format!("{}/{}", svc.namespace, svc.name);
             let attached: Vec<HttpRoute> = routes.iter().filter(|r| attached_to(r, svc)).cloned().collect();
-            let entry = match self.entries.remove(&key) {
-                Some(old) => self.refresh(old, svc, attached, routes, telemetry),
-                None => {
+            let old = self.entries.remove(&key);
+            let entry = match old {
+                Some(old) if same_service(&old, svc, &attached) => old,
+                old => {
                     self.last_translated += 1;
-                    fresh(svc, attached, routes, telemetry)
+                    let entry = translated(old.as_ref(), svc, attached, routes, telemetry);
+                    replace(&mut self.mesh, old.as_ref(), &entry, &mut changed);
+                    entry
                 }
             };
-            out.listeners.extend(entry.listeners.iter().cloned());
-            out.routes.extend(entry.route_configs.iter().cloned());
-            out.clusters.extend(entry.clusters.iter().cloned());
-            out.endpoints.extend(entry.endpoints.iter().cloned());
-            live.insert(key, entry);
+            self.entries.insert(
+                key,
+                Entry {
+                    round: self.round,
+                    ..entry
+                },
+            );
         }
-        // Services gone since the last call leave with the old map.
-        self.entries = live;
-        if let Some(zipkin) = &telemetry.zipkin {
-            let cluster = mesh::zipkin_cluster(&zipkin.address);
-            out.clusters.insert(cluster.name.clone(), encode(&cluster));
-        }
-        out
+        let (round, mesh) = (self.round, &mut self.mesh);
+        self.entries.retain(|_, e| {
+            if e.round != round {
+                remove(mesh, e, &mut changed);
+            }
+            e.round == round
+        });
+        (&self.mesh, changed)
     }
+}
 
-    /// `old` brought up to date with `svc`: its configuration re-derived if the service's
-    /// ports or routes changed, its load assignments if its ports or endpoints did.
-    fn refresh(
-        &mut self,
-        old: Entry,
-        svc: &Service,
-        attached: Vec<HttpRoute>,
-        routes: &[HttpRoute],
-        telemetry: &Telemetry,
-    ) -> Entry {
-        let same_ports = old.service.ports == svc.ports;
-        let same_config = same_ports && old.routes == attached;
-        let same_endpoints = same_ports && old.service.endpoints == svc.endpoints;
-        if same_config && same_endpoints {
-            return old;
-        }
-        self.last_translated += 1;
-        let mut entry = if same_config {
-            Entry {
-                service: svc.clone(),
-                routes: attached,
-                endpoints: Vec::new(),
-                ..old
-            }
-        } else {
-            let mut e = fresh(svc, attached, routes, telemetry);
-            if same_endpoints {
-                e.endpoints = old.endpoints;
-            }
-            return e;
+/// Whether `svc` with `attached` routes translates exactly as `old` did.
+fn same_service(old: &Entry, svc: &Service, attached: &[HttpRoute]) -> bool {
+    old.service.ports == svc.ports && old.routes == attached && old.service.endpoints == svc.endpoints
+}
+
+/// `svc` translated: its configuration again only when its ports or routes changed, its
+/// load assignments again only when its ports or endpoints did.
+fn translated(
+    old: Option<&Entry>,
+    svc: &Service,
+    attached: Vec<HttpRoute>,
+    routes: &[HttpRoute],
+    telemetry: &Telemetry,
+) -> Entry {
+    let Some(old) = old else {
+        return fresh(svc, attached, routes, telemetry);
+    };
+    let same_ports = old.service.ports == svc.ports;
+    let same_endpoints = same_ports && old.service.endpoints == svc.endpoints;
+    if same_ports && old.routes == attached {
+        return Entry {
+            service: svc.clone(),
+            routes: attached,
+            listeners: old.listeners.clone(),
+            route_configs: old.route_configs.clone(),
+            clusters: old.clusters.clone(),
+            endpoints: endpoints_of(svc),
+            round: 0,
         };
-        entry.endpoints = endpoints_of(svc);
-        entry
     }
+    let mut e = fresh(svc, attached, routes, telemetry);
+    if same_endpoints {
+        e.endpoints = old.endpoints.clone();
+    }
+    e
+}
+
+/// Puts `new`'s resources in the mesh in place of those of `old` (none for a new service),
+/// noting which types changed.
+fn replace(mesh: &mut EncodedMesh, old: Option<&Entry>, new: &Entry, changed: &mut Changed) {
+    fn swap(
+        map: &mut BTreeMap<String, Encoded>,
+        old: Option<&[(String, Encoded)]>,
+        new: &[(String, Encoded)],
+        changed: &mut bool,
+    ) {
+        if old == Some(new) {
+            return;
+        }
+        *changed = true;
+        for (name, _) in old.unwrap_or_default() {
+            map.remove(name);
+        }
+        map.extend(new.iter().cloned());
+    }
+    swap(
+        &mut mesh.listeners,
+        old.map(|o| &o.listeners[..]),
+        &new.listeners,
+        &mut changed.listeners,
+    );
+    swap(
+        &mut mesh.routes,
+        old.map(|o| &o.route_configs[..]),
+        &new.route_configs,
+        &mut changed.routes,
+    );
+    swap(
+        &mut mesh.clusters,
+        old.map(|o| &o.clusters[..]),
+        &new.clusters,
+        &mut changed.clusters,
+    );
+    swap(
+        &mut mesh.endpoints,
+        old.map(|o| &o.endpoints[..]),
+        &new.endpoints,
+        &mut changed.endpoints,
+    );
+}
+
+/// Takes a service that is gone out of the mesh.
+fn remove(mesh: &mut EncodedMesh, gone: &Entry, changed: &mut Changed) {
+    let empty = Entry {
+        service: gone.service.clone(),
+        routes: Vec::new(),
+        listeners: Vec::new(),
+        route_configs: Vec::new(),
+        clusters: Vec::new(),
+        endpoints: Vec::new(),
+        round: 0,
+    };
+    replace(mesh, Some(gone), &empty, changed);
 }
 
 /// Whether `route` attaches to any port of `svc`.
@@ -137,6 +241,7 @@ fn fresh(svc: &Service, attached: Vec<HttpRoute>, routes: &[HttpRoute], telemetr
         route_configs: Vec::new(),
         clusters: Vec::new(),
         endpoints: Vec::new(),
+        round: 0,
     };
     for port in &svc.ports {
         let (listener, route_config, cluster) = mesh::port_config(svc, port, routes, telemetry);
@@ -318,7 +423,7 @@ mod tests {
         let mut services: Vec<Service> = (0..50).map(|i| service(&mut rng, format!("svc-{i}"))).collect();
         let mut inc = Incremental::default();
         let tel = Telemetry::default();
-        let before = inc.translate(&services, &[], &tel);
+        let before = inc.translate(&services, &[], &tel).0.clone();
         assert_eq!(inc.last_translated, 50);
         services[3].endpoints.push(Endpoint {
             address: "198.51.100.99".into(),
@@ -329,7 +434,16 @@ mod tests {
             ready: true,
             terminating: false,
         });
-        let after = inc.translate(&services, &[], &tel);
+        let (after, changed) = inc.translate(&services, &[], &tel);
+        let after = after.clone();
+        assert_eq!(
+            changed,
+            Changed {
+                endpoints: true,
+                ..Changed::default()
+            },
+            "only load assignments changed"
+        );
         assert_eq!(inc.last_translated, 1, "only svc-3");
         assert_eq!(after.clusters, before.clusters, "no cluster changed");
         assert_eq!(after.listeners, before.listeners);
@@ -343,8 +457,9 @@ mod tests {
             !changed.is_empty() && changed.iter().all(|n| n.contains("svc-3.")),
             "{changed:?}"
         );
-        inc.translate(&services, &[], &tel);
+        let (_, changed) = inc.translate(&services, &[], &tel);
         assert_eq!(inc.last_translated, 0, "nothing changed, nothing translated");
+        assert_eq!(changed, Changed::default());
     }
 
     #[test]

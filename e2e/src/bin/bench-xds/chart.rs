@@ -109,7 +109,12 @@ fn draw_panel(
     let span = if hi > lo { hi - lo } else { 1.0 };
     let x = |s: usize| x0 + ((s as f64).log10() - lo) / span * (x1 - x0);
     let y = |v: f64| y0 - v / max * (y0 - y1);
-    let _ = writeln!(out, "<text x=\"{x0}\" y=\"{}\" font-weight=\"bold\">{}</text>", y1 - 8.0, panel.title);
+    let _ = writeln!(
+        out,
+        "<text x=\"{x0}\" y=\"{}\" font-weight=\"bold\">{}</text>",
+        y1 - 8.0,
+        panel.title
+    );
     for k in 0..=4 {
         let v = max * k as f64 / 4.0;
         let _ = writeln!(

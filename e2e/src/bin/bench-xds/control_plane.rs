@@ -92,7 +92,13 @@ pub fn start(primary: &Bed, services: usize) -> ControlPlane {
     );
     std::fs::write(&config, text).expect("write the mesh config");
     let child = Command::new(weft_bin())
-        .args(["control-plane", "--revision", REVISION, "--mesh-namespace", MESH_NAMESPACE])
+        .args([
+            "control-plane",
+            "--revision",
+            REVISION,
+            "--mesh-namespace",
+            MESH_NAMESPACE,
+        ])
         .arg("--kubeconfig")
         .arg(&primary.kubeconfig)
         .arg("--mesh-config")

@@ -38,6 +38,12 @@ const STREAMS: usize = 2000;
 #[tokio::main]
 async fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // `--translation N`: translation alone, in this process, for N services (no cluster).
+    if args.first().is_some_and(|a| a == "--translation") {
+        let n = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(SERVICES);
+        report::translation_figures(n);
+        return;
+    }
     let scale = args.first().is_some_and(|a| a == "--scale");
     if scale {
         args.remove(0);

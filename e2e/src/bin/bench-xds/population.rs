@@ -23,7 +23,10 @@ pub const TIERS: [(usize, &str); 4] = [
 
 /// The namespace of service `i`.
 pub fn namespace_of(i: usize) -> &'static str {
-    TIERS.iter().find(|(upto, _)| i < *upto).map_or(TIERS[3].1, |(_, ns)| ns)
+    TIERS
+        .iter()
+        .find(|(upto, _)| i < *upto)
+        .map_or(TIERS[3].1, |(_, ns)| ns)
 }
 
 /// The namespace label that selects the first `services` services (a `TIERS` count).

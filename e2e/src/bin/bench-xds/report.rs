@@ -43,7 +43,10 @@ pub fn print(f: &Figures, beds: &[Bed]) {
         f.streams,
         l.len()
     );
-    println!("  control plane CPU: {:.2} s to sync, {:.2} s in total", f.cpu_sync, f.cpu);
+    println!(
+        "  control plane CPU: {:.2} s to sync, {:.2} s in total",
+        f.cpu_sync, f.cpu
+    );
     println!("  initial configuration on every stream: {:?}", f.initial);
     println!(
         "  EndpointSlice change in {} -> all {} streams: p50 {:?}, p99 {:?}, max {:?} over {} changes (default debounce included: 10 ms quiet, 100 ms at most); streams dropped: {}",
@@ -107,14 +110,21 @@ pub fn translation_figures(count: usize) {
     let first = Snapshot::new(1, Instant::now(), &full);
     let encoded = t.elapsed();
     let mut incremental = Incremental::default();
-    incremental.translate(&services, &[], &telemetry);
+    let rest = translate_gateways(&services, &[], &[], &telemetry);
+    let second = Snapshot::assemble(
+        1,
+        Instant::now(),
+        incremental.translate(&services, &[], &telemetry),
+        &rest,
+        &first,
+    );
     services[7].endpoints.pop();
     let t = Instant::now();
     let mesh = incremental.translate(&services, &[], &telemetry);
     let again = t.elapsed();
     let t = Instant::now();
     let rest = translate_gateways(&services, &[], &[], &telemetry);
-    drop(Snapshot::assemble(2, Instant::now(), mesh, &rest, &first));
+    drop(Snapshot::assemble(2, Instant::now(), mesh, &rest, &second));
     let assembled = t.elapsed();
     println!(
         "  translation of {count} services, in this process: in full {translated:?} + encoding {encoded:?}; \
@@ -152,7 +162,9 @@ fn table(points: &[Figures]) -> String {
 /// Prints the curve, and writes it into the README and `docs/bench/` when asked to.
 pub fn curve(points: &[Figures], load_at_start: &str) {
     let table = table(points);
-    println!("scaling curve (state of the world, each stream 20 clusters and their 20 load assignments by name; 20 changes per point):\n{table}");
+    println!(
+        "scaling curve (state of the world, each stream 20 clusters and their 20 load assignments by name; 20 changes per point):\n{table}"
+    );
     let Some(repo) = std::env::var_os("WEFT_BENCH_DOCS") else {
         return;
     };

@@ -81,7 +81,14 @@ pub async fn run(beds: &[Bed], sc: &Scenario) -> Figures {
     for id in 0..sc.streams {
         let channel = channels[id / STREAMS_PER_CONNECTION].clone();
         let reports = report_tx.clone();
-        tokio::spawn(clients::run_stream(channel, id, sc.services, sc.protocol, sc.shape, reports));
+        tokio::spawn(clients::run_stream(
+            channel,
+            id,
+            sc.services,
+            sc.protocol,
+            sc.shape,
+            reports,
+        ));
     }
     let initial = wait_initial(&mut reports, sc, t0).await;
     let (loaded_rss, _) = proc_stat(pid);
