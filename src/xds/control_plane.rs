@@ -84,6 +84,9 @@ impl Default for Limits {
 /// How long the sources must be quiet before freed memory is handed back.
 const TRIM_AFTER: Duration = Duration::from_millis(500);
 
+/// How often freed memory is handed back while the sources stay quiet.
+const TRIM_EVERY: Duration = Duration::from_secs(5);
+
 /// Hands freed heap memory back to the system. A translation allocates and frees many
 /// small objects; glibc keeps freed chunks in its arenas, so without this the resident size
 /// ratchets up with every change although nothing is live.
@@ -425,12 +428,15 @@ impl Translator {
             // Freed memory goes back to the system once changes pause, not between a
             // snapshot and its pushes: trimming walks the allocator's arenas under their
             // locks, and the streams are allocating their responses.
-            if tokio::time::timeout(TRIM_AFTER, self.sources.changed.notified())
+            // While quiet, again now and then: streams that connect, ask and go quiet leave
+            // freed memory behind too.
+            let mut wait = TRIM_AFTER;
+            while tokio::time::timeout(wait, self.sources.changed.notified())
                 .await
                 .is_err()
             {
                 release_free_memory();
-                self.sources.changed.notified().await;
+                wait = TRIM_EVERY;
             }
             changed_at = Instant::now();
             quiet(&self.sources.changed, self.debounce).await;

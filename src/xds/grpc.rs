@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use http_body::Frame;
 use prost::Message;
 use tokio::sync::Notify;
+use tonic::codec::BufferSettings;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::codegen::{Service, StdError};
 use tonic::server::NamedService;
@@ -374,8 +375,15 @@ where
     B: http_body::Body + Send + 'static,
     B::Error: Into<StdError>,
 {
-    Streaming::new_request(ProstDecoder::<M>::default(), body, None, Some(max))
+    // Requests are small (an ACK names at most what the stream holds); tonic's default
+    // 8 KiB read buffer per stream would be most of a stream's memory at thousands of
+    // streams. The buffer grows for a larger request.
+    let decoder = ProstDecoder::<M>::new(BufferSettings::new(REQUEST_BUFFER_BYTES, 32 * 1024));
+    Streaming::new_request(decoder, body, None, Some(max))
 }
+
+/// The initial read buffer of a stream's requests.
+const REQUEST_BUFFER_BYTES: usize = 1024;
 
 impl<H, B> Service<http::Request<B>> for AdsService<H>
 where

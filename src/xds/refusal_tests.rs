@@ -414,6 +414,69 @@ async fn a_stream_that_is_not_read_is_closed_with_a_status() {
     );
 }
 
+/// Pushes go to each stream on its own: a client that stops reading, its responses backed
+/// up on the server, holds up no other stream; every snapshot reaches the one that reads.
+#[tokio::test]
+async fn a_stream_that_is_not_read_delays_no_other() {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use prost::Message;
+    let mut limits = Limits::default();
+    limits.frame.max_queued_bytes = 16 * 1024;
+    let (cache, served) = serve(limits).await;
+    let open = |url: String| async move {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await
+            .unwrap();
+        let (tx, requests) = mpsc::channel(8);
+        let rx = AggregatedDiscoveryServiceClient::new(channel)
+            .stream_aggregated_resources(ReceiverStream::new(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(first(CLUSTER, &[], "rev-a")).await.unwrap();
+        (tx, rx)
+    };
+    let (_stalled_tx, _stalled) = open(served.url.clone()).await;
+    let (_tx, mut reader) = open(served.url.clone()).await;
+    for version in 2..12u64 {
+        // 300 clusters: more than the stalled stream's HTTP/2 window and queue hold.
+        let services: Vec<_> = (0..300)
+            .map(|i| service(&format!("svc-{i}-v{version}"), &["198.51.100.2"]))
+            .collect();
+        cache.publish(snapshot(version, &services));
+        let wanted = format!("svc-0-v{version}.");
+        loop {
+            let response = tokio::time::timeout(Duration::from_secs(5), reader.message())
+                .await
+                .unwrap_or_else(|_| panic!("snapshot {version} did not reach the stream that reads within 5 s"))
+                .unwrap()
+                .unwrap();
+            let names: Vec<String> = response
+                .resources
+                .iter()
+                .map(|r| Cluster::decode(r.value.as_slice()).unwrap().name)
+                .collect();
+            if names.iter().any(|n| n.contains(&wanted)) {
+                break;
+            }
+        }
+    }
+    let metrics = served.metrics.encode();
+    assert!(
+        metrics.contains("weft_xds_streams{type=\"sotw\"} 2"),
+        "both streams open:\n{metrics}"
+    );
+    assert_eq!(
+        served.metrics.refusals(Refusal::SlowReader),
+        0,
+        "the stalled stream is still open"
+    );
+}
+
 #[tokio::test]
 async fn a_connection_without_streams_is_closed_after_the_idle_timeout() {
     let limits = Limits {

@@ -23,7 +23,7 @@ struct Panel {
 const PANELS: [Panel; 4] = [
     Panel {
         title: "Peak resident memory (MiB)",
-        value: |f| f.rss_kib[3] as f64 / 1024.0,
+        value: |f| f.rss_kib[4] as f64 / 1024.0,
     },
     Panel {
         title: "Control plane CPU (s)",

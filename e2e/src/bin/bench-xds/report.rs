@@ -26,7 +26,7 @@ fn shape(f: &Figures) -> &'static str {
 
 /// Prints one run's figures.
 pub fn print(f: &Figures, beds: &[Bed]) {
-    let [idle, loaded, after, peak] = f.rss_kib;
+    let [idle, loaded, settled, after, peak] = f.rss_kib;
     let (l, w) = (&f.latencies, &f.watch);
     println!(
         "xDS benchmark: {} ({} cluster(s) x {} services x 5 endpoints, {} streams over {} connections: {}; load {})",
@@ -39,7 +39,7 @@ pub fn print(f: &Figures, beds: &[Bed]) {
         load_average()
     );
     println!(
-        "  control plane resident memory: {idle} KiB synced and idle, {loaded} KiB with {} streams, {after} KiB after {} changes, {peak} KiB peak",
+        "  control plane resident memory: {idle} KiB synced and idle, {loaded} KiB as soon as {} streams are configured, {settled} KiB settled (6 s later), {after} KiB after {} changes, {peak} KiB peak",
         f.streams,
         l.len()
     );
@@ -135,7 +135,7 @@ pub fn translation_figures(count: usize) {
 /// One point's cells for the table: memory MiB, CPU s, initial s, p99 ms.
 fn cells(f: &Figures) -> [f64; 4] {
     [
-        f.rss_kib[3] as f64 / 1024.0,
+        f.rss_kib[4] as f64 / 1024.0,
         f.cpu,
         f.initial.as_secs_f64(),
         percentile(&f.latencies, 0.99).as_secs_f64() * 1000.0,

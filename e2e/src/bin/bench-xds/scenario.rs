@@ -15,6 +15,9 @@ use crate::clients::{self, PER_STREAM, Protocol, Report, SHARED, Seen, Shape};
 use crate::control_plane::{self as cp, proc_stat, status_kib};
 use crate::population::{namespace_of, slice};
 
+/// How long streams are left quiet before memory is sampled again.
+const SETTLE: Duration = Duration::from_secs(6);
+
 /// Streams per HTTP/2 connection (the control plane's default limit).
 const STREAMS_PER_CONNECTION: usize = 100;
 
@@ -42,9 +45,9 @@ pub struct Figures {
     pub connections: usize,
     pub protocol: Protocol,
     pub shape: Shape,
-    /// Resident KiB: synced with no streams, with every stream configured, after the
-    /// changes, and the peak.
-    pub rss_kib: [u64; 4],
+    /// Resident KiB: synced with no streams, as soon as every stream is configured, the
+    /// same once settled, after the changes, and the peak.
+    pub rss_kib: [u64; 5],
     /// CPU seconds to sync, and in all.
     pub cpu_sync: f64,
     pub cpu: f64,
@@ -92,6 +95,10 @@ pub async fn run(beds: &[Bed], sc: &Scenario) -> Figures {
     }
     let initial = wait_initial(&mut reports, sc, t0).await;
     let (loaded_rss, _) = proc_stat(pid);
+    // Resident memory once quiet: not a wait for anything, a second sample after a set
+    // quiet time, in which the control plane hands freed memory back (every 5 s while quiet).
+    tokio::time::sleep(SETTLE).await;
+    let (settled_rss, _) = proc_stat(pid);
 
     let changed = &beds[beds.len() - 1];
     let before = cp::histograms(control_plane.monitoring);
@@ -112,7 +119,7 @@ pub async fn run(beds: &[Bed], sc: &Scenario) -> Figures {
         connections: sc.connections(),
         protocol: sc.protocol,
         shape: sc.shape,
-        rss_kib: [idle_rss, loaded_rss, final_rss, peak_rss],
+        rss_kib: [idle_rss, loaded_rss, settled_rss, final_rss, peak_rss],
         cpu_sync,
         cpu,
         initial,
