@@ -95,12 +95,17 @@ async fn main_case(beds: &[Bed]) {
 async fn scale_curve(bed: &Bed) {
     let load = report::load_average();
     let started = Instant::now();
+    // WEFT_BENCH_POINTS=10000x100,... runs only those points (while working on one).
+    let only = std::env::var("WEFT_BENCH_POINTS").unwrap_or_default();
     let mut points = Vec::new();
     let mut populated = 0;
     for (services, _) in population::TIERS {
         population::populate(bed, 0, populated, services).await;
         populated = services;
         for streams in [100, 1000, 10_000] {
+            if !only.is_empty() && !only.split(',').any(|p| p == format!("{services}x{streams}")) {
+                continue;
+            }
             let sc = Scenario {
                 services,
                 streams,
@@ -114,5 +119,5 @@ async fn scale_curve(bed: &Bed) {
         }
     }
     println!("scaling curve done in {:.0?}", started.elapsed());
-    report::curve(&points, &load);
+    report::curve(&points, &load, only.is_empty());
 }

@@ -159,13 +159,14 @@ fn table(points: &[Figures]) -> String {
     out
 }
 
-/// Prints the curve, and writes it into the README and `docs/bench/` when asked to.
-pub fn curve(points: &[Figures], load_at_start: &str) {
+/// Prints the curve, and writes it into the README and `docs/bench/` when asked to and
+/// `complete` (every point was measured).
+pub fn curve(points: &[Figures], load_at_start: &str, complete: bool) {
     let table = table(points);
     println!(
         "scaling curve (state of the world, each stream 20 clusters and their 20 load assignments by name; 20 changes per point):\n{table}"
     );
-    let Some(repo) = std::env::var_os("WEFT_BENCH_DOCS") else {
+    let Some(repo) = std::env::var_os("WEFT_BENCH_DOCS").filter(|_| complete) else {
         return;
     };
     let repo = Path::new(&repo);
