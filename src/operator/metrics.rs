@@ -2,6 +2,7 @@
 //! alerts work, plus Weft's own.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::failures::Failures;
+use super::requests::ApiRequests;
 use crate::watch_health::WatchHealth;
 
 /// `controller` label.
@@ -85,6 +87,10 @@ pub struct Metrics {
     pub watches: WatchHealth,
     /// Reconciles that keep failing (`weft_reconcile_failing`), which readiness also reads.
     pub failures: Failures,
+    /// Every API request (`weft_api_requests_total`), counted by the client.
+    pub requests: ApiRequests,
+    /// Reconciles finished and running, of every controller (for memory trimming).
+    activity: Arc<(AtomicU64, AtomicI64)>,
 }
 
 impl Default for Metrics {
@@ -159,6 +165,8 @@ impl Metrics {
         watches.register(&mut r);
         let failures = Failures::default();
         failures.register(&mut r);
+        let requests = ApiRequests::default();
+        requests.register(&mut r);
         Metrics {
             registry: Arc::new(r),
             reconcile_total,
@@ -173,6 +181,8 @@ impl Metrics {
             revision_steps,
             watches,
             failures,
+            requests,
+            activity: Arc::default(),
         }
     }
 
@@ -182,6 +192,7 @@ impl Metrics {
             controller: controller.to_string(),
         };
         self.active_workers.get_or_create(&labels).inc();
+        self.activity.1.fetch_add(1, Ordering::Relaxed);
         ReconcileTimer {
             metrics: self.clone(),
             labels,
@@ -196,6 +207,16 @@ impl Metrics {
                 controller: controller.to_string(),
             })
             .get()
+    }
+
+    /// Reconciles finished so far, of every controller.
+    pub fn reconciles_finished(&self) -> u64 {
+        self.activity.0.load(Ordering::Relaxed)
+    }
+
+    /// Reconciles running now, of every controller.
+    pub fn reconciles_running(&self) -> i64 {
+        self.activity.1.load(Ordering::Relaxed)
     }
 
     /// Counts a reconcile outcome.
@@ -265,5 +286,7 @@ impl Drop for ReconcileTimer {
             .get_or_create(&self.labels)
             .observe(elapsed.as_secs_f64());
         self.metrics.active_workers.get_or_create(&self.labels).dec();
+        self.metrics.activity.1.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.activity.0.fetch_add(1, Ordering::Relaxed);
     }
 }
