@@ -66,6 +66,16 @@ fn reconcile_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
+/// The metrics that keep their own state (watch health, failing reconciles, API requests),
+/// registered in `r`.
+fn registered_parts(r: &mut Registry) -> (WatchHealth, Failures, ApiRequests) {
+    let (watches, failures, requests) = (WatchHealth::default(), Failures::default(), ApiRequests::default());
+    watches.register(r);
+    failures.register(r);
+    requests.register(r);
+    (watches, failures, requests)
+}
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -161,12 +171,7 @@ impl Metrics {
             "Steps of revision upgrades: created, tag_moved, promoted, held, pruned",
             revision_steps.clone(),
         );
-        let watches = WatchHealth::default();
-        watches.register(&mut r);
-        let failures = Failures::default();
-        failures.register(&mut r);
-        let requests = ApiRequests::default();
-        requests.register(&mut r);
+        let (watches, failures, requests) = registered_parts(&mut r);
         Metrics {
             registry: Arc::new(r),
             reconcile_total,

@@ -311,6 +311,7 @@ impl Counts {
         let mut v: Vec<_> = by.into_iter().collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
         v.iter()
+            .filter(|(_, n)| n / per >= 0.005)
             .map(|(k, n)| format!("{k} {:.2}", n / per))
             .collect::<Vec<_>>()
             .join(", ")
@@ -321,6 +322,25 @@ impl Counts {
 fn apf_rejected(bed: &Bed) -> f64 {
     let text = bed.kubectl(&["get", "--raw", "/metrics"]).unwrap_or_default();
     sum_metric(&text, "apiserver_flowcontrol_rejected_requests_total")
+}
+
+/// Seconds kube-controller-manager's requests have waited on its client-side rate limiter
+/// (`--kube-api-qps`, 20 by default): how much of a rollout is the test bed's own pace.
+fn controller_manager_throttled(bed: &Bed) -> f64 {
+    let dir = bed.kubeconfig.parent().expect("cluster dir");
+    let port = std::fs::read_to_string(dir.join("ports.env"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("CONTROLLER_MANAGER_PORT=").map(str::to_string))
+        .unwrap_or_default();
+    let (cert, key) = (dir.join("pki/admin.crt"), dir.join("pki/admin.key"));
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--cert", cert.to_str().expect("path"), "--key", key.to_str().expect("path")])
+        .arg(format!("https://127.0.0.1:{port}/metrics"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    sum_metric(&out, "rest_client_rate_limiter_duration_seconds_sum")
 }
 
 /// Samples the operator's request count once a second (a measurement, not a
@@ -466,6 +486,8 @@ struct Milestones {
     applied: Option<Duration>,
     /// Every gateway was Ready on the new revision.
     ready: Option<Duration>,
+    /// Seconds kube-controller-manager's requests waited on its own rate limiter meanwhile.
+    controller_manager_throttled: f64,
 }
 
 /// One look at the tag move's progress; `Ok` when everything is done.
@@ -535,7 +557,7 @@ async fn tag_move_probe(bed: &Bed, start: Instant, m: &Mutex<Milestones>) -> Res
 
 /// A tag move: the upgrade's promotion re-targets every gateway.
 async fn tag_move(bed: &Bed, op: &Operator) -> (Milestones, Counts) {
-    let before = Counts::read(op);
+    let (before, kcm) = (Counts::read(op), controller_manager_throttled(bed));
     let api: Api<MeshInstall> = Api::all(bed.client.clone());
     let start = Instant::now();
     api.patch(
@@ -551,7 +573,9 @@ async fn tag_move(bed: &Bed, op: &Operator) -> (Milestones, Counts) {
     })
     .await;
     settle(op).await;
-    (milestones.into_inner().expect("lock"), Counts::read(op).since(&before))
+    let mut m = milestones.into_inner().expect("lock");
+    m.controller_manager_throttled = controller_manager_throttled(bed) - kcm;
+    (m, Counts::read(op).since(&before))
 }
 
 fn peak_rss(pid: u32) -> String {
@@ -645,6 +669,10 @@ async fn gateways_at_scale(bed: &Bed) {
         moved.mesh_reconciles
     );
     println!("      requests per gateway by verb: {}", moved.breakdown(per));
+    println!(
+        "      meanwhile kube-controller-manager's requests waited {:.0} s in all on its client-side rate limiter (--kube-api-qps, default 20)",
+        m.controller_manager_throttled
+    );
     println!(
         "      an unrelated gateway (another mesh) created as the tag moved: reconciled in {}, Ready in {}",
         s(m.other_reconciled),
