@@ -294,11 +294,11 @@ impl Counts {
     }
 
     fn throttled(&self) -> f64 {
+        // From 0.0: an empty f64 sum is -0.
         self.requests
             .iter()
             .filter(|(k, _)| k.ends_with(" 429"))
-            .map(|(_, v)| v)
-            .sum()
+            .fold(0.0, |sum, (_, v)| sum + v)
     }
 
     /// `verb resource: n` per gateway, largest first.
@@ -335,7 +335,13 @@ fn controller_manager_throttled(bed: &Bed) -> f64 {
         .unwrap_or_default();
     let (cert, key) = (dir.join("pki/admin.crt"), dir.join("pki/admin.key"));
     let out = std::process::Command::new("curl")
-        .args(["-sk", "--cert", cert.to_str().expect("path"), "--key", key.to_str().expect("path")])
+        .args([
+            "-sk",
+            "--cert",
+            cert.to_str().expect("path"),
+            "--key",
+            key.to_str().expect("path"),
+        ])
         .arg(format!("https://127.0.0.1:{port}/metrics"))
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
