@@ -1,8 +1,8 @@
 //! The operator's resident memory. Its heap grows in bursts (a relist, a tag move
 //! reconciling every gateway) and glibc keeps what was freed: in one arena per thread
 //! that ever allocated (up to eight per core), and at the top of each heap until trimmed.
-//! Two arenas and a trim after each burst of reconciles keep resident memory near what is
-//! live.
+//! Two arenas and a trim every few seconds while reconciles run keep resident memory near
+//! what is live.
 
 use std::time::Duration;
 
@@ -31,14 +31,15 @@ pub fn release_free_memory() {
     }
 }
 
-/// Releases free memory after each burst of reconciles: whenever reconciles ran since the
-/// last look and none is running now. Runs until dropped.
+/// Releases free memory while reconciles run and after: every [`TRIM_EVERY`] in which a
+/// reconcile finished (a long burst, such as a tag move re-targeting 500 gateways, is
+/// trimmed as it goes, which keeps the peak down). Runs until dropped.
 pub async fn trim_after_work(metrics: Metrics) {
     let mut seen = metrics.reconciles_finished();
     loop {
         tokio::time::sleep(TRIM_EVERY).await;
         let now = metrics.reconciles_finished();
-        if now != seen && metrics.reconciles_running() == 0 {
+        if now != seen {
             seen = now;
             release_free_memory();
         }

@@ -2,7 +2,7 @@
 //! alerts work, plus Weft's own.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -99,8 +99,8 @@ pub struct Metrics {
     pub failures: Failures,
     /// Every API request (`weft_api_requests_total`), counted by the client.
     pub requests: ApiRequests,
-    /// Reconciles finished and running, of every controller (for memory trimming).
-    activity: Arc<(AtomicU64, AtomicI64)>,
+    /// Reconciles finished, of every controller (for memory trimming).
+    finished: Arc<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -187,7 +187,7 @@ impl Metrics {
             watches,
             failures,
             requests,
-            activity: Arc::default(),
+            finished: Arc::default(),
         }
     }
 
@@ -197,7 +197,6 @@ impl Metrics {
             controller: controller.to_string(),
         };
         self.active_workers.get_or_create(&labels).inc();
-        self.activity.1.fetch_add(1, Ordering::Relaxed);
         ReconcileTimer {
             metrics: self.clone(),
             labels,
@@ -216,12 +215,7 @@ impl Metrics {
 
     /// Reconciles finished so far, of every controller.
     pub fn reconciles_finished(&self) -> u64 {
-        self.activity.0.load(Ordering::Relaxed)
-    }
-
-    /// Reconciles running now, of every controller.
-    pub fn reconciles_running(&self) -> i64 {
-        self.activity.1.load(Ordering::Relaxed)
+        self.finished.load(Ordering::Relaxed)
     }
 
     /// Counts a reconcile outcome.
@@ -291,7 +285,6 @@ impl Drop for ReconcileTimer {
             .get_or_create(&self.labels)
             .observe(elapsed.as_secs_f64());
         self.metrics.active_workers.get_or_create(&self.labels).dec();
-        self.metrics.activity.1.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.activity.0.fetch_add(1, Ordering::Relaxed);
+        self.metrics.finished.fetch_add(1, Ordering::Relaxed);
     }
 }
