@@ -241,6 +241,9 @@ struct OperatorArgs {
     remote_recheck_seconds: u64,
 }
 
+/// The operator's runtime worker threads.
+const OPERATOR_WORKERS: usize = 2;
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
@@ -368,16 +371,20 @@ fn remote_secret(args: RemoteSecretArgs) -> Result<()> {
     Ok(())
 }
 
-/// A client for the kubeconfig given, or the usual defaults.
-async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
-    let config = match kubeconfig {
+/// The client configuration for the kubeconfig given, or the usual defaults.
+async fn config(kubeconfig: Option<&Path>) -> Result<Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
         }
         None => Config::infer().await?,
-    };
-    Ok(Client::try_from(config)?)
+    })
+}
+
+/// A client for the kubeconfig given, or the usual defaults.
+async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    Ok(Client::try_from(config(kubeconfig).await?)?)
 }
 
 fn control_plane(args: ControlPlaneArgs) -> Result<()> {
@@ -414,11 +421,17 @@ fn operator(args: OperatorArgs) -> Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "weft".into());
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    weft::operator::memory::limit_arenas();
+    // Reconciles mostly wait for the API server: two workers keep up with thousands of
+    // objects, and each further worker would hold its own share of freed memory.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(OPERATOR_WORKERS)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
-        let client = client(args.kubeconfig.as_deref()).await?;
+        let config = config(args.kubeconfig.as_deref()).await?;
         weft::operator::run(
-            client,
+            config,
             weft::operator::Options {
                 lease: weft::operator::leader::LeaseOptions {
                     namespace: args.leader_election_namespace,

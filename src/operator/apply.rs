@@ -198,9 +198,10 @@ async fn hand_over_replicas(
 
 /// Applies every manifest, then prunes what `owner` has and no longer wants (only objects
 /// of `revision`, when given); what changed is logged and recorded as one Event. Every
-/// object that would change is first applied as a server-side dry run, so an object the
-/// API server refuses stops the whole apply before anything is written: never half a
-/// revision.
+/// object that would change but the first is first applied as a server-side dry run (all
+/// at once), and the first is applied before the others, so an object the API server
+/// refuses stops the whole apply before anything is written: never half a revision. (The
+/// first needs no dry run: its own apply is the first write.)
 pub async fn converge<K: Resource<DynamicType = ()>>(
     shared: &Shared,
     index: &OwnedIndex,
@@ -210,11 +211,12 @@ pub async fn converge<K: Resource<DynamicType = ()>>(
 ) -> Result<(), ApplyError> {
     let (client, metrics) = (&shared.client, &shared.metrics);
     let changed = changed(index, manifests);
-    for (m, live) in &changed {
-        if !binds_a_role_not_yet_created(index, manifests, m) {
-            patch(client, m, live.is_some(), true).await?;
-        }
-    }
+    let checks = changed
+        .iter()
+        .skip(1)
+        .filter(|(m, _)| !binds_a_role_not_yet_created(index, manifests, m))
+        .map(|(m, live)| patch(client, m, live.is_some(), true));
+    futures::future::try_join_all(checks).await?;
     let mut changes = Vec::new();
     for (m, live) in &changed {
         apply(client, metrics, m, live.as_ref()).await?;

@@ -26,7 +26,7 @@ use super::conditions::{Conditioned, retrying};
 use super::error::Error;
 use super::failures::Failures;
 use super::index::OwnedStream;
-use super::queue::{Queue, describe, key};
+use super::queue::{Queue, describe, key, paced};
 use super::shared::Shared;
 use super::status;
 use super::watch::Guarded;
@@ -78,22 +78,23 @@ where
         }
     }
 
-    /// Each object of another shared watch triggers the objects `map` names.
+    /// Each object of another shared watch triggers the objects `map` names. One change
+    /// may name many (a tag move, every gateway of its mesh): they enter the queue as it
+    /// makes room ([`paced`]), so other objects' triggers do not wait behind all of them.
     pub fn watches<O>(
         mut self,
         changed: impl Stream<Item = Arc<O>> + Send + 'static,
         map: impl Fn(&O) -> Vec<Ref<K>> + Send + Sync + 'static,
     ) -> Triggers<K>
     where
-        O: Clone + Resource + DeserializeOwned + Debug + Send + 'static,
-        O::DynamicType: Default + Debug + Clone,
+        O: Send + Sync + 'static,
     {
         let q = self.queue.clone();
-        self.controller = self.controller.watches_shared_stream(changed, move |o: Arc<O>| {
-            let refs = map(&o);
-            refs.iter().for_each(|r| q.added(&key(r)));
-            refs
-        });
+        let named = changed.flat_map(move |o| futures::stream::iter(map(&o)));
+        let released = paced(named, &self.queue, usize::from(self.shared.concurrency.max(1)));
+        self.controller = self
+            .controller
+            .reconcile_on(released.inspect(move |r| q.added(&key(r))));
         self
     }
 

@@ -2,6 +2,7 @@
 //! alerts work, plus Weft's own.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::failures::Failures;
+use super::requests::ApiRequests;
 use crate::watch_health::WatchHealth;
 
 /// `controller` label.
@@ -64,6 +66,16 @@ fn reconcile_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
+/// The metrics that keep their own state (watch health, failing reconciles, API requests),
+/// registered in `r`.
+fn registered_parts(r: &mut Registry) -> (WatchHealth, Failures, ApiRequests) {
+    let (watches, failures, requests) = (WatchHealth::default(), Failures::default(), ApiRequests::default());
+    watches.register(r);
+    failures.register(r);
+    requests.register(r);
+    (watches, failures, requests)
+}
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -85,6 +97,10 @@ pub struct Metrics {
     pub watches: WatchHealth,
     /// Reconciles that keep failing (`weft_reconcile_failing`), which readiness also reads.
     pub failures: Failures,
+    /// Every API request (`weft_api_requests_total`), counted by the client.
+    pub requests: ApiRequests,
+    /// Reconciles finished, of every controller (for memory trimming).
+    finished: Arc<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -155,10 +171,7 @@ impl Metrics {
             "Steps of revision upgrades: created, tag_moved, promoted, held, pruned",
             revision_steps.clone(),
         );
-        let watches = WatchHealth::default();
-        watches.register(&mut r);
-        let failures = Failures::default();
-        failures.register(&mut r);
+        let (watches, failures, requests) = registered_parts(&mut r);
         Metrics {
             registry: Arc::new(r),
             reconcile_total,
@@ -173,6 +186,8 @@ impl Metrics {
             revision_steps,
             watches,
             failures,
+            requests,
+            finished: Arc::default(),
         }
     }
 
@@ -196,6 +211,11 @@ impl Metrics {
                 controller: controller.to_string(),
             })
             .get()
+    }
+
+    /// Reconciles finished so far, of every controller.
+    pub fn reconciles_finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
     }
 
     /// Counts a reconcile outcome.
@@ -265,5 +285,6 @@ impl Drop for ReconcileTimer {
             .get_or_create(&self.labels)
             .observe(elapsed.as_secs_f64());
         self.metrics.active_workers.get_or_create(&self.labels).dec();
+        self.metrics.finished.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -20,11 +20,13 @@ pub mod failures;
 pub mod health;
 pub mod index;
 pub mod leader;
+pub mod memory;
 pub mod mesh_gateway;
 pub mod mesh_install;
 pub mod metrics;
 pub mod queue;
 pub mod remote_cluster;
+pub mod requests;
 pub mod shared;
 pub mod status;
 pub mod watch;
@@ -82,6 +84,9 @@ pub enum RunError {
         "the leader-election namespace {0} does not exist in this cluster: create it (kubectl create namespace {0}) or name another with --leader-election-namespace"
     )]
     LeaseNamespaceMissing(String),
+    /// The API client could not be built from the configuration.
+    #[error("cannot build the API client: {0}")]
+    Client(#[source] kube::Error),
 }
 
 /// Fails when the Lease's namespace is missing. Any other answer (such as an API server
@@ -94,10 +99,12 @@ async fn check_lease_namespace(client: &Client, namespace: &str) -> Result<(), R
     }
 }
 
-/// Runs until SIGTERM: reconciles only while this process holds the Lease.
-pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
-    check_lease_namespace(&client, &opts.lease.namespace).await?;
+/// Runs until SIGTERM: reconciles only while this process holds the Lease. Every request
+/// of its client, built from `config`, is counted in its metrics.
+pub async fn run(config: kube::Config, opts: Options) -> Result<(), RunError> {
     let metrics = Metrics::new();
+    let client = requests::client(config, &metrics.requests).map_err(RunError::Client)?;
+    check_lease_namespace(&client, &opts.lease.namespace).await?;
     let health = Arc::new(Health::checking(vec![
         Arc::new(metrics.watches.clone()),
         Arc::new(metrics.failures.clone()),
@@ -109,6 +116,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         let _ = stop_tx.send(true);
     });
     let endpoints = serve_endpoints(&opts, &metrics, &health, &stop).await?;
+    let trim = tokio::spawn(memory::trim_after_work(metrics.clone()));
     info!(identity = %opts.lease.identity, "operator starting");
 
     // Ready while the API server answers the election (leader or standby) and, while
@@ -131,6 +139,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
 
     info!("controllers stopped; releasing the lease");
     lease.release().await;
+    trim.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), endpoints).await;
     info!("stopped");
     Ok(())

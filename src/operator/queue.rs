@@ -2,8 +2,14 @@
 //! `workqueue_depth` means what it means in controller-runtime. Every trigger of a
 //! controller goes through `controller::Triggers`, which counts it here.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::FusedStream;
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
 
 use kube::runtime::reflector::ObjectRef;
 
@@ -34,6 +40,8 @@ pub struct Queue {
     name: NameLabels,
     pending: Arc<Mutex<HashSet<String>>>,
     metrics: Metrics,
+    /// How many wait, for [`paced`] to watch.
+    depth: Arc<watch::Sender<usize>>,
 }
 
 impl Queue {
@@ -43,6 +51,7 @@ impl Queue {
             name: NameLabels { name: name.to_string() },
             pending: Arc::default(),
             metrics,
+            depth: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -55,6 +64,7 @@ impl Queue {
                 .workqueue_depth
                 .get_or_create(&self.name)
                 .set(pending.len() as i64);
+            self.depth.send_replace(pending.len());
         }
     }
 
@@ -66,8 +76,51 @@ impl Queue {
                 .workqueue_depth
                 .get_or_create(&self.name)
                 .set(pending.len() as i64);
+            self.depth.send_replace(pending.len());
         }
     }
+}
+
+/// How long [`paced`] holds its next object at most, should the queue not move (a trigger
+/// counted but never started would otherwise hold the rest for good).
+const PACE_AT_MOST: Duration = Duration::from_secs(1);
+
+/// Passes `refs` on as the queue makes room: while `limit` objects or more wait in `queue`,
+/// the next is held. A change that names many objects at once (a tag move names every
+/// gateway of its mesh) thus enters the queue a few at a time, and a trigger of any other
+/// object waits behind those few, not behind all of them. Each object is held once.
+pub fn paced<R, S>(refs: S, queue: &Queue, limit: usize) -> impl Stream<Item = R> + Send + 'static
+where
+    R: Clone + Eq + Hash + Send + Sync + 'static,
+    S: Stream<Item = R> + Send + 'static,
+{
+    let state = (refs.boxed().fuse(), VecDeque::<R>::new(), queue.depth.subscribe());
+    futures::stream::unfold(state, move |(mut refs, mut held, mut depth)| async move {
+        loop {
+            if !held.is_empty() && *depth.borrow_and_update() < limit {
+                let next = held.pop_front()?;
+                return Some((next, (refs, held, depth)));
+            }
+            if refs.is_terminated() && held.is_empty() {
+                return None;
+            }
+            tokio::select! {
+                r = refs.next(), if !refs.is_terminated() => {
+                    if let Some(r) = r.filter(|r| !held.contains(r)) {
+                        held.push_back(r);
+                    }
+                }
+                changed = depth.changed(), if !held.is_empty() => {
+                    // The queue is gone: so is the controller.
+                    changed.ok()?;
+                }
+                _ = tokio::time::sleep(PACE_AT_MOST), if !held.is_empty() => {
+                    let next = held.pop_front()?;
+                    return Some((next, (refs, held, depth)));
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -97,5 +150,36 @@ mod tests {
         assert_eq!(depth(), 1);
         q.started(&gw);
         assert_eq!(depth(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_enters_the_queue_as_it_makes_room_and_others_pass_it() {
+        let q = Queue::new("paced", Metrics::new());
+        let (tx, rx) = futures::channel::mpsc::unbounded::<String>();
+        let mut out = Box::pin(paced(rx, &q, 2));
+        for i in 0..5 {
+            tx.unbounded_send(format!("mesh/gw-{i}")).unwrap();
+        }
+        // Released ones are counted in the queue by the controller, as here.
+        for want in ["mesh/gw-0", "mesh/gw-1"] {
+            let r = out.next().await.unwrap();
+            assert_eq!(r, want);
+            q.added(&r);
+        }
+        // Two wait: the next is held, and another object's trigger goes straight in.
+        let held = tokio::time::timeout(Duration::from_millis(500), out.next()).await;
+        assert!(held.is_err(), "held while two wait");
+        q.added("other/unrelated");
+        q.started("mesh/gw-0");
+        q.started("other/unrelated");
+        assert_eq!(out.next().await.unwrap(), "mesh/gw-2", "room again");
+        q.added("mesh/gw-2");
+        // A queue that does not move holds the rest at most PACE_AT_MOST each.
+        let start = tokio::time::Instant::now();
+        assert_eq!(out.next().await.unwrap(), "mesh/gw-3");
+        assert!(start.elapsed() >= PACE_AT_MOST);
+        drop(tx);
+        assert_eq!(out.next().await.unwrap(), "mesh/gw-4");
+        assert_eq!(out.next().await, None, "ends with its input once all are passed on");
     }
 }
