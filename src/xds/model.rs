@@ -4,6 +4,7 @@
 //! translation can be tested without a cluster.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The cluster domain of every mesh host name.
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
@@ -17,8 +18,9 @@ pub struct Service {
     pub namespace: String,
     /// Its ports.
     pub ports: Vec<ServicePort>,
-    /// Every endpoint of its EndpointSlices (ready or not: translation decides).
-    pub endpoints: Vec<Endpoint>,
+    /// Every endpoint of its EndpointSlices (ready or not: translation decides); shared, so
+    /// a model kept from one translation to the next is cloned and compared cheaply.
+    pub endpoints: Arc<Vec<Endpoint>>,
 }
 
 impl Service {

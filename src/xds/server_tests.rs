@@ -44,7 +44,8 @@ pub(super) fn service(name: &str, addresses: &[&str]) -> Service {
                 ready: true,
                 terminating: false,
             })
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
     }
 }
 

@@ -407,24 +407,27 @@ fn cluster_services(
     origin: &Origin,
     memo: &mut Memo,
 ) -> Vec<Service> {
-    let mut by_service: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
-    for slice in slices.state() {
-        let Some(svc) = slice.labels().get("kubernetes.io/service-name").cloned() else {
+    let slices = slices.state();
+    // Grouped by (namespace, service) borrowed from the objects: no copy of either per slice.
+    let mut by_service: HashMap<(&str, &str), Vec<Arc<EndpointSlice>>> = HashMap::with_capacity(slices.len());
+    for slice in &slices {
+        let Some(svc) = slice.labels().get("kubernetes.io/service-name") else {
             continue;
         };
+        let ns = slice.metadata.namespace.as_deref().unwrap_or_default();
         by_service
-            .entry((slice.namespace().unwrap_or_default(), svc))
+            .entry((ns, svc.as_str()))
             .or_default()
-            .push(slice);
+            .push(Arc::clone(slice));
     }
     services
         .state()
         .iter()
-        .filter(|s| in_mesh(&s.namespace().unwrap_or_default()))
+        .filter(|s| in_mesh(s.metadata.namespace.as_deref().unwrap_or_default()))
         .map(|s| {
-            let ns = s.namespace().unwrap_or_default();
-            let name = s.name_any();
-            let slices = by_service.remove(&(ns.clone(), name.clone())).unwrap_or_default();
+            let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+            let name = s.metadata.name.as_deref().unwrap_or_default();
+            let slices = by_service.remove(&(ns, name)).unwrap_or_default();
             memo.model(format!("{}/{ns}/{name}", origin.cluster), s, slices, origin)
         })
         .collect()
@@ -484,7 +487,9 @@ fn merge_remotes(
         let in_mesh = |ns: &str| selected.as_ref().is_none_or(|s| s.contains(ns));
         for s in cluster_services(&remote.services, &remote.slices, &in_mesh, &remote.origin, memo) {
             match merged.entry((s.namespace.clone(), s.name.clone())) {
-                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().endpoints.extend(s.endpoints),
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    Arc::make_mut(&mut e.get_mut().endpoints).extend(s.endpoints.iter().cloned())
+                }
                 std::collections::btree_map::Entry::Vacant(e) => {
                     e.insert(s);
                 }
@@ -630,7 +635,7 @@ fn service_model(s: &K8sService, slices: &[Arc<EndpointSlice>], origin: &Origin)
         name: s.name_any(),
         namespace: s.namespace().unwrap_or_default(),
         ports,
-        endpoints,
+        endpoints: Arc::new(endpoints),
     }
 }
 

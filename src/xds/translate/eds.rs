@@ -205,7 +205,7 @@ pub fn multi_network(services: &[Service], gateways: &[NetworkGateway], own: &st
         || !gateways.is_empty()
         || services
             .iter()
-            .flat_map(|s| &s.endpoints)
+            .flat_map(|s| s.endpoints.iter())
             .any(|e| !e.network.is_empty())
 }
 
@@ -220,7 +220,12 @@ pub fn translate(services: &[Service], gateways: &[NetworkGateway], own: &str) -
     }
     let mut networks: std::collections::BTreeSet<&str> = by_gw_network.keys().copied().collect();
     networks.insert(own);
-    networks.extend(services.iter().flat_map(|s| &s.endpoints).map(|e| network_of(e, own)));
+    networks.extend(
+        services
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .map(|e| network_of(e, own)),
+    );
     let assignments = |horizon: Horizon| {
         let mut out = BTreeMap::new();
         for svc in services {
@@ -247,7 +252,7 @@ pub fn translate(services: &[Service], gateways: &[NetworkGateway], own: &str) -
     }
     let usable_networks: std::collections::BTreeSet<&str> = services
         .iter()
-        .flat_map(|s| &s.endpoints)
+        .flat_map(|s| s.endpoints.iter())
         .filter(|e| e.ready && !e.terminating)
         .map(|e| network_of(e, own))
         .collect();

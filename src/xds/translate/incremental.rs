@@ -324,7 +324,7 @@ mod tests {
             name,
             namespace: "shop".into(),
             ports: ports(rng),
-            endpoints: endpoints(rng),
+            endpoints: endpoints(rng).into(),
         }
     }
 
@@ -379,7 +379,7 @@ mod tests {
                 let what = rng.below(6);
                 let i = rng.below(services.len().max(1) as u64) as usize;
                 match what {
-                    0 | 1 if !services.is_empty() => services[i].endpoints = endpoints(&mut rng),
+                    0 | 1 if !services.is_empty() => services[i].endpoints = endpoints(&mut rng).into(),
                     2 if !services.is_empty() => services[i].ports = ports(&mut rng),
                     3 => {
                         if rng.below(2) == 0 || routes.is_empty() {
@@ -425,7 +425,7 @@ mod tests {
         let tel = Telemetry::default();
         let before = inc.translate(&services, &[], &tel).0.clone();
         assert_eq!(inc.last_translated, 50);
-        services[3].endpoints.push(Endpoint {
+        Arc::make_mut(&mut services[3].endpoints).push(Endpoint {
             address: "198.51.100.99".into(),
             ports: BTreeMap::from([("grpc".to_string(), 8080), ("http".to_string(), 8081)]),
             zone: None,
@@ -476,7 +476,7 @@ mod tests {
             &rest(&services),
             &Snapshot::empty(),
         );
-        services[5].endpoints.push(Endpoint {
+        Arc::make_mut(&mut services[5].endpoints).push(Endpoint {
             address: "198.51.100.98".into(),
             ports: BTreeMap::from([("grpc".to_string(), 8080), ("http".to_string(), 8081)]),
             zone: None,

@@ -43,7 +43,7 @@ fn greeter(endpoints: Vec<Endpoint>) -> Service {
             port: 50051,
             http2: true,
         }],
-        endpoints,
+        endpoints: endpoints.into(),
     }
 }
 

@@ -35,7 +35,7 @@ fn service(name: &str, endpoints: Vec<Endpoint>) -> Service {
             port: 50051,
             http2: true,
         }],
-        endpoints,
+        endpoints: endpoints.into(),
     }
 }
 

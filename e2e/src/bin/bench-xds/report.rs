@@ -99,7 +99,7 @@ pub fn translation_figures(count: usize) {
                 port: 80,
                 http2: false,
             }],
-            endpoints: (0..5).map(|e| endpoint(i, e)).collect(),
+            endpoints: std::sync::Arc::new((0..5).map(|e| endpoint(i, e)).collect()),
         })
         .collect();
     let telemetry = Telemetry::default();
@@ -118,7 +118,7 @@ pub fn translation_figures(count: usize) {
         &rest,
         &first,
     );
-    services[7].endpoints.pop();
+    std::sync::Arc::make_mut(&mut services[7].endpoints).pop();
     let t = Instant::now();
     let mesh = incremental.translate(&services, &[], &telemetry);
     let again = t.elapsed();
