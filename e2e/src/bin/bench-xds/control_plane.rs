@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
+use weft_e2e::control_plane::free_port;
 use weft_e2e::{Bed, wait_for, weft_bin};
 
 use crate::clients::REVISION;
@@ -71,13 +72,6 @@ impl Drop for ControlPlane {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// Starts the primary's control plane (mesh `bench`, cluster named after the primary),
