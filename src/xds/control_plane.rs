@@ -426,10 +426,9 @@ impl Translator {
             }
             self.health.set_ready(true);
             // Freed memory goes back to the system once changes pause, not between a
-            // snapshot and its pushes: trimming walks the allocator's arenas under their
-            // locks, and the streams are allocating their responses.
-            // While quiet, again now and then: streams that connect, ask and go quiet leave
-            // freed memory behind too.
+            // snapshot and its pushes (trimming walks the allocator's arenas under their
+            // locks while the streams allocate their responses); and again every few
+            // seconds while quiet, since streams that connect and go quiet free memory too.
             let mut wait = TRIM_AFTER;
             while tokio::time::timeout(wait, self.sources.changed.notified())
                 .await

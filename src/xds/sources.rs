@@ -45,7 +45,7 @@ pub struct Sources {
     built: Arc<Mutex<Built>>,
 }
 
-/// Service models as last built, by cluster/namespace/name, with the objects they came
+/// Service models as last built, by cluster/network/namespace/name, with the objects they came
 /// from. A reflector replaces an object's `Arc` when the object changes, so the same `Arc`s
 /// give the same model: an unchanged Service is not built again on every change.
 type Built = HashMap<String, BuiltService>;
@@ -348,8 +348,8 @@ impl Sources {
     /// Builds the model for `revision`, limited to namespaces matching `selectors` (all
     /// when empty); endpoints are marked as coming from `origin`.
     pub fn model(&self, revision: &str, selectors: &[LabelSelector], origin: &Origin) -> MeshModel {
-        let selected = selected_namespaces(&self.namespaces, selectors);
-        let in_mesh = |ns: &str| selected.as_ref().is_none_or(|s| s.contains(ns));
+        let selected = Selected::of(&self.namespaces, selectors);
+        let in_mesh = |ns: &str| selected.contains(ns);
         let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
         let mut memo = Memo {
             old: std::mem::take(&mut *built),
@@ -428,7 +428,8 @@ fn cluster_services(
             let ns = s.metadata.namespace.as_deref().unwrap_or_default();
             let name = s.metadata.name.as_deref().unwrap_or_default();
             let slices = by_service.remove(&(ns, name)).unwrap_or_default();
-            memo.model(format!("{}/{ns}/{name}", origin.cluster), s, slices, origin)
+            let key = format!("{}/{}/{ns}/{name}", origin.cluster, origin.network);
+            memo.model(key, s, slices, origin)
         })
         .collect()
 }
@@ -483,8 +484,8 @@ fn merge_remotes(
         .map(|s| ((s.namespace.clone(), s.name.clone()), s))
         .collect();
     for remote in remotes {
-        let selected = selected_namespaces(&remote.namespaces, selectors);
-        let in_mesh = |ns: &str| selected.as_ref().is_none_or(|s| s.contains(ns));
+        let selected = Selected::of(&remote.namespaces, selectors);
+        let in_mesh = |ns: &str| selected.contains(ns);
         for s in cluster_services(&remote.services, &remote.slices, &in_mesh, &remote.origin, memo) {
             match merged.entry((s.namespace.clone(), s.name.clone())) {
                 std::collections::btree_map::Entry::Occupied(mut e) => {
@@ -499,19 +500,46 @@ fn merge_remotes(
     merged.into_values().collect()
 }
 
-/// The namespaces `selectors` pick, worked out once per model rather than per object;
-/// `None` when there are no selectors (every namespace).
-fn selected_namespaces(namespaces: &Store<Namespace>, selectors: &[LabelSelector]) -> Option<HashSet<String>> {
-    if selectors.is_empty() {
-        return None;
+/// Which namespaces `selectors` pick, worked out once per model rather than per object.
+struct Selected {
+    /// `None` when there are no selectors: every namespace.
+    picked: Option<HashSet<String>>,
+    /// Every namespace known.
+    known: HashSet<String>,
+    /// Whether the selectors pick a namespace with no labels (one not known yet is judged
+    /// as such, as before it is seen).
+    unlabelled: bool,
+}
+
+impl Selected {
+    fn of(namespaces: &Store<Namespace>, selectors: &[LabelSelector]) -> Selected {
+        if selectors.is_empty() {
+            return Selected {
+                picked: None,
+                known: HashSet::new(),
+                unlabelled: true,
+            };
+        }
+        let all = namespaces.state();
+        let picked = all
+            .iter()
+            .filter(|n| selectors.iter().any(|s| selector_matches(s, n.labels())))
+            .map(|n| n.name_any())
+            .collect();
+        Selected {
+            picked: Some(picked),
+            known: all.iter().map(|n| n.name_any()).collect(),
+            unlabelled: selectors.iter().any(|s| selector_matches(s, &BTreeMap::new())),
+        }
     }
-    let picked = namespaces
-        .state()
-        .iter()
-        .filter(|n| selectors.iter().any(|s| selector_matches(s, n.labels())))
-        .map(|n| n.name_any())
-        .collect();
-    Some(picked)
+
+    /// Whether namespace `ns` is in the mesh.
+    fn contains(&self, ns: &str) -> bool {
+        match &self.picked {
+            None => true,
+            Some(picked) => picked.contains(ns) || (self.unlabelled && !self.known.contains(ns)),
+        }
+    }
 }
 
 /// Why a label selector is not one Kubernetes would accept, if it is not: an unknown
@@ -873,6 +901,37 @@ pub(super) mod tests {
             .iter()
             .map(|e| (e.address.clone(), e.cluster.clone(), e.network.clone()))
             .collect()
+    }
+
+    #[test]
+    fn selectors_are_judged_on_known_namespaces_and_an_unknown_one_as_unlabelled() {
+        let namespaces = store_of(vec![
+            k8s_namespace("shop", &[("mesh", "on")]),
+            k8s_namespace("depot", &[]),
+            k8s_namespace("lab", &[("mesh", "off")]),
+        ]);
+        let on: LabelSelector = serde_json::from_value(serde_json::json!({"matchLabels": {"mesh": "on"}})).unwrap();
+        let not_off: LabelSelector = serde_json::from_value(serde_json::json!(
+            {"matchExpressions": [{"key": "mesh", "operator": "NotIn", "values": ["off"]}]}
+        ))
+        .unwrap();
+        let picked = Selected::of(&namespaces, std::slice::from_ref(&on));
+        let seen: Vec<bool> = ["shop", "depot", "lab", "unseen"]
+            .iter()
+            .map(|n| picked.contains(n))
+            .collect();
+        assert_eq!(seen, [true, false, false, false]);
+        let picked = Selected::of(&namespaces, &[not_off]);
+        let seen: Vec<bool> = ["shop", "depot", "lab", "unseen"]
+            .iter()
+            .map(|n| picked.contains(n))
+            .collect();
+        assert_eq!(
+            seen,
+            [true, true, false, true],
+            "NotIn picks what has no labels, and an unseen namespace"
+        );
+        assert!(Selected::of(&namespaces, &[]).contains("anything"));
     }
 
     #[test]
