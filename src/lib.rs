@@ -2,7 +2,9 @@
 //! embedded xDS control plane. `docs/architecture.md` describes the architecture.
 
 pub mod api;
+pub mod config_dump;
 pub mod credentials;
+pub mod envoy_check;
 pub mod http;
 pub mod operator;
 pub mod remote_secret;

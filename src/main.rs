@@ -54,6 +54,44 @@ enum Command {
     Operator(OperatorArgs),
     /// Run the xDS control plane of one revision.
     ControlPlane(ControlPlaneArgs),
+    /// Show what a control plane serves one Envoy (a node proxy or gateway), subscribing as
+    /// that Envoy would; with `--check`, what Envoy would refuse or leave dangling in it.
+    ConfigDump(ConfigDumpArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigDumpArgs {
+    /// The control plane's xDS address (`host:port`).
+    #[arg(long)]
+    xds: String,
+    /// An Envoy bootstrap (JSON) whose node to be: the node proxies' `bootstrap.json` from
+    /// ConfigMap `weft-proxy-<rev>`, or a gateway's.
+    #[arg(long, conflicts_with_all = ["role", "namespace"])]
+    bootstrap: Option<PathBuf>,
+    /// The role to claim without a bootstrap: `node-proxy` or `gateway`.
+    #[arg(long, requires = "namespace")]
+    role: Option<String>,
+    /// The namespace to claim (a gateway's own).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The revision or tag to ask for.
+    #[arg(long)]
+    revision: Option<String>,
+    /// The MeshGateway, with `--role gateway`.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// The network the client is on.
+    #[arg(long)]
+    network: Option<String>,
+    /// Report what Envoy would refuse or leave dangling; exit 1 when anything is found.
+    #[arg(long)]
+    check: bool,
+    /// Output: `table` or `json`.
+    #[arg(short = 'o', long, default_value = "table")]
+    output: String,
+    /// Seconds to wait for every subscribed type to answer.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
 }
 
 /// Where the mesh versions and their images come from.
@@ -259,6 +297,7 @@ fn main() -> ExitCode {
         Command::RemoteSecret(args) => remote_secret(args),
         Command::Operator(args) => operator(args),
         Command::ControlPlane(args) => control_plane(args),
+        Command::ConfigDump(args) => config_dump(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -267,6 +306,109 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn config_dump(args: ConfigDumpArgs) -> Result<()> {
+    use weft::config_dump;
+    use weft::envoy_check::{self, Role};
+    use weft::xds::translate::node_proxy;
+    if args.output != "table" && args.output != "json" {
+        return Err(format!("-o {}: choose table or json", args.output).into());
+    }
+    let node = match &args.bootstrap {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            config_dump::node_from_bootstrap(&path.display().to_string(), &text)?
+        }
+        None => {
+            let role = args.role.clone().ok_or("name the client: --bootstrap FILE, or --role and --namespace")?;
+            let mut metadata = std::collections::BTreeMap::from([("ROLE".to_string(), role)]);
+            for (key, value) in [
+                ("NAMESPACE", &args.namespace),
+                ("REVISION", &args.revision),
+                ("GATEWAY", &args.gateway),
+                ("NETWORK", &args.network),
+            ] {
+                if let Some(v) = value {
+                    metadata.insert(key.to_string(), v.clone());
+                }
+            }
+            config_dump::node_of("weft-config-dump", &metadata)
+        }
+    };
+    let role = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("ROLE"))
+        .and_then(|v| match &v.kind {
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let role = match role.as_str() {
+        "node-proxy" => Role::NodeProxy {
+            outbound: node_proxy::OUTBOUND_PORT,
+            ready: node_proxy::READY_PORT,
+            ready_path: node_proxy::READY_PATH,
+        },
+        "gateway" => Role::Gateway,
+        other => return Err(format!("ROLE {other:?}: config-dump is for Envoy clients, node-proxy or gateway").into()),
+    };
+    let address = if args.xds.contains("://") {
+        args.xds.clone()
+    } else {
+        format!("http://{}", args.xds)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let dump = runtime.block_on(config_dump::fetch_complete(
+        &address,
+        node,
+        std::time::Duration::from_secs(args.timeout),
+    ))?;
+    let (served, mut findings) = dump.served();
+    if args.check {
+        findings.extend(envoy_check::check(role, &served));
+    }
+    if args.output == "json" {
+        let resources: serde_json::Map<String, serde_json::Value> = dump
+            .resources
+            .iter()
+            .map(|(t, items)| {
+                let list = items
+                    .iter()
+                    .map(|(name, any)| serde_json::json!({"name": name, "bytes": any.value.len()}))
+                    .collect();
+                (t.rsplit('.').next().unwrap_or(t).to_string(), serde_json::Value::Array(list))
+            })
+            .collect();
+        let findings: Vec<serde_json::Value> = findings
+            .iter()
+            .map(|f| serde_json::json!({"type": f.kind, "name": f.name, "problem": f.problem}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"resources": resources, "findings": findings}))?
+        );
+    } else {
+        println!("{:<22} {:>8}  NAME", "TYPE", "BYTES");
+        for (t, items) in &dump.resources {
+            for (name, any) in items {
+                println!("{:<22} {:>8}  {name}", t.rsplit('.').next().unwrap_or(t), any.value.len());
+            }
+        }
+        if args.check {
+            if findings.is_empty() {
+                println!("check: nothing Envoy would refuse or leave dangling");
+            }
+            for f in &findings {
+                println!("check: {f}");
+            }
+        }
+    }
+    if args.check && !findings.is_empty() {
+        return Err(format!("{} problems Envoy would refuse or leave dangling", findings.len()).into());
+    }
+    Ok(())
 }
 
 fn crd(out_dir: Option<&Path>) -> Result<()> {

@@ -184,6 +184,25 @@ build_argocd_health() {
   cp "$E2E_DIR/argocd/main.go" "$out/main.go"
 }
 
+# build_envoy_validate: our validator (e2e/envoy-validate/main.go), which runs
+# go-control-plane's generated protoc-gen-validate checks over served xDS resources. Rebuilt
+# when the version or the validator changes.
+build_envoy_validate() {
+  local v=$GO_CONTROL_PLANE_ENVOY_VERSION
+  local out="$CACHE/envoy-validate-$v"
+  [ -x "$out/bin/weft-envoy-validate" ] && cmp -s "$E2E_DIR/envoy-validate/main.go" "$out/main.go" && return 0
+  echo "building the Envoy config validator against go-control-plane/envoy v$v from its Go module (about 2 minutes on 2 cores the first time)" >&2
+  local src="$CACHE/src/envoy-validate-$v"
+  rm -rf "$src" && mkdir -p "$src"
+  wrapper_module "$src" github.com/envoyproxy/go-control-plane/envoy "v$v"
+  cp "$E2E_DIR/envoy-validate/main.go" "$src/main.go"
+  mkdir -p "$out/bin.tmp"
+  (cd "$src" && run_logged "Envoy config validator (go-control-plane/envoy v$v)" "$src/build.log" \
+    go build -trimpath -ldflags "-s -w" -o "$out/bin.tmp/weft-envoy-validate" .) || return 1
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  cp "$E2E_DIR/envoy-validate/main.go" "$out/main.go"
+}
+
 # gomod_replaces MODULE VERSION: the `replace` lines of MODULE@VERSION's go.mod, for a wrapper
 # module. A replace by a local directory (`./api`) names a nested module of the same release:
 # it becomes that module's published version.
@@ -294,5 +313,5 @@ build_all() {
   build_etcd && build_kwok && fetch_assets && build_kubernetes || return 1
   # What only tests use (the chart, the image, the GitOps tools): `make demo` skips it.
   [ "${WEFT_E2E_CLUSTER_ONLY:-0}" = 1 ] && return 0
-  build_helm && build_registry && build_argocd_health && build_flux
+  build_helm && build_registry && build_argocd_health && build_flux && build_envoy_validate
 }

@@ -14,6 +14,7 @@ use kube::{Api, Client, Config};
 
 pub mod argocd;
 pub mod control_plane;
+pub mod envoy_validate;
 pub mod flux;
 pub mod githttp;
 pub mod grpc_clients;

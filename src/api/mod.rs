@@ -2,6 +2,7 @@
 
 pub mod common;
 pub mod labels;
+pub mod ports;
 pub mod mesh_gateway;
 pub mod mesh_install;
 pub mod remote_cluster;

@@ -113,6 +113,52 @@ pub fn control_plane_policy(input: PolicyInput) -> NetworkPolicy {
     }
 }
 
+/// What a revision's node-proxy policy is rendered from.
+pub struct ProxyPolicyInput<'a> {
+    /// Name and labels of the policy (the node proxies').
+    pub meta: ObjectMeta,
+    /// The node-proxy pods it protects.
+    pub pods: BTreeMap<String, String>,
+    /// The mesh namespace (the other node proxies there).
+    pub mesh_namespace: &'a str,
+    /// `weft.dev/rev` values whose namespaces may connect (as for the control plane).
+    pub revs: Vec<String>,
+    /// The outbound and inbound ports.
+    pub ports: [i32; 2],
+}
+
+/// Ingress to the node proxies: their outbound and inbound ports from the mesh namespace
+/// (other node proxies) and from namespaces labelled for one of `revs` (the workloads).
+/// The readiness port needs no rule: kubelet probes come from the node.
+pub fn node_proxy_policy(input: ProxyPolicyInput) -> NetworkPolicy {
+    let labelled_for_mesh = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: labels::REVISION.to_string(),
+                operator: "In".to_string(),
+                values: Some(input.revs.clone()),
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: input.meta,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(input.pods),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(input.ports.iter().map(|p| tcp(*p)).collect()),
+                from: Some(vec![namespace_named(input.mesh_namespace), labelled_for_mesh]),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -142,8 +188,11 @@ mod tests {
             remote_secrets: &[],
         })
         .unwrap();
-        let policies: Vec<_> = objects.iter().filter(|m| m.kind == OwnedKind::NetworkPolicy).collect();
-        assert_eq!(policies.len(), 1, "one NetworkPolicy per revision");
+        let policies: Vec<_> = objects
+            .iter()
+            .filter(|m| m.kind == OwnedKind::NetworkPolicy && m.name.starts_with("weft-cp-"))
+            .collect();
+        assert_eq!(policies.len(), 1, "one control-plane NetworkPolicy per revision");
         assert_eq!(policies[0].namespace.as_deref(), Some("mesh-ns"));
         serde_json::from_value(policies[0].object.clone()).unwrap()
     }

@@ -78,6 +78,8 @@ pub struct Proxy {
     pub log_level: LogLevel,
     /// DaemonSet rolling-update maxUnavailable.
     pub max_unavailable: IntOrString,
+    /// DaemonSet rolling-update maxSurge.
+    pub max_surge: IntOrString,
     /// Node selector.
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations.
@@ -329,16 +331,26 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
     };
 
     let p = spec.proxy.clone().unwrap_or_default();
+    let surge = p
+        .update_strategy
+        .as_ref()
+        .and_then(|u| u.max_surge.clone())
+        .unwrap_or(IntOrString::Int(1));
     let proxy = p.enabled.unwrap_or(d.proxy_enabled).then(|| Proxy {
         image: p.image.clone(),
         resources: p.resources.clone().unwrap_or(d.proxy_resources),
         concurrency: p.concurrency.unwrap_or(2),
         log_level: p.log_level.unwrap_or(LogLevel::Info),
+        max_surge: surge.clone(),
         max_unavailable: p
             .update_strategy
             .as_ref()
             .and_then(|u| u.max_unavailable.clone())
-            .unwrap_or(IntOrString::Int(1)),
+            .unwrap_or_else(|| {
+                // Surge first; without surge, one node at a time.
+                let no_surge = matches!(&surge, IntOrString::Int(0)) || matches!(&surge, IntOrString::String(s) if s == "0%");
+                IntOrString::Int(i32::from(no_surge))
+            }),
         node_selector: p.node_selector.clone().unwrap_or_default(),
         tolerations: p.tolerations.clone().unwrap_or_default(),
     });

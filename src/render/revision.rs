@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use crate::api::labels;
+use crate::api::{labels, ports};
 use crate::api::mesh_install::{LogLevel, MeshConfig, MeshInstall};
 use crate::versions::MeshVersion;
 
@@ -35,6 +35,12 @@ pub const MONITORING_PORT: i32 = 15014;
 const CONTROL_PLANE_UID: i64 = 65532;
 /// The user Envoy's image runs as.
 const PROXY_UID: i64 = 101;
+/// The node proxy's outbound port: workloads send their mesh traffic here.
+pub const PROXY_OUTBOUND_PORT: i32 = ports::NODE_PROXY_OUTBOUND as i32;
+/// The node proxy's inbound port: tunnels to a pod on its node.
+pub const PROXY_INBOUND_PORT: i32 = ports::NODE_PROXY_INBOUND as i32;
+/// The node proxy's readiness port (`/healthz/ready`).
+pub const PROXY_READY_PORT: i32 = ports::NODE_PROXY_READY as i32;
 
 /// What one revision is rendered from.
 #[derive(Clone, Debug)]
@@ -175,6 +181,8 @@ impl Renderer<'_> {
             let hash = fnv1a(&serde_json::to_string(&bootstrap.data).unwrap_or_default());
             out.push(Manifest::new(OwnedKind::ConfigMap, &bootstrap)?);
             if let Some(ds) = self.daemon_set(&px, &hash) {
+                out.push(Manifest::new(OwnedKind::Service, &self.proxy_service(&px))?);
+                out.push(Manifest::new(OwnedKind::NetworkPolicy, &self.proxy_network_policy(&px))?);
                 out.push(Manifest::new(OwnedKind::DaemonSet, &ds)?);
             }
         }
@@ -353,10 +361,10 @@ impl Renderer<'_> {
         }
     }
 
-    /// Who may reach the control plane: the mesh's namespaces (see `network_policy.rs`).
-    fn network_policy(&self, name: &str) -> k8s_openapi::api::networking::v1::NetworkPolicy {
-        // Every tag of the mesh, not only those on this revision: tags move during an
-        // upgrade, and clients still connected to the old revision must reconnect to it.
+    /// The `weft.dev/rev` values of the mesh's namespaces: the revision, every tag of the
+    /// mesh (not only those on this revision: tags move during an upgrade, and clients
+    /// still connected to the old revision must reconnect to it) and `default`.
+    fn mesh_revs(&self) -> Vec<String> {
         let mut revs = vec![self.revision().to_string(), "default".to_string()];
         revs.extend(
             self.input
@@ -369,11 +377,16 @@ impl Renderer<'_> {
         );
         revs.sort();
         revs.dedup();
+        revs
+    }
+
+    /// Who may reach the control plane: the mesh's namespaces (see `network_policy.rs`).
+    fn network_policy(&self, name: &str) -> k8s_openapi::api::networking::v1::NetworkPolicy {
         super::network_policy::control_plane_policy(super::network_policy::PolicyInput {
             meta: self.meta(name, true, "control-plane"),
             pods: self.cp_selector(),
             mesh_namespace: &self.ns,
-            revs,
+            revs: self.mesh_revs(),
             xds_port: XDS_PORT,
             monitoring_port: MONITORING_PORT,
         })
@@ -593,6 +606,43 @@ impl Renderer<'_> {
         })
     }
 
+    /// The node-local Service workloads reach their node's proxy by: `internalTrafficPolicy:
+    /// Local` keeps every connection on the caller's node.
+    fn proxy_service(&self, name: &str) -> Service {
+        let port = |name: &str, port: i32| ServicePort {
+            name: Some(name.to_string()),
+            port,
+            target_port: Some(IntOrString::Int(port)),
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        };
+        Service {
+            metadata: self.meta(name, true, "proxy"),
+            spec: Some(ServiceSpec {
+                type_: Some("ClusterIP".to_string()),
+                selector: Some(self.proxy_selector()),
+                internal_traffic_policy: Some("Local".to_string()),
+                ports: Some(vec![
+                    port("http-outbound", PROXY_OUTBOUND_PORT),
+                    port("http-inbound", PROXY_INBOUND_PORT),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Who may reach the node proxies: the mesh's namespaces (see `network_policy.rs`).
+    fn proxy_network_policy(&self, name: &str) -> k8s_openapi::api::networking::v1::NetworkPolicy {
+        super::network_policy::node_proxy_policy(super::network_policy::ProxyPolicyInput {
+            meta: self.meta(name, true, "proxy"),
+            pods: self.proxy_selector(),
+            mesh_namespace: &self.ns,
+            revs: self.mesh_revs(),
+            ports: [PROXY_OUTBOUND_PORT, PROXY_INBOUND_PORT],
+        })
+    }
+
     fn daemon_set(&self, name: &str, bootstrap_hash: &str) -> Option<DaemonSet> {
         let p = self.resolved.proxy.as_ref()?;
         let image = p
@@ -631,15 +681,28 @@ impl Renderer<'_> {
                 }),
                 ..Default::default()
             }]),
-            ports: Some(vec![ContainerPort {
-                name: Some("http-outbound".to_string()),
-                container_port: 15001,
-                protocol: Some("TCP".to_string()),
-                ..Default::default()
-            }]),
+            ports: Some(
+                [
+                    ("http-outbound", PROXY_OUTBOUND_PORT),
+                    ("http-inbound", PROXY_INBOUND_PORT),
+                    ("http-ready", PROXY_READY_PORT),
+                ]
+                .into_iter()
+                .map(|(name, port)| ContainerPort {
+                    name: Some(name.to_string()),
+                    container_port: port,
+                    protocol: Some("TCP".to_string()),
+                    ..Default::default()
+                })
+                .collect(),
+            ),
+            // Ready once Envoy holds the listeners xDS serves it (the readiness listener is
+            // one of them), so a new proxy takes traffic only when it can carry it.
             readiness_probe: Some(Probe {
-                tcp_socket: Some(TCPSocketAction {
-                    port: IntOrString::Int(15001),
+                http_get: Some(HTTPGetAction {
+                    path: Some(ports::NODE_PROXY_READY_PATH.to_string()),
+                    port: IntOrString::Int(PROXY_READY_PORT),
+                    scheme: Some("HTTP".to_string()),
                     ..Default::default()
                 }),
                 period_seconds: Some(5),
@@ -676,7 +739,7 @@ impl Renderer<'_> {
                     type_: Some("RollingUpdate".to_string()),
                     rolling_update: Some(RollingUpdateDaemonSet {
                         max_unavailable: Some(p.max_unavailable.clone()),
-                        max_surge: Some(IntOrString::Int(0)),
+                        max_surge: Some(p.max_surge.clone()),
                     }),
                 }),
                 template: PodTemplateSpec {

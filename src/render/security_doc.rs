@@ -269,10 +269,25 @@ fn peer(p: &NetworkPolicyPeer) -> String {
 
 fn network_policy() -> String {
     let objects = revision_objects();
-    let m = objects.iter().find(|m| m.kind == OwnedKind::NetworkPolicy).unwrap();
+    let mut out = String::new();
+    for m in objects.iter().filter(|m| m.kind == OwnedKind::NetworkPolicy) {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&policy_table(m));
+    }
+    out
+}
+
+fn policy_table(m: &Manifest) -> String {
     let np: NetworkPolicy = serde_json::from_value(m.object.clone()).unwrap();
+    let pods = if m.name.starts_with("weft-proxy-") {
+        "node-proxy"
+    } else {
+        "control-plane"
+    };
     let mut out = format!(
-        "NetworkPolicy `{}/{}` (policy types: Ingress; selects the revision's control-plane pods)\n\n| Port | Admitted from |\n|---|---|\n",
+        "NetworkPolicy `{}/{}` (policy types: Ingress; selects the revision's {pods} pods)\n\n| Port | Admitted from |\n|---|---|\n",
         MESH_NS, m.name
     );
     for rule in np.spec.and_then(|s| s.ingress).unwrap_or_default() {

@@ -353,6 +353,8 @@ fn an_external_control_plane_installs_only_the_proxies_bootstrapped_to_it() {
         [
             (OwnedKind::ServiceAccount, "weft-proxy-remote"),
             (OwnedKind::ConfigMap, "weft-proxy-remote"),
+            (OwnedKind::Service, "weft-proxy-remote"),
+            (OwnedKind::NetworkPolicy, "weft-proxy-remote"),
             (OwnedKind::DaemonSet, "weft-proxy-remote"),
         ],
         "no control plane, no RBAC for one"

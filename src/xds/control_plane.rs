@@ -188,7 +188,7 @@ struct ZipkinFile {
 
 /// What the control plane takes from the mesh config file.
 #[derive(Debug, Default, PartialEq)]
-struct MeshConfig {
+pub(crate) struct MeshConfig {
     /// The MeshInstall whose gateways are served (every gateway when unknown).
     mesh: Option<String>,
     /// Namespaces in the mesh (all when empty).
@@ -196,7 +196,7 @@ struct MeshConfig {
     /// This cluster's name in the mesh and its network.
     origin: Origin,
     /// Access log and tracing.
-    telemetry: Telemetry,
+    pub(crate) telemetry: Telemetry,
 }
 
 fn read_mesh_config(path: &Option<PathBuf>) -> Result<MeshConfig, Error> {
@@ -221,7 +221,7 @@ fn read_mesh_config(path: &Option<PathBuf>) -> Result<MeshConfig, Error> {
     Ok(config)
 }
 
-fn parse_mesh_config(text: &str) -> Result<MeshConfig, serde_saphyr::Error> {
+pub(crate) fn parse_mesh_config(text: &str) -> Result<MeshConfig, serde_saphyr::Error> {
     let file: MeshConfigFile = serde_saphyr::from_str(text)?;
     let access_log = file.access_log.filter(|a| a.enabled.unwrap_or(false)).map(|a| FileLog {
         path: a.path.unwrap_or_else(|| "/dev/stdout".to_string()),

@@ -243,7 +243,8 @@ async fn garbage_and_http1_connections_are_closed_and_counted() {
     // The server still serves.
     let mut s = sotw(&served.url).await;
     s.send(first(CLUSTER, &[], "rev-a")).await;
-    assert_eq!(s.next().await.resources.len(), 1);
+    // The service's cluster and the node proxies' inbound passthrough.
+    assert_eq!(s.next().await.resources.len(), 2);
 }
 
 /// A fixed cluster: revisions rev-a and rev-b, tag stable → rev-a; namespace `shop`
@@ -292,7 +293,8 @@ async fn a_revision_that_does_not_exist_is_refused_naming_those_that_do() {
         let mut r = request(CLUSTER, &[], "", "");
         r.node = Some(n);
         s.send(r).await;
-        assert_eq!(s.next().await.resources.len(), 1);
+        // The service's cluster and the node proxies' inbound passthrough.
+    assert_eq!(s.next().await.resources.len(), 2);
     }
     // An unlabelled namespace follows the default tag, which does not exist here.
     let mut s = sotw(&served.url).await;
@@ -612,7 +614,7 @@ async fn a_connection_carries_at_most_its_streams_and_the_next_waits_for_a_free_
         .await
         .expect("the third stream is served once one ends")
         .unwrap();
-    assert_eq!(first.resources.len(), 1);
+    assert_eq!(first.resources.len(), 2, "the service's cluster and the passthrough");
 }
 
 #[test]

@@ -30,6 +30,8 @@ use super::subscription::{Freshness, SotwOwed, SotwResources, Subscription};
 
 /// The `ROLE` of a gateway's pods.
 pub const GATEWAY_ROLE: &str = "gateway";
+/// The `ROLE` of node proxies.
+pub const NODE_PROXY_ROLE: &str = "node-proxy";
 
 /// Decides whether a client may be served: `Err` carries the reason it is refused.
 pub type Admission = Arc<dyn Fn(&ClientInfo) -> Result<(), String> + Send + Sync>;
@@ -78,14 +80,21 @@ impl ClientInfo {
     /// network (its `NETWORK`; the control plane's own when unset or empty).
     pub fn view(&self) -> Option<View> {
         let network = self.network.clone().filter(|n| !n.is_empty());
-        if self.role.as_deref() != Some(GATEWAY_ROLE) {
-            return Some(View { gateway: None, network });
+        match self.role.as_deref() {
+            Some(GATEWAY_ROLE) => {
+                let (name, namespace) = (self.gateway.as_deref()?, self.namespace.as_deref()?);
+                Some(View {
+                    gateway: Some(model::gateway_key(name, namespace)),
+                    node_proxy: false,
+                    network,
+                })
+            }
+            role => Some(View {
+                gateway: None,
+                node_proxy: role == Some(NODE_PROXY_ROLE),
+                network,
+            }),
         }
-        let (name, namespace) = (self.gateway.as_deref()?, self.namespace.as_deref()?);
-        Some(View {
-            gateway: Some(model::gateway_key(name, namespace)),
-            network,
-        })
     }
 }
 

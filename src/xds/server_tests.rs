@@ -265,7 +265,7 @@ async fn a_nacked_version_is_not_sent_again_and_a_later_change_is() {
         &[service("a", &["198.51.100.2"]), service("c", &["198.51.100.9"])],
     ));
     let next = s.next().await;
-    assert_eq!(next.resources.len(), 2, "the new state is sent after a NACK");
+    assert_eq!(next.resources.len(), 3, "the new state is sent after a NACK (two services and the passthrough)");
 }
 
 #[tokio::test]
@@ -322,7 +322,7 @@ async fn delta_sends_only_changes_and_signals_removals() {
     .await
     .unwrap();
     let all = next_delta(&mut rx).await;
-    assert_eq!(all.resources.len(), 2, "wildcard CDS");
+    assert_eq!(all.resources.len(), 3, "wildcard CDS: two services and the passthrough");
     tx.send(DeltaDiscoveryRequest {
         type_url: CLUSTER.into(),
         response_nonce: all.nonce.clone(),
@@ -387,6 +387,7 @@ fn shared_encodings_decode_as_whole_messages() {
     assert_eq!(
         names,
         [
+            "node-proxy|inbound-passthrough",
             "outbound|50051||a.ns.svc.cluster.local",
             "outbound|50051||b.ns.svc.cluster.local"
         ]
@@ -496,7 +497,17 @@ async fn sotw_lds_gives_a_gateway_only_its_listeners_and_mesh_clients_none_of_th
     gw.send(request(ROUTE, &INGRESS, "", "")).await;
     assert_eq!(gw.next().await.resources.len(), 2);
 
-    for role in ["proxyless", "node-proxy"] {
+    // Proxyless clients get the mesh's api_listeners; node proxies their socket listeners
+    // (Envoy takes an api_listener only from its bootstrap).
+    let node_proxy_listeners = [
+        crate::xds::translate::node_proxy::INBOUND,
+        crate::xds::translate::node_proxy::OUTBOUND,
+        crate::xds::translate::node_proxy::READY,
+    ];
+    for (role, want) in [
+        ("proxyless", &["a.ns.svc.cluster.local:50051"][..]),
+        ("node-proxy", &node_proxy_listeners[..]),
+    ] {
         let mut mesh = sotw(&url).await;
         let mut first = request(LISTENER, &["*"], "", "");
         first.node = Some(node_with(&[
@@ -506,11 +517,7 @@ async fn sotw_lds_gives_a_gateway_only_its_listeners_and_mesh_clients_none_of_th
         ]));
         mesh.send(first).await;
         let lds = mesh.next().await;
-        assert_eq!(
-            listener_names(&lds.resources),
-            ["a.ns.svc.cluster.local:50051"],
-            "{role}"
-        );
+        assert_eq!(listener_names(&lds.resources), want, "{role}");
     }
 
     // Asking by name does not reach across views either.

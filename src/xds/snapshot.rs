@@ -1,6 +1,6 @@
 //! Snapshots: an immutable, encoded set of every resource, with a version per resource (a
 //! hash of its bytes) so streams can tell exactly what changed. Listeners depend on who
-//! asks (mesh clients or one gateway's pods: a [`View`]), and so do load assignments in a
+//! asks (proxyless clients, node proxies, or one gateway's pods: a [`View`]), and so do load assignments in a
 //! multi-network mesh (split-horizon EDS: by the client's network); every other type is
 //! shared. A single-network mesh holds one EDS set, shared by every client.
 
@@ -162,8 +162,11 @@ const DISCOVERY_RESOURCES_FIELD: u32 = 2;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct View {
     /// A gateway pod's `model::gateway_key`: only that gateway's listeners. `None`: a mesh
-    /// client (proxyless or node proxy), which sees the mesh listeners.
+    /// client (proxyless or node proxy).
     pub gateway: Option<String>,
+    /// A node proxy: the node proxies' socket listeners instead of the mesh's
+    /// `api_listener`s (every other type as a proxyless client sees it).
+    pub node_proxy: bool,
     /// The client's network (node metadata `NETWORK`); `None`: the control plane's own.
     pub network: Option<String>,
 }
@@ -172,6 +175,14 @@ impl View {
     /// A mesh client on the control plane's own network.
     pub const MESH: View = View {
         gateway: None,
+        node_proxy: false,
+        network: None,
+    };
+
+    /// A node proxy on the control plane's own network.
+    pub const NODE_PROXY: View = View {
+        gateway: None,
+        node_proxy: true,
         network: None,
     };
 
@@ -179,6 +190,7 @@ impl View {
     pub fn gateway(key: impl Into<String>) -> View {
         View {
             gateway: Some(key.into()),
+            node_proxy: false,
             network: None,
         }
     }
@@ -205,6 +217,8 @@ pub struct Snapshot {
     /// Each gateway's listeners, by gateway key: what its pods see instead of
     /// `resources[LISTENER]`. Empty (no allocation) without gateways.
     pub gateway_listeners: BTreeMap<String, Arc<TypeSet>>,
+    /// The node proxies' listeners: what they see instead of `resources[LISTENER]`.
+    pub node_proxy_listeners: Arc<TypeSet>,
     /// The networks beside this one: empty (no allocation) in a single-network mesh.
     pub networks: Networks,
 }
@@ -255,6 +269,7 @@ impl Snapshot {
             changed_at: Instant::now(),
             resources: TYPES.iter().map(|t| (*t, Arc::default())).collect(),
             gateway_listeners: BTreeMap::new(),
+            node_proxy_listeners: Arc::default(),
             networks: Networks::default(),
         }
     }
@@ -291,6 +306,7 @@ impl Snapshot {
             changed_at,
             resources,
             gateway_listeners,
+            node_proxy_listeners: set(&r.node_proxy_listeners),
             networks,
         }
     }
@@ -352,6 +368,12 @@ impl Snapshot {
             reuse(CLUSTER, changed.clusters, &|| mesh.clusters.clone()),
             reuse(ENDPOINT, true, &endpoints),
         ]);
+        let node_proxy = TypeSet::new(mesh.node_proxy_listeners.clone());
+        snap.node_proxy_listeners = if previous.node_proxy_listeners.same_items(&node_proxy) {
+            Arc::clone(&previous.node_proxy_listeners)
+        } else {
+            Arc::new(node_proxy)
+        };
         snap
     }
 
@@ -359,6 +381,7 @@ impl Snapshot {
     pub fn same_content(&self, other: &Snapshot) -> bool {
         same_sets(&self.resources, &other.resources)
             && same_sets(&self.gateway_listeners, &other.gateway_listeners)
+            && self.node_proxy_listeners.same_items(&other.node_proxy_listeners)
             && self.networks.same_content(&other.networks)
     }
 
@@ -367,6 +390,7 @@ impl Snapshot {
     pub fn of(&self, type_url: &str, view: &View) -> Option<&Arc<TypeSet>> {
         match (type_url, &view.gateway) {
             (LISTENER, Some(key)) => self.gateway_listeners.get(key),
+            (LISTENER, None) if view.node_proxy => Some(&self.node_proxy_listeners),
             (ENDPOINT, _) => self.endpoints_of(view),
             _ => self.resources.get(type_url),
         }
@@ -409,7 +433,7 @@ impl Snapshot {
         let sum = |sets: &BTreeMap<String, Arc<TypeSet>>| -> usize { sets.values().map(|s| s.items.len()).sum() };
         self.resources.iter().map(move |(t, set)| {
             let extra = match *t {
-                LISTENER => sum(&self.gateway_listeners),
+                LISTENER => sum(&self.gateway_listeners) + self.node_proxy_listeners.items.len(),
                 ENDPOINT => sum(&self.networks.endpoints) + sum(&self.networks.local),
                 _ => 0,
             };

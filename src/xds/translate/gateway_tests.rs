@@ -55,7 +55,7 @@ fn prefix(p: &str, headers: &[(&str, &str)]) -> RouteMatch {
 /// Gateway `edge/ingress` with `http` 80 (container 8080) and `http-alt` 8443; a storefront
 /// route with hostnames on `http` only, a fallback on every port, and a route of another
 /// gateway that must not show up.
-pub(super) fn gateway_world() -> (Vec<Gateway>, Vec<HttpRoute>) {
+pub(crate) fn gateway_world() -> (Vec<Gateway>, Vec<HttpRoute>) {
     let gateways = vec![Gateway {
         name: "ingress".into(),
         namespace: "edge".into(),

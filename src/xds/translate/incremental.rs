@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::mesh;
+use super::{mesh, node_proxy};
 use crate::xds::model::{HttpRoute, ParentKind, Service, Telemetry};
 use crate::xds::snapshot::{Encoded, encode};
 
@@ -39,6 +39,8 @@ pub struct EncodedMesh {
     pub clusters: BTreeMap<String, Encoded>,
     /// EDS.
     pub endpoints: BTreeMap<String, Encoded>,
+    /// LDS for node proxies (their route configurations are in `routes`).
+    pub node_proxy_listeners: BTreeMap<String, Encoded>,
 }
 
 /// Which of the mesh's types a translation changed.
@@ -90,8 +92,7 @@ impl Incremental {
             self.entries.clear();
             self.mesh = EncodedMesh::default();
             self.telemetry = Some(telemetry.clone());
-            if let Some(zipkin) = &telemetry.zipkin {
-                let cluster = mesh::zipkin_cluster(&zipkin.address);
+            for cluster in mesh::constant_clusters(telemetry) {
                 self.mesh.clusters.insert(cluster.name.clone(), encode(&cluster));
             }
             changed = Changed::ALL;
@@ -126,6 +127,20 @@ impl Incremental {
             }
             e.round == round
         });
+        // Node proxies route every service port in one configuration: made again whenever
+        // any service's routes did (a service that came or went changes them too), never
+        // for an endpoint change.
+        if changed.routes {
+            let node = node_proxy::translate(services, routes, telemetry);
+            for (name, config) in &node.routes {
+                self.mesh.routes.insert(name.clone(), encode(config));
+            }
+            let listeners = node.listeners.iter().map(|(n, l)| (n.clone(), encode(l))).collect();
+            if self.mesh.node_proxy_listeners != listeners {
+                self.mesh.node_proxy_listeners = listeners;
+                changed.listeners = true;
+            }
+        }
         (&self.mesh, changed)
     }
 }

@@ -1,7 +1,8 @@
 //! Mesh translation: for each service port a Listener (an `api_listener` HttpConnectionManager
-//! that gets its routes over RDS from ADS), a RouteConfiguration, an EDS Cluster and a
-//! ClusterLoadAssignment of the ready endpoints grouped by zone. HTTPRoutes attached to a
-//! service replace its default route.
+//! that gets its routes over RDS from ADS, for proxyless gRPC clients), a RouteConfiguration,
+//! an EDS Cluster and a ClusterLoadAssignment of the ready endpoints grouped by zone.
+//! HTTPRoutes attached to a service replace its default route. Node proxies' listeners and
+//! routes over the same services come from `node_proxy`.
 
 use std::collections::BTreeMap;
 
@@ -9,12 +10,13 @@ use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use envoy_types::util::pack_any;
 
 use super::eds::{self, lb_endpoint_for};
+use super::node_proxy;
 use super::http::{ZIPKIN_CLUSTER, ads, connection_manager, default_route, domains, ranked_routes};
 use crate::xds::model::{self, HttpRoute, ParentKind, Service, ServicePort, Telemetry};
 
@@ -29,6 +31,9 @@ pub struct MeshResources {
     pub clusters: BTreeMap<String, Cluster>,
     /// EDS: one load assignment per service port, named like its cluster.
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+    /// LDS for node proxies: their socket listeners (`node_proxy`); their route
+    /// configurations are in `routes`, their passthrough cluster in `clusters`.
+    pub node_proxy_listeners: BTreeMap<String, Listener>,
 }
 
 /// Translates every service (and the routes attached to them).
@@ -44,9 +49,21 @@ pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemet
             out.endpoints.insert(assignment.cluster_name.clone(), assignment);
         }
     }
+    for cluster in constant_clusters(telemetry) {
+        out.clusters.insert(cluster.name.clone(), cluster);
+    }
+    let node = node_proxy::translate(services, routes, telemetry);
+    out.routes.extend(node.routes);
+    out.node_proxy_listeners = node.listeners;
+    out
+}
+
+/// The clusters no service makes: node proxies' inbound passthrough, and the Zipkin
+/// collector's when tracing is on.
+pub fn constant_clusters(telemetry: &Telemetry) -> Vec<Cluster> {
+    let mut out = vec![node_proxy::passthrough_cluster()];
     if let Some(zipkin) = &telemetry.zipkin {
-        out.clusters
-            .insert(ZIPKIN_CLUSTER.to_string(), zipkin_cluster(&zipkin.address));
+        out.push(zipkin_cluster(&zipkin.address));
     }
     out
 }
@@ -74,8 +91,9 @@ pub fn port_endpoints(svc: &Service, port: &ServicePort) -> ClusterLoadAssignmen
     eds::load_assignment(&cluster, svc, port, eds::Horizon::All)
 }
 
-/// A mesh listener: an `api_listener` (no socket) whose routes come over RDS, as proxyless
-/// gRPC clients and the node proxy's outbound side use it.
+/// A mesh listener: an `api_listener` (no socket) whose routes come over RDS, for proxyless
+/// gRPC clients only (Envoy takes an `api_listener` only from its bootstrap; node proxies
+/// get `node_proxy`'s socket listeners instead).
 fn api_listener(name: &str, telemetry: &Telemetry) -> Listener {
     Listener {
         name: name.to_string(),
@@ -88,6 +106,21 @@ fn api_listener(name: &str, telemetry: &Telemetry) -> Listener {
 
 fn route_configuration(svc: &Service, port: &ServicePort, routes: &[HttpRoute]) -> RouteConfiguration {
     let name = model::listener_name(&svc.name, &svc.namespace, port.port);
+    RouteConfiguration {
+        name: name.clone(),
+        virtual_hosts: vec![VirtualHost {
+            name,
+            domains: domains(svc, port.port),
+            routes: port_routes(svc, port, routes),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A service port's routes: its attached HTTPRoutes' rules, ranked, or else every request
+/// to its own cluster. Proxyless clients and node proxies route the same way.
+pub fn port_routes(svc: &Service, port: &ServicePort, routes: &[HttpRoute]) -> Vec<Route> {
     let attached: Vec<&HttpRoute> = routes
         .iter()
         .filter(|r| r.attaches_to(ParentKind::Service, &svc.name, &svc.namespace, port.port, &port.name))
@@ -96,16 +129,7 @@ fn route_configuration(svc: &Service, port: &ServicePort, routes: &[HttpRoute]) 
     if attached.is_empty() {
         envoy_routes.push(default_route(svc, port.port));
     }
-    RouteConfiguration {
-        name: name.clone(),
-        virtual_hosts: vec![VirtualHost {
-            name,
-            domains: domains(svc, port.port),
-            routes: envoy_routes,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    envoy_routes
 }
 
 fn eds_cluster(name: &str, port: &ServicePort) -> Cluster {

@@ -1,5 +1,6 @@
-//! Translation (pure): discovery's model → Envoy resources. `mesh` translates services,
-//! `gateway` the MeshGateways' listeners; both build on `http` (the connection manager and
+//! Translation (pure): discovery's model → Envoy resources. `mesh` translates services (for
+//! proxyless clients, and through `node_proxy` for node proxies), `gateway` the
+//! MeshGateways' listeners; both build on `http` (the connection manager and
 //! route ranking they share) and never on each other. This module puts their results
 //! together as the [`Resources`] a snapshot encodes. `eds` builds load assignments, with
 //! split-horizon EDS for multi-network meshes.
@@ -18,6 +19,7 @@ pub mod gateway;
 mod http;
 pub mod incremental;
 pub mod mesh;
+pub mod node_proxy;
 
 pub use http::ZIPKIN_CLUSTER;
 
@@ -32,6 +34,9 @@ pub struct Resources {
     pub clusters: BTreeMap<String, Cluster>,
     /// EDS.
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+    /// LDS for node proxies (`node_proxy`): socket listeners, where the mesh's are
+    /// `api_listener`s only proxyless clients can use.
+    pub node_proxy_listeners: BTreeMap<String, Listener>,
     /// LDS for gateway clients: each gateway's listeners, by `model::gateway_key`. Only
     /// that gateway's pods see them; their route configurations are in `routes`.
     pub gateway_listeners: BTreeMap<String, BTreeMap<String, Listener>>,
@@ -56,6 +61,7 @@ impl From<mesh::MeshResources> for Resources {
             routes: m.routes,
             clusters: m.clusters,
             endpoints: m.endpoints,
+            node_proxy_listeners: m.node_proxy_listeners,
             ..Default::default()
         }
     }
@@ -124,8 +130,8 @@ pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemet
 }
 
 #[cfg(test)]
-mod gateway_tests;
+pub(crate) mod gateway_tests;
 #[cfg(test)]
 mod network_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -39,7 +39,7 @@ fn service(name: &str, endpoints: Vec<Endpoint>) -> Service {
     }
 }
 
-pub(super) fn world() -> (Vec<Service>, Vec<HttpRoute>) {
+pub(crate) fn world() -> (Vec<Service>, Vec<HttpRoute>) {
     let services = vec![
         service(
             "cart",
@@ -102,7 +102,7 @@ pub(super) fn world() -> (Vec<Service>, Vec<HttpRoute>) {
     (services, routes)
 }
 
-pub(super) fn telemetry() -> Telemetry {
+pub(crate) fn telemetry() -> Telemetry {
     Telemetry {
         access_log: Some(FileLog {
             path: "/dev/stdout".into(),
@@ -166,7 +166,14 @@ fn one_listener_route_cluster_and_assignment_per_service_port() {
             "cart.shop.svc.cluster.local:50051"
         ]
     );
-    assert_eq!(r.routes.keys().collect::<Vec<_>>(), names);
+    // Node proxies' route configurations beside the proxyless clients'.
+    let mut routes = names.clone();
+    let node_proxy = [
+        super::node_proxy::INBOUND.to_string(),
+        super::node_proxy::OUTBOUND.to_string(),
+    ];
+    routes.extend(&node_proxy);
+    assert_eq!(r.routes.keys().collect::<Vec<_>>(), routes);
     assert!(r.clusters.contains_key("outbound|50051||cart.shop.svc.cluster.local"));
     assert!(r.endpoints.contains_key("outbound|50051||cart.shop.svc.cluster.local"));
 }

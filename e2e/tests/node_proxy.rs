@@ -1,0 +1,223 @@
+//! What a live control plane serves each Envoy role, judged as Envoy would take it: a node
+//! proxy started from the bootstrap ConfigMap the operator renders, an ingress and an
+//! east-west gateway from theirs. Each subscribes the way Envoy does (LDS and CDS wildcard,
+//! then RDS and EDS by name, ACKing), through `weft config-dump`'s client; what it holds
+//! must pass `weft::envoy_check` (Envoy's listener, route and cluster managers) and
+//! go-control-plane's protoc-gen-validate checks. No Envoy binary runs here: this is the
+//! configuration Envoy would receive, decoded and checked.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::util::pack_any;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
+use weft::api::MeshInstall;
+use weft::api::mesh_gateway::MeshGateway;
+use weft::config_dump::{self, Dump};
+use weft::envoy_check::{self, Role};
+use weft::xds::translate::node_proxy;
+use weft_e2e::control_plane::ControlPlane;
+use weft_e2e::operator::{Operator, SERIAL, TIMEOUT, delete_and_wait, install_crds, mesh, wait_ready};
+use weft_e2e::{Bed, envoy_validate, multicluster, wait_for, weft_bin};
+
+const NODE_PROXY: Role = Role::NodeProxy {
+    outbound: node_proxy::OUTBOUND_PORT,
+    ready: node_proxy::READY_PORT,
+    ready_path: node_proxy::READY_PATH,
+};
+
+/// `data[key]` of ConfigMap `ns/name`, once it exists.
+async fn config_map(bed: &Bed, ns: &str, name: &str, key: &str) -> String {
+    let api: Api<ConfigMap> = Api::namespaced(bed.client.clone(), ns);
+    wait_for(&format!("ConfigMap {ns}/{name}"), TIMEOUT, || async {
+        let cm = api.get_opt(name).await.map_err(|e| e.to_string())?;
+        cm.and_then(|c| c.data?.remove(key))
+            .ok_or_else(|| format!("no ConfigMap {name} with {key} yet"))
+    })
+    .await
+}
+
+/// What the Envoy with this bootstrap's node holds from `cp`, once it holds `want` (the
+/// control plane may not have seen every object yet).
+async fn dump_when(cp: &ControlPlane, bootstrap: &str, what: &str, want: impl Fn(&Dump) -> bool) -> Dump {
+    let node = config_dump::node_from_bootstrap("bootstrap.json", bootstrap).expect("a bootstrap with a node");
+    let address = format!("http://127.0.0.1:{}", cp.xds);
+    wait_for(what, Duration::from_secs(30), || async {
+        let dump = config_dump::fetch_complete(&address, node.clone(), Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
+        if want(&dump) {
+            Ok(dump)
+        } else {
+            Err(format!("holds {:?}", names(&dump)))
+        }
+    })
+    .await
+}
+
+fn names(dump: &Dump) -> BTreeMap<String, Vec<String>> {
+    dump.resources
+        .iter()
+        .map(|(t, items)| (t.rsplit('.').next().unwrap_or(t).to_string(), items.keys().cloned().collect()))
+        .collect()
+}
+
+fn holds(dump: &Dump, short: &str, name: &str) -> bool {
+    dump.resources
+        .iter()
+        .any(|(t, items)| t.ends_with(short) && items.contains_key(name))
+}
+
+/// Both checks over what one client holds: nothing Envoy would refuse or leave dangling.
+fn assert_envoy_takes(role: Role, dump: &Dump, who: &str) {
+    let (served, mut findings) = dump.served();
+    findings.extend(envoy_check::check(role, &served));
+    assert!(findings.is_empty(), "{who}: Envoy would refuse or leave dangling:\n{findings:#?}");
+    let all: Vec<Any> = dump.all().cloned().collect();
+    let violations = envoy_validate::validate(&all);
+    assert!(violations.is_empty(), "{who}: protoc-gen-validate:\n{violations:#?}");
+}
+
+#[tokio::test]
+async fn node_proxies_and_gateways_are_served_what_envoy_accepts() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let op = Operator::start(&bed, "node-proxy", &[]);
+    let meshes: Api<MeshInstall> = Api::all(bed.client.clone());
+    delete_and_wait(&bed, "np").await;
+    let mesh_ns = "e2e-np-mesh";
+    meshes
+        .create(
+            &PostParams::default(),
+            &mesh("np", mesh_ns, json!({"meshConfig": {"network": "net-a"}})),
+        )
+        .await
+        .expect("create mesh");
+    wait_ready(&meshes, "np", &op).await;
+
+    // A mesh service with an endpoint, and two gateways of the mesh.
+    let shop = "e2e-np-shop";
+    multicluster::greeter(&bed, shop, "198.51.100.20").await;
+    let edge = bed.namespace("e2e-np-edge").await;
+    let gateways: Api<MeshGateway> = Api::namespaced(bed.client.clone(), &edge.name);
+    for (name, spec) in [
+        ("ingress", json!({"mesh": "np"})),
+        ("eastwest", json!({"mesh": "np", "type": "EastWest", "network": "net-a"})),
+    ] {
+        let gw: MeshGateway = serde_json::from_value(json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
+            "metadata": {"name": name, "namespace": edge.name}, "spec": spec
+        }))
+        .unwrap();
+        gateways.create(&PostParams::default(), &gw).await.expect("create gateway");
+    }
+
+    // The revision's control plane, with the mesh config the operator rendered for it.
+    let mesh_config = config_map(&bed, mesh_ns, "weft-cp-np", "mesh.yaml").await;
+    let file = bed.kubeconfig.parent().unwrap().join("np-mesh.yaml");
+    std::fs::write(&file, &mesh_config).unwrap();
+    let cp = ControlPlane::start_with(&bed, "np", &["--mesh-config", file.to_str().unwrap()]);
+    cp.wait_ready().await;
+
+    let greeter = "outbound|50051||greeter.e2e-np-shop.svc.cluster.local";
+    let proxy_bootstrap = config_map(&bed, mesh_ns, "weft-proxy-np", "bootstrap.json").await;
+    let dump = dump_when(&cp, &proxy_bootstrap, "the node proxy to hold greeter", |d| {
+        holds(d, "ClusterLoadAssignment", greeter)
+    })
+    .await;
+    assert_envoy_takes(NODE_PROXY, &dump, "node proxy");
+    // It routes the service by its full and namespaced names, with and without the port.
+    let (served, _) = dump.served();
+    let outbound = served.routes.iter().find(|r| r.name == node_proxy::OUTBOUND).expect("outbound routes");
+    let vhost = outbound
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains.iter().any(|d| d == "greeter.e2e-np-shop.svc.cluster.local:50051"))
+        .unwrap_or_else(|| panic!("no virtual host for greeter: {outbound:?}"));
+    for d in ["greeter.e2e-np-shop", "greeter.e2e-np-shop:50051"] {
+        assert!(vhost.domains.iter().any(|x| x == d), "{d} missing from {:?}", vhost.domains);
+    }
+    assert!(served.listeners.iter().all(|l| l.api_listener.is_none() && l.address.is_some()));
+
+    for gw in ["ingress", "eastwest"] {
+        let bootstrap = config_map(&bed, &edge.name, &format!("{gw}-bootstrap"), "bootstrap.json").await;
+        let dump = dump_when(&cp, &bootstrap, &format!("gateway {gw} to hold its listeners"), |d| {
+            let (served, _) = d.served();
+            !served.listeners.is_empty() && holds(d, "ClusterLoadAssignment", greeter)
+        })
+        .await;
+        assert_envoy_takes(Role::Gateway, &dump, gw);
+    }
+
+    // The same, as a user runs it, through the CLI.
+    let file = bed.kubeconfig.parent().unwrap().join("np-bootstrap.json");
+    std::fs::write(&file, &proxy_bootstrap).unwrap();
+    let out = std::process::Command::new(weft_bin())
+        .args(["config-dump", "--xds", &format!("127.0.0.1:{}", cp.xds), "--check", "-o", "json"])
+        .arg("--bootstrap")
+        .arg(&file)
+        .output()
+        .expect("run weft config-dump");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["findings"], json!([]), "{text}");
+    assert!(text.contains(greeter), "{text}");
+
+    // The proxyless view (what node proxies were served before) fails the same check,
+    // live: the check catches what Envoy would skip.
+    let proxyless = proxy_bootstrap.replace("\"node-proxy\"", "\"proxyless\"");
+    let dump = dump_when(&cp, &proxyless, "the proxyless view", |d| holds(d, "Listener", "greeter.e2e-np-shop.svc.cluster.local:50051")).await;
+    let (served, _) = dump.served();
+    let findings = envoy_check::check(NODE_PROXY, &served);
+    assert!(
+        findings.iter().any(|f| f.problem.contains("api_listener")),
+        "the check must refuse api_listeners: {findings:#?}"
+    );
+
+    edge.delete().await;
+    delete_and_wait(&bed, "np").await;
+}
+
+/// go-control-plane's validators refuse what Envoy's protos forbid, inside typed configs
+/// too: a virtual host without a name or domains, a connection manager without a stat
+/// prefix; and take what the translation serves.
+#[test]
+fn the_proto_validator_refuses_fixtures_that_break_envoys_constraints() {
+    let route = RouteConfiguration {
+        name: "r".into(),
+        virtual_hosts: vec![VirtualHost::default()],
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: "l".into(),
+        filter_chains: vec![envoy_types::pb::envoy::config::listener::v3::FilterChain {
+            filters: vec![envoy_types::pb::envoy::config::listener::v3::Filter {
+                name: "hcm".into(),
+                config_type: Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
+                    pack_any(HttpConnectionManager::default()),
+                )),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let found = envoy_validate::validate(&[pack_any(route), pack_any(listener)]);
+    let text = found.join("\n");
+    assert!(text.contains("VirtualHost.Name") || text.contains("VirtualHostValidationError"), "{text}");
+    assert!(text.contains("Domains"), "{text}");
+    assert!(text.contains("StatPrefix"), "{text}");
+    let unknown = Any {
+        type_url: "type.googleapis.com/example.Unknown".into(),
+        value: vec![],
+    };
+    assert_eq!(envoy_validate::validate(&[unknown]).len(), 1);
+}

@@ -1,0 +1,233 @@
+//! `weft config-dump`: what a control plane serves one Envoy, fetched the way Envoy itself
+//! subscribes (LDS and CDS wildcard, then RDS and EDS by the names those ask for, ACKing
+//! every response), and with `--check` judged by [`crate::envoy_check`]. The client says
+//! who it is with the node of an Envoy bootstrap (the node proxies' ConfigMap, a gateway's)
+//! or with flags.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::envoy_check::{Finding, Served};
+
+/// Type URLs, in the order Envoy asks for them.
+const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// Why a dump could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bootstrap could not be read.
+    #[error("cannot read the bootstrap {path}: {message}")]
+    Bootstrap {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// No connection.
+    #[error("cannot connect to the control plane at {address}: {source}")]
+    Connect {
+        /// Where.
+        address: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// The control plane refused or ended the stream.
+    #[error("the control plane ended the stream: {0}")]
+    Stream(tonic::Status),
+    /// Nothing came in time.
+    #[error("the control plane sent no {0} within the timeout")]
+    Timeout(&'static str),
+}
+
+/// The node of an Envoy bootstrap (JSON): its id and string metadata.
+pub fn node_from_bootstrap(path: &str, text: &str) -> Result<Node, Error> {
+    let bad = |message: String| Error::Bootstrap {
+        path: path.to_string(),
+        message,
+    };
+    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let node = doc.get("node").ok_or_else(|| bad("it has no node".to_string()))?;
+    let metadata: BTreeMap<String, String> = node
+        .get("metadata")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let id = node.get("id").and_then(|v| v.as_str()).unwrap_or("weft-config-dump");
+    Ok(node_of(id, &metadata))
+}
+
+/// A node with this id and string metadata.
+pub fn node_of(id: &str, metadata: &BTreeMap<String, String>) -> Node {
+    Node {
+        id: id.to_string(),
+        metadata: Some(Struct {
+            fields: metadata
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        Value {
+                            kind: Some(Kind::StringValue(v.clone())),
+                        },
+                    )
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// What one client was served, as received.
+#[derive(Clone, Debug, Default)]
+pub struct Dump {
+    /// Every resource by type URL and name.
+    pub resources: BTreeMap<&'static str, BTreeMap<String, Any>>,
+}
+
+impl Dump {
+    /// Every resource, decoded, and what did not decode.
+    pub fn served(&self) -> (Served, Vec<Finding>) {
+        Served::decode(self.resources.values().flat_map(|m| m.values()))
+    }
+
+    /// Every resource, in type order.
+    pub fn all(&self) -> impl Iterator<Item = &Any> {
+        self.resources.values().flat_map(|m| m.values())
+    }
+}
+
+/// A resource's name, read as Envoy would for these four types.
+fn name_of(any: &Any) -> String {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use prost::Message;
+    let v = &any.value[..];
+    match any.type_url.as_str() {
+        LISTENER => Listener::decode(v).map(|r| r.name).unwrap_or_default(),
+        ROUTE => RouteConfiguration::decode(v).map(|r| r.name).unwrap_or_default(),
+        CLUSTER => Cluster::decode(v).map(|r| r.name).unwrap_or_default(),
+        ENDPOINT => ClusterLoadAssignment::decode(v).map(|r| r.cluster_name).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// Subscribes at `address` (`http://host:port`) as an Envoy with `node` would and returns
+/// what it holds once every subscribed type has answered (or `timeout` has passed, so a
+/// name the control plane never answers shows up as dangling).
+pub async fn fetch(address: &str, node: Node, timeout: Duration) -> Result<Dump, Error> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(address.to_string())
+        .await
+        .map_err(|source| Error::Connect {
+            address: address.to_string(),
+            source,
+        })?;
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+    let request = |type_url: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
+        type_url: type_url.to_string(),
+        resource_names: names,
+        version_info: version,
+        response_nonce: nonce,
+        ..Default::default()
+    };
+    let first = DiscoveryRequest {
+        node: Some(node),
+        ..request(LISTENER, vec![], String::new(), String::new())
+    };
+    // The channel holds 16 and at most 4 requests wait at once: sends never block here.
+    let _ = tx.send(first).await;
+    let _ = tx.send(request(CLUSTER, vec![], String::new(), String::new())).await;
+    let mut stream = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map_err(Error::Stream)?
+        .into_inner();
+    let mut dump = Dump::default();
+    // Per type: the names asked for (None: wildcard) and whether the answer to the latest
+    // request has come.
+    let mut asked: BTreeMap<&'static str, (Option<BTreeSet<String>>, bool)> =
+        BTreeMap::from([(LISTENER, (None, false)), (CLUSTER, (None, false))]);
+    let mut nonces: BTreeMap<&'static str, (String, String)> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if asked.values().all(|(_, answered)| *answered) {
+            return Ok(dump);
+        }
+        let next = tokio::time::timeout_at(deadline, stream.message()).await;
+        let response = match next {
+            Err(_) => return Ok(dump),
+            Ok(Err(status)) => return Err(Error::Stream(status)),
+            Ok(Ok(None)) => return Err(Error::Stream(tonic::Status::unavailable("the stream closed"))),
+            Ok(Ok(Some(r))) => r,
+        };
+        let Some(type_url) = [LISTENER, CLUSTER, ROUTE, ENDPOINT]
+            .into_iter()
+            .find(|t| *t == response.type_url)
+        else {
+            continue;
+        };
+        let items: BTreeMap<String, Any> = response.resources.into_iter().map(|a| (name_of(&a), a)).collect();
+        dump.resources.insert(type_url, items);
+        nonces.insert(type_url, (response.version_info.clone(), response.nonce.clone()));
+        let names = asked.get(type_url).and_then(|(n, _)| n.clone());
+        if let Some(entry) = asked.get_mut(type_url) {
+            entry.1 = true;
+        }
+        // ACK, for the same names.
+        let ack = request(
+            type_url,
+            names.map(|n| n.into_iter().collect()).unwrap_or_default(),
+            response.version_info,
+            response.nonce,
+        );
+        let _ = tx.send(ack).await;
+        // Follow what the listeners and clusters ask for, as Envoy does.
+        let (served, _) = dump.served();
+        let follow = match type_url {
+            LISTENER => Some((ROUTE, served.rds_names())),
+            CLUSTER => Some((ENDPOINT, served.eds_names())),
+            _ => None,
+        };
+        if let Some((dependent, wanted)) = follow {
+            let current = asked.get(dependent).and_then(|(n, _)| n.clone());
+            if current.as_ref() != Some(&wanted) {
+                if wanted.is_empty() && current.is_none() {
+                    // Nothing to ask for.
+                    continue;
+                }
+                let (version, nonce) = nonces.get(dependent).cloned().unwrap_or_default();
+                let _ = tx
+                    .send(request(dependent, wanted.iter().cloned().collect(), version, nonce))
+                    .await;
+                let answered = wanted.is_empty();
+                asked.insert(dependent, (Some(wanted), answered));
+            }
+        }
+    }
+}
+
+/// Fetches like [`fetch`] and fails with [`Error::Timeout`] when LDS or CDS never came.
+pub async fn fetch_complete(address: &str, node: Node, timeout: Duration) -> Result<Dump, Error> {
+    let dump = fetch(address, node, timeout).await?;
+    for (t, what) in [(LISTENER, "listeners"), (CLUSTER, "clusters")] {
+        if !dump.resources.contains_key(t) {
+            return Err(Error::Timeout(what));
+        }
+    }
+    Ok(dump)
+}
