@@ -122,7 +122,9 @@ fn name_of(any: &Any) -> String {
         LISTENER => Listener::decode(v).map(|r| r.name).unwrap_or_default(),
         ROUTE => RouteConfiguration::decode(v).map(|r| r.name).unwrap_or_default(),
         CLUSTER => Cluster::decode(v).map(|r| r.name).unwrap_or_default(),
-        ENDPOINT => ClusterLoadAssignment::decode(v).map(|r| r.cluster_name).unwrap_or_default(),
+        ENDPOINT => ClusterLoadAssignment::decode(v)
+            .map(|r| r.cluster_name)
+            .unwrap_or_default(),
         _ => String::new(),
     }
 }

@@ -33,7 +33,8 @@ const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// Type URL of load assignments.
 const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
-const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 const RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
@@ -159,8 +160,16 @@ fn eds_service_name(c: &Cluster) -> Option<String> {
         Some(cluster::ClusterDiscoveryType::Type(t)) if t == cluster::DiscoveryType::Eds as i32
     );
     eds.then(|| {
-        let service = c.eds_cluster_config.as_ref().map(|e| e.service_name.as_str()).unwrap_or("");
-        if service.is_empty() { c.name.clone() } else { service.to_string() }
+        let service = c
+            .eds_cluster_config
+            .as_ref()
+            .map(|e| e.service_name.as_str())
+            .unwrap_or("");
+        if service.is_empty() {
+            c.name.clone()
+        } else {
+            service.to_string()
+        }
     })
 }
 
@@ -257,14 +266,22 @@ impl Checker<'_> {
 
     fn filter_chain(&mut self, listener: &str, filters: &[envoy_types::pb::envoy::config::listener::v3::Filter]) {
         if filters.is_empty() {
-            self.find("lds", listener, "has a filter chain without filters: it would close every connection");
+            self.find(
+                "lds",
+                listener,
+                "has a filter chain without filters: it would close every connection",
+            );
         }
         for (i, f) in filters.iter().enumerate() {
             let last = i + 1 == filters.len();
             let any = match &f.config_type {
                 Some(filter::ConfigType::TypedConfig(any)) => any,
                 _ => {
-                    self.find("lds", listener, format!("network filter {:?} has no typed_config", f.name));
+                    self.find(
+                        "lds",
+                        listener,
+                        format!("network filter {:?} has no typed_config", f.name),
+                    );
                     continue;
                 }
             };
@@ -272,7 +289,11 @@ impl Checker<'_> {
                 HCM => {
                     match HttpConnectionManager::decode(&any.value[..]) {
                         Ok(hcm) => self.connection_manager(listener, &hcm),
-                        Err(e) => self.find("lds", listener, format!("its HttpConnectionManager does not decode: {e}")),
+                        Err(e) => self.find(
+                            "lds",
+                            listener,
+                            format!("its HttpConnectionManager does not decode: {e}"),
+                        ),
                     }
                     true
                 }
@@ -284,15 +305,33 @@ impl Checker<'_> {
                     true
                 }
                 other => {
-                    self.find("lds", listener, format!("network filter {:?} has a type Envoy does not know here: {other}", f.name));
+                    self.find(
+                        "lds",
+                        listener,
+                        format!(
+                            "network filter {:?} has a type Envoy does not know here: {other}",
+                            f.name
+                        ),
+                    );
                     continue;
                 }
             };
             if terminal && !last {
-                self.find("lds", listener, format!("terminal filter {:?} is not the last of its chain: Envoy refuses the listener", f.name));
+                self.find(
+                    "lds",
+                    listener,
+                    format!(
+                        "terminal filter {:?} is not the last of its chain: Envoy refuses the listener",
+                        f.name
+                    ),
+                );
             }
             if !terminal && last {
-                self.find("lds", listener, format!("the last filter of a chain, {:?}, is not terminal", f.name));
+                self.find(
+                    "lds",
+                    listener,
+                    format!("the last filter of a chain, {:?}, is not terminal", f.name),
+                );
             }
         }
     }
@@ -328,7 +367,11 @@ impl Checker<'_> {
                     .and_then(|s| s.config_source_specifier.as_ref())
                     .is_some_and(|s| matches!(s, config_source::ConfigSourceSpecifier::Ads(_)));
                 if !ads {
-                    self.find("lds", listener, "its RDS config source is not ADS: the client has no other xDS server");
+                    self.find(
+                        "lds",
+                        listener,
+                        "its RDS config source is not ADS: the client has no other xDS server",
+                    );
                 }
                 if !self.routes.contains_key(rds.route_config_name.as_str()) {
                     self.find(
@@ -348,7 +391,11 @@ impl Checker<'_> {
             None => self.find("lds", listener, "its HttpConnectionManager has no route configuration"),
         }
         if hcm.http_filters.is_empty() {
-            self.find("lds", listener, "its HttpConnectionManager has no HTTP filters: it needs the router last");
+            self.find(
+                "lds",
+                listener,
+                "its HttpConnectionManager has no HTTP filters: it needs the router last",
+            );
         }
         for (i, f) in hcm.http_filters.iter().enumerate() {
             let last = i + 1 == hcm.http_filters.len();
@@ -360,27 +407,49 @@ impl Checker<'_> {
                 }
             };
             match url {
-                ROUTER if !last => self.find("lds", listener, "the router is not the last HTTP filter: Envoy refuses the listener"),
+                ROUTER if !last => self.find(
+                    "lds",
+                    listener,
+                    "the router is not the last HTTP filter: Envoy refuses the listener",
+                ),
                 ROUTER => {}
-                RBAC if last => self.find("lds", listener, "the last HTTP filter is not the router: Envoy refuses the listener"),
+                RBAC if last => self.find(
+                    "lds",
+                    listener,
+                    "the last HTTP filter is not the router: Envoy refuses the listener",
+                ),
                 RBAC => {
                     if let Some(Ok(rbac)) = decode_http_filter::<Rbac>(f) {
                         self.rbac(listener, &rbac);
                     }
                 }
-                other => self.find("lds", listener, format!("HTTP filter {:?} has a type Envoy does not know here: {other}", f.name)),
+                other => self.find(
+                    "lds",
+                    listener,
+                    format!("HTTP filter {:?} has a type Envoy does not know here: {other}", f.name),
+                ),
             }
             if let Some(Err(e)) = decode_any_http_filter(f) {
-                self.find("lds", listener, format!("HTTP filter {:?} does not decode: {e}", f.name));
+                self.find(
+                    "lds",
+                    listener,
+                    format!("HTTP filter {:?} does not decode: {e}", f.name),
+                );
             }
         }
         for log in &hcm.access_log {
             let url = match &log.config_type {
-                Some(envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
+                Some(envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(any)) => {
+                    any.type_url.as_str()
+                }
                 _ => "",
             };
             if url != FILE_ACCESS_LOG {
-                self.find("lds", listener, format!("access log {:?} has a type Envoy does not know here: {url:?}", log.name));
+                self.find(
+                    "lds",
+                    listener,
+                    format!("access log {:?} has a type Envoy does not know here: {url:?}", log.name),
+                );
             }
         }
         if let Some(provider) = hcm.tracing.as_ref().and_then(|t| t.provider.as_ref()) {
@@ -420,7 +489,11 @@ impl Checker<'_> {
 
     fn regex(&mut self, kind: &'static str, name: &str, re: &RegexMatcher) {
         if let Err(e) = regex::Regex::new(&re.regex) {
-            self.find(kind, name, format!("regular expression {:?} does not compile: {e}", re.regex));
+            self.find(
+                kind,
+                name,
+                format!("regular expression {:?} does not compile: {e}", re.regex),
+            );
         }
     }
 
@@ -429,7 +502,14 @@ impl Checker<'_> {
         let mut domains: BTreeMap<String, &str> = BTreeMap::new();
         for vh in &rc.virtual_hosts {
             if !vhost_names.insert(vh.name.as_str()) {
-                self.find(kind, name, format!("two virtual hosts are named {:?}: Envoy rejects the route configuration", vh.name));
+                self.find(
+                    kind,
+                    name,
+                    format!(
+                        "two virtual hosts are named {:?}: Envoy rejects the route configuration",
+                        vh.name
+                    ),
+                );
             }
             if vh.domains.is_empty() {
                 self.find(kind, name, format!("virtual host {:?} has no domains", vh.name));
@@ -447,7 +527,11 @@ impl Checker<'_> {
                 }
                 let stars = d.matches('*').count();
                 if d != "*" && (stars > 1 || (stars == 1 && !d.starts_with('*') && !d.ends_with('*'))) {
-                    self.find(kind, name, format!("domain {d:?} has a wildcard Envoy does not accept (only a leading or trailing one)"));
+                    self.find(
+                        kind,
+                        name,
+                        format!("domain {d:?} has a wildcard Envoy does not accept (only a leading or trailing one)"),
+                    );
                 }
             }
             for r in &vh.routes {
@@ -486,11 +570,19 @@ impl Checker<'_> {
                                 self.cluster_ref(kind, name, &c.name, &what);
                             }
                         }
-                        _ => self.find(kind, name, format!("{what} names its cluster in a way this mesh never serves")),
+                        _ => self.find(
+                            kind,
+                            name,
+                            format!("{what} names its cluster in a way this mesh never serves"),
+                        ),
                     },
                     Some(route::Action::DirectResponse(d)) => {
                         if !(200..600).contains(&d.status) {
-                            self.find(kind, name, format!("{what} answers status {}, outside 200..599", d.status));
+                            self.find(
+                                kind,
+                                name,
+                                format!("{what} answers status {}, outside 200..599", d.status),
+                            );
                         }
                     }
                     Some(_) => {}
@@ -502,7 +594,13 @@ impl Checker<'_> {
 
     /// A CONNECT route must terminate the tunnel (an upgrade config for CONNECT with a
     /// connect config) or Envoy forwards the CONNECT request upstream as it is.
-    fn connect_route(&mut self, kind: &'static str, name: &str, what: &str, r: &envoy_types::pb::envoy::config::route::v3::Route) {
+    fn connect_route(
+        &mut self,
+        kind: &'static str,
+        name: &str,
+        what: &str,
+        r: &envoy_types::pb::envoy::config::route::v3::Route,
+    ) {
         let terminates = match &r.action {
             Some(route::Action::Route(a)) => a
                 .upgrade_configs
@@ -511,7 +609,11 @@ impl Checker<'_> {
             _ => false,
         };
         if !terminates {
-            self.find(kind, name, format!("{what} matches CONNECT but does not terminate it (no CONNECT upgrade with connect_config)"));
+            self.find(
+                kind,
+                name,
+                format!("{what} matches CONNECT but does not terminate it (no CONNECT upgrade with connect_config)"),
+            );
         }
     }
 
@@ -535,7 +637,11 @@ impl Checker<'_> {
             match kind {
                 Some(cluster::DiscoveryType::Eds) => {
                     let service = eds_service_name(c).unwrap_or_default();
-                    if c.eds_cluster_config.as_ref().and_then(|e| e.eds_config.as_ref()).is_none() {
+                    if c.eds_cluster_config
+                        .as_ref()
+                        .and_then(|e| e.eds_config.as_ref())
+                        .is_none()
+                    {
                         self.find("cds", name, "is an EDS cluster without an EDS config source");
                     }
                     if !served_eds.contains(service.as_str()) {
@@ -546,34 +652,67 @@ impl Checker<'_> {
                         );
                     }
                     if provided {
-                        self.find("cds", name, "has lb_policy CLUSTER_PROVIDED, which only an ORIGINAL_DST cluster may have");
+                        self.find(
+                            "cds",
+                            name,
+                            "has lb_policy CLUSTER_PROVIDED, which only an ORIGINAL_DST cluster may have",
+                        );
                     }
                 }
                 Some(cluster::DiscoveryType::OriginalDst) => {
                     if !provided {
-                        self.find("cds", name, "is an ORIGINAL_DST cluster: Envoy requires lb_policy CLUSTER_PROVIDED");
+                        self.find(
+                            "cds",
+                            name,
+                            "is an ORIGINAL_DST cluster: Envoy requires lb_policy CLUSTER_PROVIDED",
+                        );
                     }
                     if c.load_assignment.is_some() {
-                        self.find("cds", name, "is an ORIGINAL_DST cluster with a load assignment, which Envoy refuses");
+                        self.find(
+                            "cds",
+                            name,
+                            "is an ORIGINAL_DST cluster with a load assignment, which Envoy refuses",
+                        );
                     }
                 }
-                Some(cluster::DiscoveryType::Static | cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns) => {
-                    let empty = c.load_assignment.as_ref().is_none_or(|l| l.endpoints.iter().all(|e| e.lb_endpoints.is_empty()));
+                Some(
+                    cluster::DiscoveryType::Static
+                    | cluster::DiscoveryType::StrictDns
+                    | cluster::DiscoveryType::LogicalDns,
+                ) => {
+                    let empty = c
+                        .load_assignment
+                        .as_ref()
+                        .is_none_or(|l| l.endpoints.iter().all(|e| e.lb_endpoints.is_empty()));
                     if empty {
                         self.find("cds", name, "has no endpoints in its load assignment");
                     }
                     if provided {
-                        self.find("cds", name, "has lb_policy CLUSTER_PROVIDED, which only an ORIGINAL_DST cluster may have");
+                        self.find(
+                            "cds",
+                            name,
+                            "has lb_policy CLUSTER_PROVIDED, which only an ORIGINAL_DST cluster may have",
+                        );
                     }
                 }
                 None => self.find("cds", name, "has an unknown discovery type"),
             }
             for (key, any) in &c.typed_extension_protocol_options {
                 if key != HTTP_PROTOCOL_OPTIONS_KEY || any.type_url != HTTP_PROTOCOL_OPTIONS {
-                    self.find("cds", name, format!("protocol options {key:?} of type {:?} are not known to Envoy here", any.type_url));
+                    self.find(
+                        "cds",
+                        name,
+                        format!(
+                            "protocol options {key:?} of type {:?} are not known to Envoy here",
+                            any.type_url
+                        ),
+                    );
                 }
             }
-            if c.connect_timeout.as_ref().is_some_and(|d| d.seconds < 0 || (d.seconds == 0 && d.nanos <= 0)) {
+            if c.connect_timeout
+                .as_ref()
+                .is_some_and(|d| d.seconds < 0 || (d.seconds == 0 && d.nanos <= 0))
+            {
                 self.find("cds", name, "has a connect timeout that is not positive");
             }
         }
@@ -621,9 +760,15 @@ impl Checker<'_> {
                 ready_path,
             } => {
                 if !ports.contains_key(&u32::from(outbound)) {
-                    self.find("lds", "", format!("no listener on the outbound port {outbound}: workloads' calls are refused"));
+                    self.find(
+                        "lds",
+                        "",
+                        format!("no listener on the outbound port {outbound}: workloads' calls are refused"),
+                    );
                 }
-                let answers = ports.get(&u32::from(ready)).is_some_and(|l| self.answers_ok(l, ready_path));
+                let answers = ports
+                    .get(&u32::from(ready))
+                    .is_some_and(|l| self.answers_ok(l, ready_path));
                 if !answers {
                     self.find(
                         "lds",
@@ -650,14 +795,18 @@ impl Checker<'_> {
                 _ => None,
             })
             .collect();
-        configs.iter().flat_map(|rc| &rc.virtual_hosts).flat_map(|vh| &vh.routes).any(|r| {
-            let matches = match r.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
-                Some(route_match::PathSpecifier::Path(p)) => p == path,
-                Some(route_match::PathSpecifier::Prefix(p)) => path.starts_with(p.as_str()),
-                _ => false,
-            };
-            matches && matches!(&r.action, Some(route::Action::DirectResponse(d)) if d.status == 200)
-        })
+        configs
+            .iter()
+            .flat_map(|rc| &rc.virtual_hosts)
+            .flat_map(|vh| &vh.routes)
+            .any(|r| {
+                let matches = match r.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
+                    Some(route_match::PathSpecifier::Path(p)) => p == path,
+                    Some(route_match::PathSpecifier::Prefix(p)) => path.starts_with(p.as_str()),
+                    _ => false,
+                };
+                matches && matches!(&r.action, Some(route::Action::DirectResponse(d)) if d.status == 200)
+            })
     }
 }
 

@@ -123,12 +123,19 @@ fn every_profile_and_gateway_type_is_served_what_envoy_accepts() {
     ];
     for spec in specs {
         let telemetry = rendered_telemetry(spec);
-        let snap = Snapshot::new(1, Instant::now(), &translate_all(&services, &gateways(), &routes, &telemetry));
+        let snap = Snapshot::new(
+            1,
+            Instant::now(),
+            &translate_all(&services, &gateways(), &routes, &telemetry),
+        );
         let node = subscribed(&snap, &View::NODE_PROXY);
         assert_eq!(check(NODE_PROXY, &node), vec![], "node proxy, {spec}");
         assert!(!node.endpoints.is_empty() && !node.routes.is_empty(), "{node:?}");
         for gw in gateways() {
-            let served = subscribed(&snap, &View::gateway(crate::xds::model::gateway_key(&gw.name, &gw.namespace)));
+            let served = subscribed(
+                &snap,
+                &View::gateway(crate::xds::model::gateway_key(&gw.name, &gw.namespace)),
+            );
             assert_eq!(check(Role::Gateway, &served), vec![], "gateway {}, {spec}", gw.name);
         }
     }
@@ -138,18 +145,32 @@ fn every_profile_and_gateway_type_is_served_what_envoy_accepts() {
 fn a_node_proxy_served_the_proxyless_view_is_refused() {
     // What node proxies were served before they had listeners of their own.
     let (services, routes) = crate::xds::translate::tests::world();
-    let snap = Snapshot::new(1, Instant::now(), &translate_all(&services, &[], &routes, &Default::default()));
+    let snap = Snapshot::new(
+        1,
+        Instant::now(),
+        &translate_all(&services, &[], &routes, &Default::default()),
+    );
     let served = subscribed(&snap, &View::MESH);
     let findings = check(NODE_PROXY, &served);
     let api: Vec<&Finding> = findings.iter().filter(|f| f.problem.contains("api_listener")).collect();
     assert_eq!(api.len(), served.listeners.len(), "{findings:#?}");
-    assert!(findings.iter().any(|f| f.problem.contains("outbound port 15001")), "{findings:#?}");
-    assert!(findings.iter().any(|f| f.problem.contains("/healthz/ready")), "{findings:#?}");
+    assert!(
+        findings.iter().any(|f| f.problem.contains("outbound port 15001")),
+        "{findings:#?}"
+    );
+    assert!(
+        findings.iter().any(|f| f.problem.contains("/healthz/ready")),
+        "{findings:#?}"
+    );
 }
 
 fn served_node_proxy() -> Served {
     let (services, routes) = crate::xds::translate::tests::world();
-    let snap = Snapshot::new(1, Instant::now(), &translate_all(&services, &[], &routes, &Default::default()));
+    let snap = Snapshot::new(
+        1,
+        Instant::now(),
+        &translate_all(&services, &[], &routes, &Default::default()),
+    );
     subscribed(&snap, &View::NODE_PROXY)
 }
 
@@ -163,7 +184,9 @@ fn a_dangling_rds_name_is_refused() {
     served.routes.retain(|r| r.name != node_proxy::OUTBOUND);
     let found = problems(&served);
     assert!(
-        found.iter().any(|f| f.contains("node-proxy|outbound") && f.contains("no route configuration answers")),
+        found
+            .iter()
+            .any(|f| f.contains("node-proxy|outbound") && f.contains("no route configuration answers")),
         "{found:#?}"
     );
 }
@@ -176,7 +199,9 @@ fn a_missing_cluster_is_refused() {
     served.endpoints.retain(|e| e.cluster_name != gone);
     let found = problems(&served);
     assert!(
-        found.iter().any(|f| f.contains(&format!("names cluster \"{gone}\", which CDS does not serve"))),
+        found
+            .iter()
+            .any(|f| f.contains(&format!("names cluster \"{gone}\", which CDS does not serve"))),
         "{found:#?}"
     );
 }
@@ -184,10 +209,21 @@ fn a_missing_cluster_is_refused() {
 #[test]
 fn an_eds_cluster_without_its_assignment_is_refused() {
     let mut served = served_node_proxy();
-    let cluster = served.clusters.iter().find(|c| c.name.starts_with("outbound|")).unwrap().name.clone();
+    let cluster = served
+        .clusters
+        .iter()
+        .find(|c| c.name.starts_with("outbound|"))
+        .unwrap()
+        .name
+        .clone();
     served.endpoints.retain(|e| e.cluster_name != cluster);
     let found = problems(&served);
-    assert!(found.iter().any(|f| f.contains(&cluster) && f.contains("load assignment")), "{found:#?}");
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains(&cluster) && f.contains("load assignment")),
+        "{found:#?}"
+    );
 }
 
 fn listener(name: &str, port: Option<u32>, typed: Any) -> Listener {
@@ -213,7 +249,11 @@ fn listener(name: &str, port: Option<u32>, typed: Any) -> Listener {
 
 /// The node proxy's outbound listener's connection manager, as served.
 fn outbound_hcm(served: &Served) -> Any {
-    let l = served.listeners.iter().find(|l| l.name == node_proxy::OUTBOUND).unwrap();
+    let l = served
+        .listeners
+        .iter()
+        .find(|l| l.name == node_proxy::OUTBOUND)
+        .unwrap();
     match &l.filter_chains[0].filters[0].config_type {
         Some(filter::ConfigType::TypedConfig(any)) => any.clone(),
         other => panic!("{other:?}"),
@@ -227,8 +267,16 @@ fn two_listeners_on_one_address_and_one_without_an_address_are_refused() {
     served.listeners.push(listener("again", Some(15001), hcm.clone()));
     served.listeners.push(listener("nowhere", None, hcm));
     let found = problems(&served);
-    assert!(found.iter().any(|f| f.contains("\"again\": binds 0.0.0.0:15001 like listener")), "{found:#?}");
-    assert!(found.iter().any(|f| f.contains("\"nowhere\": has no socket address")), "{found:#?}");
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("\"again\": binds 0.0.0.0:15001 like listener")),
+        "{found:#?}"
+    );
+    assert!(
+        found.iter().any(|f| f.contains("\"nowhere\": has no socket address")),
+        "{found:#?}"
+    );
 }
 
 #[test]
@@ -240,13 +288,22 @@ fn a_filter_envoy_does_not_know_is_refused() {
     };
     served.listeners.push(listener("odd", Some(9000), unknown));
     let found = problems(&served);
-    assert!(found.iter().any(|f| f.contains("\"odd\"") && f.contains("Envoy does not know")), "{found:#?}");
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("\"odd\"") && f.contains("Envoy does not know")),
+        "{found:#?}"
+    );
 }
 
 #[test]
 fn a_domain_in_two_virtual_hosts_is_refused() {
     let mut served = served_node_proxy();
-    let rc = served.routes.iter_mut().find(|r| r.name == node_proxy::OUTBOUND).unwrap();
+    let rc = served
+        .routes
+        .iter_mut()
+        .find(|r| r.name == node_proxy::OUTBOUND)
+        .unwrap();
     let mut twin = rc.virtual_hosts[0].clone();
     twin.name = "twin".to_string();
     rc.virtual_hosts.push(twin);
@@ -257,7 +314,11 @@ fn a_domain_in_two_virtual_hosts_is_refused() {
 #[test]
 fn a_connect_route_that_does_not_terminate_is_refused() {
     let mut served = served_node_proxy();
-    let rc = served.routes.iter_mut().find(|r| r.name == node_proxy::OUTBOUND).unwrap();
+    let rc = served
+        .routes
+        .iter_mut()
+        .find(|r| r.name == node_proxy::OUTBOUND)
+        .unwrap();
     let connect = &mut rc.virtual_hosts[0].routes[0];
     match &mut connect.action {
         Some(route::Action::Route(a)) => a.upgrade_configs.clear(),

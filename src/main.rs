@@ -321,7 +321,10 @@ fn config_dump(args: ConfigDumpArgs) -> Result<()> {
             config_dump::node_from_bootstrap(&path.display().to_string(), &text)?
         }
         None => {
-            let role = args.role.clone().ok_or("name the client: --bootstrap FILE, or --role and --namespace")?;
+            let role = args
+                .role
+                .clone()
+                .ok_or("name the client: --bootstrap FILE, or --role and --namespace")?;
             let mut metadata = std::collections::BTreeMap::from([("ROLE".to_string(), role)]);
             for (key, value) in [
                 ("NAMESPACE", &args.namespace),
@@ -378,7 +381,10 @@ fn config_dump(args: ConfigDumpArgs) -> Result<()> {
                     .iter()
                     .map(|(name, any)| serde_json::json!({"name": name, "bytes": any.value.len()}))
                     .collect();
-                (t.rsplit('.').next().unwrap_or(t).to_string(), serde_json::Value::Array(list))
+                (
+                    t.rsplit('.').next().unwrap_or(t).to_string(),
+                    serde_json::Value::Array(list),
+                )
             })
             .collect();
         let findings: Vec<serde_json::Value> = findings
@@ -393,7 +399,11 @@ fn config_dump(args: ConfigDumpArgs) -> Result<()> {
         println!("{:<22} {:>8}  NAME", "TYPE", "BYTES");
         for (t, items) in &dump.resources {
             for (name, any) in items {
-                println!("{:<22} {:>8}  {name}", t.rsplit('.').next().unwrap_or(t), any.value.len());
+                println!(
+                    "{:<22} {:>8}  {name}",
+                    t.rsplit('.').next().unwrap_or(t),
+                    any.value.len()
+                );
             }
         }
         if args.check {

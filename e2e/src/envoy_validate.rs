@@ -37,8 +37,14 @@ pub fn validate(resources: &[Any]) -> Vec<String> {
         Some(0) | Some(1) => {}
         other => panic!("the validator failed ({other:?}): {stderr}"),
     }
-    assert!(stderr.contains(&format!("checked {} resources", resources.len())), "{stderr}");
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    assert!(
+        stderr.contains(&format!("checked {} resources", resources.len())),
+        "{stderr}"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn tempfile_path() -> PathBuf {

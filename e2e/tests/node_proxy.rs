@@ -65,7 +65,12 @@ async fn dump_when(cp: &ControlPlane, bootstrap: &str, what: &str, want: impl Fn
 fn names(dump: &Dump) -> BTreeMap<String, Vec<String>> {
     dump.resources
         .iter()
-        .map(|(t, items)| (t.rsplit('.').next().unwrap_or(t).to_string(), items.keys().cloned().collect()))
+        .map(|(t, items)| {
+            (
+                t.rsplit('.').next().unwrap_or(t).to_string(),
+                items.keys().cloned().collect(),
+            )
+        })
         .collect()
 }
 
@@ -79,7 +84,10 @@ fn holds(dump: &Dump, short: &str, name: &str) -> bool {
 fn assert_envoy_takes(role: Role, dump: &Dump, who: &str) {
     let (served, mut findings) = dump.served();
     findings.extend(envoy_check::check(role, &served));
-    assert!(findings.is_empty(), "{who}: Envoy would refuse or leave dangling:\n{findings:#?}");
+    assert!(
+        findings.is_empty(),
+        "{who}: Envoy would refuse or leave dangling:\n{findings:#?}"
+    );
     let all: Vec<Any> = dump.all().cloned().collect();
     let violations = envoy_validate::validate(&all);
     assert!(violations.is_empty(), "{who}: protoc-gen-validate:\n{violations:#?}");
@@ -110,14 +118,20 @@ async fn node_proxies_and_gateways_are_served_what_envoy_accepts() {
     let gateways: Api<MeshGateway> = Api::namespaced(bed.client.clone(), &edge.name);
     for (name, spec) in [
         ("ingress", json!({"mesh": "np"})),
-        ("eastwest", json!({"mesh": "np", "type": "EastWest", "network": "net-a"})),
+        (
+            "eastwest",
+            json!({"mesh": "np", "type": "EastWest", "network": "net-a"}),
+        ),
     ] {
         let gw: MeshGateway = serde_json::from_value(json!({
             "apiVersion": "weft.dev/v1alpha1", "kind": "MeshGateway",
             "metadata": {"name": name, "namespace": edge.name}, "spec": spec
         }))
         .unwrap();
-        gateways.create(&PostParams::default(), &gw).await.expect("create gateway");
+        gateways
+            .create(&PostParams::default(), &gw)
+            .await
+            .expect("create gateway");
     }
 
     // The revision's control plane, with the mesh config the operator rendered for it.
@@ -136,16 +150,33 @@ async fn node_proxies_and_gateways_are_served_what_envoy_accepts() {
     assert_envoy_takes(NODE_PROXY, &dump, "node proxy");
     // It routes the service by its full and namespaced names, with and without the port.
     let (served, _) = dump.served();
-    let outbound = served.routes.iter().find(|r| r.name == node_proxy::OUTBOUND).expect("outbound routes");
+    let outbound = served
+        .routes
+        .iter()
+        .find(|r| r.name == node_proxy::OUTBOUND)
+        .expect("outbound routes");
     let vhost = outbound
         .virtual_hosts
         .iter()
-        .find(|v| v.domains.iter().any(|d| d == "greeter.e2e-np-shop.svc.cluster.local:50051"))
+        .find(|v| {
+            v.domains
+                .iter()
+                .any(|d| d == "greeter.e2e-np-shop.svc.cluster.local:50051")
+        })
         .unwrap_or_else(|| panic!("no virtual host for greeter: {outbound:?}"));
     for d in ["greeter.e2e-np-shop", "greeter.e2e-np-shop:50051"] {
-        assert!(vhost.domains.iter().any(|x| x == d), "{d} missing from {:?}", vhost.domains);
+        assert!(
+            vhost.domains.iter().any(|x| x == d),
+            "{d} missing from {:?}",
+            vhost.domains
+        );
     }
-    assert!(served.listeners.iter().all(|l| l.api_listener.is_none() && l.address.is_some()));
+    assert!(
+        served
+            .listeners
+            .iter()
+            .all(|l| l.api_listener.is_none() && l.address.is_some())
+    );
 
     for gw in ["ingress", "eastwest"] {
         let bootstrap = config_map(&bed, &edge.name, &format!("{gw}-bootstrap"), "bootstrap.json").await;
@@ -161,7 +192,14 @@ async fn node_proxies_and_gateways_are_served_what_envoy_accepts() {
     let file = bed.kubeconfig.parent().unwrap().join("np-bootstrap.json");
     std::fs::write(&file, &proxy_bootstrap).unwrap();
     let out = std::process::Command::new(weft_bin())
-        .args(["config-dump", "--xds", &format!("127.0.0.1:{}", cp.xds), "--check", "-o", "json"])
+        .args([
+            "config-dump",
+            "--xds",
+            &format!("127.0.0.1:{}", cp.xds),
+            "--check",
+            "-o",
+            "json",
+        ])
         .arg("--bootstrap")
         .arg(&file)
         .output()
@@ -175,7 +213,10 @@ async fn node_proxies_and_gateways_are_served_what_envoy_accepts() {
     // The proxyless view (what node proxies were served before) fails the same check,
     // live: the check catches what Envoy would skip.
     let proxyless = proxy_bootstrap.replace("\"node-proxy\"", "\"proxyless\"");
-    let dump = dump_when(&cp, &proxyless, "the proxyless view", |d| holds(d, "Listener", "greeter.e2e-np-shop.svc.cluster.local:50051")).await;
+    let dump = dump_when(&cp, &proxyless, "the proxyless view", |d| {
+        holds(d, "Listener", "greeter.e2e-np-shop.svc.cluster.local:50051")
+    })
+    .await;
     let (served, _) = dump.served();
     let findings = envoy_check::check(NODE_PROXY, &served);
     assert!(
@@ -202,9 +243,11 @@ fn the_proto_validator_refuses_fixtures_that_break_envoys_constraints() {
         filter_chains: vec![envoy_types::pb::envoy::config::listener::v3::FilterChain {
             filters: vec![envoy_types::pb::envoy::config::listener::v3::Filter {
                 name: "hcm".into(),
-                config_type: Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
-                    pack_any(HttpConnectionManager::default()),
-                )),
+                config_type: Some(
+                    envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(pack_any(
+                        HttpConnectionManager::default(),
+                    )),
+                ),
             }],
             ..Default::default()
         }],
@@ -212,7 +255,10 @@ fn the_proto_validator_refuses_fixtures_that_break_envoys_constraints() {
     };
     let found = envoy_validate::validate(&[pack_any(route), pack_any(listener)]);
     let text = found.join("\n");
-    assert!(text.contains("VirtualHost.Name") || text.contains("VirtualHostValidationError"), "{text}");
+    assert!(
+        text.contains("VirtualHost.Name") || text.contains("VirtualHostValidationError"),
+        "{text}"
+    );
     assert!(text.contains("Domains"), "{text}");
     assert!(text.contains("StatPrefix"), "{text}");
     let unknown = Any {
@@ -220,4 +266,128 @@ fn the_proto_validator_refuses_fixtures_that_break_envoys_constraints() {
         value: vec![],
     };
     assert_eq!(envoy_validate::validate(&[unknown]).len(), 1);
+}
+
+/// Every resource the translation makes for a mesh with routes, telemetry and each gateway
+/// type, through go-control-plane's validators (the live test above sees only what one
+/// bed's objects make).
+#[test]
+fn every_translated_resource_meets_envoys_proto_constraints() {
+    use std::collections::BTreeMap as Map;
+    use std::sync::Arc;
+    use weft::xds::model::*;
+    let endpoint = |address: &str| Endpoint {
+        address: address.into(),
+        ports: Map::from([("grpc".to_string(), 8080), ("http".to_string(), 8081)]),
+        zone: Some("zone-a".into()),
+        cluster: "local".into(),
+        network: String::new(),
+        ready: true,
+        terminating: false,
+    };
+    let service = |name: &str| Service {
+        name: name.into(),
+        namespace: "shop".into(),
+        ports: vec![
+            ServicePort {
+                name: "grpc".into(),
+                port: 50051,
+                http2: true,
+            },
+            ServicePort {
+                name: "http".into(),
+                port: 80,
+                http2: false,
+            },
+        ],
+        endpoints: Arc::new(vec![endpoint("198.51.100.10"), endpoint("198.51.100.11")]),
+    };
+    let services = vec![service("cart"), service("cart-v2")];
+    let route = HttpRoute {
+        name: "split".into(),
+        namespace: "shop".into(),
+        hostnames: vec!["shop.example.com".into()],
+        parents: vec![
+            ParentRef {
+                kind: ParentKind::Service,
+                name: "cart".into(),
+                namespace: "shop".into(),
+                port: Some(50051),
+                section_name: None,
+            },
+            ParentRef {
+                kind: ParentKind::MeshGateway,
+                name: "ingress".into(),
+                namespace: "edge".into(),
+                port: None,
+                section_name: None,
+            },
+        ],
+        rules: vec![RouteRule {
+            matches: vec![RouteMatch {
+                path: Some(PathMatch::Regex("/cart\\.v[12]/.*".into())),
+                headers: vec![HeaderMatch {
+                    name: "x-canary".into(),
+                    value: "yes".into(),
+                    regex: false,
+                }],
+            }],
+            backends: vec![
+                Backend {
+                    name: "cart".into(),
+                    namespace: "shop".into(),
+                    port: 50051,
+                    weight: 90,
+                },
+                Backend {
+                    name: "cart-v2".into(),
+                    namespace: "shop".into(),
+                    port: 50051,
+                    weight: 10,
+                },
+            ],
+        }],
+    };
+    let gateway = |name: &str, eastwest: bool| Gateway {
+        name: name.into(),
+        namespace: "edge".into(),
+        ports: vec![GatewayPort {
+            name: "http".into(),
+            port: 80,
+            container_port: 8080,
+        }],
+        eastwest,
+    };
+    let telemetry = Telemetry {
+        access_log: Some(FileLog {
+            path: "/dev/stdout".into(),
+            format: Some("%START_TIME% %REQ(:AUTHORITY)%\n".into()),
+        }),
+        zipkin: Some(Zipkin {
+            address: "zipkin.tracing:9411".into(),
+            sampling_percent: 5.0,
+        }),
+    };
+    for telemetry in [Telemetry::default(), telemetry] {
+        let r = weft::xds::translate::translate_all(
+            &services,
+            &[gateway("ingress", false), gateway("eastwest", true)],
+            std::slice::from_ref(&route),
+            &telemetry,
+        );
+        let mut all: Vec<Any> = Vec::new();
+        all.extend(r.listeners.values().map(|l| pack_any(l.clone())));
+        all.extend(r.node_proxy_listeners.values().map(|l| pack_any(l.clone())));
+        all.extend(
+            r.gateway_listeners
+                .values()
+                .flat_map(|g| g.values())
+                .map(|l| pack_any(l.clone())),
+        );
+        all.extend(r.routes.values().map(|x| pack_any(x.clone())));
+        all.extend(r.clusters.values().map(|x| pack_any(x.clone())));
+        all.extend(r.endpoints.values().map(|x| pack_any(x.clone())));
+        let found = envoy_validate::validate(&all);
+        assert!(found.is_empty(), "{telemetry:?}:\n{}", found.join("\n"));
+    }
 }

@@ -2,9 +2,9 @@
 
 pub mod common;
 pub mod labels;
-pub mod ports;
 pub mod mesh_gateway;
 pub mod mesh_install;
+pub mod ports;
 pub mod remote_cluster;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

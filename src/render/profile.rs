@@ -348,7 +348,8 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
             .and_then(|u| u.max_unavailable.clone())
             .unwrap_or_else(|| {
                 // Surge first; without surge, one node at a time.
-                let no_surge = matches!(&surge, IntOrString::Int(0)) || matches!(&surge, IntOrString::String(s) if s == "0%");
+                let no_surge =
+                    matches!(&surge, IntOrString::Int(0)) || matches!(&surge, IntOrString::String(s) if s == "0%");
                 IntOrString::Int(i32::from(no_surge))
             }),
         node_selector: p.node_selector.clone().unwrap_or_default(),

@@ -19,8 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use crate::api::{labels, ports};
 use crate::api::mesh_install::{LogLevel, MeshConfig, MeshInstall};
+use crate::api::{labels, ports};
 use crate::versions::MeshVersion;
 
 use super::profile::{self, Resolved};
@@ -182,7 +182,10 @@ impl Renderer<'_> {
             out.push(Manifest::new(OwnedKind::ConfigMap, &bootstrap)?);
             if let Some(ds) = self.daemon_set(&px, &hash) {
                 out.push(Manifest::new(OwnedKind::Service, &self.proxy_service(&px))?);
-                out.push(Manifest::new(OwnedKind::NetworkPolicy, &self.proxy_network_policy(&px))?);
+                out.push(Manifest::new(
+                    OwnedKind::NetworkPolicy,
+                    &self.proxy_network_policy(&px),
+                )?);
                 out.push(Manifest::new(OwnedKind::DaemonSet, &ds)?);
             }
         }

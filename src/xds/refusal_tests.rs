@@ -294,7 +294,7 @@ async fn a_revision_that_does_not_exist_is_refused_naming_those_that_do() {
         r.node = Some(n);
         s.send(r).await;
         // The service's cluster and the node proxies' inbound passthrough.
-    assert_eq!(s.next().await.resources.len(), 2);
+        assert_eq!(s.next().await.resources.len(), 2);
     }
     // An unlabelled namespace follows the default tag, which does not exist here.
     let mut s = sotw(&served.url).await;

@@ -265,7 +265,11 @@ async fn a_nacked_version_is_not_sent_again_and_a_later_change_is() {
         &[service("a", &["198.51.100.2"]), service("c", &["198.51.100.9"])],
     ));
     let next = s.next().await;
-    assert_eq!(next.resources.len(), 3, "the new state is sent after a NACK (two services and the passthrough)");
+    assert_eq!(
+        next.resources.len(),
+        3,
+        "the new state is sent after a NACK (two services and the passthrough)"
+    );
 }
 
 #[tokio::test]

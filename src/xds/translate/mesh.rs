@@ -16,8 +16,8 @@ use envoy_types::pb::google::protobuf::{Any, Duration};
 use envoy_types::util::pack_any;
 
 use super::eds::{self, lb_endpoint_for};
-use super::node_proxy;
 use super::http::{ZIPKIN_CLUSTER, ads, connection_manager, default_route, domains, ranked_routes};
+use super::node_proxy;
 use crate::xds::model::{self, HttpRoute, ParentKind, Service, ServicePort, Telemetry};
 
 /// The mesh's resources, by type and name.

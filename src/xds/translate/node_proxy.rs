@@ -57,8 +57,7 @@ pub const PASSTHROUGH_CLUSTER: &str = "node-proxy|inbound-passthrough";
 
 /// Addresses the inbound side never forwards to, as it would reach the node proxy's own
 /// pod or the node's metadata services rather than a workload (RE2, on `:authority`).
-const REFUSED_AUTHORITY: &str =
-    r"^(127\.|0\.|169\.254\.|localhost(:|$)|\[(::1?|fe80:[^\]]*|::ffff:[^\]]*)\](:|$))";
+const REFUSED_AUTHORITY: &str = r"^(127\.|0\.|169\.254\.|localhost(:|$)|\[(::1?|fe80:[^\]]*|::ffff:[^\]]*)\](:|$))";
 
 /// What node proxies are served besides the mesh's clusters and load assignments.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -195,27 +194,29 @@ fn inbound_manager(telemetry: &Telemetry) -> HttpConnectionManager {
 /// whatever, RDS says), and it logs nothing (kubelet probes every few seconds).
 fn readiness_manager() -> HttpConnectionManager {
     let mut hcm = connection_manager("readiness", READY, &Telemetry::default());
-    hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(RouteConfiguration {
-        name: READY.to_string(),
-        virtual_hosts: vec![VirtualHost {
-            name: "readiness".to_string(),
-            domains: vec!["*".to_string()],
-            routes: vec![Route {
-                name: "ready".to_string(),
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Path(READY_PATH.to_string())),
+    hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(
+        RouteConfiguration {
+            name: READY.to_string(),
+            virtual_hosts: vec![VirtualHost {
+                name: "readiness".to_string(),
+                domains: vec!["*".to_string()],
+                routes: vec![Route {
+                    name: "ready".to_string(),
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Path(READY_PATH.to_string())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::DirectResponse(DirectResponseAction {
+                        status: 200,
+                        ..Default::default()
+                    })),
                     ..Default::default()
-                }),
-                action: Some(route::Action::DirectResponse(DirectResponseAction {
-                    status: 200,
-                    ..Default::default()
-                })),
+                }],
                 ..Default::default()
             }],
             ..Default::default()
-        }],
-        ..Default::default()
-    }));
+        },
+    ));
     hcm
 }
 
@@ -235,11 +236,7 @@ fn qualified_names(svc: &Service) -> [String; 3] {
 fn outbound_routes(services: &[Service], routes: &[HttpRoute]) -> RouteConfiguration {
     let mut virtual_hosts = Vec::new();
     for svc in services {
-        let bare_port = svc
-            .ports
-            .iter()
-            .map(|p| p.port)
-            .min_by_key(|p| (*p != 80, *p));
+        let bare_port = svc.ports.iter().map(|p| p.port).min_by_key(|p| (*p != 80, *p));
         let names = qualified_names(svc);
         for port in &svc.ports {
             let mut domains: Vec<String> = names.iter().map(|n| format!("{n}:{}", port.port)).collect();

@@ -17,8 +17,13 @@ use crate::population::cluster_name;
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+/// The node proxies' route configurations (`weft::xds::translate::node_proxy`).
+const NODE_PROXY_OUTBOUND: &str = "node-proxy|outbound";
+const NODE_PROXY_INBOUND: &str = "node-proxy|inbound";
 /// The revision every client names.
 pub const REVISION: &str = "bench";
 /// Load assignments every stream subscribes to (services 0..SHARED); the changes are made
@@ -41,6 +46,9 @@ pub enum Shape {
     Wildcard,
     /// 20 clusters and their 20 load assignments by name: a proxyless gRPC client's shape.
     Named,
+    /// A node proxy (`ROLE=node-proxy`), as Envoy subscribes: LDS and CDS wildcard, its two
+    /// route configurations, and every cluster's load assignment by name.
+    NodeProxy,
 }
 
 /// What a stream saw.
@@ -48,6 +56,8 @@ pub enum Shape {
 pub enum Seen {
     Clusters(usize),
     Assignments(usize),
+    /// Listeners or route configurations.
+    Other,
     /// The stream ended (the server closed it or it failed).
     Ended,
 }
@@ -81,18 +91,17 @@ pub fn subscribed(id: usize, services: usize) -> Vec<String> {
         .collect()
 }
 
-fn node(id: usize) -> Node {
+fn node(id: usize, shape: Shape) -> Node {
+    let string = |s: &str| Value {
+        kind: Some(ValueKind::StringValue(s.into())),
+    };
+    let mut fields: std::collections::HashMap<String, Value> = [("REVISION".to_string(), string(REVISION))].into();
+    if shape == Shape::NodeProxy {
+        fields.insert("ROLE".to_string(), string("node-proxy"));
+    }
     Node {
         id: format!("bench-{id}"),
-        metadata: Some(Struct {
-            fields: [(
-                "REVISION".to_string(),
-                Value {
-                    kind: Some(ValueKind::StringValue(REVISION.into())),
-                },
-            )]
-            .into(),
-        }),
+        metadata: Some(Struct { fields }),
         ..Default::default()
     }
 }
@@ -118,10 +127,10 @@ async fn open<Req: prost::Message + Default + Send + 'static>(
 }
 
 fn seen(r: &LightResponse) -> Seen {
-    if r.type_url == CDS {
-        Seen::Clusters(r.resources.len())
-    } else {
-        Seen::Assignments(r.resources.len())
+    match r.type_url.as_str() {
+        CDS => Seen::Clusters(r.resources.len()),
+        EDS => Seen::Assignments(r.resources.len()),
+        _ => Seen::Other,
     }
 }
 
@@ -134,11 +143,14 @@ pub async fn run_stream(
     shape: Shape,
     reports: mpsc::UnboundedSender<Report>,
 ) {
-    let names = subscribed(id, services);
+    let names = match shape {
+        Shape::NodeProxy => (0..services).map(cluster_name).collect(),
+        _ => subscribed(id, services),
+    };
     let clusters = if shape == Shape::Named { names.clone() } else { vec![] };
     match protocol {
-        Protocol::Sotw => sotw(channel, id, clusters, names, &reports).await,
-        Protocol::Delta => delta(channel, id, clusters, names, &reports).await,
+        Protocol::Sotw => sotw(channel, id, shape, clusters, names, &reports).await,
+        Protocol::Delta => delta(channel, id, shape, clusters, names, &reports).await,
     }
     let _ = reports.send((id, Seen::Ended, Instant::now()));
 }
@@ -146,29 +158,42 @@ pub async fn run_stream(
 async fn sotw(
     channel: Channel,
     id: usize,
+    shape: Shape,
     clusters: Vec<String>,
     names: Vec<String>,
     reports: &mpsc::UnboundedSender<Report>,
 ) {
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = mpsc::channel(8);
     let request = |type_url: &str, names: &[String]| DiscoveryRequest {
         type_url: type_url.into(),
         resource_names: names.to_vec(),
         ..Default::default()
     };
     let first = DiscoveryRequest {
-        node: Some(node(id)),
+        node: Some(node(id, shape)),
         ..request(CDS, &clusters)
     };
     let (Ok(()), Ok(())) = (tx.send(first).await, tx.send(request(EDS, &names)).await) else {
         return;
     };
+    // A node proxy also holds its listeners and their two route configurations.
+    let routes = [NODE_PROXY_OUTBOUND.to_string(), NODE_PROXY_INBOUND.to_string()];
+    if shape == Shape::NodeProxy {
+        let (Ok(()), Ok(())) = (tx.send(request(LDS, &[])).await, tx.send(request(RDS, &routes)).await) else {
+            return;
+        };
+    }
     let Some(mut responses) = open(channel, SOTW_PATH, rx).await else {
         return;
     };
     while let Ok(Some(r)) = responses.message().await {
         let _ = reports.send((id, seen(&r), Instant::now()));
-        let subscribed = if r.type_url == EDS { &names } else { &clusters };
+        let subscribed: &[String] = match r.type_url.as_str() {
+            EDS => &names,
+            RDS => &routes,
+            LDS => &[],
+            _ => &clusters,
+        };
         let ack = DiscoveryRequest {
             version_info: r.version,
             response_nonce: r.nonce,
@@ -183,13 +208,14 @@ async fn sotw(
 async fn delta(
     channel: Channel,
     id: usize,
+    shape: Shape,
     clusters: Vec<String>,
     names: Vec<String>,
     reports: &mpsc::UnboundedSender<Report>,
 ) {
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = mpsc::channel(8);
     let first = DeltaDiscoveryRequest {
-        node: Some(node(id)),
+        node: Some(node(id, shape)),
         type_url: CDS.into(),
         resource_names_subscribe: clusters,
         ..Default::default()
@@ -202,6 +228,20 @@ async fn delta(
     let (Ok(()), Ok(())) = (tx.send(first).await, tx.send(assignments).await) else {
         return;
     };
+    if shape == Shape::NodeProxy {
+        let listeners = DeltaDiscoveryRequest {
+            type_url: LDS.into(),
+            ..Default::default()
+        };
+        let routes = DeltaDiscoveryRequest {
+            type_url: RDS.into(),
+            resource_names_subscribe: vec![NODE_PROXY_OUTBOUND.to_string(), NODE_PROXY_INBOUND.to_string()],
+            ..Default::default()
+        };
+        let (Ok(()), Ok(())) = (tx.send(listeners).await, tx.send(routes).await) else {
+            return;
+        };
+    }
     let Some(mut responses) = open(channel, DELTA_PATH, rx).await else {
         return;
     };

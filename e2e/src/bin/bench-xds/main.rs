@@ -8,7 +8,9 @@
 //! bookkeeping (198.18.0.0/15).
 //!
 //! - `bench-xds CLUSTER`: 1000 services × 5 endpoints × 2000 streams (CDS wildcard + 20 EDS),
-//!   state of the world, then delta; then translation alone, in this process.
+//!   state of the world, then delta; then 2000 node proxies (LDS and CDS wildcard, their
+//!   route configurations, every load assignment), with the bytes of a node proxy's view
+//!   beside a proxyless client's; then translation alone, in this process.
 //! - `bench-xds PRIMARY REMOTE...`: the same 1000 services in every cluster, the others
 //!   discovered through RemoteClusters made by `weft remote-secret`; changes in the last.
 //! - `bench-xds --scale CLUSTER`: 10 000 services × 10 000 streams, and the scaling curve
@@ -75,12 +77,18 @@ async fn main_case(beds: &[Bed]) {
         protocols.push(Protocol::Delta);
     }
     protocols.retain(|p| only.is_empty() || only.contains(&format!("{p:?}").to_lowercase()));
-    for protocol in protocols {
+    let mut runs: Vec<(Protocol, Shape)> = protocols.into_iter().map(|p| (p, Shape::Wildcard)).collect();
+    // Node proxies as Envoy subscribes (WEFT_BENCH_PROTOCOLS=nodeproxy runs only them).
+    if beds.len() == 1 && (only.is_empty() || only.contains("nodeproxy")) {
+        runs.push((Protocol::Sotw, Shape::NodeProxy));
+        runs.push((Protocol::Delta, Shape::NodeProxy));
+    }
+    for (protocol, shape) in runs {
         let sc = Scenario {
             services: SERVICES,
             streams: STREAMS,
             protocol,
-            shape: Shape::Wildcard,
+            shape,
             changes: 40,
         };
         let figures = scenario::run(beds, &sc).await;

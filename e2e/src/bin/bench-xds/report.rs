@@ -21,6 +21,10 @@ fn shape(f: &Figures) -> &'static str {
         (Protocol::Delta, Shape::Wildcard) => "delta, CDS wildcard + 20 EDS",
         (Protocol::Sotw, Shape::Named) => "state of the world, 20 CDS + 20 EDS by name",
         (Protocol::Delta, Shape::Named) => "delta, 20 CDS + 20 EDS by name",
+        (Protocol::Sotw, Shape::NodeProxy) => {
+            "state of the world, node proxies: LDS and CDS wildcard, 2 RDS, every EDS by name"
+        }
+        (Protocol::Delta, Shape::NodeProxy) => "delta, node proxies: LDS and CDS wildcard, 2 RDS, every EDS by name",
     }
 }
 
@@ -73,6 +77,54 @@ pub fn print(f: &Figures, beds: &[Bed]) {
         mean_ms(d[2], d[3]),
         d[3]
     );
+}
+
+/// Bytes of what one client holds, by type (LDS, RDS, CDS, EDS), as served by the control
+/// plane at `xds`: a node proxy's whole view, and a proxyless client's of the benchmark's
+/// shape (its 20 services' listener, route configuration, cluster and load assignment).
+pub async fn view_bytes(xds: u16, services: usize) {
+    use weft::config_dump::{fetch_complete, node_of};
+    let address = format!("http://127.0.0.1:{xds}");
+    let fetch = |role: &str| {
+        let metadata = [("REVISION", crate::clients::REVISION), ("ROLE", role)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        fetch_complete(
+            &address,
+            node_of("bench-view", &metadata),
+            std::time::Duration::from_secs(30),
+        )
+    };
+    let by_type = |dump: &weft::config_dump::Dump, keep: &dyn Fn(&str) -> bool| -> [usize; 4] {
+        ["Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"].map(|t| {
+            dump.resources
+                .iter()
+                .filter(|(url, _)| url.ends_with(&format!(".{t}")))
+                .flat_map(|(_, items)| items.iter())
+                .filter(|(name, _)| keep(name))
+                .map(|(_, any)| any.value.len())
+                .sum()
+        })
+    };
+    let node = fetch("node-proxy").await.expect("the node proxy's view");
+    let node = by_type(&node, &|_| true);
+    let proxyless = fetch("proxyless").await.expect("the proxyless view");
+    // The first stream's 20 services, by their host names.
+    let hosts: Vec<String> = crate::clients::subscribed(0, services)
+        .iter()
+        .filter_map(|c| c.rsplit("||").next().map(str::to_string))
+        .collect();
+    let proxyless = by_type(&proxyless, &|name| hosts.iter().any(|h| name.contains(h.as_str())));
+    let kib = |b: [usize; 4]| {
+        let [l, r, c, e] = b.map(|x| x as f64 / 1024.0);
+        format!(
+            "LDS {l:.1} KiB, RDS {r:.1} KiB, CDS {c:.1} KiB, EDS {e:.1} KiB, {:.1} KiB in all",
+            l + r + c + e
+        )
+    };
+    println!("  a node proxy's view of {services} services: {}", kib(node));
+    println!("  a proxyless client's view of its 20 services: {}", kib(proxyless));
 }
 
 /// Where a snapshot's time goes, translation alone (no cluster, no streams): `count`

@@ -73,6 +73,9 @@ pub async fn run(beds: &[Bed], sc: &Scenario) -> Figures {
     let pid = control_plane.child.id();
     cp::wait_synced(control_plane.monitoring, sc.services, beds.len()).await;
     let (idle_rss, cpu_sync) = proc_stat(pid);
+    if sc.shape == Shape::NodeProxy && sc.protocol == Protocol::Sotw {
+        crate::report::view_bytes(control_plane.xds, sc.services).await;
+    }
 
     let (report_tx, mut reports) = mpsc::unbounded_channel::<Report>();
     let t0 = Instant::now();
@@ -132,9 +135,11 @@ pub async fn run(beds: &[Bed], sc: &Scenario) -> Figures {
 
 /// Waits until every stream has all its clusters and load assignments; how long that took.
 async fn wait_initial(reports: &mut mpsc::UnboundedReceiver<Report>, sc: &Scenario, t0: Instant) -> Duration {
-    let clusters = match sc.shape {
-        Shape::Wildcard => sc.services,
-        Shape::Named => PER_STREAM,
+    // Wildcard CDS holds every service's cluster and the node proxies' passthrough.
+    let (clusters, assignments) = match sc.shape {
+        Shape::Wildcard => (sc.services + 1, PER_STREAM),
+        Shape::Named => (PER_STREAM, PER_STREAM),
+        Shape::NodeProxy => (sc.services + 1, sc.services),
     };
     let mut got = vec![(false, false); sc.streams];
     let mut complete = 0;
@@ -146,7 +151,8 @@ async fn wait_initial(reports: &mut mpsc::UnboundedReceiver<Report>, sc: &Scenar
         let before = g.0 && g.1;
         match seen {
             Seen::Clusters(n) => g.0 |= n == clusters,
-            Seen::Assignments(n) => g.1 |= n == PER_STREAM,
+            Seen::Assignments(n) => g.1 |= n == assignments,
+            Seen::Other => {}
             Seen::Ended => panic!("stream {id} ended before its initial configuration"),
         }
         if !before && g.0 && g.1 {
@@ -155,7 +161,7 @@ async fn wait_initial(reports: &mut mpsc::UnboundedReceiver<Report>, sc: &Scenar
     }
     assert_eq!(
         complete, sc.streams,
-        "only {complete} streams got their initial configuration ({clusters} clusters, {PER_STREAM} load assignments) within a minute of the last response"
+        "only {complete} streams got their initial configuration ({clusters} clusters, {assignments} load assignments) within a minute of the last response"
     );
     t0.elapsed()
 }
