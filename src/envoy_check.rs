@@ -810,6 +810,96 @@ impl Checker<'_> {
     }
 }
 
+/// A request as Envoy's router sees it, for [`route_for`].
+#[derive(Clone, Debug, Default)]
+pub struct Request<'a> {
+    /// `:authority` (or `Host`), with the port when the client sent one.
+    pub authority: &'a str,
+    /// `CONNECT`: only `connect_matcher` routes match, and no path is matched.
+    pub connect: bool,
+    /// `:path` (ignored for CONNECT).
+    pub path: &'a str,
+    /// Request headers, lowercase names.
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+/// The route Envoy's router picks for `req` in `rc`: the virtual host whose domain matches
+/// best (exact, then the longest `*.suffix`, then the longest `prefix*`, then `*`), then its
+/// first route that matches.
+pub fn route_for<'r>(
+    rc: &'r RouteConfiguration,
+    req: &Request,
+) -> Option<&'r envoy_types::pb::envoy::config::route::v3::Route> {
+    let host = req.authority.to_ascii_lowercase();
+    let mut best: Option<(u8, usize, &envoy_types::pb::envoy::config::route::v3::VirtualHost)> = None;
+    for vh in &rc.virtual_hosts {
+        for d in &vh.domains {
+            let d = d.to_ascii_lowercase();
+            let rank = if d == host {
+                Some((3, d.len()))
+            } else if d == "*" {
+                Some((0, 0))
+            } else if let Some(suffix) = d.strip_prefix('*') {
+                (host.ends_with(suffix) && host.len() > suffix.len()).then_some((2, suffix.len()))
+            } else if let Some(prefix) = d.strip_suffix('*') {
+                (host.starts_with(prefix) && host.len() > prefix.len()).then_some((1, prefix.len()))
+            } else {
+                None
+            };
+            if let Some((r, len)) = rank
+                && best.is_none_or(|(br, bl, _)| (r, len) > (br, bl))
+            {
+                best = Some((r, len, vh));
+            }
+        }
+    }
+    let (_, _, vh) = best?;
+    vh.routes.iter().find(|r| {
+        let Some(m) = &r.r#match else { return false };
+        let path = match (&m.path_specifier, req.connect) {
+            (Some(route_match::PathSpecifier::ConnectMatcher(_)), connect) => connect,
+            (_, true) => false,
+            (Some(route_match::PathSpecifier::Prefix(p)), _) => req.path.starts_with(p.as_str()),
+            (Some(route_match::PathSpecifier::Path(p)), _) => req.path == p,
+            (Some(route_match::PathSpecifier::SafeRegex(re)), _) => {
+                regex::Regex::new(&format!("^(?:{})$", re.regex)).is_ok_and(|re| re.is_match(req.path))
+            }
+            _ => false,
+        };
+        path && m.headers.iter().all(|h| {
+            let value = req.headers.iter().find(|(n, _)| *n == h.name).map(|(_, v)| *v);
+            match (&h.header_match_specifier, value) {
+                (Some(header_matcher::HeaderMatchSpecifier::StringMatch(sm)), Some(v)) => match &sm.match_pattern {
+                    Some(string_matcher::MatchPattern::Exact(e)) => v == e,
+                    Some(string_matcher::MatchPattern::SafeRegex(re)) => {
+                        regex::Regex::new(&format!("^(?:{})$", re.regex)).is_ok_and(|re| re.is_match(v))
+                    }
+                    Some(string_matcher::MatchPattern::Prefix(p)) => v.starts_with(p.as_str()),
+                    _ => false,
+                },
+                (None, Some(_)) => true,
+                _ => false,
+            }
+        })
+    })
+}
+
+/// The clusters a route sends to (one, or a weighted split).
+pub fn route_clusters(r: &envoy_types::pb::envoy::config::route::v3::Route) -> Vec<(String, u32)> {
+    match &r.action {
+        Some(route::Action::Route(a)) => match &a.cluster_specifier {
+            Some(route_action::ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
+            Some(route_action::ClusterSpecifier::WeightedClusters(w)) => w
+                .clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
+                .collect(),
+            _ => vec![],
+        },
+        _ => vec![],
+    }
+}
+
 fn decode_http_filter<M: Message + Default + Name>(
     f: &envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter,
 ) -> Option<Result<M, prost::DecodeError>> {

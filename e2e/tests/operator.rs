@@ -750,8 +750,16 @@ async fn an_external_control_plane_installs_only_proxies_bootstrapped_to_it() {
 
     let owned = owned_objects(&bed, "ext").await;
     let kinds: Vec<&str> = owned.keys().map(|k| k.split(' ').next().unwrap_or_default()).collect();
-    for absent in ["Deployment", "Service", "Role", "ClusterRole", "NetworkPolicy"] {
+    for absent in ["Deployment", "Role", "ClusterRole"] {
         assert!(!kinds.contains(&absent), "a {absent} was installed: {owned:?}");
+    }
+    // The node proxies' own Service and NetworkPolicy, none of a control plane.
+    for kind in ["Service", "NetworkPolicy"] {
+        let names: Vec<&String> = owned.keys().filter(|k| k.starts_with(&format!("{kind} "))).collect();
+        assert!(
+            names.iter().all(|k| k.ends_with("/weft-proxy-ext")),
+            "a control plane's {kind} was installed: {owned:?}"
+        );
     }
     assert!(kinds.contains(&"DaemonSet"), "no node proxies: {owned:?}");
 

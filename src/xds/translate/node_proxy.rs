@@ -321,3 +321,7 @@ fn inbound_routes() -> RouteConfiguration {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+#[path = "node_proxy_tests.rs"]
+mod tests;
