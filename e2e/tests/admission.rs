@@ -103,8 +103,11 @@ fn bad_specs() -> Vec<(&'static str, Value, &'static str)> {
          gw("bad", json!({"mesh": "m", "podDisruptionBudget": {"maxUnavailable": "two"}})),
          "podDisruptionBudget.maxUnavailable must be a number of pods"),
         ("node proxies never replaced",
-         mi("bad", json!({"version": "1.0.0", "proxy": {"updateStrategy": {"maxUnavailable": 0}}})),
-         "with 0 no node proxy could ever be replaced"),
+         mi("bad", json!({"version": "1.0.0", "proxy": {"updateStrategy": {"maxUnavailable": 0, "maxSurge": "0%"}}})),
+         "maxSurge and maxUnavailable cannot both be 0: no node proxy could ever be replaced"),
+        ("a negative surge",
+         mi("bad", json!({"version": "1.0.0", "proxy": {"updateStrategy": {"maxSurge": -1}}})),
+         "proxy.updateStrategy.maxSurge must be a number from 0"),
         ("sampling above 100",
          mi("bad", json!({"version": "1.0.0", "meshConfig": {"tracing": {"samplingPercent": 150}}})),
          "should be less than or equal to 100"),
@@ -384,8 +387,9 @@ fn generated_mesh(g: &mut Gen) -> Value {
         "tolerations": g.field(&[Value::Null, json!([{"operator": "Exists"}])], &[json!([{"key": "k", "operator": "Nope"}])]),
     });
     let proxy = json!({
-        "updateStrategy": g.field(&[Value::Null, json!({"maxUnavailable": 1}), json!({"maxUnavailable": "10%"})],
-                                  &[json!({"maxUnavailable": 0})]),
+        "updateStrategy": g.field(&[Value::Null, json!({"maxUnavailable": 1}), json!({"maxUnavailable": "10%"}),
+                                    json!({"maxUnavailable": 0}), json!({"maxSurge": 0}), json!({"maxSurge": "100%", "maxUnavailable": 0})],
+                                  &[json!({"maxUnavailable": 0, "maxSurge": 0}), json!({"maxUnavailable": -1})]),
         "concurrency": g.field(&[Value::Null, json!(2)], &[]),
     });
     let selectors = g.field(&[Value::Null, json!([{"matchLabels": {"mesh": "on"}}])],

@@ -433,3 +433,28 @@ fn every_multicluster_sample_decodes_and_renders() {
         "the samples the README walks through"
     );
 }
+
+/// Node proxies surge by default (a node whose proxy is down drops its workloads' calls);
+/// without surge they go one node at a time; what the spec sets wins.
+#[test]
+fn node_proxies_surge_unless_told_otherwise() {
+    let strategy = |proxy: &str| {
+        let mi = mesh("m", &format!("version: 1.0.0\nproxy: {proxy}"));
+        let objects = render(&mi).unwrap();
+        let ds = objects.iter().find(|m| m.kind == OwnedKind::DaemonSet).unwrap();
+        let ds: DaemonSet = serde_json::from_value(ds.object.clone()).unwrap();
+        let rolling = ds.spec.unwrap().update_strategy.unwrap().rolling_update.unwrap();
+        (rolling.max_surge.unwrap(), rolling.max_unavailable.unwrap())
+    };
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::{Int, String as Percent};
+    assert_eq!(strategy("{}"), (Int(1), Int(0)));
+    assert_eq!(strategy("{updateStrategy: {maxSurge: 0}}"), (Int(0), Int(1)));
+    assert_eq!(
+        strategy("{updateStrategy: {maxSurge: '0%'}}"),
+        (Percent("0%".into()), Int(1))
+    );
+    assert_eq!(
+        strategy("{updateStrategy: {maxSurge: '10%', maxUnavailable: 2}}"),
+        (Percent("10%".into()), Int(2))
+    );
+}
