@@ -15,7 +15,7 @@ use crate::api::mesh_install::{MeshInstall, MeshInstallSpec};
 use crate::render::{RevisionInput, render_revision};
 use crate::versions::VersionTable;
 use crate::xds::model::{Gateway, GatewayPort};
-use crate::xds::snapshot::{self, Snapshot, View};
+use crate::xds::serve::snapshot::{self, Snapshot, View};
 use crate::xds::translate::{node_proxy, translate_all};
 
 /// A node proxy as the DaemonSet runs it.
@@ -111,8 +111,8 @@ fn gateways() -> Vec<Gateway> {
 
 #[test]
 fn every_profile_and_gateway_type_is_served_what_envoy_accepts() {
-    let (services, mut routes) = crate::xds::translate::tests::world();
-    let (_, gateway_routes) = crate::xds::translate::gateway_tests::gateway_world();
+    let (services, mut routes) = crate::xds::translate::fixtures::world();
+    let (_, gateway_routes) = crate::xds::translate::fixtures::gateway_world();
     routes.extend(gateway_routes);
     let specs = [
         "version: 1.0.0",
@@ -144,7 +144,7 @@ fn every_profile_and_gateway_type_is_served_what_envoy_accepts() {
 #[test]
 fn a_node_proxy_served_the_proxyless_view_is_refused() {
     // What node proxies were served before they had listeners of their own.
-    let (services, routes) = crate::xds::translate::tests::world();
+    let (services, routes) = crate::xds::translate::fixtures::world();
     let snap = Snapshot::new(
         1,
         Instant::now(),
@@ -165,7 +165,7 @@ fn a_node_proxy_served_the_proxyless_view_is_refused() {
 }
 
 fn served_node_proxy() -> Served {
-    let (services, routes) = crate::xds::translate::tests::world();
+    let (services, routes) = crate::xds::translate::fixtures::world();
     let snap = Snapshot::new(
         1,
         Instant::now(),

@@ -224,12 +224,12 @@ impl ControlPlaneArgs {
     fn limits(&self) -> weft::xds::control_plane::Limits {
         use std::time::Duration;
         weft::xds::control_plane::Limits {
-            frame: weft::xds::grpc::FrameLimits {
+            frame: weft::xds::serve::grpc::FrameLimits {
                 max_request_bytes: self.xds_max_request_bytes,
                 max_queued_bytes: self.xds_max_queued_bytes,
                 send_timeout: Duration::from_secs(self.xds_send_timeout),
             },
-            stream: weft::xds::server::StreamLimits {
+            stream: weft::xds::serve::server::StreamLimits {
                 max_names: self.xds_max_resource_names,
                 max_streams_per_client: self.xds_max_streams_per_client,
             },

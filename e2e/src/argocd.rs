@@ -141,8 +141,9 @@ pub fn health_test_yaml(tests: &[(String, Health)]) -> String {
 /// The argocd-cm patch holding each kind's upstream health.lua.
 pub fn configmap_yaml() -> String {
     let mut out = String::from(
-        "# Weft's Argo CD health checks as an argocd-cm patch: the same scripts as\n\
-         # resource_customizations/weft.dev/<Kind>/health.lua (a test fails when they differ;\n\
+        "# Weft's Argo CD health checks as an argocd-cm patch: deploy/argocd/health.lua, the one\n\
+         # script every kind's resource_customizations/weft.dev/<Kind>/health.lua links to, once\n\
+         # per kind (a test fails when they differ;\n\
          # `make argocd-testdata` rewrites this file from them). They need no Lua library that\n\
          # argocd-cm scripts lack, so no useOpenLibs key. Apply with\n\
          #   kubectl -n argocd patch configmap argocd-cm --patch-file deploy/argocd/argocd-cm.yaml\n\

@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use weft::api::{MeshGateway, MeshInstall};
-use weft::operator::mesh_install::revisions::target_revision;
+use weft::operator::mesh_install::names::target_revision;
 use weft::render::{GatewayInput, Manifest, RevisionInput, render_gateway, render_revision};
 use weft::versions::VersionTable;
 use weft_e2e::operator::install_crds;

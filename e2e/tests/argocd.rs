@@ -411,10 +411,17 @@ fn argocd_cm_patch_matches_the_upstream_scripts() {
     let committed = std::fs::read_to_string(argocd::configmap_path()).expect("read argocd-cm.yaml");
     assert!(
         committed == argocd::configmap_yaml(),
-        "deploy/argocd/argocd-cm.yaml differs from resource_customizations/weft.dev/*/health.lua; run `make argocd-testdata`"
+        "deploy/argocd/argocd-cm.yaml differs from deploy/argocd/health.lua; run `make argocd-testdata`"
     );
     let cm: Value = serde_saphyr::from_str(&committed).expect("argocd-cm.yaml is YAML");
     for kind in KINDS {
+        // One script for every kind: each kind's file links to it, so none can drift.
+        let link = std::fs::read_link(argocd::kind_dir(kind).join("health.lua"));
+        assert_eq!(
+            link.ok().as_deref(),
+            Some(std::path::Path::new("../../../health.lua")),
+            "{kind}/health.lua must link to deploy/argocd/health.lua"
+        );
         let script = std::fs::read_to_string(argocd::kind_dir(kind).join("health.lua")).expect("health.lua");
         assert_eq!(
             cm["data"][argocd::configmap_key(kind)].as_str(),

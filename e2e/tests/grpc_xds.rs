@@ -199,8 +199,11 @@ async fn scenario() -> (Scenario, ControlPlane) {
         )
         .await
         .unwrap();
-    let routes: Api<DynamicObject> =
-        Api::namespaced_with(bed.client.clone(), &ns.name, &weft::xds::sources::httproute_resource());
+    let routes: Api<DynamicObject> = Api::namespaced_with(
+        bed.client.clone(),
+        &ns.name,
+        &weft::xds::discovery::sources::httproute_resource(),
+    );
     let s = Scenario {
         bed,
         ns,

@@ -10,7 +10,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::Value;
 use tracing::info;
 
-use super::events::{Note, publish, summarise};
+use super::events::{Note, summarise};
 use super::index::OwnedIndex;
 use super::metrics::Metrics;
 use super::shared::Shared;
@@ -229,7 +229,9 @@ pub async fn converge<K: Resource<DynamicType = ()>>(
     }
     if !changes.is_empty() {
         info!(changes = ?changes, "applied");
-        publish(shared, owner, &Note::normal("Applied", "Apply", summarise(&changes))).await;
+        shared
+            .publish(owner, &Note::normal("Applied", "Apply", summarise(&changes)))
+            .await;
     }
     Ok(())
 }

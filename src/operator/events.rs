@@ -12,11 +12,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::Client;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Client, Resource};
-use tracing::warn;
-
-use super::shared::Shared;
 
 /// How long an Event is remembered for counting repeats (as kube-runtime does).
 const REPEAT_WINDOW: SignedDuration = SignedDuration::from_mins(6);
@@ -168,21 +165,6 @@ impl Note {
             warning: true,
             ..Note::normal(reason, action, message)
         }
-    }
-}
-
-/// Records `note` about `obj`.
-pub async fn publish<K: Resource<DynamicType = ()>>(shared: &Shared, obj: &K, note: &Note) {
-    match shared.recorder.publish(note, &obj.object_ref(&())).await {
-        Ok(()) => shared.metrics.write("Event", "create"),
-        Err(error) => warn!(%error, "could not record an event"),
-    }
-}
-
-/// Records every note, in order.
-pub async fn publish_all<K: Resource<DynamicType = ()>>(shared: &Shared, obj: &K, notes: &[Note]) {
-    for note in notes {
-        publish(shared, obj, note).await;
     }
 }
 

@@ -12,16 +12,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub use super::failures::ControllerLabels;
 use super::failures::Failures;
 use super::requests::ApiRequests;
 use crate::watch_health::WatchHealth;
-
-/// `controller` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ControllerLabels {
-    /// The controller's name.
-    pub controller: String,
-}
 
 /// `controller` and `result` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

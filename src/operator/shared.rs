@@ -1,9 +1,10 @@
 //! What every controller shares: the API client, metrics, the Event recorder and the
 //! supported versions. Each controller's own context adds its indexes to this.
 
-use kube::Client;
+use kube::{Client, Resource};
+use tracing::warn;
 
-use super::events::Recorder;
+use super::events::{Note, Recorder};
 use super::metrics::Metrics;
 use crate::versions::VersionTable;
 
@@ -32,6 +33,23 @@ impl Shared {
             recorder,
             versions,
             concurrency,
+        }
+    }
+}
+
+impl Shared {
+    /// Records `note` about `obj` as an Event (a failure is logged, never fatal).
+    pub async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, note: &Note) {
+        match self.recorder.publish(note, &obj.object_ref(&())).await {
+            Ok(()) => self.metrics.write("Event", "create"),
+            Err(error) => warn!(%error, "could not record an event"),
+        }
+    }
+
+    /// Records every note, in order.
+    pub async fn publish_all<K: Resource<DynamicType = ()>>(&self, obj: &K, notes: &[Note]) {
+        for note in notes {
+            self.publish(obj, note).await;
         }
     }
 }

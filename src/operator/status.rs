@@ -11,7 +11,7 @@ use tracing::warn;
 use super::apply::FIELD_MANAGER;
 use super::conditions::Conditioned;
 use super::error::{Error, kube_err};
-use super::events::{Note, publish};
+use super::events::Note;
 use super::shared::Shared;
 use crate::api::common::condition::{READY, STALLED};
 
@@ -50,10 +50,10 @@ where
     if let Some(note) = &flips.stalled {
         shared.metrics.stalled(&note.reason);
         warn!(reason = %note.reason, message = %note.message, "stalled");
-        publish(shared, obj, note).await;
+        shared.publish(obj, note).await;
     }
     if let Some(note) = &flips.ready {
-        publish(shared, obj, note).await;
+        shared.publish(obj, note).await;
     }
     Ok(true)
 }

@@ -18,14 +18,15 @@ use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
-use super::conn::Conn;
-use super::grpc::{AdsService, FrameLimits};
+use super::discovery::remote;
+use super::discovery::selectors::check_selector;
+use super::discovery::sources::Sources;
 use super::metrics::{TypeLabels, XdsMetrics};
 use super::model::{FileLog, MeshModel, Origin, Telemetry, Zipkin};
-use super::remote;
-use super::server::{Admission, AdsServer, ClientInfo, StreamLimits, clip};
-use super::snapshot::{Cache, Snapshot, short};
-use super::sources::{Sources, check_selector};
+use super::serve::conn::Conn;
+use super::serve::grpc::{AdsService, FrameLimits};
+use super::serve::server::{Admission, AdsServer, ClientInfo, StreamLimits, clip};
+use super::serve::snapshot::{Cache, Snapshot, short};
 use super::translate::incremental::Incremental;
 use super::translate::{split_horizon, translate_gateways};
 use crate::http::{Health, HttpState};
@@ -601,8 +602,8 @@ mod tests {
     /// Admission through the real directory: namespace `shop` is labelled `rev-a` in the
     /// local cluster `a` and `rev-b` in remote cluster `b`.
     fn two_cluster_directory() -> MeshDirectory {
-        use super::super::sources::Remotes;
-        use super::super::sources::tests::{k8s_namespace, remote};
+        use super::super::discovery::sources::Remotes;
+        use super::super::discovery::sources::tests::{k8s_namespace, remote};
         let sources = Sources::from_objects(
             vec![],
             vec![],

@@ -1,35 +1,21 @@
-//! The embedded xDS control plane: discovery's model, and its translation into Envoy
-//! resources, served over ADS.
+//! The embedded xDS control plane. Its data flows through four rooms, each depending only
+//! on the ones before it:
 //!
-//! - Data flows `sources` (Kubernetes watches) → `model` (plain data) → `translate` (Envoy
-//!   resources) → `snapshot` (encoded and versioned, shared by every stream) → `server`
-//!   (ADS streams).
-//! - `server` keeps a `subscription` per stream and type (what that stream is owed) and
-//!   hands the bytes to `grpc` (the framing, which knows nothing of ADS).
-//! - `network` finds the east-west gateways (by their Services) for split-horizon EDS.
-//! - `conn` checks each accepted connection (HTTP/2 only, idle timeout) before `grpc`.
-//! - `remote` watches the mesh's RemoteClusters and, through their credentials, the remote
-//!   clusters' Services, EndpointSlices and Namespaces, whose stores `sources` merges;
-//!   `remote_status` reports each in its RemoteCluster's status and in metrics.
-//! - `control_plane` (`weft control-plane`) wires them together, with `metrics`.
+//! - `discovery`: Kubernetes watches (`sources`; remote clusters in `remote`, reported in
+//!   `remote_status`; east-west gateways in `network`) → discovery's model.
+//! - `model`: plain data — services, routes, gateways, telemetry.
+//! - `translate`: pure, model → Envoy resources (mesh, node proxies, gateways, EDS),
+//!   encoded once (`translate::encoded`), incrementally where it pays.
+//! - `serve`: encoded, versioned snapshots (`snapshot`) and ADS streams (`server`, one
+//!   `subscription` per stream and type), over our own gRPC framing (`grpc`) on checked
+//!   connections (`conn`).
 //!
-//! No two modules depend on each other (no import cycles).
+//! `control_plane` (`weft control-plane`) wires them together; `metrics` is shared by all.
+//! No two modules depend on each other (no import cycles), and no room on a later one.
 
-pub mod conn;
 pub mod control_plane;
-pub mod grpc;
+pub mod discovery;
 pub mod metrics;
 pub mod model;
-pub mod network;
-pub mod remote;
-pub mod remote_status;
-pub mod server;
-pub mod snapshot;
-pub mod sources;
-pub mod subscription;
+pub mod serve;
 pub mod translate;
-
-#[cfg(test)]
-mod refusal_tests;
-#[cfg(test)]
-mod server_tests;

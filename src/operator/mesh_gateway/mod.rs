@@ -21,7 +21,6 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::apply;
 use super::controller::{RESYNC, Ref, Shutdown, Triggers};
 use super::error::Error;
-use super::events::publish_all;
 use super::index::{OwnedIndex, OwnedWatch, controller_owner};
 use super::shared::Shared;
 use super::status::write as write_status;
@@ -131,7 +130,7 @@ async fn reconcile(gw: Arc<MeshGateway>, ctx: Arc<Context>) -> Result<Action, Er
         decision = decide::decide(&gw, &ctx.shared.versions, &observed, now);
     }
     if write_status(&ctx.shared, gw.as_ref(), &decision.status).await? {
-        publish_all(&ctx.shared, gw.as_ref(), &decision.notes).await;
+        ctx.shared.publish_all(gw.as_ref(), &decision.notes).await;
     }
     Ok(Action::requeue(RESYNC))
 }

@@ -12,7 +12,7 @@ use super::decide::Decision;
 use crate::api::mesh_install::MeshInstall;
 use crate::operator::apply::{self, FIELD_MANAGER};
 use crate::operator::error::{Error, kube_err};
-use crate::operator::events::{Note, publish, summarise};
+use crate::operator::events::{Note, summarise};
 
 /// Applies the target revision (when the spec allows) and deletes the revisions due.
 pub async fn apply(ctx: &Context, mi: &MeshInstall, d: &Decision) -> Result<(), Error> {
@@ -38,12 +38,9 @@ pub async fn cleanup(ctx: &Context, mi: &MeshInstall) -> Result<(), Error> {
     let removed = apply::prune(&ctx.shared.client, &ctx.index, &ctx.shared.metrics, &uid, None, &[]).await?;
     if !removed.is_empty() {
         info!(removed = ?removed, "cleaned up");
-        publish(
-            &ctx.shared,
-            mi,
-            &Note::normal("Deleted", "Cleanup", summarise(&removed)),
-        )
-        .await;
+        ctx.shared
+            .publish(mi, &Note::normal("Deleted", "Cleanup", summarise(&removed)))
+            .await;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::names::{Neighbours, missing_tag_target};
+use super::names::{self, Neighbours, missing_tag_target};
 use super::observe::Observed;
 use super::revisions::{self, PlanInput};
 use super::status::{self, StatusInput};
@@ -40,7 +40,7 @@ pub struct Decision {
 
 /// Decides what to do about `mi`.
 pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, now: Timestamp) -> Decision {
-    let target = revisions::target_revision(mi);
+    let target = names::target_revision(mi);
     let neighbours = Neighbours::of(mi, &observed.others);
     let built = match &observed.rejected {
         Some(rejected) => Err(rejected.clone()),

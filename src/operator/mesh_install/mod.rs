@@ -29,7 +29,6 @@ use tracing::info;
 
 use super::controller::{Shutdown, Triggers};
 use super::error::Error;
-use super::events::publish;
 use super::index::{OwnedIndex, OwnedWatch, controller_owner};
 use super::shared::Shared;
 use super::status::write as write_status;
@@ -159,6 +158,6 @@ async fn record(ctx: &Context, mi: &MeshInstall, steps: &[Transition]) {
     for t in steps {
         ctx.shared.metrics.revision_step(t.step.label());
         info!(step = t.step.label(), "{}", t.message);
-        publish(&ctx.shared, mi, &t.note()).await;
+        ctx.shared.publish(mi, &t.note()).await;
     }
 }

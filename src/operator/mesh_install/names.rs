@@ -6,9 +6,8 @@ use std::collections::BTreeSet;
 
 use kube::ResourceExt;
 
-use super::revisions::target_revision;
 use crate::api::common::StallReason;
-use crate::api::mesh_install::MeshInstall;
+use crate::api::mesh_install::{MeshInstall, UpdateStrategyType};
 use crate::operator::conditions::Stall;
 
 /// A MeshInstall's view of another, for name conflicts.
@@ -148,6 +147,31 @@ impl Neighbours {
                 .flat_map(|o| o.revisions.iter().chain(&o.tags).cloned())
                 .collect(),
             owns_default: !others.iter().any(|o| o.older),
+        }
+    }
+}
+
+/// The revision a spec asks for: the MeshInstall's name in place, else
+/// `<name>-v<major>-<minor>-<patch>`.
+pub fn target_revision(mi: &MeshInstall) -> String {
+    let strategy = mi.spec.update_strategy.as_ref().map(|s| s.type_).unwrap_or_default();
+    match strategy {
+        UpdateStrategyType::InPlace => mi.name_any(),
+        UpdateStrategyType::RevisionBased => {
+            // Dots (and anything else a DNS label cannot hold) become dashes.
+            let version: String = mi
+                .spec
+                .version
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            format!("{}-v{version}", mi.name_any())
         }
     }
 }

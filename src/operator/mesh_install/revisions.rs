@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 
 use super::observe::{RevisionObservation, Usage};
 use crate::api::common::StallReason;
-use crate::api::mesh_install::{MeshInstall, MeshInstallStatus, Rollout, TagStatus, UpdateStrategyType};
+use crate::api::mesh_install::{MeshInstall, MeshInstallStatus, Rollout, TagStatus};
 use crate::operator::conditions::Stall;
 
 /// How long a new revision may take to become Ready when the spec does not say (as for a
@@ -21,31 +20,6 @@ use crate::operator::conditions::Stall;
 pub const DEFAULT_PROGRESS_DEADLINE: i64 = 600;
 /// The deletion grace period when the spec does not say.
 pub const DEFAULT_GRACE: i64 = 30;
-
-/// The revision a spec asks for: the MeshInstall's name in place, else
-/// `<name>-v<major>-<minor>-<patch>`.
-pub fn target_revision(mi: &MeshInstall) -> String {
-    let strategy = mi.spec.update_strategy.as_ref().map(|s| s.type_).unwrap_or_default();
-    match strategy {
-        UpdateStrategyType::InPlace => mi.name_any(),
-        UpdateStrategyType::RevisionBased => {
-            // Dots (and anything else a DNS label cannot hold) become dashes.
-            let version: String = mi
-                .spec
-                .version
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_lowercase()
-                    } else {
-                        '-'
-                    }
-                })
-                .collect();
-            format!("{}-v{version}", mi.name_any())
-        }
-    }
-}
 
 /// Who uses one revision.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -376,6 +350,7 @@ mod tests {
     use super::*;
     use crate::api::mesh_install::RevisionStatus;
     use crate::operator::mesh_install::fixtures::{at, mesh, rev};
+    use crate::operator::mesh_install::names::target_revision;
 
     const SPEC: &str = "version: 1.1.0\nupdateStrategy: {type: RevisionBased, inactiveRevisionDeletionGracePeriodSeconds: 30, \
                         promotion: {minReadySeconds: 20, progressDeadlineSeconds: 60}}\n\

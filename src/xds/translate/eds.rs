@@ -179,7 +179,7 @@ pub fn without_gateway_message(network: &str, count: usize) -> String {
     let endpoints = if count == 1 { "endpoint" } else { "endpoints" };
     format!(
         "{count} {endpoints} on network {network} cannot be reached from other networks: the network has no east-west gateway with a load-balancer address (a MeshGateway of type eastwest for network {network}, whose Service carries the label {}={network})",
-        crate::xds::network::NETWORK_LABEL
+        crate::xds::discovery::network::NETWORK_LABEL
     )
 }
 

@@ -11,115 +11,13 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use prost::Message;
 
+use super::fixtures::{backend, gateway_parent, gateway_world, golden, prefix, telemetry, world};
 use super::gateway::translate;
-use super::tests::{golden, telemetry, world};
 use super::translate_all;
 use crate::xds::model::*;
 
 const HTTP: &str = "gateway|80|edge/ingress";
 const ALT: &str = "gateway|8443|edge/ingress";
-
-fn backend(name: &str, weight: u32) -> Backend {
-    Backend {
-        name: name.into(),
-        namespace: "shop".into(),
-        port: 50051,
-        weight,
-    }
-}
-
-fn gateway_parent(name: &str, section_name: Option<&str>, port: Option<u16>) -> ParentRef {
-    ParentRef {
-        kind: ParentKind::MeshGateway,
-        name: name.into(),
-        namespace: "edge".into(),
-        port,
-        section_name: section_name.map(str::to_string),
-    }
-}
-
-fn prefix(p: &str, headers: &[(&str, &str)]) -> RouteMatch {
-    RouteMatch {
-        path: Some(PathMatch::Prefix(p.into())),
-        headers: headers
-            .iter()
-            .map(|(name, value)| HeaderMatch {
-                name: name.to_string(),
-                value: value.to_string(),
-                regex: false,
-            })
-            .collect(),
-    }
-}
-
-/// Gateway `edge/ingress` with `http` 80 (container 8080) and `http-alt` 8443; a storefront
-/// route with hostnames on `http` only, a fallback on every port, and a route of another
-/// gateway that must not show up.
-pub(crate) fn gateway_world() -> (Vec<Gateway>, Vec<HttpRoute>) {
-    let gateways = vec![Gateway {
-        name: "ingress".into(),
-        namespace: "edge".into(),
-        ports: vec![
-            GatewayPort {
-                name: "http".into(),
-                port: 80,
-                container_port: 8080,
-            },
-            GatewayPort {
-                name: "http-alt".into(),
-                port: 8443,
-                container_port: 8443,
-            },
-        ],
-        eastwest: false,
-    }];
-    let routes = vec![
-        HttpRoute {
-            name: "fallback".into(),
-            namespace: "edge".into(),
-            hostnames: vec![],
-            parents: vec![gateway_parent("ingress", None, None)],
-            rules: vec![RouteRule {
-                matches: vec![],
-                backends: vec![backend("cart-v2", 1)],
-            }],
-        },
-        HttpRoute {
-            name: "internal-only".into(),
-            namespace: "edge".into(),
-            hostnames: vec![],
-            parents: vec![gateway_parent("internal", None, None)],
-            rules: vec![RouteRule {
-                matches: vec![prefix("/internal", &[])],
-                backends: vec![backend("cart", 1)],
-            }],
-        },
-        HttpRoute {
-            name: "storefront".into(),
-            namespace: "shop".into(),
-            hostnames: vec!["shop.example.com".into(), "*.shop.example.com".into()],
-            parents: vec![gateway_parent("ingress", Some("http"), None)],
-            rules: vec![
-                RouteRule {
-                    matches: vec![prefix("/api", &[])],
-                    backends: vec![backend("cart", 90), backend("cart-v2", 10)],
-                },
-                RouteRule {
-                    matches: vec![prefix("/api", &[("X-Canary", "yes")])],
-                    backends: vec![backend("cart-v2", 1)],
-                },
-                RouteRule {
-                    matches: vec![RouteMatch {
-                        path: Some(PathMatch::Exact("/healthz".into())),
-                        headers: vec![],
-                    }],
-                    backends: vec![backend("cart", 1)],
-                },
-            ],
-        },
-    ];
-    (gateways, routes)
-}
 
 #[test]
 fn golden_gateway() {

@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
 
-use crate::xds::model::{self, Backend, HttpRoute, PathMatch, Service, Telemetry};
+use crate::xds::model::{self, Backend, HttpRoute, ParentKind, PathMatch, Service, ServicePort, Telemetry};
 
 /// The name of the cluster that carries traces to the Zipkin collector.
 pub const ZIPKIN_CLUSTER: &str = "zipkin";
@@ -237,4 +237,18 @@ fn prefix_match(prefix: &str) -> EnvoyRouteMatch {
         path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.to_string())),
         ..Default::default()
     }
+}
+
+/// A service port's routes: its attached HTTPRoutes' rules, ranked, or else every request
+/// to its own cluster. Proxyless clients and node proxies route the same way.
+pub(super) fn port_routes(svc: &Service, port: &ServicePort, routes: &[HttpRoute]) -> Vec<Route> {
+    let attached: Vec<&HttpRoute> = routes
+        .iter()
+        .filter(|r| r.attaches_to(ParentKind::Service, &svc.name, &svc.namespace, port.port, &port.name))
+        .collect();
+    let mut envoy_routes = ranked_routes(&attached);
+    if attached.is_empty() {
+        envoy_routes.push(default_route(svc, port.port));
+    }
+    envoy_routes
 }

@@ -2,7 +2,7 @@
 //! that gets its routes over RDS from ADS, for proxyless gRPC clients), a RouteConfiguration,
 //! an EDS Cluster and a ClusterLoadAssignment of the ready endpoints grouped by zone.
 //! HTTPRoutes attached to a service replace its default route. Node proxies' listeners and
-//! routes over the same services come from `node_proxy`.
+//! routes over the same services come from `node_proxy`, beside it.
 
 use std::collections::BTreeMap;
 
@@ -10,15 +10,14 @@ use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
-use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use envoy_types::util::pack_any;
 
 use super::eds::{self, lb_endpoint_for};
-use super::http::{ZIPKIN_CLUSTER, ads, connection_manager, default_route, domains, ranked_routes};
-use super::node_proxy;
-use crate::xds::model::{self, HttpRoute, ParentKind, Service, ServicePort, Telemetry};
+use super::http::{ZIPKIN_CLUSTER, ads, connection_manager, domains, port_routes};
+use crate::xds::model::{self, HttpRoute, Service, ServicePort, Telemetry};
 
 /// The mesh's resources, by type and name.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -31,12 +30,10 @@ pub struct MeshResources {
     pub clusters: BTreeMap<String, Cluster>,
     /// EDS: one load assignment per service port, named like its cluster.
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
-    /// LDS for node proxies: their socket listeners (`node_proxy`); their route
-    /// configurations are in `routes`, their passthrough cluster in `clusters`.
-    pub node_proxy_listeners: BTreeMap<String, Listener>,
 }
 
-/// Translates every service (and the routes attached to them).
+/// Translates every service (and the routes attached to them); the clusters no service
+/// makes are `super::constant_clusters`.
 pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemetry) -> MeshResources {
     let mut out = MeshResources::default();
     for svc in services {
@@ -48,22 +45,6 @@ pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemet
             let assignment = port_endpoints(svc, port);
             out.endpoints.insert(assignment.cluster_name.clone(), assignment);
         }
-    }
-    for cluster in constant_clusters(telemetry) {
-        out.clusters.insert(cluster.name.clone(), cluster);
-    }
-    let node = node_proxy::translate(services, routes, telemetry);
-    out.routes.extend(node.routes);
-    out.node_proxy_listeners = node.listeners;
-    out
-}
-
-/// The clusters no service makes: node proxies' inbound passthrough, and the Zipkin
-/// collector's when tracing is on.
-pub fn constant_clusters(telemetry: &Telemetry) -> Vec<Cluster> {
-    let mut out = vec![node_proxy::passthrough_cluster()];
-    if let Some(zipkin) = &telemetry.zipkin {
-        out.push(zipkin_cluster(&zipkin.address));
     }
     out
 }
@@ -116,20 +97,6 @@ fn route_configuration(svc: &Service, port: &ServicePort, routes: &[HttpRoute]) 
         }],
         ..Default::default()
     }
-}
-
-/// A service port's routes: its attached HTTPRoutes' rules, ranked, or else every request
-/// to its own cluster. Proxyless clients and node proxies route the same way.
-pub fn port_routes(svc: &Service, port: &ServicePort, routes: &[HttpRoute]) -> Vec<Route> {
-    let attached: Vec<&HttpRoute> = routes
-        .iter()
-        .filter(|r| r.attaches_to(ParentKind::Service, &svc.name, &svc.namespace, port.port, &port.name))
-        .collect();
-    let mut envoy_routes = ranked_routes(&attached);
-    if attached.is_empty() {
-        envoy_routes.push(default_route(svc, port.port));
-    }
-    envoy_routes
 }
 
 fn eds_cluster(name: &str, port: &ServicePort) -> Cluster {

@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use super::model::{Gateway, HttpRoute, NetworkGateway, Service, Telemetry};
 
 pub mod eds;
+pub mod encoded;
 pub mod gateway;
 mod http;
 pub mod incremental;
@@ -61,7 +62,6 @@ impl From<mesh::MeshResources> for Resources {
             routes: m.routes,
             clusters: m.clusters,
             endpoints: m.endpoints,
-            node_proxy_listeners: m.node_proxy_listeners,
             ..Default::default()
         }
     }
@@ -124,14 +124,34 @@ pub fn split_horizon(
     n.without_gateway
 }
 
-/// Translates every service (and the routes attached to them); no gateways (`translate_all`).
+/// Translates every service (and the routes attached to them) for proxyless clients and
+/// node proxies; no gateways (`translate_all`).
 pub fn translate(services: &[Service], routes: &[HttpRoute], telemetry: &Telemetry) -> Resources {
-    mesh::translate(services, routes, telemetry).into()
+    let mut out: Resources = mesh::translate(services, routes, telemetry).into();
+    for cluster in constant_clusters(telemetry) {
+        out.clusters.insert(cluster.name.clone(), cluster);
+    }
+    let node = node_proxy::translate(services, routes, telemetry);
+    out.routes.extend(node.routes);
+    out.node_proxy_listeners = node.listeners;
+    out
+}
+
+/// The clusters no service makes: the node proxies' inbound passthrough, and the Zipkin
+/// collector's when tracing is on.
+pub fn constant_clusters(telemetry: &Telemetry) -> Vec<Cluster> {
+    let mut out = vec![node_proxy::passthrough_cluster()];
+    if let Some(zipkin) = &telemetry.zipkin {
+        out.push(mesh::zipkin_cluster(&zipkin.address));
+    }
+    out
 }
 
 #[cfg(test)]
-pub(crate) mod gateway_tests;
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod network_tests;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -17,8 +17,8 @@ use prost::Message;
 use super::eds::{Horizon, OTHER_NETWORKS, endpoints_without_gateway, load_assignment};
 use super::{Resources, split_horizon, translate_all};
 use crate::xds::model::*;
-use crate::xds::server::ClientInfo;
-use crate::xds::snapshot::{ENDPOINT, Snapshot, View};
+use crate::xds::serve::server::ClientInfo;
+use crate::xds::serve::snapshot::{ENDPOINT, Snapshot, View};
 
 const GREETER: &str = "outbound|50051||greeter.shop.svc.cluster.local";
 

@@ -38,8 +38,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, s
 use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 
-use super::http::{connection_manager, default_route};
-use super::mesh::port_routes;
+use super::http::{connection_manager, default_route, port_routes};
 use crate::xds::model::{self, HttpRoute, Service, Telemetry};
 
 pub use crate::api::ports::{

@@ -1,9 +1,6 @@
 //! Translation tests: golden output, the protocol-relevant properties, and a round trip of
 //! every resource through the Envoy types' protobuf encoding.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action, route_match};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -11,142 +8,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use prost::Message;
 
+use super::fixtures::*;
 use super::{translate, translate_all};
 use crate::xds::model::*;
-
-fn endpoint(address: &str, port: u16, zone: &str, ready: bool, terminating: bool) -> Endpoint {
-    Endpoint {
-        address: address.to_string(),
-        ports: BTreeMap::from([("grpc".to_string(), port)]),
-        zone: Some(zone.to_string()),
-        cluster: "local".to_string(),
-        network: String::new(),
-        ready,
-        terminating,
-    }
-}
-
-fn service(name: &str, endpoints: Vec<Endpoint>) -> Service {
-    Service {
-        name: name.to_string(),
-        namespace: "shop".to_string(),
-        ports: vec![ServicePort {
-            name: "grpc".to_string(),
-            port: 50051,
-            http2: true,
-        }],
-        endpoints: endpoints.into(),
-    }
-}
-
-pub(crate) fn world() -> (Vec<Service>, Vec<HttpRoute>) {
-    let services = vec![
-        service(
-            "cart",
-            vec![
-                endpoint("198.51.100.10", 8080, "zone-a", true, false),
-                endpoint("198.51.100.11", 8080, "zone-b", true, false),
-                endpoint("198.51.100.12", 8080, "zone-b", false, false),
-                endpoint("198.51.100.13", 8080, "zone-c", true, true),
-            ],
-        ),
-        service("cart-v2", vec![endpoint("198.51.100.20", 8080, "zone-a", true, false)]),
-    ];
-    let routes = vec![HttpRoute {
-        name: "cart-split".to_string(),
-        namespace: "shop".to_string(),
-        hostnames: vec![],
-        parents: vec![ParentRef {
-            kind: ParentKind::Service,
-            name: "cart".to_string(),
-            namespace: "shop".to_string(),
-            port: None,
-            section_name: None,
-        }],
-        rules: vec![
-            RouteRule {
-                matches: vec![],
-                backends: vec![
-                    Backend {
-                        name: "cart".into(),
-                        namespace: "shop".into(),
-                        port: 50051,
-                        weight: 90,
-                    },
-                    Backend {
-                        name: "cart-v2".into(),
-                        namespace: "shop".into(),
-                        port: 50051,
-                        weight: 10,
-                    },
-                ],
-            },
-            RouteRule {
-                matches: vec![RouteMatch {
-                    path: Some(PathMatch::Prefix("/cart.Cart/Checkout".into())),
-                    headers: vec![HeaderMatch {
-                        name: "X-Canary".into(),
-                        value: "yes".into(),
-                        regex: false,
-                    }],
-                }],
-                backends: vec![Backend {
-                    name: "cart-v2".into(),
-                    namespace: "shop".into(),
-                    port: 50051,
-                    weight: 1,
-                }],
-            },
-        ],
-    }];
-    (services, routes)
-}
-
-pub(crate) fn telemetry() -> Telemetry {
-    Telemetry {
-        access_log: Some(FileLog {
-            path: "/dev/stdout".into(),
-            format: None,
-        }),
-        zipkin: Some(Zipkin {
-            address: "zipkin.tracing:9411".into(),
-            sampling_percent: 1.0,
-        }),
-    }
-}
-
-/// Compares with `src/xds/testdata/NAME.txt`; `WEFT_UPDATE_GOLDEN=1` rewrites it.
-pub(super) fn golden(name: &str, r: &impl std::fmt::Debug) {
-    let actual = format!("{r:#?}\n");
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("src/xds/testdata")
-        .join(format!("{name}.txt"));
-    if std::env::var("WEFT_UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("{} is missing; run WEFT_UPDATE_GOLDEN=1 cargo test", path.display()));
-    if let Some((i, (e, a))) = expected
-        .lines()
-        .zip(actual.lines())
-        .enumerate()
-        .find(|(_, (e, a))| e != a)
-    {
-        panic!(
-            "{} differs at line {}:\n  golden: {e}\n  actual: {a}\n(WEFT_UPDATE_GOLDEN=1 if intended)",
-            path.display(),
-            i + 1
-        );
-    }
-    assert_eq!(
-        expected.lines().count(),
-        actual.lines().count(),
-        "{} differs in length",
-        path.display()
-    );
-}
 
 #[test]
 fn golden_services_and_routes() {
@@ -342,7 +206,7 @@ fn decode_listener(l: &Listener) {
 #[test]
 fn every_resource_round_trips_through_the_envoy_types() {
     let (services, mut routes) = world();
-    let (gateways, gateway_routes) = super::gateway_tests::gateway_world();
+    let (gateways, gateway_routes) = gateway_world();
     routes.extend(gateway_routes);
     let r = translate_all(&services, &gateways, &routes, &telemetry());
     assert!(!r.gateway_listeners.is_empty(), "gateway resources are covered too");

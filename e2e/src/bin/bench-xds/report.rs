@@ -131,7 +131,7 @@ pub async fn view_bytes(xds: u16, services: usize) {
 /// services translated in full, and incrementally after one endpoint change.
 pub fn translation_figures(count: usize) {
     use weft::xds::model::{Endpoint, Service as MeshService, ServicePort, Telemetry};
-    use weft::xds::snapshot::Snapshot;
+    use weft::xds::serve::snapshot::Snapshot;
     use weft::xds::translate::{incremental::Incremental, translate_all, translate_gateways};
     let endpoint = |i: usize, e: usize| Endpoint {
         address: format!("198.18.{}.{}", i / 200, (i % 200) + e),

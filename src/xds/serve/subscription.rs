@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::snapshot::{Encoded, TypeSet, wildcard_type};
+use super::snapshot::{TypeSet, wildcard_type};
+use crate::xds::translate::encoded::Encoded;
 
 /// The name that stands for "every resource" in a subscription.
 const WILDCARD: &str = "*";
@@ -398,7 +399,7 @@ mod tests {
     use envoy_types::pb::google::protobuf::Any;
 
     use super::*;
-    use crate::xds::snapshot::{CLUSTER, ENDPOINT, LISTENER};
+    use crate::xds::serve::snapshot::{CLUSTER, ENDPOINT, LISTENER};
 
     fn set(items: &[(&str, &str)]) -> Arc<TypeSet> {
         Arc::new(TypeSet::new(
@@ -646,7 +647,7 @@ mod tests {
     #[test]
     fn a_set_version_is_the_hash_of_its_names_and_versions() {
         let (a, b, one) = ("a".to_string(), "b".to_string(), "1".to_string());
-        let v = crate::xds::snapshot::set_version([(&a, Some(&one)), (&b, None)].into_iter());
+        let v = crate::xds::serve::snapshot::set_version([(&a, Some(&one)), (&b, None)].into_iter());
         assert_eq!(v, crate::render::fnv1a("a=1;b=-;"));
     }
 

@@ -14,9 +14,9 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use tokio::sync::watch;
 
-use super::translate::Resources;
-use super::translate::incremental::{Changed, EncodedMesh};
-use crate::render::fnv1a_bytes;
+use crate::xds::translate::Resources;
+use crate::xds::translate::encoded::{Encoded, encode};
+use crate::xds::translate::incremental::{Changed, EncodedMesh};
 
 /// Type URL of listeners.
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -44,29 +44,6 @@ pub fn short(type_url: &str) -> &'static str {
 /// Whether a type allows wildcard subscriptions (all resources without naming them).
 pub fn wildcard_type(type_url: &str) -> bool {
     type_url == LISTENER || type_url == CLUSTER
-}
-
-/// One encoded resource.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Encoded {
-    /// The resource, packed; shared by the snapshots and the incremental translation's
-    /// memory of it, so an unchanged resource is held once.
-    pub any: Arc<Any>,
-    /// Its version: a hash of its encoding.
-    pub version: String,
-}
-
-/// Encodes a resource and versions it by the hash of its bytes.
-pub fn encode<M: Message + Name>(m: &M) -> Encoded {
-    let bytes = m.encode_to_vec();
-    let version = fnv1a_bytes(&bytes);
-    Encoded {
-        any: Arc::new(Any {
-            type_url: M::type_url(),
-            value: bytes,
-        }),
-        version,
-    }
 }
 
 /// Every resource of one type, plus the encodings that wildcard subscribers share.
@@ -423,7 +400,7 @@ impl Snapshot {
         }
         n.endpoints
             .get(network)
-            .or_else(|| n.endpoints.get(super::translate::eds::OTHER_NETWORKS))
+            .or_else(|| n.endpoints.get(crate::xds::translate::eds::OTHER_NETWORKS))
             .or(shared)
     }
 

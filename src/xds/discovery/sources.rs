@@ -3,7 +3,7 @@
 //! model from them. Every change pings `changed` so the control plane can debounce and
 //! retranslate.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use futures::StreamExt;
@@ -13,17 +13,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
-use serde::Deserialize;
+use kube::{Client, ResourceExt};
 use tokio::sync::{Notify, watch};
 
-use super::model::{
-    Backend, Endpoint, Gateway, GatewayPort, HeaderMatch, HttpRoute, MeshModel, Origin, ParentKind, ParentRef,
-    PathMatch, RouteMatch, RouteRule, Service, ServicePort,
-};
+use super::objects::{gateway_model, route_model, service_model};
+use super::selectors::{Selected, selector_matches};
 use crate::api::labels;
 use crate::api::{MeshGateway, MeshInstall};
 use crate::watch_health::{Flow, WatchBackoff, WatchHealth};
+use crate::xds::model::{Gateway, HttpRoute, MeshModel, Origin, Service};
 
 /// The live objects discovery reads.
 #[derive(Clone)]
@@ -101,7 +99,7 @@ impl Remotes {
     }
 
     /// Replaces the served clusters; `true` when that changed anything.
-    pub(super) fn publish(&self, next: Vec<Arc<RemoteStores>>) -> bool {
+    pub(in crate::xds) fn publish(&self, next: Vec<Arc<RemoteStores>>) -> bool {
         let mut slot = self.0.write().unwrap_or_else(PoisonError::into_inner);
         let same = slot.len() == next.len() && slot.iter().zip(&next).all(|(a, b)| Arc::ptr_eq(a, b));
         if !same {
@@ -144,7 +142,7 @@ where
 /// Like `run`, for kinds whose CRD may not be installed (MeshInstall, HTTPRoute): when the
 /// API server does not know the kind, the store is marked synced and empty instead of
 /// waiting forever.
-pub(super) async fn run_optional<K>(
+pub(in crate::xds) async fn run_optional<K>(
     api: Api<K>,
     mut writer: reflector::store::Writer<K>,
     changed: Arc<Notify>,
@@ -239,7 +237,7 @@ impl Sources {
 
     /// Sources holding these objects (and no routes, meshes or gateways), for tests.
     #[cfg(test)]
-    pub(super) fn from_objects(
+    pub(in crate::xds) fn from_objects(
         services: Vec<K8sService>,
         slices: Vec<EndpointSlice>,
         namespaces: Vec<Namespace>,
@@ -500,329 +498,13 @@ fn merge_remotes(
     merged.into_values().collect()
 }
 
-/// Which namespaces `selectors` pick, worked out once per model rather than per object.
-struct Selected {
-    /// `None` when there are no selectors: every namespace.
-    picked: Option<HashSet<String>>,
-    /// Every namespace known.
-    known: HashSet<String>,
-    /// Whether the selectors pick a namespace with no labels (one not known yet is judged
-    /// as such, as before it is seen).
-    unlabelled: bool,
-}
-
-impl Selected {
-    fn of(namespaces: &Store<Namespace>, selectors: &[LabelSelector]) -> Selected {
-        if selectors.is_empty() {
-            return Selected {
-                picked: None,
-                known: HashSet::new(),
-                unlabelled: true,
-            };
-        }
-        let all = namespaces.state();
-        let picked = all
-            .iter()
-            .filter(|n| selectors.iter().any(|s| selector_matches(s, n.labels())))
-            .map(|n| n.name_any())
-            .collect();
-        Selected {
-            picked: Some(picked),
-            known: all.iter().map(|n| n.name_any()).collect(),
-            unlabelled: selectors.iter().any(|s| selector_matches(s, &BTreeMap::new())),
-        }
-    }
-
-    /// Whether namespace `ns` is in the mesh.
-    fn contains(&self, ns: &str) -> bool {
-        match &self.picked {
-            None => true,
-            Some(picked) => picked.contains(ns) || (self.unlabelled && !self.known.contains(ns)),
-        }
-    }
-}
-
-/// Why a label selector is not one Kubernetes would accept, if it is not: an unknown
-/// operator, or values where the operator needs some or none. (Such a selector would match
-/// nothing, and a mesh that matches nothing serves nothing.)
-pub fn check_selector(s: &LabelSelector) -> Result<(), String> {
-    for (i, e) in s.match_expressions.iter().flatten().enumerate() {
-        let values = e.values.as_deref().unwrap_or_default();
-        let problem = match e.operator.as_str() {
-            "In" | "NotIn" if values.is_empty() => "needs at least one value",
-            "Exists" | "DoesNotExist" if !values.is_empty() => "takes no values",
-            "In" | "NotIn" | "Exists" | "DoesNotExist" => continue,
-            _ => "is not an operator (In, NotIn, Exists, DoesNotExist)",
-        };
-        return Err(format!(
-            "matchExpressions[{i}] ({}): operator {:?} {problem}",
-            e.key, e.operator
-        ));
-    }
-    Ok(())
-}
-
-/// Whether labels match a Kubernetes label selector.
-pub fn selector_matches(s: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let exact = s.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
-    let exprs = s.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.clone().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
-            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
-            "Exists" => labels.contains_key(&e.key),
-            "DoesNotExist" => !labels.contains_key(&e.key),
-            _ => false,
-        }
-    });
-    exact && exprs
-}
-
-/// A MeshGateway of mesh `mesh` (any mesh when `None`), or `None` when it belongs to
-/// another mesh or does not decode.
-fn gateway_model(g: &DynamicObject, mesh: Option<&str>) -> Option<Gateway> {
-    let gateway = match g.clone().try_parse::<MeshGateway>() {
-        Ok(gateway) => gateway,
-        Err(e) => {
-            // Every retranslation meets it again: debug, not warn. The operator reports it.
-            tracing::debug!(gateway = %g.name_any(), error = %e, "skipping a MeshGateway that does not decode");
-            return None;
-        }
-    };
-    let spec = &gateway.spec;
-    if mesh.is_some_and(|m| m != spec.mesh) {
-        return None;
-    }
-    let ports = spec
-        .ports()
-        .iter()
-        .filter_map(|p| {
-            Some(GatewayPort {
-                name: p.name.clone(),
-                port: u16::try_from(p.port).ok().filter(|p| *p != 0)?,
-                container_port: u16::try_from(p.container_port()).ok().filter(|p| *p != 0)?,
-            })
-        })
-        .collect();
-    Some(Gateway {
-        name: gateway.name_any(),
-        namespace: gateway.namespace().unwrap_or_default(),
-        ports,
-        eastwest: spec.type_ == crate::api::mesh_gateway::GatewayType::EastWest,
-    })
-}
-
-fn service_model(s: &K8sService, slices: &[Arc<EndpointSlice>], origin: &Origin) -> Service {
-    let spec = s.spec.clone().unwrap_or_default();
-    let ports = spec
-        .ports
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .map(|p| {
-            let name = p.name.clone().unwrap_or_default();
-            let app = p.app_protocol.clone().unwrap_or_default();
-            let http2 = app == "grpc"
-                || app == "kubernetes.io/h2c"
-                || app == "http2"
-                || name.starts_with("grpc")
-                || name.starts_with("http2");
-            ServicePort {
-                name,
-                port: u16::try_from(p.port).unwrap_or(0),
-                http2,
-            }
-        })
-        .filter(|p| p.port != 0)
-        .collect();
-    let mut endpoints = Vec::new();
-    for slice in slices {
-        let ports: BTreeMap<String, u16> = slice
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), u16::try_from(p.port?).ok()?)))
-            .collect();
-        for e in &slice.endpoints {
-            let c = e.conditions.clone().unwrap_or_default();
-            for address in &e.addresses {
-                endpoints.push(Endpoint {
-                    address: address.clone(),
-                    ports: ports.clone(),
-                    zone: e.zone.clone(),
-                    cluster: origin.cluster.clone(),
-                    network: origin.network.clone(),
-                    // Unset `ready` means ready (EndpointSlice API).
-                    ready: c.ready.unwrap_or(true),
-                    terminating: c.terminating.unwrap_or(false),
-                });
-            }
-        }
-    }
-    Service {
-        name: s.name_any(),
-        namespace: s.namespace().unwrap_or_default(),
-        ports,
-        endpoints: Arc::new(endpoints),
-    }
-}
-
-/// Our minimal HTTPRoute types (until the gateway-api crate follows kube 5).
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RouteSpec {
-    #[serde(default)]
-    hostnames: Vec<String>,
-    #[serde(default)]
-    parent_refs: Vec<RefSpec>,
-    #[serde(default)]
-    rules: Vec<RuleSpec>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RefSpec {
-    #[serde(default)]
-    group: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    port: Option<u16>,
-    #[serde(default)]
-    section_name: Option<String>,
-    #[serde(default)]
-    weight: Option<u32>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RuleSpec {
-    #[serde(default)]
-    matches: Vec<MatchSpec>,
-    #[serde(default)]
-    backend_refs: Vec<RefSpec>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct MatchSpec {
-    #[serde(default)]
-    path: Option<ValueMatch>,
-    #[serde(default)]
-    headers: Vec<HeaderSpec>,
-}
-
-#[derive(Deserialize, Default)]
-struct ValueMatch {
-    #[serde(default, rename = "type")]
-    type_: Option<String>,
-    #[serde(default)]
-    value: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct HeaderSpec {
-    #[serde(default, rename = "type")]
-    type_: Option<String>,
-    name: String,
-    value: String,
-}
-
-/// A backendRef names a Service unless it says otherwise (group "" and kind Service are
-/// the defaults for backends).
-fn is_service(group: &Option<String>, kind: &Option<String>) -> bool {
-    group.as_deref().unwrap_or("").is_empty() && kind.as_deref().unwrap_or("Service") == "Service"
-}
-
-/// What a parentRef names, if it is ours. Its defaults are a Gateway API Gateway, so a
-/// Service or MeshGateway parent must give both group and kind.
-fn parent_kind(p: &RefSpec) -> Option<ParentKind> {
-    match (p.group.as_deref()?, p.kind.as_deref()?) {
-        ("", "Service") => Some(ParentKind::Service),
-        (group, "MeshGateway") if group == MeshGateway::group(&()) => Some(ParentKind::MeshGateway),
-        _ => None,
-    }
-}
-
-/// An HTTPRoute attached to Services (GAMMA) and/or MeshGateways, or `None` when it attaches
-/// to neither.
-fn route_model(r: &DynamicObject) -> Option<HttpRoute> {
-    let spec: RouteSpec = serde_json::from_value(r.data.get("spec")?.clone()).ok()?;
-    let ns = r.namespace().unwrap_or_default();
-    let parents: Vec<ParentRef> = spec
-        .parent_refs
-        .iter()
-        .filter_map(|p| {
-            Some(ParentRef {
-                kind: parent_kind(p)?,
-                name: p.name.clone(),
-                namespace: p.namespace.clone().unwrap_or_else(|| ns.clone()),
-                port: p.port,
-                section_name: p.section_name.clone(),
-            })
-        })
-        .collect();
-    if parents.is_empty() {
-        return None;
-    }
-    let rules = spec
-        .rules
-        .iter()
-        .map(|rule| RouteRule {
-            matches: rule
-                .matches
-                .iter()
-                .map(|m| RouteMatch {
-                    path: m.path.as_ref().map(|p| {
-                        let value = p.value.clone().unwrap_or_else(|| "/".to_string());
-                        match p.type_.as_deref().unwrap_or("PathPrefix") {
-                            "Exact" => PathMatch::Exact(value),
-                            "RegularExpression" => PathMatch::Regex(value),
-                            _ => PathMatch::Prefix(value),
-                        }
-                    }),
-                    headers: m
-                        .headers
-                        .iter()
-                        .map(|h| HeaderMatch {
-                            name: h.name.clone(),
-                            value: h.value.clone(),
-                            regex: h.type_.as_deref() == Some("RegularExpression"),
-                        })
-                        .collect(),
-                })
-                .collect(),
-            backends: rule
-                .backend_refs
-                .iter()
-                .filter(|b| is_service(&b.group, &b.kind))
-                .filter_map(|b| {
-                    Some(Backend {
-                        name: b.name.clone(),
-                        namespace: b.namespace.clone().unwrap_or_else(|| ns.clone()),
-                        port: b.port?,
-                        weight: b.weight.unwrap_or(1),
-                    })
-                })
-                .collect(),
-        })
-        .collect();
-    Some(HttpRoute {
-        name: r.name_any(),
-        namespace: ns,
-        hostnames: spec.hostnames,
-        parents,
-        rules,
-    })
-}
-
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::xds) mod tests {
     use super::*;
+    use crate::xds::discovery::selectors::check_selector;
+    use crate::xds::model::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use kube::Resource;
 
     /// A store holding `objects`, as after a list.
     pub fn store_of<K>(objects: Vec<K>) -> Store<K>

@@ -17,14 +17,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use super::control_plane::{Limits, serve_xds};
-use super::metrics::XdsMetrics;
-use super::model::*;
 use super::server::{Admission, AdsServer};
 use super::snapshot::{CLUSTER, Cache, ENDPOINT, LISTENER, ROUTE, Snapshot, View};
-use super::translate::{translate, translate_all};
+use crate::xds::control_plane::{Limits, serve_xds};
+use crate::xds::metrics::XdsMetrics;
+use crate::xds::model::*;
+use crate::xds::translate::{translate, translate_all};
 
-pub(super) fn service(name: &str, addresses: &[&str]) -> Service {
+pub(in crate::xds) fn service(name: &str, addresses: &[&str]) -> Service {
     Service {
         name: name.to_string(),
         namespace: "ns".to_string(),
@@ -49,7 +49,7 @@ pub(super) fn service(name: &str, addresses: &[&str]) -> Service {
     }
 }
 
-pub(super) fn snapshot(version: u64, services: &[Service]) -> Snapshot {
+pub(in crate::xds) fn snapshot(version: u64, services: &[Service]) -> Snapshot {
     Snapshot::new(
         version,
         Instant::now(),
@@ -58,7 +58,7 @@ pub(super) fn snapshot(version: u64, services: &[Service]) -> Snapshot {
 }
 
 /// Admits revision `rev-a` and its tag `stable`.
-pub(super) fn test_admission() -> Admission {
+pub(in crate::xds) fn test_admission() -> Admission {
     Arc::new(|c| match c.revision.as_deref() {
         Some("rev-a") | Some("stable") => Ok(()),
         other => Err(format!(
@@ -68,7 +68,7 @@ pub(super) fn test_admission() -> Admission {
 }
 
 /// A control plane serving on loopback, as `weft control-plane` does.
-pub(super) struct Served {
+pub(in crate::xds) struct Served {
     /// Its `http://` address.
     pub url: String,
     /// Its address.
@@ -79,7 +79,7 @@ pub(super) struct Served {
 
 /// Serves `cache` on loopback within `limits`, through the same listener and HTTP/2
 /// settings as `weft control-plane`.
-pub(super) async fn start_with(cache: Cache, limits: Limits, admission: Admission) -> Served {
+pub(in crate::xds) async fn start_with(cache: Cache, limits: Limits, admission: Admission) -> Served {
     let metrics = XdsMetrics::new();
     let server = AdsServer::new(cache, admission, metrics.clone(), limits.stream);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -102,7 +102,7 @@ async fn start(cache: Cache) -> String {
     start_with(cache, Limits::default(), test_admission()).await.url
 }
 
-pub(super) fn node(revision: &str) -> Node {
+pub(in crate::xds) fn node(revision: &str) -> Node {
     Node {
         id: "test-client".into(),
         metadata: Some(Struct {
@@ -118,12 +118,12 @@ pub(super) fn node(revision: &str) -> Node {
     }
 }
 
-pub(super) struct Sotw {
+pub(in crate::xds) struct Sotw {
     pub tx: mpsc::Sender<DiscoveryRequest>,
     pub rx: Streaming<DiscoveryResponse>,
 }
 
-pub(super) async fn sotw(url: &str) -> Sotw {
+pub(in crate::xds) async fn sotw(url: &str) -> Sotw {
     let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
         .await
         .unwrap();
@@ -154,7 +154,7 @@ impl Sotw {
     }
 }
 
-pub(super) fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+pub(in crate::xds) fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
     DiscoveryRequest {
         type_url: type_url.into(),
         resource_names: names.iter().map(|s| s.to_string()).collect(),
@@ -288,7 +288,9 @@ async fn clients_of_another_revision_are_refused_with_a_clear_status() {
     assert!(err.message().contains("serves revision rev-a"), "{}", err.message());
 }
 
-pub(super) async fn delta(url: &str) -> (mpsc::Sender<DeltaDiscoveryRequest>, Streaming<DeltaDiscoveryResponse>) {
+pub(in crate::xds) async fn delta(
+    url: &str,
+) -> (mpsc::Sender<DeltaDiscoveryRequest>, Streaming<DeltaDiscoveryResponse>) {
     let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
         .await
         .unwrap();
@@ -301,7 +303,7 @@ pub(super) async fn delta(url: &str) -> (mpsc::Sender<DeltaDiscoveryRequest>, St
     (tx, stream)
 }
 
-pub(super) async fn next_delta(rx: &mut Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+pub(in crate::xds) async fn next_delta(rx: &mut Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
     tokio::time::timeout(Duration::from_secs(5), rx.message())
         .await
         .unwrap()
@@ -437,7 +439,7 @@ fn gateway_snapshot(version: u64, other: &[u16]) -> Snapshot {
     )
 }
 
-pub(super) fn node_with(fields: &[(&str, &str)]) -> Node {
+pub(in crate::xds) fn node_with(fields: &[(&str, &str)]) -> Node {
     Node {
         id: "test-client".into(),
         metadata: Some(Struct {
@@ -630,7 +632,7 @@ fn network_snapshot() -> Snapshot {
         port: 15443,
     }];
     let mut r = translate(&services, &[], &Telemetry::default());
-    super::translate::split_horizon(&mut r, &services, &gateways, "net-a");
+    crate::xds::translate::split_horizon(&mut r, &services, &gateways, "net-a");
     Snapshot::new(1, Instant::now(), &r)
 }
 

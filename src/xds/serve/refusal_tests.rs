@@ -11,12 +11,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
-use super::control_plane::{Directory, Limits, admission};
-use super::metrics::{Refusal, XdsMetrics};
 use super::server_tests::{
     Served, Sotw, delta, node, node_with, request, service, snapshot, sotw, start_with, test_admission,
 };
 use super::snapshot::{CLUSTER, Cache, ENDPOINT, LISTENER};
+use crate::xds::control_plane::{Directory, Limits, admission};
+use crate::xds::metrics::{Refusal, XdsMetrics};
 
 const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 

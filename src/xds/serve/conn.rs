@@ -16,7 +16,7 @@ use tonic::transport::server::Connected;
 use tracing::debug;
 
 use super::grpc::ConnStreams;
-use super::metrics::{Refusal, XdsMetrics};
+use crate::xds::metrics::{Refusal, XdsMetrics};
 
 /// What every HTTP/2 connection starts with (RFC 9113, section 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

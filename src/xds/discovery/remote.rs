@@ -29,13 +29,13 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
-use super::metrics::XdsMetrics;
-use super::model::Origin;
 use super::remote_status::{Health, Reporter, Seen};
 use super::sources::{RemoteStores, Remotes, run_optional};
 use crate::api::RemoteCluster;
 use crate::credentials::{self, Checked};
 use crate::watch_health::WatchBackoff;
+use crate::xds::metrics::XdsMetrics;
+use crate::xds::model::Origin;
 
 /// What the manager needs to know of its control plane.
 #[derive(Clone, Debug)]
@@ -180,7 +180,7 @@ pub fn error_kind(e: &watcher::Error) -> String {
     while let Some(next) = cause.source() {
         cause = next;
     }
-    crate::xds::server::clip(cause.to_string().lines().next().unwrap_or_default(), 160)
+    crate::xds::serve::server::clip(cause.to_string().lines().next().unwrap_or_default(), 160)
 }
 
 /// Keeps `writer` current; what it yields goes to `probe`. A failed watch keeps its store.
@@ -547,7 +547,7 @@ impl Manager {
 
 /// An error's first line, clipped: kubeconfig errors name fields, never their values.
 fn error_text(e: &dyn std::fmt::Display) -> String {
-    crate::xds::server::clip(e.to_string().lines().next().unwrap_or_default(), 200)
+    crate::xds::serve::server::clip(e.to_string().lines().next().unwrap_or_default(), 200)
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 
 use k8s_openapi::api::core::v1::Service;
 
-use super::model::NetworkGateway;
 use crate::api::labels;
+use crate::xds::model::NetworkGateway;
 
 pub use crate::render::gateway::NETWORK_LABEL;
 

@@ -23,10 +23,10 @@ use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
 use super::grpc::{SendError, Sender, StreamHandler};
-use super::metrics::{Refusal, XdsMetrics};
-use super::model;
 use super::snapshot::{Cache, Snapshot, TYPES, TypeSet, View, delta_field, short, sotw_field, sotw_field_len};
 use super::subscription::{Freshness, SotwOwed, SotwResources, Subscription};
+use crate::xds::metrics::{Refusal, XdsMetrics};
+use crate::xds::model;
 
 /// The `ROLE` of a gateway's pods.
 pub const GATEWAY_ROLE: &str = "gateway";

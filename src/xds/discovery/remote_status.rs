@@ -12,9 +12,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use tracing::{debug, warn};
 
-use super::metrics::{ClusterLabels, RemoteMetrics, XdsMetrics};
 use super::sources::RemoteStores;
 use crate::api::{ControlPlaneView, RemoteCluster};
+use crate::xds::metrics::{ClusterLabels, RemoteMetrics, XdsMetrics};
 
 /// The least time between two writes of one cluster's entry: endpoint counts may change
 /// often, the status need not follow each change.
@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn counts_are_of_mesh_services_and_their_ready_endpoints() {
-        use crate::xds::sources::tests::{k8s_namespace, k8s_service, k8s_slice, remote};
+        use crate::xds::discovery::sources::tests::{k8s_namespace, k8s_service, k8s_slice, remote};
         let mut not_ready = k8s_slice("shop", "greeter", &["10.1.0.3"]);
         not_ready.metadata.name = Some("greeter-not-ready".into());
         not_ready.endpoints[0].conditions = Some(Default::default());
