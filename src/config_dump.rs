@@ -15,12 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::envoy_check::{Finding, Served};
-
-/// Type URLs, in the order Envoy asks for them.
-const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+use crate::xds::serve::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 /// Why a dump could not be taken.
 #[derive(Debug, thiserror::Error)]

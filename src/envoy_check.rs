@@ -24,14 +24,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, s
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
-/// Type URL of listeners.
-const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-/// Type URL of route configurations.
-const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-/// Type URL of clusters.
-const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-/// Type URL of load assignments.
-const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+use crate::xds::serve::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 const HCM: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";

@@ -178,17 +178,21 @@ fn problems(served: &Served) -> Vec<String> {
     check(NODE_PROXY, served).into_iter().map(|f| f.to_string()).collect()
 }
 
+/// Asserts that the check finds, in what a node proxy is served, a problem whose text holds
+/// every one of `parts`.
+fn assert_found(served: &Served, parts: &[&str]) {
+    let found = problems(served);
+    assert!(
+        found.iter().any(|f| parts.iter().all(|p| f.contains(p))),
+        "no finding with {parts:?}: {found:#?}"
+    );
+}
+
 #[test]
 fn a_dangling_rds_name_is_refused() {
     let mut served = served_node_proxy();
     served.routes.retain(|r| r.name != node_proxy::OUTBOUND);
-    let found = problems(&served);
-    assert!(
-        found
-            .iter()
-            .any(|f| f.contains("node-proxy|outbound") && f.contains("no route configuration answers")),
-        "{found:#?}"
-    );
+    assert_found(&served, &["node-proxy|outbound", "no route configuration answers"]);
 }
 
 #[test]
@@ -197,12 +201,9 @@ fn a_missing_cluster_is_refused() {
     let gone = "outbound|50051||cart-v2.shop.svc.cluster.local";
     served.clusters.retain(|c| c.name != gone);
     served.endpoints.retain(|e| e.cluster_name != gone);
-    let found = problems(&served);
-    assert!(
-        found
-            .iter()
-            .any(|f| f.contains(&format!("names cluster \"{gone}\", which CDS does not serve"))),
-        "{found:#?}"
+    assert_found(
+        &served,
+        &[&format!("names cluster \"{gone}\", which CDS does not serve")],
     );
 }
 
@@ -217,13 +218,7 @@ fn an_eds_cluster_without_its_assignment_is_refused() {
         .name
         .clone();
     served.endpoints.retain(|e| e.cluster_name != cluster);
-    let found = problems(&served);
-    assert!(
-        found
-            .iter()
-            .any(|f| f.contains(&cluster) && f.contains("load assignment")),
-        "{found:#?}"
-    );
+    assert_found(&served, &[cluster.as_str(), "load assignment"]);
 }
 
 fn listener(name: &str, port: Option<u32>, typed: Any) -> Listener {
@@ -266,17 +261,8 @@ fn two_listeners_on_one_address_and_one_without_an_address_are_refused() {
     let hcm = outbound_hcm(&served);
     served.listeners.push(listener("again", Some(15001), hcm.clone()));
     served.listeners.push(listener("nowhere", None, hcm));
-    let found = problems(&served);
-    assert!(
-        found
-            .iter()
-            .any(|f| f.contains("\"again\": binds 0.0.0.0:15001 like listener")),
-        "{found:#?}"
-    );
-    assert!(
-        found.iter().any(|f| f.contains("\"nowhere\": has no socket address")),
-        "{found:#?}"
-    );
+    assert_found(&served, &["\"again\": binds 0.0.0.0:15001 like listener"]);
+    assert_found(&served, &["\"nowhere\": has no socket address"]);
 }
 
 #[test]
@@ -287,13 +273,7 @@ fn a_filter_envoy_does_not_know_is_refused() {
         value: vec![],
     };
     served.listeners.push(listener("odd", Some(9000), unknown));
-    let found = problems(&served);
-    assert!(
-        found
-            .iter()
-            .any(|f| f.contains("\"odd\"") && f.contains("Envoy does not know")),
-        "{found:#?}"
-    );
+    assert_found(&served, &["\"odd\"", "Envoy does not know"]);
 }
 
 #[test]
@@ -307,8 +287,7 @@ fn a_domain_in_two_virtual_hosts_is_refused() {
     let mut twin = rc.virtual_hosts[0].clone();
     twin.name = "twin".to_string();
     rc.virtual_hosts.push(twin);
-    let found = problems(&served);
-    assert!(found.iter().any(|f| f.contains("is in virtual hosts")), "{found:#?}");
+    assert_found(&served, &["is in virtual hosts"]);
 }
 
 #[test]
@@ -324,8 +303,7 @@ fn a_connect_route_that_does_not_terminate_is_refused() {
         Some(route::Action::Route(a)) => a.upgrade_configs.clear(),
         other => panic!("the first route is the CONNECT one: {other:?}"),
     }
-    let found = problems(&served);
-    assert!(found.iter().any(|f| f.contains("does not terminate it")), "{found:#?}");
+    assert_found(&served, &["does not terminate it"]);
 }
 
 #[test]

@@ -56,21 +56,26 @@ fn namespace_named(ns: &str) -> NetworkPolicyPeer {
     }
 }
 
-/// Ingress to the control plane: xDS from the mesh namespace, from namespaces labelled for
-/// one of `revs`, and from gateway pods anywhere; monitoring from the mesh namespace and
-/// from namespaces labelled `weft.dev/metrics=allow`. Everything else is refused.
-pub fn control_plane_policy(input: PolicyInput) -> NetworkPolicy {
-    let labelled_for_mesh = NetworkPolicyPeer {
+/// Namespaces whose `weft.dev/rev` is one of `revs`.
+fn labelled_for(revs: &[String]) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: labels::REVISION.to_string(),
                 operator: "In".to_string(),
-                values: Some(input.revs.clone()),
+                values: Some(revs.to_vec()),
             }]),
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// Ingress to the control plane: xDS from the mesh namespace, from namespaces labelled for
+/// one of `revs`, and from gateway pods anywhere; monitoring from the mesh namespace and
+/// from namespaces labelled `weft.dev/metrics=allow`. Everything else is refused.
+pub fn control_plane_policy(input: PolicyInput) -> NetworkPolicy {
+    let labelled_for_mesh = labelled_for(&input.revs);
     // Gateways run in namespaces of their owners' choosing, not labelled for the mesh.
     let gateways = NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector::default()),
@@ -131,17 +136,7 @@ pub struct ProxyPolicyInput<'a> {
 /// (other node proxies) and from namespaces labelled for one of `revs` (the workloads).
 /// The readiness port needs no rule: kubelet probes come from the node.
 pub fn node_proxy_policy(input: ProxyPolicyInput) -> NetworkPolicy {
-    let labelled_for_mesh = NetworkPolicyPeer {
-        namespace_selector: Some(LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: labels::REVISION.to_string(),
-                operator: "In".to_string(),
-                values: Some(input.revs.clone()),
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let labelled_for_mesh = labelled_for(&input.revs);
     NetworkPolicy {
         metadata: input.meta,
         spec: Some(NetworkPolicySpec {

@@ -11,13 +11,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::google::protobuf::BoolValue;
-use envoy_types::util::pack_any;
 
-use super::http::{connection_manager, default_route, domains as service_domains, ranked_routes};
+use super::http::{connection_manager, default_route, domains as service_domains, ranked_routes, socket_listener};
 use crate::xds::model::{self, Gateway, GatewayPort, HttpRoute, ParentKind, Service, Telemetry};
 
 /// The virtual host (and hostname key) of requests no hostname claims.
@@ -75,24 +73,7 @@ fn listener(name: &str, port: &GatewayPort, telemetry: &Telemetry) -> Listener {
     // A gateway is the edge: it appends the real peer to X-Forwarded-For and does not take
     // a client's word for being internal.
     hcm.use_remote_address = Some(BoolValue { value: true });
-    Listener {
-        name: name.to_string(),
-        address: Some(Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: "0.0.0.0".to_string(),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port.container_port))),
-                ..Default::default()
-            })),
-        }),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".to_string(),
-                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    socket_listener(name, port.container_port, hcm)
 }
 
 /// A route's hostname keys: lowercased and distinct (Envoy compares domains without case

@@ -4,10 +4,12 @@
 //! the other.
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, SubstitutionFormatString, config_source, data_source,
     substitution_format_string,
 };
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, Route, RouteAction, RouteMatch as EnvoyRouteMatch, WeightedCluster, header_matcher, route,
     route_action, route_match, weighted_cluster,
@@ -251,4 +253,26 @@ pub(super) fn port_routes(svc: &Service, port: &ServicePort, routes: &[HttpRoute
         envoy_routes.push(default_route(svc, port.port));
     }
     envoy_routes
+}
+
+/// A socket listener on `0.0.0.0:port` whose one filter chain is `hcm`.
+pub(super) fn socket_listener(name: &str, port: u16, hcm: HttpConnectionManager) -> Listener {
+    Listener {
+        name: name.to_string(),
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: "0.0.0.0".to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+                ..Default::default()
+            })),
+        }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }

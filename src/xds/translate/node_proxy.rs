@@ -21,8 +21,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::{Address, Http2ProtocolOptions, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::rbac::v3::{
     Permission, Policy, Principal, Rbac as RbacRules, permission, principal, rbac,
 };
@@ -38,7 +38,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, s
 use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 
-use super::http::{connection_manager, default_route, port_routes};
+use super::http::{connection_manager, default_route, port_routes, socket_listener};
 use crate::xds::model::{self, HttpRoute, Service, Telemetry};
 
 pub use crate::api::ports::{
@@ -97,27 +97,6 @@ pub fn passthrough_cluster() -> Cluster {
             ..Default::default()
         })),
         connect_timeout: Some(Duration { seconds: 5, nanos: 0 }),
-        ..Default::default()
-    }
-}
-
-fn socket_listener(name: &str, port: u16, hcm: HttpConnectionManager) -> Listener {
-    Listener {
-        name: name.to_string(),
-        address: Some(Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: "0.0.0.0".to_string(),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
-                ..Default::default()
-            })),
-        }),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".to_string(),
-                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
-            }],
-            ..Default::default()
-        }],
         ..Default::default()
     }
 }
