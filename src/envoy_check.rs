@@ -40,7 +40,7 @@ const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.Http
 /// Which kind of Envoy client the configuration is for: what it must hold besides being
 /// consistent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub enum Role<'a> {
     /// A node proxy: its outbound listener and the readiness listener its DaemonSet probes.
     NodeProxy {
         /// The outbound (workload) port.
@@ -48,7 +48,7 @@ pub enum Role {
         /// The readiness port, answering `ready_path` with 200.
         ready: u16,
         /// The readiness path.
-        ready_path: &'static str,
+        ready_path: &'a str,
     },
     /// A gateway (any type): at least one listener.
     Gateway,
@@ -167,7 +167,7 @@ fn eds_service_name(c: &Cluster) -> Option<String> {
 }
 
 /// Checks a client's whole configuration as Envoy would take it, plus what `role` needs.
-pub fn check(role: Role, served: &Served) -> Vec<Finding> {
+pub fn check(role: Role<'_>, served: &Served) -> Vec<Finding> {
     let mut c = Checker {
         served,
         clusters: served.clusters.iter().map(|c| c.name.as_str()).collect(),
@@ -734,7 +734,7 @@ impl Checker<'_> {
         }
     }
 
-    fn role(&mut self, role: Role) {
+    fn role(&mut self, role: Role<'_>) {
         let ports: BTreeMap<u32, &Listener> = self
             .served
             .listeners

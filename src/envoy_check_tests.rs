@@ -19,7 +19,7 @@ use crate::xds::serve::snapshot::{self, Snapshot, View};
 use crate::xds::translate::{node_proxy, translate_all};
 
 /// A node proxy as the DaemonSet runs it.
-const NODE_PROXY: Role = Role::NodeProxy {
+const NODE_PROXY: Role<'static> = Role::NodeProxy {
     outbound: node_proxy::OUTBOUND_PORT,
     ready: node_proxy::READY_PORT,
     ready_path: node_proxy::READY_PATH,

@@ -27,7 +27,7 @@ use weft_e2e::control_plane::ControlPlane;
 use weft_e2e::operator::{Operator, SERIAL, TIMEOUT, delete_and_wait, install_crds, mesh, wait_ready};
 use weft_e2e::{Bed, envoy_validate, multicluster, wait_for, weft_bin};
 
-const NODE_PROXY: Role = Role::NodeProxy {
+const NODE_PROXY: Role<'static> = Role::NodeProxy {
     outbound: node_proxy::OUTBOUND_PORT,
     ready: node_proxy::READY_PORT,
     ready_path: node_proxy::READY_PATH,
@@ -80,8 +80,44 @@ fn holds(dump: &Dump, short: &str, name: &str) -> bool {
         .any(|(t, items)| t.ends_with(short) && items.contains_key(name))
 }
 
+/// The node-proxy ports the operator rendered: the node-local Service's outbound target
+/// port (after checking it keeps traffic on the node), and the DaemonSet's readiness probe.
+async fn rendered_node_proxy(bed: &Bed, ns: &str, name: &str) -> (u16, u16, String) {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let svc = Api::<Service>::namespaced(bed.client.clone(), ns)
+        .get(name)
+        .await
+        .expect("the node-local Service");
+    let spec = svc.spec.expect("a Service spec");
+    assert_eq!(spec.internal_traffic_policy.as_deref(), Some("Local"), "{spec:?}");
+    let port = |p: &Option<IntOrString>| match p {
+        Some(IntOrString::Int(n)) => u16::try_from(*n).expect("a port"),
+        other => panic!("a numbered port: {other:?}"),
+    };
+    let outbound = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("http-outbound"))
+        .map(|p| port(&p.target_port))
+        .expect("an outbound port");
+    let ds = Api::<DaemonSet>::namespaced(bed.client.clone(), ns)
+        .get(name)
+        .await
+        .expect("the node-proxy DaemonSet");
+    let pod = ds.spec.expect("a spec").template.spec.expect("a pod spec");
+    let probe = pod.containers[0]
+        .readiness_probe
+        .clone()
+        .and_then(|p| p.http_get)
+        .expect("an HTTP readiness probe");
+    (outbound, port(&Some(probe.port)), probe.path.unwrap_or_default())
+}
+
 /// Both checks over what one client holds: nothing Envoy would refuse or leave dangling.
-fn assert_envoy_takes(role: Role, dump: &Dump, who: &str) {
+fn assert_envoy_takes(role: Role<'_>, dump: &Dump, who: &str) {
     let (served, mut findings) = dump.served();
     findings.extend(envoy_check::check(role, &served));
     assert!(
@@ -147,7 +183,16 @@ async fn node_proxies_and_gateways_are_served_what_envoy_accepts() {
         holds(d, "ClusterLoadAssignment", greeter)
     })
     .await;
-    assert_envoy_takes(NODE_PROXY, &dump, "node proxy");
+    // What the node proxy must serve, from the objects the operator applied: the port its
+    // node-local Service sends workloads to, and the port and path its DaemonSet probes.
+    let (outbound, ready, ready_path) = rendered_node_proxy(&bed, mesh_ns, "weft-proxy-np").await;
+    let role = Role::NodeProxy {
+        outbound,
+        ready,
+        ready_path: &ready_path,
+    };
+    assert_eq!(role, NODE_PROXY, "what the operator renders is what translation binds");
+    assert_envoy_takes(role, &dump, "node proxy");
     // It routes the service by its full and namespaced names, with and without the port.
     let (served, _) = dump.served();
     let outbound = served
