@@ -104,7 +104,10 @@ fn bad_specs() -> Vec<(&'static str, Value, &'static str)> {
          "podDisruptionBudget.maxUnavailable must be a number of pods"),
         ("node proxies never replaced",
          mi("bad", json!({"version": "1.0.0", "proxy": {"updateStrategy": {"maxUnavailable": 0, "maxSurge": "0%"}}})),
-         "maxSurge and maxUnavailable cannot both be 0: no node proxy could ever be replaced"),
+         "with both 0 no node proxy could ever be replaced"),
+        ("node proxies surging and taken down at once",
+         mi("bad", json!({"version": "1.0.0", "proxy": {"updateStrategy": {"maxUnavailable": 1, "maxSurge": "10%"}}})),
+         "one of maxSurge and maxUnavailable must be 0 and the other above 0"),
         ("a negative surge",
          mi("bad", json!({"version": "1.0.0", "proxy": {"updateStrategy": {"maxSurge": -1}}})),
          "proxy.updateStrategy.maxSurge must be a number from 0"),
@@ -389,7 +392,7 @@ fn generated_mesh(g: &mut Gen) -> Value {
     let proxy = json!({
         "updateStrategy": g.field(&[Value::Null, json!({"maxUnavailable": 1}), json!({"maxUnavailable": "10%"}),
                                     json!({"maxUnavailable": 0}), json!({"maxSurge": 0}), json!({"maxSurge": "100%", "maxUnavailable": 0})],
-                                  &[json!({"maxUnavailable": 0, "maxSurge": 0}), json!({"maxUnavailable": -1})]),
+                                  &[json!({"maxUnavailable": 0, "maxSurge": 0}), json!({"maxUnavailable": 1, "maxSurge": 1}), json!({"maxUnavailable": -1})]),
         "concurrency": g.field(&[Value::Null, json!(2)], &[]),
     });
     let selectors = g.field(&[Value::Null, json!([{"matchLabels": {"mesh": "on"}}])],

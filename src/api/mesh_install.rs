@@ -365,10 +365,12 @@ super::common::string_enum_schema!(
 
 /// How node proxies are replaced during an update. Workloads reach the proxy on their own
 /// node, so by default a new proxy starts beside the old one before it goes (`maxSurge: 1,
-/// maxUnavailable: 0`) and no node is ever without one.
+/// maxUnavailable: 0`) and no node is ever without one. A DaemonSet takes one of the two
+/// above 0, not both: setting only one sets the other to 0 (or, for `maxSurge: 0`,
+/// `maxUnavailable` to 1).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.maxSurge) || !has(self.maxUnavailable) || !(type(self.maxSurge) == int ? self.maxSurge == 0 : self.maxSurge == '0%') || !(type(self.maxUnavailable) == int ? self.maxUnavailable == 0 : self.maxUnavailable == '0%')").message("proxy.updateStrategy: maxSurge and maxUnavailable cannot both be 0: no node proxy could ever be replaced"))]
+#[x_kube(validation = Rule::new("!has(self.maxSurge) || !has(self.maxUnavailable) || ((type(self.maxSurge) == int ? self.maxSurge == 0 : self.maxSurge == '0%') != (type(self.maxUnavailable) == int ? self.maxUnavailable == 0 : self.maxUnavailable == '0%'))").message("proxy.updateStrategy: one of maxSurge and maxUnavailable must be 0 and the other above 0 (a DaemonSet either starts the new proxy beside the old one or takes nodes down, not both; with both 0 no node proxy could ever be replaced)"))]
 pub struct ProxyUpdateStrategy {
     /// How many nodes (a number or a percentage) may be without a ready proxy during an
     /// update (default 0; 1 when `maxSurge` is 0).
@@ -376,8 +378,9 @@ pub struct ProxyUpdateStrategy {
     #[x_kube(validation = Rule::new("type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')").message("proxy.updateStrategy.maxUnavailable must be a number from 0, or a percentage from 0% to 100%"))]
     pub max_unavailable: Option<IntOrString>,
     /// How many nodes (a number or a percentage) may run a new proxy beside the old one
-    /// during an update (default 1). With 0, the old proxy stops before the new one starts
-    /// and the node's workloads cannot reach the mesh meanwhile.
+    /// during an update (default 1, and 0 when only `maxUnavailable` is set above 0). With
+    /// 0, the old proxy stops before the new one starts and the node's workloads cannot
+    /// reach the mesh meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')").message("proxy.updateStrategy.maxSurge must be a number from 0, or a percentage from 0% to 100%"))]
     pub max_surge: Option<IntOrString>,

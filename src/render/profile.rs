@@ -331,27 +331,29 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
     };
 
     let p = spec.proxy.clone().unwrap_or_default();
-    let surge = p
+    // A DaemonSet surges or takes nodes down, not both: one of the two is 0 (admission
+    // refuses a spec that sets both above 0, or both to 0).
+    let zero = |v: &IntOrString| matches!(v, IntOrString::Int(0)) || matches!(v, IntOrString::String(s) if s == "0%");
+    let (set_surge, set_unavailable) = p
         .update_strategy
         .as_ref()
-        .and_then(|u| u.max_surge.clone())
-        .unwrap_or(IntOrString::Int(1));
+        .map(|u| (u.max_surge.clone(), u.max_unavailable.clone()))
+        .unwrap_or_default();
+    let (surge, unavailable) = match (set_surge, set_unavailable) {
+        (Some(s), Some(u)) => (s, u),
+        (Some(s), None) if zero(&s) => (s, IntOrString::Int(1)),
+        (Some(s), None) => (s, IntOrString::Int(0)),
+        (None, Some(u)) if zero(&u) => (IntOrString::Int(1), u),
+        (None, Some(u)) => (IntOrString::Int(0), u),
+        (None, None) => (IntOrString::Int(1), IntOrString::Int(0)),
+    };
     let proxy = p.enabled.unwrap_or(d.proxy_enabled).then(|| Proxy {
         image: p.image.clone(),
         resources: p.resources.clone().unwrap_or(d.proxy_resources),
         concurrency: p.concurrency.unwrap_or(2),
         log_level: p.log_level.unwrap_or(LogLevel::Info),
-        max_surge: surge.clone(),
-        max_unavailable: p
-            .update_strategy
-            .as_ref()
-            .and_then(|u| u.max_unavailable.clone())
-            .unwrap_or_else(|| {
-                // Surge first; without surge, one node at a time.
-                let no_surge =
-                    matches!(&surge, IntOrString::Int(0)) || matches!(&surge, IntOrString::String(s) if s == "0%");
-                IntOrString::Int(i32::from(no_surge))
-            }),
+        max_surge: surge,
+        max_unavailable: unavailable,
         node_selector: p.node_selector.clone().unwrap_or_default(),
         tolerations: p.tolerations.clone().unwrap_or_default(),
     });

@@ -435,7 +435,8 @@ fn every_multicluster_sample_decodes_and_renders() {
 }
 
 /// Node proxies surge by default (a node whose proxy is down drops its workloads' calls);
-/// without surge they go one node at a time; what the spec sets wins.
+/// without surge they go one node at a time; what the spec sets wins, and one of the two is
+/// always 0 (the DaemonSet API refuses both above 0).
 #[test]
 fn node_proxies_surge_unless_told_otherwise() {
     let strategy = |proxy: &str| {
@@ -454,7 +455,17 @@ fn node_proxies_surge_unless_told_otherwise() {
         (Percent("0%".into()), Int(1))
     );
     assert_eq!(
-        strategy("{updateStrategy: {maxSurge: '10%', maxUnavailable: 2}}"),
-        (Percent("10%".into()), Int(2))
+        strategy("{updateStrategy: {maxSurge: '10%'}}"),
+        (Percent("10%".into()), Int(0))
+    );
+    // Setting only maxUnavailable takes nodes down instead: the DaemonSet refuses both.
+    assert_eq!(
+        strategy("{updateStrategy: {maxUnavailable: '10%'}}"),
+        (Int(0), Percent("10%".into()))
+    );
+    assert_eq!(strategy("{updateStrategy: {maxUnavailable: 0}}"), (Int(1), Int(0)));
+    assert_eq!(
+        strategy("{updateStrategy: {maxSurge: 0, maxUnavailable: 2}}"),
+        (Int(0), Int(2))
     );
 }
