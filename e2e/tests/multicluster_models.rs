@@ -210,14 +210,16 @@ async fn a_cluster_with_an_external_control_plane_is_served_its_own_view_by_the_
     greeter(&c, NS, C_BACKEND).await;
     join(&a, &c, "c", MESH, MESH_NS, &[]).await;
 
-    // A client with the node metadata C's proxies carry, but the workload's namespace and no
-    // revision: admitted by C's namespace label, served both clusters' endpoints.
+    // A proxyless client with the cluster and network C's proxies carry, but the workload's
+    // namespace and no revision: admitted by C's namespace label, served both clusters'
+    // endpoints.
     let mut metadata = boot["node"]["metadata"].clone();
     assert_eq!(
         (metadata["CLUSTER"].as_str(), metadata["NETWORK"].as_str()),
         (Some("c"), Some("net-1"))
     );
     metadata["NAMESPACE"] = json!(NS);
+    metadata["ROLE"] = json!("proxyless");
     metadata.as_object_mut().unwrap().remove("REVISION");
     let mut from_c = client(&c, &host, &server, "mcm-c", metadata.clone(), NS);
     wait_reached(&mut from_c, &["a", "c"], "C's client to reach both clusters' backends").await;
