@@ -180,10 +180,20 @@ async fn canary_upgrade_moves_latest_then_active_and_prunes_the_old_revision_onc
     })
     .await;
     assert_eq!(s.revisions[0].name, new);
-    let events = events(&bed, "canary").await;
-    for r in ["RevisionCreated", "TagMoved", "Promoted", "RevisionPruned"] {
-        assert!(events.iter().any(|(x, _)| x == r), "event {r} missing: {events:?}");
-    }
+    // Events are recorded after the status write they follow: wait for them.
+    let events = wait_for("the upgrade's Events", TIMEOUT, || async {
+        let events = events(&bed, "canary").await;
+        let missing: Vec<&str> = ["RevisionCreated", "TagMoved", "Promoted", "RevisionPruned"]
+            .into_iter()
+            .filter(|r| !events.iter().any(|(x, _)| x == r))
+            .collect();
+        if missing.is_empty() {
+            Ok(events)
+        } else {
+            Err(format!("events {missing:?} missing: {events:?}"))
+        }
+    })
+    .await;
     // Each occurrence of one reason keeps its own message (not the first one's, counted).
     for rev in [old, new] {
         let created = format!("revision {rev} (version");
