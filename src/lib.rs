@@ -6,6 +6,7 @@ pub mod config_dump;
 pub mod credentials;
 pub mod envoy_check;
 pub mod http;
+pub mod identity;
 pub mod operator;
 pub mod remote_secret;
 pub mod render;
