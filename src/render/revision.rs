@@ -539,8 +539,8 @@ impl Renderer<'_> {
         ))
     }
 
-    /// Envoy's bootstrap: ADS from this revision's control plane at `xds` (host, port),
-    /// admin on loopback only. The node metadata names the cluster and network, so a
+    /// Envoy's bootstrap: delta ADS from this revision's control plane at `xds` (host,
+    /// port), admin on loopback only. The node metadata names the cluster and network, so a
     /// control plane serving several clusters gives each proxy its own cluster's view.
     fn proxy_bootstrap(&self, name: &str, xds: &(String, u16)) -> Result<ConfigMap, RenderError> {
         let (xds_host, xds_port) = xds;
@@ -562,8 +562,11 @@ impl Renderer<'_> {
             },
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
             "dynamic_resources": {
+                // Delta: every node proxy holds every service's load assignment, and a
+                // change sends only what changed (state of the world would resend all of
+                // them to every node; see the README's node-proxy figures).
                 "ads_config": {
-                    "api_type": "GRPC",
+                    "api_type": "DELTA_GRPC",
                     "transport_api_version": "V3",
                     "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]
                 },
