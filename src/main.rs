@@ -175,11 +175,11 @@ struct ControlPlaneArgs {
     /// The mesh config file (the operator mounts it at /etc/weft/mesh.yaml).
     #[arg(long)]
     mesh_config: Option<PathBuf>,
-    /// Milliseconds of quiet that end a burst of changes before a push (a lone change waits
-    /// only this long).
+    /// Milliseconds of quiet that end a burst of changes before a push. A change that comes
+    /// at least this long after the last push is pushed at once (it starts no burst).
     #[arg(long, default_value_t = 10)]
     debounce_ms: u64,
-    /// Longest wait, in milliseconds, from the first change of a burst to its push.
+    /// Longest wait, in milliseconds, from a change that came during a burst to its push.
     #[arg(long, default_value_t = 100)]
     debounce_max_ms: u64,
     /// Largest xDS request accepted, in bytes (its encoded size).

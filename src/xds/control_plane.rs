@@ -426,6 +426,7 @@ impl Translator {
                 drop(snap);
             }
             self.health.set_ready(true);
+            let published = Instant::now();
             // Freed memory goes back to the system once changes pause, not between a
             // snapshot and its pushes (trimming walks the allocator's arenas under their
             // locks while the streams allocate their responses); and again every few
@@ -439,7 +440,12 @@ impl Translator {
                 wait = TRIM_EVERY;
             }
             changed_at = Instant::now();
-            quiet(&self.sources.changed, self.debounce).await;
+            // Leading edge: a change after a quiet spell is translated at once; one that
+            // came while the last snapshot was being built, or just after it went out, waits
+            // for its burst to end (at most the debounce's maximum).
+            if !self.debounce.leading_edge(published.elapsed()) {
+                quiet(&self.sources.changed, self.debounce).await;
+            }
         }
     }
 
@@ -494,10 +500,12 @@ impl Translator {
     }
 }
 
-/// When a change is pushed (Istio's PILOT_DEBOUNCE_AFTER and PILOT_DEBOUNCE_MAX): once the
-/// sources have been quiet for `after`, but at most `max` after the first change, so a lone
-/// change goes out quickly, a burst is translated once, and a constant trickle still gets
-/// through.
+/// When a change is pushed. A change that comes at least `after` since the last snapshot
+/// went out is pushed at once (the leading edge: a lone change waits for nothing); one that
+/// comes sooner, during a burst, waits until the sources have been quiet for `after`, but at
+/// most `max` after it (Istio's PILOT_DEBOUNCE_AFTER and PILOT_DEBOUNCE_MAX), so a burst is
+/// translated a few times, not once per change, and a constant trickle still gets through,
+/// at most one push per `after` plus translation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Debounce {
     /// Quiet time that ends a burst.
@@ -512,6 +520,14 @@ impl Default for Debounce {
             after: Duration::from_millis(10),
             max: Duration::from_millis(100),
         }
+    }
+}
+
+impl Debounce {
+    /// Whether a change seen `since_push` after the last snapshot went out is pushed at once
+    /// rather than coalesced with the changes that follow it.
+    pub fn leading_edge(&self, since_push: Duration) -> bool {
+        since_push >= self.after
     }
 }
 
@@ -688,6 +704,15 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("\"Equals\" is not an operator"), "{message}");
+    }
+
+    #[test]
+    fn a_change_after_a_quiet_spell_is_pushed_at_once_and_one_during_a_burst_waits() {
+        let d = Debounce::default();
+        assert!(d.leading_edge(Duration::from_secs(5)), "after a quiet spell");
+        assert!(d.leading_edge(d.after), "quiet for exactly the window");
+        assert!(!d.leading_edge(Duration::ZERO), "a change that came while translating");
+        assert!(!d.leading_edge(d.after - Duration::from_millis(1)));
     }
 
     /// On paused (virtual) time: exact bounds, no real waiting.
