@@ -351,18 +351,14 @@ pub fn plugin_ca(data: &BTreeMap<String, Vec<u8>>, now: SystemTime) -> Result<Si
     let mut current = 0;
     loop {
         let c = &path[current];
-        if let Some(root) = root_certs
+        // Signed by a root, or a root itself (a chain may end with its root): done.
+        let signed_by_root = root_certs
             .iter()
-            .find(|r| r.subject() == c.issuer() && c.verify_signature(Some(r.public_key())).is_ok())
-        {
-            // Self-signed roots in the chain end it too.
-            let _ = root;
-            break;
-        }
-        if root_certs
+            .any(|r| r.subject() == c.issuer() && c.verify_signature(Some(r.public_key())).is_ok());
+        let is_root = root_certs
             .iter()
-            .any(|r| r.tbs_certificate.as_ref() == c.tbs_certificate.as_ref())
-        {
+            .any(|r| r.tbs_certificate.as_ref() == c.tbs_certificate.as_ref());
+        if signed_by_root || is_root {
             break;
         }
         let Some(next) = path

@@ -53,7 +53,7 @@ pub fn print(f: &Figures, beds: &[Bed]) {
     );
     println!("  initial configuration on every stream: {:?}", f.initial);
     println!(
-        "  EndpointSlice change in {} -> all {} streams: p50 {:?}, p99 {:?}, max {:?} over {} changes (default debounce included: 10 ms quiet, 100 ms at most); streams dropped: {}",
+        "  EndpointSlice change in {} -> all {} streams: p50 {:?}, p99 {:?}, max {:?} over {} changes (defaults: a lone change is pushed at once, a burst waits for 10 ms of quiet, 100 ms at most); streams dropped: {}",
         beds[beds.len() - 1].name,
         f.streams,
         percentile(l, 0.5),
