@@ -193,8 +193,9 @@ pub async fn fetch(address: &str, node: Node, timeout: Duration) -> Result<Dump,
             response.nonce,
         );
         let _ = tx.send(ack).await;
-        // Follow what the listeners and clusters ask for, as Envoy does.
-        let (served, _) = dump.served();
+        // Follow what the listeners and clusters ask for, as Envoy does: only the type that
+        // just arrived can change that, so only it is decoded.
+        let (served, _) = Served::decode(dump.resources.get(type_url).into_iter().flat_map(|m| m.values()));
         let follow = match type_url {
             LISTENER => Some((ROUTE, served.rds_names())),
             CLUSTER => Some((ENDPOINT, served.eds_names())),
