@@ -78,6 +78,9 @@ pub enum StallReason {
     InvalidCredentials,
     /// A RemoteCluster's credential lacks permissions discovery needs.
     Forbidden,
+    /// The plug-in CA Secret cannot sign: a key is missing, does not match, is not a CA,
+    /// has expired, or its chain does not end at `root-cert.pem`.
+    InvalidCa,
 }
 
 impl StallReason {
@@ -93,6 +96,7 @@ impl StallReason {
             StallReason::TagTargetNotFound => "TagTargetNotFound",
             StallReason::InvalidCredentials => "InvalidCredentials",
             StallReason::Forbidden => "Forbidden",
+            StallReason::InvalidCa => "InvalidCA",
         }
     }
 }

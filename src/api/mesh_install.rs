@@ -12,6 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::{Autoscaling, DisruptionBudget, bounds, cel};
+use super::security::{Security, SecurityStatus};
 
 /// The namespace the control plane runs in unless `spec.namespace` says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "weft-system";
@@ -107,6 +108,23 @@ pub struct MeshInstallSpec {
     /// Mesh-wide settings handed to the control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_config: Option<MeshConfig>,
+
+    /// The mesh's certificate authority and workload certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<Security>,
+}
+
+/// The trust domain unless `meshConfig.trustDomain` names one (Istio's default too).
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+impl MeshInstallSpec {
+    /// The trust domain of the mesh's workload identities.
+    pub fn trust_domain(&self) -> String {
+        self.mesh_config
+            .as_ref()
+            .and_then(|m| m.trust_domain.clone())
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string())
+    }
 }
 
 fn default_namespace() -> String {
@@ -524,6 +542,9 @@ pub struct MeshInstallStatus {
     /// when it started, so the progress deadline survives an operator restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// The mesh's certificate authority: trust domain, trusted roots, issuer expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecurityStatus>,
 }
 
 /// The one-word `status.state` of a MeshInstall. The one place these become the API's strings.

@@ -6,6 +6,7 @@ pub mod mesh_gateway;
 pub mod mesh_install;
 pub mod ports;
 pub mod remote_cluster;
+pub mod security;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

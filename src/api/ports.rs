@@ -10,3 +10,5 @@ pub const NODE_PROXY_INBOUND: u16 = 15008;
 pub const NODE_PROXY_READY: u16 = 15021;
 /// The readiness path on [`NODE_PROXY_READY`]: 200 once Envoy holds its listeners.
 pub const NODE_PROXY_READY_PATH: &str = "/healthz/ready";
+/// The control plane's TLS port: the certificate service and authenticated xDS.
+pub const SECURE_XDS: u16 = 15012;

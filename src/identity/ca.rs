@@ -130,7 +130,8 @@ fn offset(t: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(unix(t)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-fn rfc3339(secs: i64) -> String {
+/// `secs` (Unix) as RFC 3339.
+pub fn rfc3339(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())

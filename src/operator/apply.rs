@@ -196,8 +196,30 @@ async fn hand_over_replicas(
     }
 }
 
+/// Which of an owner's objects a converge or prune concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every object the owner has.
+    All,
+    /// Only objects labelled with this revision.
+    Revision(&'a str),
+    /// Only objects labelled with this component (mesh-wide objects such as trust bundles).
+    Component(&'a str),
+}
+
+impl Scope<'_> {
+    fn contains(&self, obj: &DynamicObject) -> bool {
+        let label = |key: &str| obj.labels().get(key).map(String::as_str);
+        match self {
+            Scope::All => true,
+            Scope::Revision(r) => label(labels::REVISION) == Some(r),
+            Scope::Component(c) => label(labels::COMPONENT) == Some(c),
+        }
+    }
+}
+
 /// Applies every manifest, then prunes what `owner` has and no longer wants (only objects
-/// of `revision`, when given); what changed is logged and recorded as one Event. Every
+/// in `scope`); what changed is logged and recorded as one Event. Every
 /// object that would change but the first is first applied as a server-side dry run (all
 /// at once), and the first is applied before the others, so an object the API server
 /// refuses stops the whole apply before anything is written: never half a revision. (The
@@ -206,7 +228,7 @@ pub async fn converge<K: Resource<DynamicType = ()>>(
     shared: &Shared,
     index: &OwnedIndex,
     owner: &K,
-    revision: Option<&str>,
+    scope: Scope<'_>,
     manifests: &[Manifest],
 ) -> Result<(), ApplyError> {
     let (client, metrics) = (&shared.client, &shared.metrics);
@@ -224,7 +246,7 @@ pub async fn converge<K: Resource<DynamicType = ()>>(
         changes.push(format!("{what} {}", m.describe()));
     }
     let uid = owner.meta().uid.clone().unwrap_or_default();
-    for pruned in prune(client, index, metrics, &uid, revision, manifests).await? {
+    for pruned in prune(client, index, metrics, &uid, scope, manifests).await? {
         changes.push(format!("pruned {pruned}"));
     }
     if !changes.is_empty() {
@@ -257,14 +279,14 @@ fn binds_a_role_not_yet_created(index: &OwnedIndex, manifests: &[Manifest], m: &
 }
 
 /// Deletes every object whose controller is the owner with `owner_uid` that is not in
-/// `wanted`; with a `revision`, only objects of that revision (others are left as they are).
+/// `wanted`, of those in `scope` (others are left as they are).
 /// Returns what was deleted, as `Kind namespace/name`.
 pub async fn prune(
     client: &Client,
     index: &OwnedIndex,
     metrics: &Metrics,
     owner_uid: &str,
-    revision: Option<&str>,
+    scope: Scope<'_>,
     wanted: &[Manifest],
 ) -> Result<Vec<String>, ApplyError> {
     let keep: HashSet<(OwnedKind, Option<&str>, &str)> = wanted
@@ -276,9 +298,7 @@ pub async fn prune(
         for obj in index.owned_by(*kind, owner_uid) {
             let name = obj.name_any();
             let ns = obj.namespace();
-            let other_revision =
-                revision.is_some_and(|r| obj.labels().get(labels::REVISION).map(String::as_str) != Some(r));
-            if other_revision
+            if !scope.contains(&obj)
                 || keep.contains(&(*kind, ns.as_deref(), name.as_str()))
                 || obj.metadata.deletion_timestamp.is_some()
             {

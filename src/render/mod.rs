@@ -9,6 +9,7 @@ pub mod profile;
 pub mod revision;
 pub mod scaling;
 pub mod security;
+pub mod trust_bundle;
 
 pub use gateway::{GatewayInput, render_gateway};
 pub use kinds::{Manifest, OwnedKind};

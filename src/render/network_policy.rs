@@ -1,6 +1,7 @@
 //! The NetworkPolicy of one revision: who may reach its control plane. xDS on :15010 is
-//! plaintext and trusts what clients claim, so the network is the only boundary until mTLS;
-//! this policy narrows it to the mesh's own namespaces (see `docs/security.md`).
+//! plaintext and trusts what clients claim (on :15012 a client is authenticated), so for
+//! the plaintext port the network is the only boundary; this policy narrows both to the
+//! mesh's own namespaces (see `docs/security.md`).
 
 use std::collections::BTreeMap;
 
@@ -29,8 +30,8 @@ pub struct PolicyInput<'a> {
     /// `weft.dev/rev` values whose namespaces may connect: the revision, every tag of the
     /// mesh, and `default`.
     pub revs: Vec<String>,
-    /// The xDS port.
-    pub xds_port: i32,
+    /// The xDS ports (plaintext and TLS).
+    pub xds_ports: Vec<i32>,
     /// The monitoring port.
     pub monitoring_port: i32,
 }
@@ -105,7 +106,7 @@ pub fn control_plane_policy(input: PolicyInput) -> NetworkPolicy {
             policy_types: Some(vec!["Ingress".to_string()]),
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
-                    ports: Some(vec![tcp(input.xds_port)]),
+                    ports: Some(input.xds_ports.iter().map(|p| tcp(*p)).collect()),
                     from: Some(vec![namespace_named(input.mesh_namespace), labelled_for_mesh, gateways]),
                 },
                 NetworkPolicyIngressRule {

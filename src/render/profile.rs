@@ -359,7 +359,7 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
     });
 
     let mut mc = spec.mesh_config.clone().unwrap_or_default();
-    mc.trust_domain.get_or_insert_with(|| "cluster.local".to_string());
+    mc.trust_domain.get_or_insert_with(|| spec.trust_domain());
     mc.cluster_name
         .get_or_insert_with(|| crate::api::mesh_install::DEFAULT_CLUSTER_NAME.to_string());
     mc.outbound_traffic_policy

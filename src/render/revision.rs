@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::api::mesh_install::{LogLevel, MeshConfig, MeshInstall};
 use crate::api::{labels, ports};
+use crate::identity::mesh_ca::ISSUER_SECRET;
 use crate::versions::MeshVersion;
 
 use super::profile::{self, Resolved};
@@ -29,6 +30,8 @@ use super::{Manifest, OwnedKind, RenderError, fnv1a, scaling};
 
 /// The xDS port of every control plane.
 pub const XDS_PORT: i32 = 15010;
+/// The TLS port of every control plane: the certificate service and authenticated xDS.
+pub const SECURE_XDS_PORT: i32 = ports::SECURE_XDS as i32;
 /// The monitoring port (`/metrics`, `/ready`) of every control plane.
 pub const MONITORING_PORT: i32 = 15014;
 /// The user the control plane runs as.
@@ -244,6 +247,13 @@ impl Renderer<'_> {
                 read_rule(&["discovery.k8s.io"], &["endpointslices"]),
                 read_rule(&["gateway.networking.k8s.io"], &["httproutes"]),
                 read_rule(&["weft.dev"], &["meshinstalls", "meshgateways"]),
+                // The certificate service checks each caller's ServiceAccount token.
+                PolicyRule {
+                    api_groups: Some(vec!["authentication.k8s.io".to_string()]),
+                    resources: Some(vec!["tokenreviews".to_string()]),
+                    verbs: vec!["create".to_string()],
+                    ..Default::default()
+                },
             ]),
             ..Default::default()
         }
@@ -270,11 +280,17 @@ impl Renderer<'_> {
         }
     }
 
-    /// In its own namespace only: the RemoteClusters, its entry of their status, and the
+    /// In its own namespace only: the RemoteClusters, its entry of their status, the
     /// Secrets they name, by name (none while there are none: an empty `resourceNames`
-    /// would allow every Secret).
+    /// would allow every Secret), and the mesh CA's issuer, by name (never the root).
     fn role(&self, name: &str) -> Role {
-        let mut rules = Vec::new();
+        let mut rules = vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".to_string()]),
+            resource_names: Some(vec![ISSUER_SECRET.to_string()]),
+            verbs: vec!["get".to_string()],
+            ..Default::default()
+        }];
         if !self.input.remote_secrets.is_empty() {
             rules.push(PolicyRule {
                 resource_names: Some(self.input.remote_secrets.to_vec()),
@@ -356,6 +372,7 @@ impl Renderer<'_> {
                 selector: Some(self.cp_selector()),
                 ports: Some(vec![
                     port("grpc-xds", XDS_PORT),
+                    port("tls-xds", SECURE_XDS_PORT),
                     port("http-monitoring", MONITORING_PORT),
                 ]),
                 ..Default::default()
@@ -390,7 +407,7 @@ impl Renderer<'_> {
             pods: self.cp_selector(),
             mesh_namespace: &self.ns,
             revs: self.mesh_revs(),
-            xds_port: XDS_PORT,
+            xds_ports: vec![XDS_PORT, SECURE_XDS_PORT],
             monitoring_port: MONITORING_PORT,
         })
     }
@@ -414,6 +431,8 @@ impl Renderer<'_> {
                 self.revision().to_string(),
                 "--mesh-config".to_string(),
                 "/etc/weft/mesh.yaml".to_string(),
+                "--ca-secret".to_string(),
+                ISSUER_SECRET.to_string(),
             ]),
             env: Some(vec![EnvVar {
                 name: "POD_NAMESPACE".to_string(),
@@ -430,6 +449,12 @@ impl Renderer<'_> {
                 ContainerPort {
                     name: Some("grpc-xds".to_string()),
                     container_port: XDS_PORT,
+                    protocol: Some("TCP".to_string()),
+                    ..Default::default()
+                },
+                ContainerPort {
+                    name: Some("tls-xds".to_string()),
+                    container_port: SECURE_XDS_PORT,
                     protocol: Some("TCP".to_string()),
                     ..Default::default()
                 },

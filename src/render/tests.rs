@@ -223,6 +223,7 @@ fn all_specs() -> Vec<MeshInstallSpec> {
                                 ..Default::default()
                             }),
                             mesh_config: None,
+                            security: None,
                         };
                         specs.push(spec);
                     }

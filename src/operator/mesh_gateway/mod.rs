@@ -123,7 +123,7 @@ async fn reconcile(gw: Arc<MeshGateway>, ctx: Arc<Context>) -> Result<Action, Er
     // revision until its tag resolves again). A refused object stalls the gateway rather
     // than failing the reconcile: the same spec would be refused again.
     if let Some(manifests) = &decision.install
-        && let Err(e) = apply::converge(&ctx.shared, &ctx.index, gw.as_ref(), None, manifests).await
+        && let Err(e) = apply::converge(&ctx.shared, &ctx.index, gw.as_ref(), apply::Scope::All, manifests).await
     {
         let e = Error::from(e);
         observed.rejected = Some(e.rejection().ok_or(e)?);

@@ -1,5 +1,6 @@
 //! Apply (the write step): carry out a decision — the control plane's namespace, the
-//! target revision's objects, the deletion of revisions past their grace period — and, on
+//! mesh CA's Secrets and trust bundles, the target revision's objects, the deletion of
+//! revisions past their grace period — and, on
 //! deletion of the MeshInstall, the removal of what it owns.
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -7,12 +8,13 @@ use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tracing::info;
 
-use super::Context;
 use super::decide::Decision;
+use super::{Context, ca};
 use crate::api::mesh_install::MeshInstall;
-use crate::operator::apply::{self, FIELD_MANAGER};
+use crate::operator::apply::{self, FIELD_MANAGER, Scope};
 use crate::operator::error::{Error, kube_err};
 use crate::operator::events::{Note, summarise};
+use crate::render::trust_bundle;
 
 /// Applies the target revision (when the spec allows) and deletes the revisions due.
 pub async fn apply(ctx: &Context, mi: &MeshInstall, d: &Decision) -> Result<(), Error> {
@@ -20,11 +22,33 @@ pub async fn apply(ctx: &Context, mi: &MeshInstall, d: &Decision) -> Result<(), 
     // with (a bad new spec must not reach the revision that is serving).
     if let Some(manifests) = &d.install {
         ensure_namespace(ctx, &mi.spec.namespace).await?;
-        apply::converge(&ctx.shared, &ctx.index, mi, Some(&d.target), manifests).await?;
+        // The CA first: a new revision's control plane starts by reading its issuer.
+        if let Some(writes) = &d.ca {
+            ca::write(ctx, mi, writes).await?;
+        }
+        apply::converge(&ctx.shared, &ctx.index, mi, Scope::Revision(&d.target), manifests).await?;
+        if let Some(writes) = &d.ca {
+            apply::converge(
+                &ctx.shared,
+                &ctx.index,
+                mi,
+                Scope::Component(trust_bundle::COMPONENT),
+                &writes.bundles,
+            )
+            .await?;
+        }
     }
     let uid = mi.uid().unwrap_or_default();
     for r in &d.prune {
-        let removed = apply::prune(&ctx.shared.client, &ctx.index, &ctx.shared.metrics, &uid, Some(r), &[]).await?;
+        let removed = apply::prune(
+            &ctx.shared.client,
+            &ctx.index,
+            &ctx.shared.metrics,
+            &uid,
+            Scope::Revision(r),
+            &[],
+        )
+        .await?;
         info!(revision = %r, removed = ?removed, "pruned an unused revision");
     }
     Ok(())
@@ -35,7 +59,15 @@ pub async fn apply(ctx: &Context, mi: &MeshInstall, d: &Decision) -> Result<(), 
 pub async fn cleanup(ctx: &Context, mi: &MeshInstall) -> Result<(), Error> {
     let uid = mi.uid().unwrap_or_default();
     // Pruning against an empty wanted set removes every owned object, cluster-scoped included.
-    let removed = apply::prune(&ctx.shared.client, &ctx.index, &ctx.shared.metrics, &uid, None, &[]).await?;
+    let removed = apply::prune(
+        &ctx.shared.client,
+        &ctx.index,
+        &ctx.shared.metrics,
+        &uid,
+        Scope::All,
+        &[],
+    )
+    .await?;
     if !removed.is_empty() {
         info!(removed = ?removed, "cleaned up");
         ctx.shared

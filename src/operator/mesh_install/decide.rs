@@ -3,20 +3,23 @@
 //! the spec cannot be acted on), the revisions to delete, the status and the upgrade steps
 //! to record. Validate → build → plan → status.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use super::names::{self, Neighbours, missing_tag_target};
-use super::observe::Observed;
+use super::observe::{Observed, Usage};
 use super::revisions::{self, PlanInput};
 use super::status::{self, StatusInput};
 use super::steps::{self, Transition};
 use crate::api::common::StallReason;
 use crate::api::mesh_install::{MeshInstall, MeshInstallStatus};
+use crate::identity::mesh_ca::{self, SecretData};
 use crate::operator::conditions::Stall;
 use crate::operator::controller::RESYNC;
+use crate::render::trust_bundle::trust_bundles;
 use crate::render::{Manifest, OwnedKind, RevisionInput, render_revision};
 use crate::versions::{MeshVersion, VersionTable};
 
@@ -36,6 +39,19 @@ pub struct Decision {
     pub steps: Vec<Transition>,
     /// When to look again.
     pub requeue: Duration,
+    /// The mesh CA's Secrets to write and its trust bundles (only when not stalled).
+    pub ca: Option<CaWrites>,
+}
+
+/// What the reconcile writes of the mesh CA.
+#[derive(Clone, Debug)]
+pub struct CaWrites {
+    /// New content of the root Secret (`None`: unchanged).
+    pub root: Option<SecretData>,
+    /// New content of the issuer Secret (`None`: unchanged).
+    pub issuer: Option<SecretData>,
+    /// The `weft-root-ca` ConfigMap of every namespace of the mesh.
+    pub bundles: Vec<Manifest>,
 }
 
 /// Decides what to do about `mi`.
@@ -69,6 +85,27 @@ pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, no
     // Revisions past their grace period go, unless the spec is stalled.
     let prune = if built.is_ok() { plan.prune.clone() } else { Vec::new() };
     installed.retain(|r| !prune.contains(&r.name));
+    let ca = match (&built, &observed.ca) {
+        (Ok(_), Some(Ok(plan))) => Some(CaWrites {
+            root: plan.root.clone(),
+            issuer: plan.issuer.clone(),
+            bundles: trust_bundles(
+                mi,
+                &mesh_namespaces(mi, &observed.usage, neighbours.owns_default),
+                &plan.signing.roots_pem,
+            )
+            .unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    let security = match &observed.ca {
+        Some(Ok(plan)) => {
+            let mut s = mesh_ca::status(&mi.spec.trust_domain(), &plan.signing);
+            s.serving_revisions = installed.iter().filter(|r| r.ready()).map(|r| r.name.clone()).collect();
+            Some(s)
+        }
+        _ => None,
+    };
     let status = status::compute(&StatusInput {
         mesh: mi,
         target: &target,
@@ -76,12 +113,14 @@ pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, no
         plan: &plan,
         stall: built.as_ref().err().cloned().or_else(|| plan.failed.clone()),
         now: Time(now),
+        security,
     });
     let previous = mi.status.clone().unwrap_or_default();
     Decision {
         steps: steps::transitions(&previous, &status, &prune),
         requeue: plan.requeue.map_or(RESYNC, |d| d.min(RESYNC)),
         install: built.ok(),
+        ca,
         target,
         prune,
         status,
@@ -104,12 +143,35 @@ fn build(
         return Err(missing);
     }
     let version = supported(mi, versions)?;
+    if let Some(Err(invalid)) = &observed.ca {
+        return Err(invalid.clone());
+    }
     Ok(render_revision(&RevisionInput {
         mesh: mi,
         revision: target,
         version,
         remote_secrets: &observed.remote_secrets,
     })?)
+}
+
+/// The namespaces that belong to the mesh: those labelled for one of its revisions or tags
+/// (`default` only when this mesh owns that tag), its gateways' and its own.
+fn mesh_namespaces(mi: &MeshInstall, usage: &Usage, owns_default: bool) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = usage
+        .namespaces
+        .iter()
+        .filter(|(value, _)| owns_default || value.as_str() != "default")
+        .flat_map(|(_, ns)| ns.iter().cloned())
+        .collect();
+    out.extend(
+        usage
+            .gateways
+            .values()
+            .flatten()
+            .filter_map(|g| g.split_once('/').map(|(ns, _)| ns.to_string())),
+    );
+    out.insert(mi.spec.namespace.clone());
+    out
 }
 
 /// The spec's version, if this operator supports it.
@@ -150,6 +212,7 @@ mod tests {
             others: Vec::new(),
             rejected: None,
             remote_secrets: Vec::new(),
+            ca: None,
         }
     }
 

@@ -1,9 +1,10 @@
 //! The MeshInstall controller. Each reconcile is a pipeline:
-//! observe (indexes → [`observe::Observed`]) → decide (pure, [`decide::decide`]) →
+//! observe (indexes → [`observe::Observed`], and the CA Secrets) → decide (pure, [`decide::decide`]) →
 //! apply (namespace, target revision, pruning) → write status → record the upgrade steps.
 //! A finalizer removes cluster-scoped objects on deletion.
 
 pub mod apply;
+pub mod ca;
 pub mod decide;
 #[cfg(test)]
 mod fixtures;
@@ -94,6 +95,7 @@ pub fn controller(
     // gateway concerns its own mesh; a namespace label any mesh, and there are few
     // MeshInstalls, so each looks again (a reconcile that changes nothing writes nothing).
     let all = meshes.store();
+    let ca_meshes = meshes.store();
     let usage_changed = usage.changes().flat_map(move |concerns| {
         let refs: Vec<_> = match concerns {
             usage::Concerns::Meshes(names) => names.iter().map(|n| ObjectRef::new(n)).collect(),
@@ -109,6 +111,10 @@ pub fn controller(
             controller_owner(o, "MeshInstall").map(|n| ObjectRef::new(&n))
         })
         .on(usage_changed)
+        // The CA Secrets and a plug-in CA: a change (or a deletion) is looked at at once.
+        .watches(super::watch::secret_changes(shared, "Secret (mesh CA)"), move |s| {
+            ca::concerned(&ca_meshes, s)
+        })
         .on(remote_changes.map(|mesh| ObjectRef::new(&mesh)))
         .run(ctx, reconcile, shutdown)
 }
@@ -141,6 +147,7 @@ async fn reconcile(mi: Arc<MeshInstall>, ctx: Arc<Context>) -> Result<Action, Er
 /// retried in a loop: the same spec would be refused again.
 async fn converge(ctx: &Context, mi: &MeshInstall) -> Result<Action, Error> {
     let mut observed = observe::observe(ctx, mi);
+    observed.ca = Some(ca::read(ctx, mi).await?);
     let now = Timestamp::now();
     let mut decision = decide::decide(mi, &ctx.shared.versions, &observed, now);
     if let Err(e) = apply::apply(ctx, mi, &decision).await {

@@ -11,6 +11,7 @@ use super::Context;
 use super::names::Neighbour;
 use crate::api::labels;
 use crate::api::mesh_install::MeshInstall;
+use crate::identity::mesh_ca;
 use crate::operator::conditions::Stall;
 use crate::operator::health::{Health, daemon_set_health, deployment_health};
 use crate::operator::watch;
@@ -31,6 +32,9 @@ pub struct Observed {
     /// The Secrets this mesh's RemoteClusters name, sorted: its control plane may read
     /// those and no other.
     pub remote_secrets: Vec<String>,
+    /// The mesh CA as planned from its Secrets (read by the reconcile before deciding,
+    /// since a new root is made only once), or why it cannot be used. `None`: not read.
+    pub ca: Option<Result<mesh_ca::Plan, Stall>>,
 }
 
 /// Who uses the revisions, looked up in the usage index for just the label values that
@@ -99,6 +103,7 @@ pub fn observe(ctx: &Context, mi: &MeshInstall) -> Observed {
         usage,
         rejected: None,
         remote_secrets: remote_secrets(ctx, mi),
+        ca: None,
     }
 }
 

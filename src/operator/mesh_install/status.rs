@@ -9,6 +9,7 @@ use super::revisions::Plan;
 use crate::api::common::StallReason;
 use crate::api::common::condition::{READY, STALLED};
 use crate::api::mesh_install::{MeshInstall, MeshInstallStatus, MeshState, RevisionStatus, RevisionSummary};
+use crate::api::security::SecurityStatus;
 use crate::operator::conditions::{Conditioned, Conditions, Stall};
 
 impl Conditioned for MeshInstallStatus {
@@ -42,6 +43,8 @@ pub struct StatusInput<'a> {
     pub stall: Option<Stall>,
     /// The time to stamp on conditions that flip.
     pub now: Time,
+    /// The mesh CA (`None`: unknown now, the last one shown stays).
+    pub security: Option<SecurityStatus>,
 }
 
 /// Computes the status.
@@ -66,6 +69,7 @@ pub fn compute(input: &StatusInput) -> MeshInstallStatus {
         summary: Some(summary),
         tags: input.plan.tags.clone(),
         rollout: Some(input.plan.rollout.clone()),
+        security: input.security.clone().or(previous.security),
     }
 }
 
@@ -194,6 +198,7 @@ mod tests {
             plan: &plan,
             stall,
             now,
+            security: None,
         })
     }
 

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt, future, stream};
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -26,7 +26,7 @@ use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -38,7 +38,6 @@ use super::status::write as write_status;
 use super::watch::{self, Guarded, SharedWatch};
 use crate::api::mesh_install::MeshInstall;
 use crate::api::remote_cluster::RemoteCluster;
-use crate::watch_health::WatchBackoff;
 use decide::{Credential, Probe};
 
 /// The controller's name in metrics and logs.
@@ -174,7 +173,10 @@ pub fn controller(
             Ok(rc) => of_mesh(&by_sibling, rc.namespace().as_deref(), &rc.spec.mesh),
             Err(_) => Vec::new(),
         })
-        .watches(secret_changes(shared), move |s| using_secret(&by_secret, s))
+        .watches(
+            watch::secret_changes(shared, "Secret (RemoteCluster credentials)"),
+            move |s| using_secret(&by_secret, s),
+        )
         .on(deletions)
         .run(ctx, reconcile, shutdown)
 }
@@ -195,24 +197,6 @@ impl MeshesSeen {
         let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
         seen.insert(mesh.name_any(), now.clone()) != Some(now)
     }
-}
-
-/// Every change of a Secret's metadata, in any namespace (its data is neither watched nor
-/// kept: the reconcile reads the one Secret it needs).
-fn secret_changes(shared: &Shared) -> impl Stream<Item = Arc<PartialObjectMeta<Secret>>> + Send + 'static {
-    // A metadata-only watch: PartialObjectMeta asks for nothing else.
-    let api: Api<PartialObjectMeta<Secret>> = Api::all(shared.client.clone());
-    let flow = shared.metrics.watches.track("Secret (RemoteCluster credentials)");
-    watcher(api, watcher::Config::default())
-        .backoff(WatchBackoff::default())
-        // Annotations may carry a copy of the data (kubectl's last-applied configuration).
-        .modify(|m| {
-            m.managed_fields_mut().clear();
-            m.annotations_mut().clear();
-        })
-        .inspect(move |e| flow.saw(e))
-        .touched_objects()
-        .filter_map(|r| future::ready(r.ok().map(Arc::new)))
 }
 
 /// The RemoteClusters of mesh `mesh` (in namespace `ns`, when given).

@@ -1,0 +1,315 @@
+//! A mesh's CA as the operator keeps it (pure): from what its Secrets hold now, what they
+//! must hold — a self-signed root made once and kept, an issuer made from it (renewed
+//! before it ages out), or a plug-in CA checked and copied — and what the status shows.
+//!
+//! Two Secrets in the mesh namespace:
+//! - [`ROOT_SECRET`] (self-signed only): the root and its key. Only the operator reads it.
+//! - [`ISSUER_SECRET`]: the issuer in Istio's `cacerts` layout, `root-cert.pem` being the
+//!   trust bundle. Control planes read this one Secret, by name, and nothing else: a
+//!   compromised control plane can sign workload certificates but cannot make a new root.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use super::ca::{self, CA_CERT, CA_KEY, CERT_CHAIN, CaError, InvalidCa, KeyedCert, ROOT_CERT, SigningCa};
+use crate::api::security::{RootStatus, SecurityStatus};
+
+/// The Secret holding a self-signed mesh root (operator only).
+pub const ROOT_SECRET: &str = "weft-ca-root";
+/// The Secret the control planes sign with.
+pub const ISSUER_SECRET: &str = "weft-ca-issuer";
+/// The root key in [`ROOT_SECRET`] (its certificate is under `root-cert.pem`).
+pub const ROOT_KEY: &str = "root-key.pem";
+/// The trust-bundle ConfigMap in every namespace of the mesh.
+pub const BUNDLE_CONFIG_MAP: &str = "weft-root-ca";
+/// An issuer is renewed once less than this much of its life is left.
+pub const ISSUER_RENEW_BEFORE: Duration = Duration::from_secs(180 * 24 * 3600);
+
+/// A Secret's data. `Debug` shows its keys, never their values.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretData(pub BTreeMap<String, Vec<u8>>);
+
+impl std::fmt::Debug for SecretData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// Where the CA comes from, with what was read.
+#[derive(Clone, Debug)]
+pub enum Source<'a> {
+    /// The operator's own root, from [`ROOT_SECRET`] when it exists.
+    SelfSigned {
+        /// [`ROOT_SECRET`]'s data, if the Secret exists.
+        root: Option<&'a SecretData>,
+    },
+    /// A plug-in CA Secret.
+    Plugin {
+        /// Its name (in the mesh namespace).
+        name: &'a str,
+        /// Its data, `None` when the Secret does not exist.
+        data: Option<&'a SecretData>,
+    },
+}
+
+/// What the mesh's CA Secrets must hold, and what signs.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// New content for [`ROOT_SECRET`] (`None`: keep it as it is).
+    pub root: Option<SecretData>,
+    /// New content for [`ISSUER_SECRET`] (`None`: keep it as it is).
+    pub issuer: Option<SecretData>,
+    /// What signs workload certificates.
+    pub signing: SigningCa,
+}
+
+/// Why a mesh's CA cannot be used. Messages never carry key material.
+#[derive(Debug, thiserror::Error)]
+pub enum CaProblem {
+    /// The plug-in CA Secret is missing or unusable.
+    #[error("plug-in CA Secret {namespace}/{name}: {problem}")]
+    Plugin {
+        /// The mesh namespace.
+        namespace: String,
+        /// The Secret.
+        name: String,
+        /// What is wrong (names the key).
+        problem: String,
+    },
+    /// A root or issuer could not be made.
+    #[error("cannot make the mesh CA: {0}")]
+    Generate(#[from] CaError),
+}
+
+/// Decides the content of the CA Secrets. `issuer` is [`ISSUER_SECRET`]'s data if it exists.
+pub fn plan(
+    namespace: &str,
+    trust_domain: &str,
+    source: &Source<'_>,
+    issuer: Option<&SecretData>,
+    now: SystemTime,
+) -> Result<Plan, CaProblem> {
+    match source {
+        Source::Plugin { name, data } => {
+            let problem = |problem: String| CaProblem::Plugin {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                problem,
+            };
+            let data = data.ok_or_else(|| problem("the Secret does not exist".to_string()))?;
+            let signing = ca::plugin_ca(&data.0, now).map_err(|e: InvalidCa| problem(e.to_string()))?;
+            let wanted = issuer_data(&signing);
+            Ok(Plan {
+                root: None,
+                issuer: (issuer != Some(&wanted)).then_some(wanted),
+                signing,
+            })
+        }
+        Source::SelfSigned { root } => {
+            let (root_cert, new_root) = match root.and_then(|r| stored_root(r, now)) {
+                Some(kept) => (kept, None),
+                None => {
+                    let made = ca::new_root(trust_domain, 0, now)?;
+                    let data = root_data(&made);
+                    (made, Some(data))
+                }
+            };
+            // The issuer is kept while it chains to this root and has life left.
+            let kept = issuer
+                .and_then(|d| ca::plugin_ca(&d.0, now).ok())
+                .filter(|s| s.roots_pem == root_cert.cert_pem && !ages_out(&s.issuer.cert_pem, now));
+            match kept {
+                Some(signing) => Ok(Plan {
+                    root: new_root,
+                    issuer: None,
+                    signing,
+                }),
+                None => {
+                    let signing = ca::new_issuer(&root_cert, trust_domain, now)?;
+                    Ok(Plan {
+                        root: new_root,
+                        issuer: Some(issuer_data(&signing)),
+                        signing,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// The root kept in `data`, if it is whole and valid now.
+fn stored_root(data: &SecretData, now: SystemTime) -> Option<KeyedCert> {
+    let text = |k: &str| data.0.get(k).and_then(|b| String::from_utf8(b.clone()).ok());
+    let root = KeyedCert {
+        cert_pem: text(ROOT_CERT)?,
+        key_pem: text(ROOT_KEY)?,
+    };
+    let facts = ca::first_facts(&root.cert_pem)?;
+    let at = unix(now);
+    (facts.not_before <= at && at < facts.not_after && rcgen::KeyPair::from_pem(&root.key_pem).is_ok()).then_some(root)
+}
+
+fn ages_out(cert_pem: &str, now: SystemTime) -> bool {
+    ca::first_facts(cert_pem).is_none_or(|f| f.not_after - unix(now) < ISSUER_RENEW_BEFORE.as_secs() as i64)
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn root_data(root: &KeyedCert) -> SecretData {
+    SecretData(BTreeMap::from([
+        (ROOT_CERT.to_string(), root.cert_pem.clone().into_bytes()),
+        (ROOT_KEY.to_string(), root.key_pem.clone().into_bytes()),
+    ]))
+}
+
+/// The issuer Secret's data: Istio's `cacerts` layout.
+pub fn issuer_data(s: &SigningCa) -> SecretData {
+    SecretData(BTreeMap::from([
+        (CA_CERT.to_string(), s.issuer.cert_pem.clone().into_bytes()),
+        (CA_KEY.to_string(), s.issuer.key_pem.clone().into_bytes()),
+        (CERT_CHAIN.to_string(), s.chain_pem.clone().into_bytes()),
+        (ROOT_CERT.to_string(), s.roots_pem.clone().into_bytes()),
+    ]))
+}
+
+/// What `status.security` shows of `signing` (serving revisions are the caller's).
+pub fn status(trust_domain: &str, signing: &SigningCa) -> SecurityStatus {
+    let roots = ca::certificates(&signing.roots_pem)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| ca::facts(d))
+        .map(|f| RootStatus {
+            fingerprint: f.fingerprint,
+            not_before: ca::rfc3339(f.not_before),
+            not_after: ca::rfc3339(f.not_after),
+        })
+        .collect();
+    SecurityStatus {
+        trust_domain: trust_domain.to_string(),
+        roots,
+        issuer_not_after: ca::first_facts(&signing.issuer.cert_pem).map(|f| ca::rfc3339(f.not_after)),
+        serving_revisions: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NS: &str = "weft-system";
+    const TD: &str = "cluster.local";
+
+    fn now() -> SystemTime {
+        SystemTime::now()
+    }
+
+    #[test]
+    fn a_self_signed_ca_is_made_once_and_then_kept() {
+        let first = plan(NS, TD, &Source::SelfSigned { root: None }, None, now()).unwrap();
+        let root = first.root.clone().expect("a new root is written");
+        let issuer = first.issuer.clone().expect("a new issuer is written");
+        assert!(
+            !issuer.0.contains_key(ROOT_KEY),
+            "the issuer Secret never holds the root key"
+        );
+        let again = plan(NS, TD, &Source::SelfSigned { root: Some(&root) }, Some(&issuer), now()).unwrap();
+        assert!(again.root.is_none() && again.issuer.is_none(), "nothing is rewritten");
+        assert_eq!(again.signing, first.signing);
+        let st = status(TD, &again.signing);
+        assert_eq!(st.roots.len(), 1);
+        assert_eq!(st.roots[0].fingerprint.len(), 64);
+        assert!(st.issuer_not_after.is_some());
+    }
+
+    #[test]
+    fn a_lost_issuer_is_made_again_from_the_same_root() {
+        let first = plan(NS, TD, &Source::SelfSigned { root: None }, None, now()).unwrap();
+        let root = first.root.unwrap();
+        let again = plan(NS, TD, &Source::SelfSigned { root: Some(&root) }, None, now()).unwrap();
+        assert!(again.root.is_none(), "the root is kept");
+        let issuer = again.issuer.expect("a new issuer");
+        assert_eq!(issuer.0[ROOT_CERT], root.0[ROOT_CERT], "the same trust bundle");
+    }
+
+    #[test]
+    fn an_issuer_near_its_end_is_renewed() {
+        let made = plan(NS, TD, &Source::SelfSigned { root: None }, None, now()).unwrap();
+        let (root, issuer) = (made.root.unwrap(), made.issuer.unwrap());
+        let later = now() + ca::ISSUER_TTL - Duration::from_secs(24 * 3600);
+        let renewed = plan(NS, TD, &Source::SelfSigned { root: Some(&root) }, Some(&issuer), later).unwrap();
+        assert!(renewed.root.is_none());
+        assert!(renewed.issuer.is_some_and(|i| i.0[CA_CERT] != issuer.0[CA_CERT]));
+    }
+
+    #[test]
+    fn secret_data_never_shows_its_values() {
+        let made = plan(NS, TD, &Source::SelfSigned { root: None }, None, now()).unwrap();
+        let shown = format!("{made:?}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    }
+
+    #[test]
+    fn a_plugin_ca_is_checked_and_copied() {
+        let missing = plan(
+            NS,
+            TD,
+            &Source::Plugin {
+                name: "cacerts",
+                data: None,
+            },
+            None,
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "plug-in CA Secret weft-system/cacerts: the Secret does not exist"
+        );
+        let root = ca::new_root(TD, 0, now()).unwrap();
+        let signing = ca::new_issuer(&root, TD, now()).unwrap();
+        let mut data = issuer_data(&signing);
+        let ok = plan(
+            NS,
+            TD,
+            &Source::Plugin {
+                name: "cacerts",
+                data: Some(&data),
+            },
+            None,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(ok.issuer.as_ref(), Some(&data));
+        let same = plan(
+            NS,
+            TD,
+            &Source::Plugin {
+                name: "cacerts",
+                data: Some(&data),
+            },
+            Some(&data),
+            now(),
+        )
+        .unwrap();
+        assert!(same.issuer.is_none(), "unchanged: not written");
+        data.0.remove(CA_KEY);
+        let bad = plan(
+            NS,
+            TD,
+            &Source::Plugin {
+                name: "cacerts",
+                data: Some(&data),
+            },
+            None,
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "plug-in CA Secret weft-system/cacerts: ca-key.pem is missing or empty"
+        );
+    }
+}

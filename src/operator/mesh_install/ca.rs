@@ -1,0 +1,150 @@
+//! The mesh CA's two steps that talk to the API server: read its Secrets (and the plug-in
+//! CA's) before deciding, and write the Secrets the decision changed. What they must hold
+//! is decided by `identity::mesh_ca` (pure). Secret data is never logged.
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+use tracing::info;
+
+use super::Context;
+use super::decide::CaWrites;
+use crate::api::common::StallReason;
+use crate::api::labels;
+use crate::api::mesh_install::MeshInstall;
+use crate::identity::mesh_ca::{self, CaProblem, ISSUER_SECRET, Plan, ROOT_SECRET, SecretData, Source};
+use crate::operator::apply::FIELD_MANAGER;
+use crate::operator::conditions::Stall;
+use crate::operator::controller::Ref;
+use crate::operator::error::{Error, kube_err};
+use crate::operator::events::Note;
+use crate::operator::watch::Guarded;
+
+/// The `weft.dev/component` of the CA Secrets.
+pub const COMPONENT: &str = "ca";
+
+/// Reads the CA Secrets of `mi` and plans them: what they must hold, or why the CA
+/// cannot be used (a bad plug-in CA stalls the spec; nothing is written).
+pub async fn read(ctx: &Context, mi: &MeshInstall) -> Result<Result<Plan, Stall>, Error> {
+    let ns = &mi.spec.namespace;
+    let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), ns);
+    let get = |name: String| {
+        let api = api.clone();
+        async move {
+            api.get_opt(&name)
+                .await
+                .map(|s| s.map(|s| data(&s)))
+                .map_err(kube_err(format!("read Secret {ns}/{name}")))
+        }
+    };
+    let security = mi.spec.security.clone().unwrap_or_default();
+    let issuer = get(ISSUER_SECRET.to_string()).await?;
+    let plugin_name = security.plugin_secret().map(str::to_string);
+    let stored = match &plugin_name {
+        Some(name) => get(name.clone()).await?,
+        None => get(ROOT_SECRET.to_string()).await?,
+    };
+    let source = match &plugin_name {
+        Some(name) => Source::Plugin {
+            name,
+            data: stored.as_ref(),
+        },
+        None => Source::SelfSigned { root: stored.as_ref() },
+    };
+    let planned = mesh_ca::plan(ns, &mi.spec.trust_domain(), &source, issuer.as_ref(), SystemTime::now());
+    Ok(planned.map_err(|e| match e {
+        CaProblem::Plugin { .. } => Stall {
+            reason: StallReason::InvalidCa,
+            message: format!("{e}; nothing was changed, the running mesh keeps its CA"),
+        },
+        CaProblem::Generate(_) => Stall {
+            reason: StallReason::RenderFailed,
+            message: e.to_string(),
+        },
+    }))
+}
+
+fn data(s: &Secret) -> SecretData {
+    SecretData(s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+}
+
+/// Writes the CA Secrets the decision changed (server-side apply; each is owned by the
+/// MeshInstall, so it goes with it).
+pub async fn write(ctx: &Context, mi: &MeshInstall, writes: &CaWrites) -> Result<(), Error> {
+    for (name, content) in [(ROOT_SECRET, &writes.root), (ISSUER_SECRET, &writes.issuer)] {
+        let Some(content) = content else { continue };
+        let secret = secret(mi, name, content);
+        let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &mi.spec.namespace);
+        api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
+            .await
+            .map_err(kube_err(format!("write Secret {}/{name}", mi.spec.namespace)))?;
+        ctx.shared.metrics.write("Secret", "apply");
+        let what = if name == ROOT_SECRET {
+            "made the mesh root"
+        } else {
+            "wrote the issuer control planes sign with"
+        };
+        info!(secret = name, "{what}");
+        let message = format!("{what} (Secret {}/{name})", mi.spec.namespace);
+        ctx.shared
+            .publish(mi, &Note::normal("CAUpdated", "Identity", message))
+            .await;
+    }
+    Ok(())
+}
+
+fn secret(mi: &MeshInstall, name: &str, content: &SecretData) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(mi.spec.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+                (labels::MESH.to_string(), mi.name_any()),
+                (labels::COMPONENT.to_string(), COMPONENT.to_string()),
+            ])),
+            owner_references: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "weft.dev/v1alpha1".to_string(),
+                kind: "MeshInstall".to_string(),
+                name: mi.name_any(),
+                uid: mi.uid().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".to_string()),
+        data: Some(
+            content
+                .0
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The meshes whose CA Secret `s` is: ours by name, or the plug-in CA a spec names, in the
+/// mesh namespace.
+pub fn concerned(meshes: &Store<Guarded<MeshInstall>>, s: &PartialObjectMeta<Secret>) -> Vec<Ref<MeshInstall>> {
+    let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+    meshes
+        .state()
+        .iter()
+        .filter(|g| {
+            g.0.as_ref().is_ok_and(|m| {
+                m.spec.namespace == ns
+                    && (name == ROOT_SECRET
+                        || name == ISSUER_SECRET
+                        || m.spec.security.as_ref().and_then(|s| s.plugin_secret()) == Some(name.as_str()))
+            })
+        })
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
