@@ -57,6 +57,66 @@ enum Command {
     /// Show what a control plane serves one Envoy (a node proxy or gateway), subscribing as
     /// that Envoy would; with `--check`, what Envoy would refuse or leave dangling in it.
     ConfigDump(ConfigDumpArgs),
+    /// Obtain a workload certificate from the control plane's certificate service and
+    /// write it, its key, the trust bundle and a gRPC xDS bootstrap (mTLS to the control
+    /// plane) into a directory; keep them renewed unless `--once`.
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The control plane's TLS port, `host:port` (weft-cp-<revision>.<mesh ns>.svc:15012).
+    #[arg(long)]
+    control_plane: String,
+    /// The name the control plane's certificate must carry (default: the host).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// A ServiceAccount token with audience weft-ca (a projected token volume).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// The trust bundle: `root-cert.pem` of ConfigMap weft-root-ca.
+    #[arg(long)]
+    ca_file: PathBuf,
+    /// Where to write cert-chain.pem, key.pem, root-cert.pem and bootstrap.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// The node id in the bootstrap (default: the host name).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Node metadata in the bootstrap, KEY=VALUE (NAMESPACE, REVISION, ROLE, …); repeat it.
+    #[arg(long = "metadata", value_parser = key_value)]
+    metadata: Vec<(String, String)>,
+    /// Write once and exit.
+    #[arg(long)]
+    once: bool,
+}
+
+fn key_value(text: &str) -> std::result::Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+fn agent(args: AgentArgs) -> Result<()> {
+    weft::telemetry::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let node_id = args.node_id.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "weft-agent".into())
+    });
+    let opts = weft::identity::agent::AgentOptions {
+        control_plane: args.control_plane,
+        server_name: args.server_name,
+        token_file: args.token_file,
+        ca_file: args.ca_file,
+        out: args.out,
+        node_id,
+        metadata: args.metadata.into_iter().collect(),
+        ttl: None,
+    };
+    runtime.block_on(weft::identity::agent::run(opts, args.once))?;
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -217,9 +277,53 @@ struct ControlPlaneArgs {
     /// (then it goes on without them, and they join when they list).
     #[arg(long, default_value_t = 30)]
     remote_sync_timeout_seconds: u64,
+    /// The issuer Secret (in the mesh namespace) to sign workload certificates with. With
+    /// it the TLS port serves the certificate service and authenticated xDS.
+    #[arg(long)]
+    ca_secret: Option<String>,
+    /// Where the TLS port listens (with --ca-secret).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    secure_address: SocketAddr,
+    /// A name or address the TLS port's certificate is also for, beyond the revision's
+    /// Service names (repeat it for several).
+    #[arg(long = "tls-server-name")]
+    tls_server_names: Vec<String>,
+    /// The longest workload certificate lifetime, such as 24h or 90m.
+    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    workload_cert_ttl: std::time::Duration,
+}
+
+/// A duration of hours, minutes and seconds, within the bounds `workloadCertTTL` has.
+fn parse_ttl(text: &str) -> std::result::Result<std::time::Duration, String> {
+    use weft::api::security::{MAX_WORKLOAD_CERT_TTL, MIN_WORKLOAD_CERT_TTL, parse_duration};
+    let d = parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration such as 24h, 90m or 1h30m"))?;
+    if d < MIN_WORKLOAD_CERT_TTL || d > MAX_WORKLOAD_CERT_TTL {
+        return Err(format!("{text} is outside 1m..168h"));
+    }
+    Ok(d)
 }
 
 impl ControlPlaneArgs {
+    /// The TLS port's settings, when there is a CA to sign with: the serving certificate is
+    /// for the revision's Service names and any names given.
+    fn secure(&self) -> Option<weft::xds::control_plane::SecureOptions> {
+        let secret = self.ca_secret.clone()?;
+        let service = weft::render::revision::control_plane_name(&self.revision);
+        let ns = &self.mesh_namespace;
+        let mut names = vec![
+            format!("{service}.{ns}.svc"),
+            format!("{service}.{ns}.svc.cluster.local"),
+            format!("{service}.{ns}"),
+            service,
+        ];
+        names.extend(self.tls_server_names.iter().cloned());
+        Some(weft::xds::control_plane::SecureOptions {
+            address: self.secure_address,
+            ca_secret: secret,
+            server_names: names,
+            workload_cert_ttl: self.workload_cert_ttl,
+        })
+    }
     /// The xDS limits the flags set.
     fn limits(&self) -> weft::xds::control_plane::Limits {
         use std::time::Duration;
@@ -298,6 +402,7 @@ fn main() -> ExitCode {
         Command::Operator(args) => operator(args),
         Command::ControlPlane(args) => control_plane(args),
         Command::ConfigDump(args) => config_dump(args),
+        Command::Agent(args) => agent(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -545,6 +650,7 @@ fn control_plane(args: ControlPlaneArgs) -> Result<()> {
     runtime.block_on(async move {
         let client = client(args.kubeconfig.as_deref()).await?;
         let limits = args.limits();
+        let secure = args.secure();
         weft::xds::control_plane::run(
             client,
             weft::xds::control_plane::Options {
@@ -559,6 +665,7 @@ fn control_plane(args: ControlPlaneArgs) -> Result<()> {
                 limits,
                 mesh_namespace: args.mesh_namespace,
                 remote_sync_timeout: std::time::Duration::from_secs(args.remote_sync_timeout_seconds),
+                secure,
             },
         )
         .await?;

@@ -231,6 +231,34 @@ pub fn sign_workload(
     Ok(format!("{}{}", cert.pem(), ca.chain_pem))
 }
 
+/// A serving certificate for `names` (DNS names or IP addresses) with a new key, signed by
+/// `ca`, valid `ttl` from now (never past the issuer's end): the key and the leaf followed
+/// by the chain to the root.
+pub fn sign_server(ca: &SigningCa, names: &[String], ttl: Duration, now: SystemTime) -> Result<KeyedCert, CaError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let issuer_key = KeyPair::from_pem(&ca.issuer.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.issuer.cert_pem, &issuer_key)?;
+    let issuer_end = first_facts(&ca.issuer.cert_pem)
+        .map(|f| f.not_after)
+        .unwrap_or(i64::MAX);
+    let mut params = CertificateParams::new(names.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = offset(now - BACKDATE);
+    params.not_after = offset(now + ttl)
+        .min(time::OffsetDateTime::from_unix_timestamp(issuer_end).unwrap_or(time::OffsetDateTime::UNIX_EPOCH));
+    params.serial_number = Some(serial());
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(KeyedCert {
+        cert_pem: format!("{}{}", cert.pem(), ca.chain_pem),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 /// The DER of every `CERTIFICATE` block in `pem`, in order.
 pub fn certificates(pem_text: &str) -> Result<Vec<Vec<u8>>, CaError> {
     let blocks = pem::parse_many(pem_text).map_err(|e| CaError::Pem(e.to_string()))?;

@@ -208,7 +208,7 @@ impl CertificateService {
         let cert_chain = pem::parse_many(&chain)
             .unwrap_or_default()
             .iter()
-            .map(pem::encode)
+            .map(|p| pem::encode_config(p, pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF)))
             .collect();
         Ok(IstioCertificateResponse { cert_chain })
     }

@@ -97,3 +97,13 @@ impl IdentityMetrics {
         self.signing.observe(seconds);
     }
 }
+
+impl crate::http::Check for IdentityMetrics {
+    fn problems(&self, _now: std::time::Instant) -> Vec<String> {
+        if self.issuer_loaded.get() == 1 {
+            Vec::new()
+        } else {
+            vec!["no issuer to sign workload certificates with yet (the CA Secret is missing or invalid)".to_string()]
+        }
+    }
+}

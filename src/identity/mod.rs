@@ -9,6 +9,7 @@
 //! The trust bundle, the CSR service and `weft agent` build on it (see
 //! `docs/security.md`, "Identity").
 
+pub mod agent;
 pub mod ca;
 pub mod csr;
 pub mod issuer;

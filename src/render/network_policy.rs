@@ -208,7 +208,10 @@ mod tests {
             serde_json::json!({"weft.dev/component": "control-plane", "weft.dev/mesh": "mesh", "weft.dev/rev": "mesh-v1-0-0"})
         );
         let xds = &spec["ingress"][0];
-        assert_eq!(xds["ports"], serde_json::json!([{"port": 15010, "protocol": "TCP"}]));
+        assert_eq!(
+            xds["ports"],
+            serde_json::json!([{"port": 15010, "protocol": "TCP"}, {"port": 15012, "protocol": "TCP"}])
+        );
         assert_eq!(
             xds["from"],
             serde_json::json!([

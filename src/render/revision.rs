@@ -425,15 +425,31 @@ impl Renderer<'_> {
         let container = Container {
             name: "control-plane".to_string(),
             image: Some(image),
-            args: Some(vec![
-                "control-plane".to_string(),
-                "--revision".to_string(),
-                self.revision().to_string(),
-                "--mesh-config".to_string(),
-                "/etc/weft/mesh.yaml".to_string(),
-                "--ca-secret".to_string(),
-                ISSUER_SECRET.to_string(),
-            ]),
+            args: Some(
+                [
+                    "control-plane".to_string(),
+                    "--revision".to_string(),
+                    self.revision().to_string(),
+                    "--mesh-config".to_string(),
+                    "/etc/weft/mesh.yaml".to_string(),
+                    "--ca-secret".to_string(),
+                    ISSUER_SECRET.to_string(),
+                ]
+                .into_iter()
+                .chain(
+                    self.input
+                        .mesh
+                        .spec
+                        .security
+                        .as_ref()
+                        .and_then(|s| s.workload_cert_ttl.clone())
+                        .map(|ttl| {
+                            // Only when set, so the arguments (and pods) of meshes that leave it alone do not change.
+                            format!("--workload-cert-ttl={ttl}")
+                        }),
+                )
+                .collect(),
+            ),
             env: Some(vec![EnvVar {
                 name: "POD_NAMESPACE".to_string(),
                 value_from: Some(EnvVarSource {

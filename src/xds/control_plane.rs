@@ -23,13 +23,19 @@ use super::discovery::selectors::check_selector;
 use super::discovery::sources::Sources;
 use super::metrics::{TypeLabels, XdsMetrics};
 use super::model::{FileLog, MeshModel, Origin, Telemetry, Zipkin};
+use super::serve::claims::Authenticator;
 use super::serve::conn::Conn;
 use super::serve::grpc::{AdsService, FrameLimits};
 use super::serve::server::{Admission, AdsServer, ClientInfo, StreamLimits, clip};
 use super::serve::snapshot::{Cache, Snapshot, short};
+use super::serve::tls;
 use super::translate::incremental::Incremental;
 use super::translate::{split_horizon, translate_gateways};
 use crate::http::{Health, HttpState};
+use crate::identity::csr::{CertificateService, Membership, RateLimit, Signer};
+use crate::identity::issuer::{IssuerWatch, watch_issuer};
+use crate::identity::spiffe::WorkloadId;
+use crate::identity::tokens::TokenReviewer;
 
 /// How the control plane runs.
 #[derive(Clone, Debug)]
@@ -50,6 +56,22 @@ pub struct Options {
     pub mesh_namespace: String,
     /// How long the first snapshot waits for the remote clusters known at start to list.
     pub remote_sync_timeout: Duration,
+    /// The TLS port, when the control plane has a CA to sign with.
+    pub secure: Option<SecureOptions>,
+}
+
+/// The TLS port: the certificate service and authenticated ADS.
+#[derive(Clone, Debug)]
+pub struct SecureOptions {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// The issuer Secret (in the mesh namespace).
+    pub ca_secret: String,
+    /// The names the serving certificate is for (the revision's Service names, and any
+    /// other name or address clients dial).
+    pub server_names: Vec<String>,
+    /// The longest workload certificate lifetime.
+    pub workload_cert_ttl: Duration,
 }
 
 /// The limits every xDS client is held to (see docs/xds-limits.md for the defaults' reasons).
@@ -161,6 +183,8 @@ struct MeshConfigFile {
     access_log: Option<AccessLogFile>,
     #[serde(default)]
     tracing: Option<TracingFile>,
+    #[serde(default)]
+    trust_domain: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -198,6 +222,8 @@ pub(crate) struct MeshConfig {
     origin: Origin,
     /// Access log and tracing.
     pub(crate) telemetry: Telemetry,
+    /// The trust domain of workload identities.
+    trust_domain: String,
 }
 
 fn read_mesh_config(path: &Option<PathBuf>) -> Result<MeshConfig, Error> {
@@ -244,6 +270,10 @@ pub(crate) fn parse_mesh_config(text: &str) -> Result<MeshConfig, serde_saphyr::
             network: file.network.unwrap_or_default(),
         },
         telemetry: Telemetry { access_log, zipkin },
+        trust_domain: file
+            .trust_domain
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| crate::api::mesh_install::DEFAULT_TRUST_DOMAIN.to_string()),
     })
 }
 
@@ -263,12 +293,44 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
     let sources = sources.with_remotes(remotes);
     let cache = Cache::new();
     // Remote clusters are not checked: one being down must not take the local mesh down.
-    let health = Arc::new(Health::checking(vec![Arc::new(metrics.watches.clone())]));
+    let mut checks: Vec<Arc<dyn crate::http::Check>> = vec![Arc::new(metrics.watches.clone())];
+    if opts.secure.is_some() {
+        checks.push(Arc::new(metrics.identity.clone()));
+    }
+    let health = Arc::new(Health::checking(checks));
     let directory = MeshDirectory {
         sources: sources.clone(),
         local: config.origin.cluster.clone(),
     };
     let admission = admission(opts.revision.clone(), directory);
+    let identity = opts.secure.as_ref().map(|secure| {
+        let issuer = watch_issuer(
+            client.clone(),
+            &opts.mesh_namespace,
+            &secure.ca_secret,
+            metrics.identity.clone(),
+        );
+        let auth = Authenticator {
+            tokens: TokenReviewer::new(client.clone()),
+            trust_domain: config.trust_domain.clone(),
+            mesh_namespace: opts.mesh_namespace.clone(),
+        };
+        let signer = Signer {
+            issuer: issuer.clone(),
+            tokens: auth.tokens.clone(),
+            membership: membership(
+                sources.clone(),
+                opts.revision.clone(),
+                config.mesh.clone(),
+                opts.mesh_namespace.clone(),
+            ),
+            trust_domain: config.trust_domain.clone(),
+            ttl: secure.workload_cert_ttl,
+            rate: RateLimit::default(),
+            metrics: metrics.identity.clone(),
+        };
+        (issuer, auth, CertificateService::new(signer))
+    });
     let translator = Translator {
         remotes_synced,
         remote_sync_timeout: opts.remote_sync_timeout,
@@ -283,7 +345,47 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
     };
     tokio::spawn(translator.run());
     let server = AdsServer::new(cache, admission, metrics.clone(), opts.limits.stream);
-    serve(&opts, server, metrics, health).await
+    serve(&opts, server, identity, metrics, health).await
+}
+
+/// Whether a workload identity belongs to the mesh (and may get a certificate): the mesh
+/// namespace (node proxies), namespaces labelled for one of its revisions or tags (this
+/// control plane's own revision among them, known before any MeshInstall reports it), and the
+/// ServiceAccount of each of its MeshGateways in the gateway's namespace.
+pub fn membership(sources: Sources, revision: String, mesh: Option<String>, mesh_namespace: String) -> Membership {
+    Arc::new(move |id: &WorkloadId| {
+        if id.namespace == mesh_namespace {
+            return Ok(());
+        }
+        let mut labels = sources.mesh_labels(mesh.as_deref());
+        if !labels.contains(&revision) {
+            labels.push(revision.clone());
+        }
+        if sources
+            .namespace_label(&id.namespace)
+            .is_some_and(|l| labels.contains(&l))
+        {
+            return Ok(());
+        }
+        if sources
+            .gateways(mesh.as_deref())
+            .iter()
+            .any(|g| g.namespace == id.namespace && g.name == id.service_account)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "{id} belongs to none of this mesh's workloads: namespace {} is not labelled {}=<one of {}>, and no MeshGateway of this mesh there runs as {}",
+            id.namespace,
+            crate::api::labels::REVISION,
+            if labels.is_empty() {
+                "none yet".to_string()
+            } else {
+                labels.join(", ")
+            },
+            id.service_account
+        ))
+    })
 }
 
 /// What admission knows of the clusters of the mesh.
@@ -470,6 +572,7 @@ impl Translator {
             selectors,
             origin,
             telemetry,
+            trust_domain: _,
         } = &self.config;
         let MeshModel {
             services,
@@ -559,8 +662,18 @@ fn stop_signal() -> Shared<BoxFuture<'static, ()>> {
     .shared()
 }
 
-/// Serves `/metrics` and `/ready`, and ADS, until the process is asked to stop.
-async fn serve(opts: &Options, server: AdsServer, metrics: XdsMetrics, health: Arc<Health>) -> Result<(), Error> {
+/// The TLS port's parts: the issuer, how callers are authenticated, the certificate service.
+type Identity = (IssuerWatch, Authenticator, CertificateService);
+
+/// Serves `/metrics` and `/ready`, ADS, and (with a CA) the TLS port, until the process is
+/// asked to stop.
+async fn serve(
+    opts: &Options,
+    server: AdsServer,
+    identity: Option<Identity>,
+    metrics: XdsMetrics,
+    health: Arc<Health>,
+) -> Result<(), Error> {
     let stopped = stop_signal();
     let encoder = metrics.clone();
     let state = HttpState {
@@ -574,8 +687,35 @@ async fn serve(opts: &Options, server: AdsServer, metrics: XdsMetrics, health: A
         .await
         .map_err(listen_error(opts.xds_address))?;
     let xaddr = listener.local_addr().map_err(listen_error(opts.xds_address))?;
+    let secure = match (&opts.secure, identity) {
+        (Some(secure), Some((issuer, auth, certificates))) => {
+            let tls = tokio::net::TcpListener::bind(secure.address)
+                .await
+                .map_err(listen_error(secure.address))?;
+            let taddr = tls.local_addr().map_err(listen_error(secure.address))?;
+            info!(secure = %taddr, "serving certificates and authenticated xDS over TLS");
+            let configs = tls::follow_issuer(issuer, secure.server_names.clone());
+            let ads = server.authenticating(auth);
+            let (limits, m, stop) = (opts.limits.clone(), metrics.clone(), stopped.clone());
+            Some(tokio::spawn(serve_tls(
+                tls,
+                configs,
+                ads,
+                certificates,
+                limits,
+                m,
+                stop,
+            )))
+        }
+        _ => None,
+    };
     info!(revision = %opts.revision, xds = %xaddr, monitoring = %maddr, limits = ?opts.limits, "control plane starting");
     serve_xds(listener, server, opts.limits.clone(), metrics, stopped).await?;
+    if let Some(task) = secure
+        && let Ok(Err(e)) = task.await
+    {
+        return Err(e.into());
+    }
     info!("stopped");
     Ok(())
 }
@@ -592,6 +732,26 @@ pub async fn serve_xds(
     let accepted = TcpListenerStream::new(listener).map_ok(move |io| Conn::new(io, metrics.clone(), idle));
     grpc_server(&limits)
         .add_service(AdsService::new(server, limits.frame))
+        .serve_with_incoming_shutdown(accepted, stop)
+        .await
+}
+
+/// Serves the certificate service and authenticated ADS over TLS on `listener` until
+/// `stop` resolves.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    configs: tokio::sync::watch::Receiver<Option<Arc<rustls::ServerConfig>>>,
+    server: AdsServer,
+    certificates: CertificateService,
+    limits: Limits,
+    metrics: XdsMetrics,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let accepted =
+        tokio_stream::wrappers::ReceiverStream::new(tls::accept(listener, configs, metrics, limits.idle_timeout));
+    grpc_server(&limits)
+        .add_service(AdsService::new(server, limits.frame))
+        .add_service(certificates)
         .serve_with_incoming_shutdown(accepted, stop)
         .await
 }

@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::identity::metrics::IdentityMetrics;
 use crate::watch_health::WatchHealth;
 
 /// `type` label: `sotw`/`delta` for streams, `lds`/`rds`/`cds`/`eds` for resources.
@@ -100,6 +101,10 @@ pub enum Refusal {
     NotHttp2,
     /// A connection that had no stream for the idle timeout.
     Idle,
+    /// On the TLS port: no workload certificate and no valid token.
+    Unauthenticated,
+    /// On the TLS port: the node metadata claims what the client's identity does not allow.
+    ClaimMismatch,
 }
 
 impl Refusal {
@@ -118,6 +123,8 @@ impl Refusal {
             Refusal::SlowReader => "slow_reader",
             Refusal::NotHttp2 => "not_http2",
             Refusal::Idle => "idle",
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::ClaimMismatch => "claim_mismatch",
         }
     }
 }
@@ -143,6 +150,8 @@ pub struct XdsMetrics {
     pub watches: WatchHealth,
     /// Each remote cluster's state (not read by `/ready`: a remote down is no local fault).
     pub remote: RemoteMetrics,
+    /// The certificate service's (`/ready` waits for an issuer when it runs).
+    pub identity: IdentityMetrics,
     without_gateway: Family<NetworkLabels, Gauge>,
     /// The same counts, for RemoteCluster status messages.
     without_gateway_counts: Arc<std::sync::RwLock<std::collections::BTreeMap<String, usize>>>,
@@ -206,6 +215,8 @@ impl XdsMetrics {
         );
         let remote = RemoteMetrics::default();
         remote.register(&mut r);
+        let identity = IdentityMetrics::default();
+        identity.register(&mut r);
         let without_gateway = Family::<NetworkLabels, Gauge>::default();
         r.register(
             "weft_endpoints_without_gateway",
@@ -214,6 +225,7 @@ impl XdsMetrics {
         );
         XdsMetrics {
             remote,
+            identity,
             without_gateway,
             without_gateway_counts: Arc::default(),
             refusals,

@@ -229,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn the_control_plane_may_read_only_the_secrets_its_remoteclusters_name() {
+    fn the_control_plane_may_read_only_the_issuer_and_the_secrets_its_remoteclusters_name() {
         let mi = mesh("version: 1.0.0", 1, None);
         let none = decide(&mi, &VersionTable::builtin(), &observed(vec![]), at(0));
         let secrets = |rules: &[serde_json::Value]| -> Vec<serde_json::Value> {
@@ -243,20 +243,24 @@ mod tests {
                 .cloned()
                 .collect()
         };
-        assert!(
-            secrets(&role_rules(&none)).is_empty(),
-            "no RemoteCluster: no Secret at all"
+        let issuer_only = serde_json::json!([{
+            "apiGroups": [""], "resources": ["secrets"], "resourceNames": ["weft-ca-issuer"], "verbs": ["get"]
+        }]);
+        assert_eq!(
+            serde_json::Value::Array(secrets(&role_rules(&none))),
+            issuer_only,
+            "no RemoteCluster: the issuer by name, never the root"
         );
         let mut with = observed(vec![]);
         with.remote_secrets = vec!["weft-remote-b".into(), "weft-remote-c".into()];
         let d = decide(&mi, &VersionTable::builtin(), &with, at(0));
         let rules = secrets(&role_rules(&d));
-        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(rules.len(), 2, "{rules:?}");
         assert_eq!(
-            rules[0]["resourceNames"],
+            rules[1]["resourceNames"],
             serde_json::json!(["weft-remote-b", "weft-remote-c"])
         );
-        assert_eq!(rules[0]["verbs"], serde_json::json!(["get", "list", "watch"]));
+        assert_eq!(rules[1]["verbs"], serde_json::json!(["get", "list", "watch"]));
     }
 
     #[test]

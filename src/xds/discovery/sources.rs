@@ -343,6 +343,23 @@ impl Sources {
         (revisions, tags)
     }
 
+    /// The `weft.dev/rev` values that name mesh `mesh` (every mesh when `None`): its
+    /// revisions and its tags.
+    pub fn mesh_labels(&self, mesh: Option<&str>) -> Vec<String> {
+        let mut out = Vec::new();
+        for mi in self.meshes.state() {
+            if mesh.is_some_and(|m| mi.metadata.name.as_deref() != Some(m)) {
+                continue;
+            }
+            let Some(status) = mi.status.as_ref() else { continue };
+            out.extend(status.revisions.iter().map(|r| r.name.clone()));
+            out.extend(status.tags.iter().map(|t| t.name.clone()));
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Builds the model for `revision`, limited to namespaces matching `selectors` (all
     /// when empty); endpoints are marked as coming from `origin`.
     pub fn model(&self, revision: &str, selectors: &[LabelSelector], origin: &Origin) -> MeshModel {

@@ -35,6 +35,8 @@ use tonic::server::NamedService;
 use tonic::{Status, Streaming};
 use tonic_prost::ProstDecoder;
 
+use super::conn::{ConnInfo, Peer};
+
 /// The gRPC service name.
 const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
@@ -330,6 +332,33 @@ impl Drop for OpenStream {
     }
 }
 
+/// What a stream's transport and headers say about its client: the connection's peer and
+/// the bearer token it sent, if any. `Debug` never shows the token.
+#[derive(Clone)]
+pub struct Caller {
+    /// Who the transport proved the client is.
+    pub peer: Peer,
+    /// `authorization: Bearer …`, if sent.
+    pub token: Option<String>,
+}
+
+impl Caller {
+    /// A plaintext client that sent no token.
+    pub const PLAINTEXT: Caller = Caller {
+        peer: Peer::Plaintext,
+        token: None,
+    };
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("peer", &self.peer)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// What answers the streams an [`AdsService`] accepts: one call per stream, which reads
 /// the requests and writes responses until the stream ends. The service then ends the
 /// response with the returned status.
@@ -337,6 +366,7 @@ pub trait StreamHandler: Clone + Send + Sync + 'static {
     /// Serves one state-of-the-world stream (`StreamAggregatedResources`).
     fn sotw<'a>(
         &'a self,
+        caller: Caller,
         incoming: Streaming<DiscoveryRequest>,
         out: &'a Sender,
     ) -> impl Future<Output = Result<(), Status>> + Send + 'a;
@@ -344,6 +374,7 @@ pub trait StreamHandler: Clone + Send + Sync + 'static {
     /// Serves one delta stream (`DeltaAggregatedResources`).
     fn delta<'a>(
         &'a self,
+        caller: Caller,
         incoming: Streaming<DeltaDiscoveryRequest>,
         out: &'a Sender,
     ) -> impl Future<Output = Result<(), Status>> + Send + 'a;
@@ -382,6 +413,16 @@ where
     Streaming::new_request(decoder, body, None, Some(max))
 }
 
+/// The token of an `authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
+    (!token.is_empty()).then(|| token.to_string())
+}
+
 /// The initial read buffer of a stream's requests.
 const REQUEST_BUFFER_BYTES: usize = 1024;
 
@@ -415,21 +456,26 @@ where
             limits: self.limits,
             stalled: AtomicBool::new(false),
         };
-        let open = req.extensions().get::<Arc<ConnStreams>>().cloned().map(OpenStream::new);
+        let info = req.extensions().get::<ConnInfo>().cloned();
+        let caller = Caller {
+            peer: info.as_ref().map_or(Peer::Plaintext, |i| i.peer.clone()),
+            token: bearer(req.headers()),
+        };
+        let open = info.map(|i| OpenStream::new(i.streams));
         let handler = self.handler.clone();
         let max = self.limits.max_request_bytes;
         match req.uri().path() {
             SOTW_PATH => {
                 let incoming = requests::<DiscoveryRequest, B>(req.into_body(), max);
                 tokio::spawn(async move {
-                    let result = handler.sotw(incoming, &out).await;
+                    let result = handler.sotw(caller, incoming, &out).await;
                     out.finish(result);
                 });
             }
             DELTA_PATH => {
                 let incoming = requests::<DeltaDiscoveryRequest, B>(req.into_body(), max);
                 tokio::spawn(async move {
-                    let result = handler.delta(incoming, &out).await;
+                    let result = handler.delta(caller, incoming, &out).await;
                     out.finish(result);
                 });
             }

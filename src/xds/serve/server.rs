@@ -22,16 +22,17 @@ use prost::Message;
 use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
-use super::grpc::{SendError, Sender, StreamHandler};
+use super::claims::{self, Authenticator, Claims};
+use super::conn::Peer;
+use super::grpc::{Caller, SendError, Sender, StreamHandler};
 use super::snapshot::{Cache, Snapshot, TYPES, TypeSet, View, delta_field, short, sotw_field, sotw_field_len};
 use super::subscription::{Freshness, SotwOwed, SotwResources, Subscription};
+use crate::identity::spiffe::WorkloadId;
+use crate::identity::tokens::AuthError;
 use crate::xds::metrics::{Refusal, XdsMetrics};
 use crate::xds::model;
 
-/// The `ROLE` of a gateway's pods.
-pub const GATEWAY_ROLE: &str = "gateway";
-/// The `ROLE` of node proxies.
-pub const NODE_PROXY_ROLE: &str = "node-proxy";
+pub use super::claims::{GATEWAY_ROLE, NODE_PROXY_ROLE};
 
 /// Decides whether a client may be served: `Err` carries the reason it is refused.
 pub type Admission = Arc<dyn Fn(&ClientInfo) -> Result<(), String> + Send + Sync>;
@@ -181,9 +182,44 @@ pub struct AdsServer {
     metrics: XdsMetrics,
     limits: StreamLimits,
     identities: Identities,
+    /// Set on the TLS port: clients are authenticated and their claims checked.
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl AdsServer {
+    /// The same server for the TLS port: every client is authenticated (workload
+    /// certificate or ServiceAccount token) and may claim only what its identity allows.
+    pub fn authenticating(&self, auth: Authenticator) -> AdsServer {
+        AdsServer {
+            auth: Some(Arc::new(auth)),
+            ..self.clone()
+        }
+    }
+
+    /// Who the caller is, on the TLS port (`None` on the plaintext port); refuses a caller
+    /// that proved nothing.
+    async fn authenticate(&self, caller: &Caller) -> Result<Option<WorkloadId>, Status> {
+        let Some(auth) = &self.auth else { return Ok(None) };
+        if let Peer::Tls(Some(id)) = &caller.peer {
+            return Ok(Some(id.clone()));
+        }
+        let Some(token) = &caller.token else {
+            return Err(self.refuse(
+                Refusal::Unauthenticated,
+                Status::unauthenticated(
+                    "this port serves authenticated clients: present a workload certificate of this mesh (mTLS) or a ServiceAccount token (authorization: Bearer, audience weft-ca)",
+                ),
+            ));
+        };
+        auth.tokens
+            .check(token, &auth.trust_domain)
+            .await
+            .map(Some)
+            .map_err(|e| match e {
+                AuthError::Unauthenticated(m) => self.refuse(Refusal::Unauthenticated, Status::unauthenticated(m)),
+                AuthError::Unavailable(m) => Status::unavailable(m),
+            })
+    }
     /// A server answering from `cache`, for clients `admission` accepts, within `limits`.
     pub fn new(cache: Cache, admission: Admission, metrics: XdsMetrics, limits: StreamLimits) -> AdsServer {
         AdsServer {
@@ -192,6 +228,7 @@ impl AdsServer {
             metrics,
             limits,
             identities: Identities::default(),
+            auth: None,
         }
     }
 
@@ -204,9 +241,15 @@ impl AdsServer {
 
     /// Checks common to every request: the first one must name an admitted client, and
     /// only the types this server serves may be asked for.
-    fn served(&self, client: &mut Option<Client>, node: Option<&Node>, type_url: &str) -> Result<(), Status> {
+    fn served(
+        &self,
+        client: &mut Option<Client>,
+        identity: Option<&WorkloadId>,
+        node: Option<&Node>,
+        type_url: &str,
+    ) -> Result<(), Status> {
         if client.is_none() {
-            *client = Some(self.admit(node)?);
+            *client = Some(self.admit(node, identity)?);
         }
         if !TYPES.contains(&type_url) {
             let served = TYPES.join(", ");
@@ -265,7 +308,7 @@ impl AdsServer {
         }
     }
 
-    fn admit(&self, node: Option<&Node>) -> Result<Client, Status> {
+    fn admit(&self, node: Option<&Node>, identity: Option<&WorkloadId>) -> Result<Client, Status> {
         let node = node.ok_or_else(|| {
             self.refuse(
                 Refusal::NoNode,
@@ -289,6 +332,15 @@ impl AdsServer {
                 Status::invalid_argument("a client with ROLE gateway must name its gateway in GATEWAY and NAMESPACE"),
             )
         })?;
+        if let (Some(auth), Some(id)) = (&self.auth, identity) {
+            let claims = Claims {
+                namespace: info.namespace.as_deref(),
+                role: info.role.as_deref(),
+                gateway: info.gateway.as_deref(),
+            };
+            claims::check(&claims, id, auth)
+                .map_err(|m| self.refuse(Refusal::ClaimMismatch, Status::permission_denied(m)))?;
+        }
         (self.admission)(&info).map_err(|m| self.refuse(Refusal::NotAdmitted, Status::permission_denied(m)))?;
         let max = self.limits.max_streams_per_client;
         let slot = self.identities.claim(&info.id, max).ok_or_else(|| {
@@ -318,6 +370,8 @@ impl AdsServer {
 #[derive(Default)]
 struct StreamState {
     client: Option<Client>,
+    /// Who the client proved to be (TLS port only).
+    identity: Option<WorkloadId>,
     subscriptions: BTreeMap<String, Subscription>,
     nonces: Nonces,
 }
@@ -491,18 +545,20 @@ impl Variant for Delta {
 impl StreamHandler for AdsServer {
     fn sotw<'a>(
         &'a self,
+        caller: Caller,
         incoming: Streaming<DiscoveryRequest>,
         out: &'a Sender,
     ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
-        self.serve::<Sotw>(incoming, out)
+        self.serve::<Sotw>(caller, incoming, out)
     }
 
     fn delta<'a>(
         &'a self,
+        caller: Caller,
         incoming: Streaming<DeltaDiscoveryRequest>,
         out: &'a Sender,
     ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
-        self.serve::<Delta>(incoming, out)
+        self.serve::<Delta>(caller, incoming, out)
     }
 }
 
@@ -510,10 +566,19 @@ impl AdsServer {
     /// Serves one stream until the client ends it: each request updates its type's
     /// subscription and is answered from the current snapshot; each new snapshot is sent
     /// to every subscribed type it changes.
-    async fn serve<V: Variant>(&self, mut incoming: Streaming<V::Request>, out: &Sender) -> Result<(), Status> {
+    async fn serve<V: Variant>(
+        &self,
+        caller: Caller,
+        mut incoming: Streaming<V::Request>,
+        out: &Sender,
+    ) -> Result<(), Status> {
+        let identity = self.authenticate(&caller).await?;
         let _connected = self.metrics.stream_opened(V::LABEL);
         let mut snapshots = self.cache.subscribe();
-        let mut stream = StreamState::default();
+        let mut stream = StreamState {
+            identity,
+            ..StreamState::default()
+        };
         loop {
             tokio::select! {
                 message = incoming.message() => {
@@ -541,7 +606,7 @@ impl AdsServer {
         out: &Sender,
     ) -> Result<(), Status> {
         let type_url = V::type_url(req);
-        self.served(&mut stream.client, V::node(req), type_url)?;
+        self.served(&mut stream.client, stream.identity.as_ref(), V::node(req), type_url)?;
         self.check_names(V::names_in(req), &stream.subscriptions)?;
         let sub = stream
             .subscriptions

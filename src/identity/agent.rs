@@ -1,0 +1,312 @@
+//! `weft agent`: the workload side of the mesh identity, the way istio-agent serves
+//! proxyless gRPC. It makes a key (which never leaves it), asks the control plane's
+//! certificate service to sign it with the workload's ServiceAccount token, and writes
+//! into one directory, each file atomically (written aside, then renamed):
+//! `cert-chain.pem`, `key.pem`, `root-cert.pem` and a gRPC xDS bootstrap `bootstrap.json`
+//! whose xDS channel is mTLS with those files (gRFC A65), with a `file_watcher`
+//! certificate provider for the data plane (gRFC A29) and the server listener template
+//! xDS-enabled servers need (gRFC A36). Without `--once` it renews at half the lifetime
+//! and copies bundle changes within [`BUNDLE_REFRESH`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use serde_json::{Value, json};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tracing::{info, warn};
+
+use super::ca;
+use super::csr::{CREATE_PATH, IstioCertificateRequest, IstioCertificateResponse};
+
+/// How often the agent re-reads the trust bundle (its `--ca-file`). A root rotation waits
+/// at least this long between trusting a new root and signing with it.
+pub const BUNDLE_REFRESH: Duration = Duration::from_secs(30);
+/// The files the agent writes.
+pub const CERT_CHAIN: &str = "cert-chain.pem";
+/// The private key.
+pub const KEY: &str = "key.pem";
+/// The trust bundle.
+pub const ROOT_CERT: &str = "root-cert.pem";
+/// The gRPC xDS bootstrap.
+pub const BOOTSTRAP: &str = "bootstrap.json";
+
+/// What the agent needs.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// The control plane's TLS port, `host:port`.
+    pub control_plane: String,
+    /// The name the control plane's certificate is checked against (default: the host).
+    pub server_name: Option<String>,
+    /// The ServiceAccount token (re-read for every request: the kubelet rotates it).
+    pub token_file: PathBuf,
+    /// The trust bundle (the `weft-root-ca` ConfigMap's `root-cert.pem`).
+    pub ca_file: PathBuf,
+    /// Where the files go.
+    pub out: PathBuf,
+    /// The bootstrap's node id.
+    pub node_id: String,
+    /// The bootstrap's node metadata (`NAMESPACE`, `REVISION`, …).
+    pub metadata: BTreeMap<String, String>,
+    /// The lifetime asked for (the control plane gives at most the mesh's).
+    pub ttl: Option<Duration>,
+}
+
+/// Why the agent could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The key or CSR could not be made.
+    #[error("cannot make the key: {0}")]
+    Key(#[from] rcgen::Error),
+    /// The control plane could not be reached.
+    #[error("cannot reach the control plane at {address}: {message}")]
+    Connect {
+        /// `host:port`.
+        address: String,
+        /// Why.
+        message: String,
+    },
+    /// The control plane refused.
+    #[error("the control plane refused the certificate request: {0}")]
+    Refused(String),
+}
+
+fn read(path: &Path) -> Result<String, AgentError> {
+    std::fs::read_to_string(path).map_err(|source| AgentError::File {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `content` to `dir/name` atomically (a reader sees the old or the new file).
+/// `private`: readable by the owner only.
+fn write_atomic(dir: &Path, name: &str, content: &[u8], private: bool) -> Result<(), AgentError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let err = |source| AgentError::File {
+        path: path.clone(),
+        source,
+    };
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(if private { 0o600 } else { 0o644 });
+        }
+        let mut f = options.open(&tmp).map_err(err)?;
+        f.write_all(content).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(err)
+}
+
+/// The gRPC xDS bootstrap pointing at the TLS port with the agent's files.
+pub fn bootstrap(opts: &AgentOptions) -> Value {
+    let file = |name: &str| opts.out.join(name).display().to_string();
+    let files = json!({
+        "ca_certificate_file": file(ROOT_CERT),
+        "certificate_file": file(CERT_CHAIN),
+        "private_key_file": file(KEY),
+    });
+    let mut provider = files.clone();
+    provider["refresh_interval"] = json!("60s");
+    json!({
+        "xds_servers": [{
+            "server_uri": opts.control_plane,
+            "channel_creds": [{"type": "tls", "config": files}],
+            "server_features": ["xds_v3"],
+        }],
+        "node": {"id": opts.node_id, "metadata": opts.metadata},
+        "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": provider}},
+        "server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
+    })
+}
+
+/// Asks for one certificate for a new key; returns the key PEM and the chain (leaf first).
+pub async fn request(opts: &AgentOptions, roots_pem: &str) -> Result<(String, Vec<String>), AgentError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let csr = CertificateParams::default().serialize_request(&key)?.pem()?;
+    let token = read(&opts.token_file)?.trim().to_string();
+    let host = opts
+        .control_plane
+        .rsplit_once(':')
+        .map_or(opts.control_plane.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let connect = |message: String| AgentError::Connect {
+        address: opts.control_plane.clone(),
+        message,
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(roots_pem))
+        .domain_name(opts.server_name.clone().unwrap_or(host));
+    let channel = Endpoint::from_shared(format!("https://{}", opts.control_plane))
+        .map_err(|e| connect(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .tls_config(tls)
+        .map_err(|e| connect(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| {
+            connect(format!(
+                "{e}: {}",
+                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+            ))
+        })?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| connect(e.to_string()))?;
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: opts.ttl.map_or(0, |t| t.as_secs() as i64),
+        metadata: None,
+    });
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| AgentError::Refused("the token file holds characters a header cannot".to_string()))?;
+    req.metadata_mut().insert("authorization", bearer);
+    let codec = tonic_prost::ProstCodec::<IstioCertificateRequest, IstioCertificateResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(CREATE_PATH);
+    let answer = grpc
+        .unary(req, path, codec)
+        .await
+        .map_err(|s| AgentError::Refused(format!("{:?}: {}", s.code(), s.message())))?;
+    Ok((key.serialize_pem(), answer.into_inner().cert_chain))
+}
+
+/// Obtains a certificate and writes every file; returns when the certificate expires.
+pub async fn refresh(opts: &AgentOptions) -> Result<SystemTime, AgentError> {
+    let roots = read(&opts.ca_file)?;
+    let (key, chain) = request(opts, &roots).await?;
+    let leaf_end = chain
+        .first()
+        .and_then(|c| ca::first_facts(c))
+        .map(|f| SystemTime::UNIX_EPOCH + Duration::from_secs(f.not_after.max(0) as u64))
+        .unwrap_or_else(SystemTime::now);
+    std::fs::create_dir_all(&opts.out).map_err(|source| AgentError::File {
+        path: opts.out.clone(),
+        source,
+    })?;
+    // The key before the chain: a watcher that sees a new chain finds its key in place.
+    write_atomic(&opts.out, KEY, key.as_bytes(), true)?;
+    // The chain without the root: peers hold the root in their bundle.
+    let without_root = if chain.len() > 1 {
+        &chain[..chain.len() - 1]
+    } else {
+        &chain[..]
+    };
+    write_atomic(&opts.out, CERT_CHAIN, without_root.concat().as_bytes(), false)?;
+    write_atomic(&opts.out, ROOT_CERT, roots.as_bytes(), false)?;
+    let boot = serde_json::to_vec_pretty(&bootstrap(opts)).unwrap_or_default();
+    write_atomic(&opts.out, BOOTSTRAP, &boot, false)?;
+    Ok(leaf_end)
+}
+
+/// Runs the agent: once, or forever (renewing at half the lifetime, retrying failures with
+/// backoff, and copying bundle changes).
+pub async fn run(opts: AgentOptions, once: bool) -> Result<(), AgentError> {
+    let mut expires = refresh(&opts).await?;
+    info!(out = %opts.out.display(), "wrote the workload certificate and bootstrap");
+    if once {
+        return Ok(());
+    }
+    let mut issued = SystemTime::now();
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let half = expires.duration_since(issued).unwrap_or_default() / 2;
+        let renew_at = issued + half;
+        let wait = renew_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(BUNDLE_REFRESH);
+        tokio::time::sleep(wait).await;
+        // The bundle may have changed (a rotation adds a root): copy it.
+        match read(&opts.ca_file) {
+            Ok(roots) => {
+                let current = std::fs::read_to_string(opts.out.join(ROOT_CERT)).unwrap_or_default();
+                if roots != current {
+                    write_atomic(&opts.out, ROOT_CERT, roots.as_bytes(), false)?;
+                    info!("the trust bundle changed; copied it");
+                }
+            }
+            Err(e) => warn!("cannot read the trust bundle: {e}"),
+        }
+        if SystemTime::now() < renew_at {
+            continue;
+        }
+        match refresh(&opts).await {
+            Ok(end) => {
+                (issued, expires, retry) = (SystemTime::now(), end, Duration::from_secs(1));
+                info!("renewed the workload certificate");
+            }
+            Err(e) => {
+                warn!("renewal failed, retrying in {}s: {e}", retry.as_secs());
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bootstrap_uses_tls_with_the_agent_files() {
+        let opts = AgentOptions {
+            control_plane: "weft-cp-r.weft-system.svc:15012".into(),
+            server_name: None,
+            token_file: "/var/run/secrets/weft/token".into(),
+            ca_file: "/etc/weft/root-cert.pem".into(),
+            out: "/var/run/weft".into(),
+            node_id: "n".into(),
+            metadata: BTreeMap::from([("NAMESPACE".to_string(), "shop".to_string())]),
+            ttl: None,
+        };
+        let b = bootstrap(&opts);
+        let server = &b["xds_servers"][0];
+        assert_eq!(server["server_uri"], "weft-cp-r.weft-system.svc:15012");
+        assert_eq!(server["channel_creds"][0]["type"], "tls");
+        assert_eq!(
+            server["channel_creds"][0]["config"]["private_key_file"],
+            "/var/run/weft/key.pem"
+        );
+        assert_eq!(b["certificate_providers"]["default"]["plugin_name"], "file_watcher");
+        assert_eq!(b["node"]["metadata"]["NAMESPACE"], "shop");
+        assert!(
+            b["server_listener_resource_name_template"]
+                .as_str()
+                .is_some_and(|t| t.contains("%s"))
+        );
+    }
+
+    #[test]
+    fn files_are_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("weft-agent-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_atomic(&dir, KEY, b"one", true).unwrap();
+        write_atomic(&dir, KEY, b"two", true).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join(KEY)).unwrap(), "two");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(KEY)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the key is the owner's alone");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
