@@ -125,6 +125,28 @@ fn warn_undecodable<K: Resource<DynamicType = ()> + Clone>(event: &watcher::Even
     }
 }
 
+/// Every change of a Secret's metadata, in any namespace (its data is neither watched nor
+/// kept: a reconcile reads the one Secret it needs). `what` names the watch in metrics.
+pub fn secret_changes(
+    shared: &super::shared::Shared,
+    what: &'static str,
+) -> impl Stream<Item = Arc<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>>> + Send + 'static {
+    use kube::core::PartialObjectMeta;
+    // A metadata-only watch: PartialObjectMeta asks for nothing else.
+    let api: Api<PartialObjectMeta<k8s_openapi::api::core::v1::Secret>> = Api::all(shared.client.clone());
+    let flow = shared.metrics.watches.track(what);
+    watcher(api, watcher::Config::default())
+        .backoff(WatchBackoff::default())
+        // Annotations may carry a copy of the data (kubectl's last-applied configuration).
+        .modify(|m| {
+            m.managed_fields_mut().clear();
+            m.annotations_mut().clear();
+        })
+        .inspect(move |e| flow.saw(e))
+        .touched_objects()
+        .filter_map(|r| futures::future::ready(r.ok().map(Arc::new)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,26 +182,4 @@ mod tests {
         assert!(get(&store, "bad", None).is_none());
         assert!(get(&store, "good", None).is_some());
     }
-}
-
-/// Every change of a Secret's metadata, in any namespace (its data is neither watched nor
-/// kept: a reconcile reads the one Secret it needs). `what` names the watch in metrics.
-pub fn secret_changes(
-    shared: &super::shared::Shared,
-    what: &'static str,
-) -> impl Stream<Item = Arc<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>>> + Send + 'static {
-    use kube::core::PartialObjectMeta;
-    // A metadata-only watch: PartialObjectMeta asks for nothing else.
-    let api: Api<PartialObjectMeta<k8s_openapi::api::core::v1::Secret>> = Api::all(shared.client.clone());
-    let flow = shared.metrics.watches.track(what);
-    watcher(api, watcher::Config::default())
-        .backoff(WatchBackoff::default())
-        // Annotations may carry a copy of the data (kubectl's last-applied configuration).
-        .modify(|m| {
-            m.managed_fields_mut().clear();
-            m.annotations_mut().clear();
-        })
-        .inspect(move |e| flow.saw(e))
-        .touched_objects()
-        .filter_map(|r| futures::future::ready(r.ok().map(Arc::new)))
 }

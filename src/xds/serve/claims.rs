@@ -56,26 +56,19 @@ pub fn check(info: &Claims<'_>, id: &WorkloadId, auth: &Authenticator) -> Result
             "the node metadata claims NAMESPACE {ns:?}, but the client is {id}: a client may only claim its own namespace"
         ));
     }
+    let gateway = info.gateway.unwrap_or_default();
+    let proxy_account =
+        id.namespace == auth.mesh_namespace && id.service_account.starts_with(NODE_PROXY_ACCOUNT_PREFIX);
     match info.role {
-        Some(GATEWAY_ROLE) => {
-            let gateway = info.gateway.unwrap_or_default();
-            if id.service_account != gateway {
-                return Err(format!(
-                    "the node metadata claims GATEWAY {gateway:?}, but the client is {id}: a gateway's pods run as the ServiceAccount named after it"
-                ));
-            }
-        }
-        Some(NODE_PROXY_ROLE) => {
-            if id.namespace != auth.mesh_namespace || !id.service_account.starts_with(NODE_PROXY_ACCOUNT_PREFIX) {
-                return Err(format!(
-                    "the node metadata claims ROLE node-proxy, but the client is {id}: node proxies run as {NODE_PROXY_ACCOUNT_PREFIX}<revision> in {}",
-                    auth.mesh_namespace
-                ));
-            }
-        }
-        _ => {}
+        Some(GATEWAY_ROLE) if id.service_account != gateway => Err(format!(
+            "the node metadata claims GATEWAY {gateway:?}, but the client is {id}: a gateway's pods run as the ServiceAccount named after it"
+        )),
+        Some(NODE_PROXY_ROLE) if !proxy_account => Err(format!(
+            "the node metadata claims ROLE node-proxy, but the client is {id}: node proxies run as {NODE_PROXY_ACCOUNT_PREFIX}<revision> in {}",
+            auth.mesh_namespace
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
