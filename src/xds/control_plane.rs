@@ -226,6 +226,17 @@ pub(crate) struct MeshConfig {
     trust_domain: String,
 }
 
+impl MeshConfig {
+    /// The trust domain (Istio's default when the file names none, or there is no file).
+    fn trust_domain(&self) -> String {
+        if self.trust_domain.is_empty() {
+            crate::api::mesh_install::DEFAULT_TRUST_DOMAIN.to_string()
+        } else {
+            self.trust_domain.clone()
+        }
+    }
+}
+
 fn read_mesh_config(path: &Option<PathBuf>) -> Result<MeshConfig, Error> {
     let Some(path) = path else {
         return Ok(MeshConfig::default());
@@ -270,10 +281,7 @@ pub(crate) fn parse_mesh_config(text: &str) -> Result<MeshConfig, serde_saphyr::
             network: file.network.unwrap_or_default(),
         },
         telemetry: Telemetry { access_log, zipkin },
-        trust_domain: file
-            .trust_domain
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| crate::api::mesh_install::DEFAULT_TRUST_DOMAIN.to_string()),
+        trust_domain: file.trust_domain.unwrap_or_default(),
     })
 }
 
@@ -312,7 +320,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
         );
         let auth = Authenticator {
             tokens: TokenReviewer::new(client.clone()),
-            trust_domain: config.trust_domain.clone(),
+            trust_domain: config.trust_domain(),
             mesh_namespace: opts.mesh_namespace.clone(),
         };
         let signer = Signer {
@@ -324,7 +332,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
                 config.mesh.clone(),
                 opts.mesh_namespace.clone(),
             ),
-            trust_domain: config.trust_domain.clone(),
+            trust_domain: config.trust_domain(),
             ttl: secure.workload_cert_ttl,
             rate: RateLimit::default(),
             metrics: metrics.identity.clone(),

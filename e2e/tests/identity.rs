@@ -1,0 +1,351 @@
+//! Mesh identity on the test bed (`docs/security.md`, "Identity"): the operator keeps a CA
+//! per mesh and a trust bundle in each of its namespaces; a bad plug-in CA stalls the spec
+//! and changes nothing; the control plane's TLS port signs certificates only for tokens of
+//! the mesh's workloads (checked with the real TokenReview API), and serves xDS over mTLS
+//! to clients whose node metadata matches their certificate.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::ByteString;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::Api;
+use serde_json::json;
+use weft::api::MeshInstall;
+use weft::identity::{ca, mesh_ca};
+use weft::identity::spiffe::WorkloadId;
+use weft_e2e::operator::{Operator, SERIAL, TIMEOUT, condition, delete_and_wait, install_crds, mesh, wait_ready};
+use weft_e2e::{Bed, wait_for, weft_bin};
+
+/// Whether ServiceAccount `sa` of `ns` may `get` Secret `name` in `secret_ns` (asked of the
+/// API server's own authorizer).
+async fn may_get_secret(bed: &Bed, ns: &str, sa: &str, secret_ns: &str, name: &str) -> bool {
+    let api: Api<SubjectAccessReview> = Api::all(bed.client.clone());
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!("system:serviceaccount:{ns}:{sa}")),
+            groups: Some(vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}")]),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(secret_ns.into()),
+                verb: Some("get".into()),
+                resource: Some("secrets".into()),
+                name: Some(name.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = api.create(&PostParams::default(), &review).await.expect("SubjectAccessReview");
+    answer.status.is_some_and(|s| s.allowed)
+}
+
+async fn label_namespace(bed: &Bed, ns: &str, rev: Option<&str>) {
+    let api: Api<Namespace> = Api::all(bed.client.clone());
+    let patch = json!({"metadata": {"labels": {"weft.dev/rev": rev}}});
+    api.patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("label the namespace");
+}
+
+fn secret_text(s: &Secret, key: &str) -> String {
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_operator_keeps_a_ca_per_mesh_and_a_bundle_in_each_of_its_namespaces() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let op = Operator::start(&bed, "identity", &[]);
+    let mesh_ns = bed.namespace("idmesh").await;
+    let app = bed.namespace("idapp").await;
+    let api: Api<MeshInstall> = Api::all(bed.client.clone());
+    let name = "idm";
+    api.create(&PostParams::default(), &mesh(name, &mesh_ns.name, json!({})))
+        .await
+        .expect("create MeshInstall");
+    let mi = wait_ready(&api, name, &op).await;
+    let rev = mi.status.as_ref().and_then(|s| s.active_revision.clone()).expect("an active revision");
+
+    // The root and the issuer, in the mesh namespace; status shows the root.
+    let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), &mesh_ns.name);
+    let root = secrets.get(mesh_ca::ROOT_SECRET).await.expect("the root Secret");
+    let issuer = secrets.get(mesh_ca::ISSUER_SECRET).await.expect("the issuer Secret");
+    assert!(
+        issuer.data.as_ref().is_some_and(|d| !d.contains_key(mesh_ca::ROOT_KEY)),
+        "the issuer Secret never holds the root key"
+    );
+    let root_pem = secret_text(&root, ca::ROOT_CERT);
+    let fingerprint = ca::first_facts(&root_pem).expect("a root certificate").fingerprint;
+    let security = wait_for("status.security to show the root", TIMEOUT, || async {
+        let mi = api.get(name).await.map_err(|e| e.to_string())?;
+        match mi.status.and_then(|s| s.security) {
+            Some(s) if !s.serving_revisions.is_empty() => Ok(s),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(security.trust_domain, "cluster.local");
+    assert_eq!(security.roots.len(), 1);
+    assert_eq!(security.roots[0].fingerprint, fingerprint);
+    assert!(security.issuer_not_after.is_some());
+    assert_eq!(security.serving_revisions, vec![rev.clone()]);
+
+    // The control plane may read the issuer, by name, and never the root.
+    let cp = format!("weft-cp-{rev}");
+    assert!(may_get_secret(&bed, &mesh_ns.name, &cp, &mesh_ns.name, mesh_ca::ISSUER_SECRET).await);
+    assert!(!may_get_secret(&bed, &mesh_ns.name, &cp, &mesh_ns.name, mesh_ca::ROOT_SECRET).await);
+    assert!(!may_get_secret(&bed, &mesh_ns.name, &cp, &mesh_ns.name, "anything-else").await);
+
+    // A bundle in the mesh namespace, and in a namespace once it joins the mesh; gone when
+    // it leaves.
+    let bundle = |ns: &str| {
+        let api: Api<ConfigMap> = Api::namespaced(bed.client.clone(), ns);
+        async move { api.get_opt(mesh_ca::BUNDLE_CONFIG_MAP).await.map_err(|e| e.to_string()) }
+    };
+    let root_of = |cm: Option<ConfigMap>| cm.and_then(|c| c.data).and_then(|d| d.get(ca::ROOT_CERT).cloned());
+    wait_for("the bundle in the mesh namespace", TIMEOUT, || async {
+        match root_of(bundle(&mesh_ns.name).await?) {
+            Some(r) if r == root_pem => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(bundle(&app.name).await.unwrap().is_none(), "not in the mesh yet: no bundle");
+    label_namespace(&bed, &app.name, Some(&rev)).await;
+    wait_for("the bundle in a namespace that joined", TIMEOUT, || async {
+        match root_of(bundle(&app.name).await?) {
+            Some(r) if r == root_pem => Ok(()),
+            other => Err(format!("{other:?}\noperator log:\n{}", op.log_tail())),
+        }
+    })
+    .await;
+    label_namespace(&bed, &app.name, None).await;
+    wait_for("the bundle to leave with the namespace", TIMEOUT, || async {
+        match bundle(&app.name).await? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+
+    // A plug-in CA whose key is not its certificate's: Stalled, nothing changes.
+    let other_root = ca::new_root("cluster.local", 0, std::time::SystemTime::now()).unwrap();
+    let a = ca::new_issuer(&other_root, "cluster.local", std::time::SystemTime::now()).unwrap();
+    let b = ca::new_issuer(&other_root, "cluster.local", std::time::SystemTime::now()).unwrap();
+    let mut data = mesh_ca::issuer_data(&a).0;
+    data.insert(ca::CA_KEY.into(), b.issuer.key_pem.clone().into_bytes());
+    let plugin = Secret {
+        metadata: ObjectMeta {
+            name: Some("cacerts".into()),
+            ..Default::default()
+        },
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &plugin).await.expect("create the plug-in Secret");
+    let patch = json!({"spec": {"security": {"ca": {"secretRef": {"name": "cacerts"}}}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("point the mesh at the plug-in CA");
+    let stalled = wait_for("Stalled=True InvalidCA", TIMEOUT, || async {
+        let mi = api.get(name).await.map_err(|e| e.to_string())?;
+        match condition(&mi, "Stalled") {
+            Some((s, reason, message)) if s == "True" && reason == "InvalidCA" => Ok(message),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        stalled.contains("cacerts") && stalled.contains("ca-key.pem is not the private key of ca-cert.pem"),
+        "{stalled}"
+    );
+    assert!(!stalled.contains("PRIVATE KEY"));
+    let after = secrets.get(mesh_ca::ISSUER_SECRET).await.unwrap();
+    assert_eq!(after.data, issuer.data, "the running mesh keeps its issuer");
+    assert!(
+        !op.log_text().contains("PRIVATE KEY"),
+        "no key material in the operator's log"
+    );
+
+    delete_and_wait(&bed, name).await;
+}
+
+// ---- The control plane's TLS port, with `weft agent` ----
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A token for ServiceAccount `sa` of `ns` with `audience`, written to a file.
+fn token_file(bed: &Bed, dir: &Path, ns: &str, sa: &str, audience: &str) -> PathBuf {
+    let token = bed
+        .kubectl(&["create", "token", sa, "-n", ns, "--audience", audience, "--duration", "10m"])
+        .expect("kubectl create token");
+    let path = dir.join(format!("token-{ns}-{sa}-{audience}"));
+    std::fs::write(&path, token.trim()).unwrap();
+    path
+}
+
+async fn service_account(bed: &Bed, ns: &str, name: &str) {
+    let api: Api<ServiceAccount> = Api::namespaced(bed.client.clone(), ns);
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &sa).await.expect("create ServiceAccount");
+}
+
+/// Runs `weft agent --once`; its stderr on failure.
+fn agent_once(
+    address: &str,
+    token: &Path,
+    ca_file: &Path,
+    out: &Path,
+    metadata: &BTreeMap<&str, &str>,
+) -> Result<(), String> {
+    let mut cmd = Command::new(weft_bin());
+    cmd.args(["agent", "--once", "--control-plane", address, "--node-id", "e2e"])
+        .arg("--token-file")
+        .arg(token)
+        .arg("--ca-file")
+        .arg(ca_file)
+        .arg("--out")
+        .arg(out);
+    for (k, v) in metadata {
+        cmd.args(["--metadata", &format!("{k}={v}")]);
+    }
+    let output = cmd.output().expect("run weft agent");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identity() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let mesh_ns = bed.namespace("idcp").await;
+    let shop = bed.namespace("idshop").await;
+    let outside = bed.namespace("idout").await;
+    let revision = "id-test";
+    label_namespace(&bed, &shop.name, Some(revision)).await;
+    for (ns, sa) in [(&shop.name, "cart"), (&outside.name, "intruder")] {
+        service_account(&bed, ns, sa).await;
+    }
+
+    // The issuer Secret, as the operator would write it.
+    let now = std::time::SystemTime::now();
+    let root = ca::new_root("cluster.local", 0, now).unwrap();
+    let signing = ca::new_issuer(&root, "cluster.local", now).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), &mesh_ns.name);
+    let issuer = Secret {
+        metadata: ObjectMeta {
+            name: Some(mesh_ca::ISSUER_SECRET.into()),
+            ..Default::default()
+        },
+        data: Some(
+            mesh_ca::issuer_data(&signing)
+                .0
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v)))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &issuer).await.expect("create the issuer");
+
+    let dir = bed.kubeconfig.parent().unwrap().join(format!("identity-{}", shop.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("root-cert.pem");
+    std::fs::write(&ca_file, &root.cert_pem).unwrap();
+    let (xds_port, secure_port, monitoring) = (free_port(), free_port(), free_port());
+    let log = dir.join("control-plane.log");
+    let _cp = Process(
+        Command::new(weft_bin())
+            .args(["control-plane", "--revision", revision, "--debounce-ms", "20"])
+            .arg("--kubeconfig")
+            .arg(&bed.kubeconfig)
+            .args(["--mesh-namespace", &mesh_ns.name])
+            .args(["--xds-address", &format!("127.0.0.1:{xds_port}")])
+            .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
+            .args(["--ca-secret", mesh_ca::ISSUER_SECRET])
+            .args(["--secure-address", &format!("127.0.0.1:{secure_port}")])
+            .args(["--tls-server-name", "127.0.0.1", "--workload-cert-ttl", "10m"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start weft control-plane"),
+    );
+    wait_for("the control plane to be ready (issuer loaded)", TIMEOUT, || async {
+        match weft_e2e::http_get(monitoring, "/ready") {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default())),
+        }
+    })
+    .await;
+    let address = format!("127.0.0.1:{secure_port}");
+    let meta = BTreeMap::from([("NAMESPACE", shop.name.as_str()), ("REVISION", revision)]);
+
+    // A mesh workload's token: a certificate for exactly its identity, and the files.
+    let out = dir.join("cart");
+    let token = token_file(&bed, &dir, &shop.name, "cart", "weft-ca");
+    agent_once(&address, &token, &ca_file, &out, &meta).expect("the agent gets a certificate");
+    let chain = std::fs::read_to_string(out.join("cert-chain.pem")).unwrap();
+    let leaf = ca::certificates(&chain).unwrap().remove(0);
+    assert_eq!(
+        WorkloadId::of_certificate(&leaf).map(|i| i.uri()),
+        Some(format!("spiffe://cluster.local/ns/{}/sa/cart", shop.name))
+    );
+    let facts = ca::facts(&leaf).unwrap();
+    assert!(facts.not_after - facts.not_before <= 600 + 300, "the TTL the control plane was given");
+    let boot: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("bootstrap.json")).unwrap()).unwrap();
+    assert_eq!(boot["xds_servers"][0]["channel_creds"][0]["type"], "tls");
+    assert_eq!(std::fs::read_to_string(out.join("root-cert.pem")).unwrap(), root.cert_pem);
+
+    // A token for another audience proves nothing; a workload outside the mesh gets nothing.
+    let wrong_audience = token_file(&bed, &dir, &shop.name, "cart", "somebody-else");
+    let refused = agent_once(&address, &wrong_audience, &ca_file, &dir.join("wrong"), &meta).unwrap_err();
+    assert!(refused.contains("Unauthenticated"), "{refused}");
+    let intruder = token_file(&bed, &dir, &outside.name, "intruder", "weft-ca");
+    let refused = agent_once(&address, &intruder, &ca_file, &dir.join("intruder"), &meta).unwrap_err();
+    assert!(refused.contains("PermissionDenied") && refused.contains(&outside.name), "{refused}");
+    let (_, metrics) = weft_e2e::http_get(monitoring, "/metrics").unwrap();
+    for result in ["signed", "unauthenticated", "permission_denied"] {
+        assert!(
+            metrics.contains(&format!("weft_ca_requests_total{{result=\"{result}\"}} 1")),
+            "{result} counted once: {metrics}"
+        );
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let token_text = std::fs::read_to_string(&token).unwrap();
+    assert!(!logged.contains(token_text.trim()), "tokens are never logged");
+}
