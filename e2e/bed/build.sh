@@ -203,6 +203,25 @@ build_envoy_validate() {
   cp "$E2E_DIR/envoy-validate/main.go" "$out/main.go"
 }
 
+# build_grpc_go_client: our proxyless xDS client (e2e/grpc-go/main.go), built against grpc-go,
+# for the tests that prove Weft's xDS with clients we did not write. Rebuilt when the version or
+# the client changes.
+build_grpc_go_client() {
+  local v=$GRPC_GO_VERSION
+  local out="$CACHE/grpc-go-client-$v"
+  [ -x "$out/bin/weft-grpc-go-client" ] && cmp -s "$E2E_DIR/grpc-go/main.go" "$out/main.go" && return 0
+  echo "building the grpc-go xDS client against google.golang.org/grpc v$v from its Go module (about 2 minutes on 2 cores the first time)" >&2
+  local src="$CACHE/src/grpc-go-client-$v"
+  rm -rf "$src" && mkdir -p "$src"
+  wrapper_module "$src" google.golang.org/grpc "v$v"
+  cp "$E2E_DIR/grpc-go/main.go" "$src/main.go"
+  mkdir -p "$out/bin.tmp"
+  (cd "$src" && run_logged "grpc-go xDS client (google.golang.org/grpc v$v)" "$src/build.log" \
+    go build -trimpath -ldflags "-s -w" -o "$out/bin.tmp/weft-grpc-go-client" .) || return 1
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  cp "$E2E_DIR/grpc-go/main.go" "$out/main.go"
+}
+
 # gomod_replaces MODULE VERSION: the `replace` lines of MODULE@VERSION's go.mod, for a wrapper
 # module. A replace by a local directory (`./api`) names a nested module of the same release:
 # it becomes that module's published version.
@@ -313,5 +332,6 @@ build_all() {
   build_etcd && build_kwok && fetch_assets && build_kubernetes || return 1
   # What only tests use (the chart, the image, the GitOps tools): `make demo` skips it.
   [ "${WEFT_E2E_CLUSTER_ONLY:-0}" = 1 ] && return 0
-  build_helm && build_registry && build_argocd_health && build_flux && build_envoy_validate
+  build_helm && build_registry && build_argocd_health && build_flux && build_envoy_validate &&
+    build_grpc_go_client
 }
