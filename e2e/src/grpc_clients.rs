@@ -1,16 +1,26 @@
 //! Real gRPC parts in a test host: backends that answer with their own name
 //! (`e2e/xds/backend.py`) and Python grpcio proxyless xDS clients (`e2e/xds/client.py`),
 //! talked to line by line: how many calls reached which backend, and what EDS the client
-//! holds (from its own CSDS view).
+//! holds (from its own CSDS view). The grpc-go client (`e2e/grpc-go`, built by the test bed)
+//! speaks the same lines.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::testhost::{Proc, TestHost};
-use crate::{repo_root, wait_for};
+use crate::{cache_dir, pinned, repo_root, wait_for};
+
+/// The grpc-go proxyless xDS client (`e2e/grpc-go`) the test bed built:
+/// `weft-grpc-go-client BOOTSTRAP TARGET`, driven like `client.py`.
+pub fn grpc_go_client() -> PathBuf {
+    cache_dir().join(format!(
+        "grpc-go-client-{}/bin/weft-grpc-go-client",
+        pinned("GRPC_GO_VERSION")
+    ))
+}
 
 /// A script of `e2e/xds/`.
 pub fn script(name: &str) -> String {
