@@ -1,7 +1,8 @@
 //! Proven with clients we did not write: Python's grpcio, as a proxyless xDS client, gets
 //! its configuration from `weft control-plane` reading the test bed, and calls real gRPC
-//! backends. Backends and clients run in a test host (a network namespace on
-//! 198.51.100.0/24); the control plane listens on the host side of its veth pair.
+//! backends; so do grpc-js and grpc-go (`e2e/grpc-go`, built by the test bed). Backends and
+//! clients run in a test host (a network namespace on 198.51.100.0/24); the control plane
+//! listens on the host side of its veth pair.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -12,6 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use weft_e2e::grpc_clients::grpc_go_client;
 use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
 use weft_e2e::{Bed, repo_root, wait_for, weft_bin};
 
@@ -222,7 +224,7 @@ impl Scenario {
         format!("xds:///echo.{}.svc.cluster.local:50051", self.ns.name)
     }
 
-    /// Starts a client: `python3 client.py` or `node client.js`.
+    /// Starts a client: `python3 client.py`, `node client.js` or `go` (grpc-go's).
     fn client(&self, program: &str, revision: &str) -> Proc {
         self.client_of(
             program,
@@ -234,11 +236,22 @@ impl Scenario {
     /// Starts a client of the control plane at `xds_port` with node `metadata`.
     fn client_of(&self, program: &str, xds_port: u16, metadata: Value) -> Proc {
         let boot = bootstrap(&self.bed, xds_port, metadata);
+        let target = self.target();
+        if program == "go" {
+            // A binary of its own, not a script: the test bed builds it with the cluster.
+            let bin = grpc_go_client();
+            assert!(
+                bin.exists(),
+                "{} is missing: `e2e/cluster build` builds it",
+                bin.display()
+            );
+            return self.host.spawn(&bin.display().to_string(), &[&boot, &target]);
+        }
         let script = match program {
             "node" => repo_root().join("e2e/xds/node/client.js").display().to_string(),
             _ => script("client.py"),
         };
-        self.host.spawn(program, &[&script, &boot, &self.target()])
+        self.host.spawn(program, &[&script, &boot, &target])
     }
 }
 
@@ -297,6 +310,65 @@ async fn assert_split_90_10(s: &Scenario, client: &mut Proc) {
     );
 }
 
+/// A route the client cannot accept (an invalid RE2 regex) is NACKed: CSDS shows it, the
+/// client keeps its last good configuration, and the control plane does not resend it.
+async fn assert_nacked_and_kept(s: &Scenario, client: &mut Proc) {
+    let bad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "echo-split", "namespace": s.ns.name},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 50051}],
+            "rules": [{
+                "matches": [{"path": {"type": "RegularExpression", "value": "/echo(["}}],
+                "backendRefs": [{"name": "echo-v2", "port": 50051}]
+            }]
+        }
+    }))
+    .unwrap();
+    s.routes
+        .patch(
+            "echo-split",
+            &PatchParams::apply("weft-e2e").force(),
+            &Patch::Apply(&bad),
+        )
+        .await
+        .unwrap();
+    let listener = format!("echo.{}.svc.cluster.local:50051", s.ns.name);
+    wait_for(
+        "the client to NACK the route (seen through CSDS)",
+        Duration::from_secs(30),
+        || {
+            let line = client.ask("csds").expect("csds answer");
+            let listener = listener.clone();
+            async move {
+                let v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+                let nacked = v["resources"].as_array().into_iter().flatten().any(|r| {
+                    r["type"].as_str().is_some_and(|t| t.ends_with("RouteConfiguration"))
+                        && r["name"] == listener.as_str()
+                        && r["status"] == "NACKED"
+                        && !r["error"].as_str().unwrap_or_default().is_empty()
+                });
+                if nacked { Ok(()) } else { Err(line) }
+            }
+        },
+    )
+    .await;
+    let nacks = metric(s.monitoring, "weft_xds_nacks_total{type=\"rds\"}");
+    assert!(nacks >= 1.0, "the control plane counted the NACK");
+    let rds_pushes = metric(s.monitoring, "weft_xds_pushes_total{type=\"rds\"}");
+    let kept = call(client, 100);
+    assert_eq!(
+        kept.errors, 0,
+        "the client keeps its last good configuration: {}",
+        kept.last_error
+    );
+    assert_eq!(
+        metric(s.monitoring, "weft_xds_pushes_total{type=\"rds\"}"),
+        rds_pushes,
+        "the NACKed route was sent again"
+    );
+}
+
 #[tokio::test]
 async fn grpc_js_xds_resolves_balances_and_splits() {
     let _serial = SERIAL.lock().await;
@@ -304,6 +376,21 @@ async fn grpc_js_xds_resolves_balances_and_splits() {
     let mut client = s.client("node", REVISION);
     assert_balanced(&mut client).await;
     assert_split_90_10(&s, &mut client).await;
+    drop(client);
+    drop(cp);
+    s.ns.delete().await;
+}
+
+/// grpc-go, proven as grpc-js is, and its NACK seen through its own CSDS view (grpc-go's
+/// CSDS server, asked in process).
+#[tokio::test]
+async fn grpc_go_xds_resolves_balances_splits_and_nacks() {
+    let _serial = SERIAL.lock().await;
+    let (s, cp) = scenario().await;
+    let mut client = s.client("go", REVISION);
+    assert_balanced(&mut client).await;
+    assert_split_90_10(&s, &mut client).await;
+    assert_nacked_and_kept(&s, &mut client).await;
     drop(client);
     drop(cp);
     s.ns.delete().await;
@@ -380,62 +467,7 @@ async fn grpcio_balances_follows_endpoints_and_weights_and_reconnects() {
         even.counts
     );
 
-    // A route the client cannot accept (an invalid RE2 regex) is NACKed: CSDS shows it, the
-    // client keeps its last good configuration, and the control plane does not resend it.
-    let bad: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": {"name": "echo-split", "namespace": s.ns.name},
-        "spec": {
-            "parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 50051}],
-            "rules": [{
-                "matches": [{"path": {"type": "RegularExpression", "value": "/echo(["}}],
-                "backendRefs": [{"name": "echo-v2", "port": 50051}]
-            }]
-        }
-    }))
-    .unwrap();
-    s.routes
-        .patch(
-            "echo-split",
-            &PatchParams::apply("weft-e2e").force(),
-            &Patch::Apply(&bad),
-        )
-        .await
-        .unwrap();
-    let listener = format!("echo.{}.svc.cluster.local:50051", s.ns.name);
-    wait_for(
-        "the client to NACK the route (seen through CSDS)",
-        Duration::from_secs(30),
-        || {
-            let line = client.ask("csds").expect("csds answer");
-            let listener = listener.clone();
-            async move {
-                let v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
-                let nacked = v["resources"].as_array().into_iter().flatten().any(|r| {
-                    r["type"].as_str().is_some_and(|t| t.ends_with("RouteConfiguration"))
-                        && r["name"] == listener.as_str()
-                        && r["status"] == "NACKED"
-                        && !r["error"].as_str().unwrap_or_default().is_empty()
-                });
-                if nacked { Ok(()) } else { Err(line) }
-            }
-        },
-    )
-    .await;
-    let nacks = metric(s.monitoring, "weft_xds_nacks_total{type=\"rds\"}");
-    assert!(nacks >= 1.0, "the control plane counted the NACK");
-    let rds_pushes = metric(s.monitoring, "weft_xds_pushes_total{type=\"rds\"}");
-    let kept = call(&mut client, 100);
-    assert_eq!(
-        kept.errors, 0,
-        "the client keeps its last good configuration: {}",
-        kept.last_error
-    );
-    assert_eq!(
-        metric(s.monitoring, "weft_xds_pushes_total{type=\"rds\"}"),
-        rds_pushes,
-        "the NACKed route was sent again"
-    );
+    assert_nacked_and_kept(&s, &mut client).await;
     s.routes
         .patch(
             "echo-split",
