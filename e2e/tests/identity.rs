@@ -9,17 +9,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::ByteString;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 use weft::api::MeshInstall;
-use weft::identity::{ca, mesh_ca};
 use weft::identity::spiffe::WorkloadId;
+use weft::identity::{ca, mesh_ca};
+use weft_e2e::grpc_clients::{backend, call, grpc_go_client, wait_reached};
 use weft_e2e::operator::{Operator, SERIAL, TIMEOUT, condition, delete_and_wait, install_crds, mesh, wait_ready};
+use weft_e2e::testhost::{HOST_ADDRESS, TestHost};
 use weft_e2e::{Bed, wait_for, weft_bin};
+
+/// The echo backend's address in the test host.
+const BACKEND: &str = "198.51.100.30";
 
 /// Whether ServiceAccount `sa` of `ns` may `get` Secret `name` in `secret_ns` (asked of the
 /// API server's own authorizer).
@@ -28,7 +34,10 @@ async fn may_get_secret(bed: &Bed, ns: &str, sa: &str, secret_ns: &str, name: &s
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(format!("system:serviceaccount:{ns}:{sa}")),
-            groups: Some(vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}")]),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+            ]),
             resource_attributes: Some(ResourceAttributes {
                 namespace: Some(secret_ns.into()),
                 verb: Some("get".into()),
@@ -40,7 +49,10 @@ async fn may_get_secret(bed: &Bed, ns: &str, sa: &str, secret_ns: &str, name: &s
         },
         ..Default::default()
     };
-    let answer = api.create(&PostParams::default(), &review).await.expect("SubjectAccessReview");
+    let answer = api
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview");
     answer.status.is_some_and(|s| s.allowed)
 }
 
@@ -74,7 +86,11 @@ async fn the_operator_keeps_a_ca_per_mesh_and_a_bundle_in_each_of_its_namespaces
         .await
         .expect("create MeshInstall");
     let mi = wait_ready(&api, name, &op).await;
-    let rev = mi.status.as_ref().and_then(|s| s.active_revision.clone()).expect("an active revision");
+    let rev = mi
+        .status
+        .as_ref()
+        .and_then(|s| s.active_revision.clone())
+        .expect("an active revision");
 
     // The root and the issuer, in the mesh namespace; status shows the root.
     let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), &mesh_ns.name);
@@ -120,7 +136,10 @@ async fn the_operator_keeps_a_ca_per_mesh_and_a_bundle_in_each_of_its_namespaces
         }
     })
     .await;
-    assert!(bundle(&app.name).await.unwrap().is_none(), "not in the mesh yet: no bundle");
+    assert!(
+        bundle(&app.name).await.unwrap().is_none(),
+        "not in the mesh yet: no bundle"
+    );
     label_namespace(&bed, &app.name, Some(&rev)).await;
     wait_for("the bundle in a namespace that joined", TIMEOUT, || async {
         match root_of(bundle(&app.name).await?) {
@@ -152,7 +171,10 @@ async fn the_operator_keeps_a_ca_per_mesh_and_a_bundle_in_each_of_its_namespaces
         data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
         ..Default::default()
     };
-    secrets.create(&PostParams::default(), &plugin).await.expect("create the plug-in Secret");
+    secrets
+        .create(&PostParams::default(), &plugin)
+        .await
+        .expect("create the plug-in Secret");
     let patch = json!({"spec": {"security": {"ca": {"secretRef": {"name": "cacerts"}}}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -191,8 +213,8 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
+fn free_port(address: &str) -> u16 {
+    std::net::TcpListener::bind((address, 0))
         .unwrap()
         .local_addr()
         .unwrap()
@@ -202,7 +224,17 @@ fn free_port() -> u16 {
 /// A token for ServiceAccount `sa` of `ns` with `audience`, written to a file.
 fn token_file(bed: &Bed, dir: &Path, ns: &str, sa: &str, audience: &str) -> PathBuf {
     let token = bed
-        .kubectl(&["create", "token", sa, "-n", ns, "--audience", audience, "--duration", "10m"])
+        .kubectl(&[
+            "create",
+            "token",
+            sa,
+            "-n",
+            ns,
+            "--audience",
+            audience,
+            "--duration",
+            "10m",
+        ])
         .expect("kubectl create token");
     let path = dir.join(format!("token-{ns}-{sa}-{audience}"));
     std::fs::write(&path, token.trim()).unwrap();
@@ -218,7 +250,9 @@ async fn service_account(bed: &Bed, ns: &str, name: &str) {
         },
         ..Default::default()
     };
-    api.create(&PostParams::default(), &sa).await.expect("create ServiceAccount");
+    api.create(&PostParams::default(), &sa)
+        .await
+        .expect("create ServiceAccount");
 }
 
 /// Runs `weft agent --once`; its stderr on failure.
@@ -281,13 +315,21 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
         ),
         ..Default::default()
     };
-    secrets.create(&PostParams::default(), &issuer).await.expect("create the issuer");
+    secrets
+        .create(&PostParams::default(), &issuer)
+        .await
+        .expect("create the issuer");
 
     let dir = bed.kubeconfig.parent().unwrap().join(format!("identity-{}", shop.name));
     std::fs::create_dir_all(&dir).unwrap();
     let ca_file = dir.join("root-cert.pem");
     std::fs::write(&ca_file, &root.cert_pem).unwrap();
-    let (xds_port, secure_port, monitoring) = (free_port(), free_port(), free_port());
+    // The control plane listens on the host side of a test host, where the grpc-go client
+    // runs; the agent reaches it there too.
+    let host = TestHost::create();
+    host.add_address(BACKEND);
+    let (xds_port, secure_port, monitoring) =
+        (free_port(HOST_ADDRESS), free_port(HOST_ADDRESS), free_port("127.0.0.1"));
     let log = dir.join("control-plane.log");
     let _cp = Process(
         Command::new(weft_bin())
@@ -295,11 +337,11 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
             .arg("--kubeconfig")
             .arg(&bed.kubeconfig)
             .args(["--mesh-namespace", &mesh_ns.name])
-            .args(["--xds-address", &format!("127.0.0.1:{xds_port}")])
+            .args(["--xds-address", &format!("{HOST_ADDRESS}:{xds_port}")])
             .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
             .args(["--ca-secret", mesh_ca::ISSUER_SECRET])
-            .args(["--secure-address", &format!("127.0.0.1:{secure_port}")])
-            .args(["--tls-server-name", "127.0.0.1", "--workload-cert-ttl", "10m"])
+            .args(["--secure-address", &format!("{HOST_ADDRESS}:{secure_port}")])
+            .args(["--tls-server-name", HOST_ADDRESS, "--workload-cert-ttl", "10m"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -308,12 +350,19 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
     wait_for("the control plane to be ready (issuer loaded)", TIMEOUT, || async {
         match weft_e2e::http_get(monitoring, "/ready") {
             Ok((200, _)) => Ok(()),
-            other => Err(format!("{other:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default())),
+            other => Err(format!(
+                "{other:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )),
         }
     })
     .await;
-    let address = format!("127.0.0.1:{secure_port}");
-    let meta = BTreeMap::from([("NAMESPACE", shop.name.as_str()), ("REVISION", revision)]);
+    let address = format!("{HOST_ADDRESS}:{secure_port}");
+    let meta = BTreeMap::from([
+        ("NAMESPACE", shop.name.as_str()),
+        ("REVISION", revision),
+        ("ROLE", "proxyless"),
+    ]);
 
     // A mesh workload's token: a certificate for exactly its identity, and the files.
     let out = dir.join("cart");
@@ -326,10 +375,17 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
         Some(format!("spiffe://cluster.local/ns/{}/sa/cart", shop.name))
     );
     let facts = ca::facts(&leaf).unwrap();
-    assert!(facts.not_after - facts.not_before <= 600 + 300, "the TTL the control plane was given");
-    let boot: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("bootstrap.json")).unwrap()).unwrap();
+    assert!(
+        facts.not_after - facts.not_before <= 600 + 300,
+        "the TTL the control plane was given"
+    );
+    let boot: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bootstrap.json")).unwrap()).unwrap();
     assert_eq!(boot["xds_servers"][0]["channel_creds"][0]["type"], "tls");
-    assert_eq!(std::fs::read_to_string(out.join("root-cert.pem")).unwrap(), root.cert_pem);
+    assert_eq!(
+        std::fs::read_to_string(out.join("root-cert.pem")).unwrap(),
+        root.cert_pem
+    );
 
     // A token for another audience proves nothing; a workload outside the mesh gets nothing.
     let wrong_audience = token_file(&bed, &dir, &shop.name, "cart", "somebody-else");
@@ -337,7 +393,10 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
     assert!(refused.contains("Unauthenticated"), "{refused}");
     let intruder = token_file(&bed, &dir, &outside.name, "intruder", "weft-ca");
     let refused = agent_once(&address, &intruder, &ca_file, &dir.join("intruder"), &meta).unwrap_err();
-    assert!(refused.contains("PermissionDenied") && refused.contains(&outside.name), "{refused}");
+    assert!(
+        refused.contains("PermissionDenied") && refused.contains(&outside.name),
+        "{refused}"
+    );
     let (_, metrics) = weft_e2e::http_get(monitoring, "/metrics").unwrap();
     for result in ["signed", "unauthenticated", "permission_denied"] {
         assert!(
@@ -348,4 +407,68 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
     let logged = std::fs::read_to_string(&log).unwrap();
     let token_text = std::fs::read_to_string(&token).unwrap();
     assert!(!logged.contains(token_text.trim()), "tokens are never logged");
+
+    // grpc-go, with the agent's bootstrap: xDS over mTLS, then calls to a real backend.
+    let _backend = backend(&host, &format!("{BACKEND}:50051"), "a");
+    let services: Api<Service> = Api::namespaced(bed.client.clone(), &shop.name);
+    let svc = json!({"metadata": {"name": "echo"}, "spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}});
+    services
+        .create(&PostParams::default(), &serde_json::from_value(svc).unwrap())
+        .await
+        .unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(bed.client.clone(), &shop.name);
+    let slice = json!({
+        "metadata": {"name": "echo-1", "labels": {"kubernetes.io/service-name": "echo"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [BACKEND], "conditions": {"ready": true}}]
+    });
+    slices
+        .create(&PostParams::default(), &serde_json::from_value(slice).unwrap())
+        .await
+        .unwrap();
+    let target = format!("xds:///echo.{}.svc.cluster.local:50051", shop.name);
+    let go = grpc_go_client().display().to_string();
+    let boot = out.join("bootstrap.json").display().to_string();
+    let mut client = host.spawn(&go, &[&boot, &target]);
+    wait_reached(&mut client, &["a"], "grpc-go to reach the backend with xDS over mTLS").await;
+    let tls_streams = metric(monitoring, "weft_xds_streams{");
+    assert!(tls_streams >= 1.0, "the client's ADS stream is open");
+
+    // The same certificate with a forged namespace claim: refused, and counted.
+    let forged_meta = BTreeMap::from([
+        ("NAMESPACE", outside.name.as_str()),
+        ("REVISION", revision),
+        ("ROLE", "proxyless"),
+    ]);
+    let forged = dir.join("forged");
+    agent_once(&address, &token, &ca_file, &forged, &forged_meta).expect("the certificate is still the caller's own");
+    let forged_boot = forged.join("bootstrap.json").display().to_string();
+    let mut impostor = host.spawn(&go, &[&forged_boot, &target]);
+    wait_for("the forged namespace claim to be refused", TIMEOUT, || {
+        let calls = call(&mut impostor, 3);
+        let refused = metric(monitoring, "weft_xds_refusals_total{reason=\"claim_mismatch\"}");
+        async move {
+            if calls.errors == 3 && refused >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "calls {:?} errors {} ({}), claim_mismatch refusals {refused}",
+                    calls.counts, calls.errors, calls.last_error
+                ))
+            }
+        }
+    })
+    .await;
+    // The honest client keeps working beside it.
+    assert_eq!(call(&mut client, 10).errors, 0);
+}
+
+/// One sample of the control plane's metrics (the line starting with `series`).
+fn metric(port: u16, series: &str) -> f64 {
+    let (_, body) = weft_e2e::http_get(port, "/metrics").expect("monitoring port");
+    body.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
