@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CLUSTER ?= weft
 
-.PHONY: all build test lint unit e2e image xds-clients demo bench bench-xds toolchain crds security-doc argocd-testdata cluster-up cluster-down
+.PHONY: all build test lint unit e2e image xds-clients demo bench bench-xds bench-ca toolchain crds security-doc argocd-testdata cluster-up cluster-down
 
 all: build
 
@@ -75,6 +75,16 @@ bench-xds: toolchain
 	cargo build --release -p weft
 	cargo build --release -p weft-e2e --bin bench-xds
 	e2e/bench-xds
+
+## bench-ca: the certificate service on a release build: 1000 callers at once with 1000
+## distinct ServiceAccount tokens (a TokenReview each on first use), then again cached;
+## certificates per second, p50/p99, control-plane RSS.
+bench-ca: toolchain
+	cargo build --release -p weft
+	cargo build --release -p weft-e2e --bin bench-ca
+	e2e/cluster down weft-bench >/dev/null; e2e/cluster up weft-bench >/dev/null
+	WEFT_BIN=$${CARGO_TARGET_DIR:-target}/release/weft $${CARGO_TARGET_DIR:-target}/release/bench-ca weft-bench; \
+	  rc=$$?; e2e/cluster down weft-bench >/dev/null; exit $$rc
 
 cluster-up:
 	e2e/cluster up $(CLUSTER)

@@ -18,6 +18,7 @@ pub mod envoy_validate;
 pub mod flux;
 pub mod githttp;
 pub mod grpc_clients;
+pub mod identity;
 pub mod multicluster;
 pub mod operator;
 pub mod remote;

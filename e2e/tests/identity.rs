@@ -300,20 +300,7 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
     let root = ca::new_root("cluster.local", 0, now).unwrap();
     let signing = ca::new_issuer(&root, "cluster.local", now).unwrap();
     let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), &mesh_ns.name);
-    let issuer = Secret {
-        metadata: ObjectMeta {
-            name: Some(mesh_ca::ISSUER_SECRET.into()),
-            ..Default::default()
-        },
-        data: Some(
-            mesh_ca::issuer_data(&signing)
-                .0
-                .into_iter()
-                .map(|(k, v)| (k, ByteString(v)))
-                .collect(),
-        ),
-        ..Default::default()
-    };
+    let issuer = weft_e2e::identity::issuer_secret(&signing);
     secrets
         .create(&PostParams::default(), &issuer)
         .await

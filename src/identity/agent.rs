@@ -134,10 +134,17 @@ pub fn bootstrap(opts: &AgentOptions) -> Value {
     })
 }
 
-/// Asks for one certificate for a new key; returns the key PEM and the chain (leaf first).
-pub async fn request(opts: &AgentOptions, roots_pem: &str) -> Result<(String, Vec<String>), AgentError> {
+/// A new key (ECDSA P-256) and a CSR for it, both PEM. The CSR asks for nothing: the
+/// certificate service decides the identity.
+pub fn new_csr() -> Result<(String, String), AgentError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let csr = CertificateParams::default().serialize_request(&key)?.pem()?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// Asks for one certificate for a new key; returns the key PEM and the chain (leaf first).
+pub async fn request(opts: &AgentOptions, roots_pem: &str) -> Result<(String, Vec<String>), AgentError> {
+    let (key_pem, csr) = new_csr()?;
     let token = read(&opts.token_file)?.trim().to_string();
     let host = opts
         .control_plane
@@ -184,7 +191,7 @@ pub async fn request(opts: &AgentOptions, roots_pem: &str) -> Result<(String, Ve
         .unary(req, path, codec)
         .await
         .map_err(|s| AgentError::Refused(format!("{:?}: {}", s.code(), s.message())))?;
-    Ok((key.serialize_pem(), answer.into_inner().cert_chain))
+    Ok((key_pem, answer.into_inner().cert_chain))
 }
 
 /// Obtains a certificate and writes every file; returns when the certificate expires.
