@@ -61,6 +61,70 @@ enum Command {
     /// write it, its key, the trust bundle and a gRPC xDS bootstrap (mTLS to the control
     /// plane) into a directory; keep them renewed unless `--once`.
     Agent(AgentArgs),
+    /// A mesh root kept offline, and from it a plug-in CA Secret per cluster, so that the
+    /// clusters of one mesh trust each other's workloads.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(clap::Subcommand)]
+enum CaCommand {
+    /// Make a root (ECDSA P-256, 10 years): writes DIR/root-cert.pem and DIR/root-key.pem
+    /// (owner-only). Keep DIR offline.
+    Root {
+        /// Where to write the root.
+        #[arg(long)]
+        out: PathBuf,
+        /// The mesh's trust domain (meshConfig.trustDomain).
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Print, for one cluster, the plug-in CA Secret (Istio's cacerts layout: a new
+    /// intermediate from the root, its chain and the root) to apply in that cluster's mesh
+    /// namespace and name in spec.security.ca.secretRef.
+    Intermediate {
+        /// The directory `weft ca root` wrote.
+        #[arg(long)]
+        root: PathBuf,
+        /// The cluster's name (meshConfig.clusterName), in the intermediate's name.
+        #[arg(long)]
+        cluster: String,
+        /// The mesh namespace of that cluster.
+        #[arg(long, default_value = "weft-system")]
+        namespace: String,
+        /// The Secret's name.
+        #[arg(long, default_value = "cacerts")]
+        name: String,
+        /// The mesh's trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+}
+
+fn ca(command: CaCommand) -> Result<()> {
+    use weft::identity::offline;
+    match command {
+        CaCommand::Root { out, trust_domain } => {
+            offline::write_root(&out, &trust_domain)?;
+            eprintln!(
+                "wrote {} and {} (keep the key offline)",
+                out.join("root-cert.pem").display(),
+                out.join("root-key.pem").display()
+            );
+        }
+        CaCommand::Intermediate {
+            root,
+            cluster,
+            namespace,
+            name,
+            trust_domain,
+        } => {
+            let root = offline::read_root(&root)?;
+            let secret = offline::cluster_secret(&root, &trust_domain, &cluster, &name, &namespace)?;
+            print!("{}", weft::yaml::document(&secret)?);
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -403,6 +467,7 @@ fn main() -> ExitCode {
         Command::ControlPlane(args) => control_plane(args),
         Command::ConfigDump(args) => config_dump(args),
         Command::Agent(args) => agent(args),
+        Command::Ca(command) => ca(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -180,11 +180,22 @@ pub fn new_root(trust_domain: &str, generation: u32, now: SystemTime) -> Result<
 /// A new intermediate issuer signed by `root` ([`ISSUER_TTL`], never past the root's own
 /// end), and what it signs with.
 pub fn new_issuer(root: &KeyedCert, trust_domain: &str, now: SystemTime) -> Result<SigningCa, CaError> {
+    new_intermediate(root, trust_domain, "Weft issuer", now)
+}
+
+/// A new intermediate named `common_name` signed by `root` (as [`new_issuer`]): one per
+/// cluster of a mesh whose clusters share a root (`weft ca intermediate`).
+pub fn new_intermediate(
+    root: &KeyedCert,
+    trust_domain: &str,
+    common_name: &str,
+    now: SystemTime,
+) -> Result<SigningCa, CaError> {
     let root_key = KeyPair::from_pem(&root.key_pem)?;
     let root_issuer = Issuer::from_ca_cert_pem(&root.cert_pem, &root_key)?;
     let root_end = first_facts(&root.cert_pem).map(|f| f.not_after).unwrap_or(i64::MAX);
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = ca_params("Weft issuer", trust_domain, now, ISSUER_TTL, 0);
+    let mut params = ca_params(common_name, trust_domain, now, ISSUER_TTL, 0);
     if unix(now + ISSUER_TTL) > root_end {
         params.not_after = time::OffsetDateTime::from_unix_timestamp(root_end).unwrap_or(params.not_after);
     }

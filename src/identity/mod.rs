@@ -15,5 +15,6 @@ pub mod csr;
 pub mod issuer;
 pub mod mesh_ca;
 pub mod metrics;
+pub mod offline;
 pub mod spiffe;
 pub mod tokens;

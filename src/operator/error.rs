@@ -35,6 +35,12 @@ impl Error {
         }
     }
 
+    /// Whether the API server refused a write because a field is not in the CRD's schema:
+    /// the CRD is older than this operator (its CRDs were not applied before it).
+    pub fn undeclared_field(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(e), .. } if e.message.contains("field not declared in schema"))
+    }
+
     /// The stall when the API server refused an object as invalid (400, 422): retrying the
     /// same spec cannot succeed, so the spec is reported as the problem instead.
     pub fn rejection(&self) -> Option<Stall> {

@@ -27,13 +27,13 @@ pub async fn apply(ctx: &Context, mi: &MeshInstall, d: &Decision) -> Result<(), 
             ca::write(ctx, mi, writes).await?;
         }
         apply::converge(&ctx.shared, &ctx.index, mi, Scope::Revision(&d.target), manifests).await?;
-        if let Some(writes) = &d.ca {
+        if let Some(bundles) = d.ca.as_ref().and_then(|w| w.bundles.as_deref()) {
             apply::converge(
                 &ctx.shared,
                 &ctx.index,
                 mi,
                 Scope::Component(trust_bundle::COMPONENT),
-                &writes.bundles,
+                bundles,
             )
             .await?;
         }

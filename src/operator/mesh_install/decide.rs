@@ -50,8 +50,9 @@ pub struct CaWrites {
     pub root: Option<SecretData>,
     /// New content of the issuer Secret (`None`: unchanged).
     pub issuer: Option<SecretData>,
-    /// The `weft-root-ca` ConfigMap of every namespace of the mesh.
-    pub bundles: Vec<Manifest>,
+    /// The `weft-root-ca` ConfigMap of every namespace of the mesh; `None` until the usage
+    /// index has listed (an unknown usage must not prune a bundle a namespace still needs).
+    pub bundles: Option<Vec<Manifest>>,
 }
 
 /// Decides what to do about `mi`.
@@ -89,12 +90,18 @@ pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, no
         (Ok(_), Some(Ok(plan))) => Some(CaWrites {
             root: plan.root.clone(),
             issuer: plan.issuer.clone(),
-            bundles: trust_bundles(
-                mi,
-                &mesh_namespaces(mi, &observed.usage, neighbours.owns_default),
-                &plan.signing.roots_pem,
-            )
-            .unwrap_or_default(),
+            bundles: observed
+                .usage
+                .synced
+                .then(|| {
+                    trust_bundles(
+                        mi,
+                        &mesh_namespaces(mi, &observed.usage, neighbours.owns_default),
+                        &plan.signing.roots_pem,
+                    )
+                    .ok()
+                })
+                .flatten(),
         }),
         _ => None,
     };
@@ -226,6 +233,58 @@ mod tests {
             .find(|m| m.kind == OwnedKind::Role)
             .expect("a Role");
         role.object["rules"].as_array().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn an_invalid_ca_stalls_and_writes_nothing_and_bundles_follow_the_mesh_namespaces() {
+        let mi = mesh("version: 1.0.0", 1, None);
+        let mut o = observed(vec![]);
+        o.ca = Some(Err(Stall {
+            reason: StallReason::InvalidCa,
+            message: "plug-in CA Secret weft-system/cacerts: ca-key.pem is missing or empty".into(),
+        }));
+        let d = decide(&mi, &VersionTable::builtin(), &o, at(0));
+        assert!(d.install.is_none() && d.ca.is_none(), "nothing is applied or written");
+        let stalled = d.status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "InvalidCA")
+        );
+
+        let plan = mesh_ca::plan(
+            &mi.spec.namespace,
+            "cluster.local",
+            &mesh_ca::Source::SelfSigned { root: None },
+            None,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        o.ca = Some(Ok(plan));
+        o.usage.namespaces = [("m".to_string(), BTreeSet::from(["shop".to_string()]))].into();
+        let d = decide(&mi, &VersionTable::builtin(), &o, at(0));
+        let ca = d.ca.expect("the CA is written");
+        assert!(ca.root.is_some() && ca.issuer.is_some());
+        let bundled: BTreeSet<_> = ca
+            .bundles
+            .expect("usage is known")
+            .iter()
+            .filter_map(|m| m.namespace.clone())
+            .collect();
+        assert!(
+            bundled.contains("shop") && bundled.contains(&mi.spec.namespace),
+            "{bundled:?}"
+        );
+        assert_eq!(
+            d.status.security.as_ref().map(|s| s.roots.len()),
+            Some(1),
+            "status shows the root"
+        );
+        o.usage.synced = false;
+        let d = decide(&mi, &VersionTable::builtin(), &o, at(0));
+        assert!(
+            d.ca.unwrap().bundles.is_none(),
+            "usage unknown: bundles left as they are"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::controller::{Shutdown, Triggers};
 use super::error::Error;
@@ -154,7 +154,20 @@ async fn converge(ctx: &Context, mi: &MeshInstall) -> Result<Action, Error> {
         observed.rejected = Some(e.rejection().ok_or(e)?);
         decision = decide::decide(mi, &ctx.shared.versions, &observed, now);
     }
-    if write_status(&ctx.shared, mi, &decision.status).await? {
+    let written = match write_status(&ctx.shared, mi, &decision.status).await {
+        // The CRD predates status.security (the operator was upgraded before its CRDs):
+        // the rest of the status is still written, and the log says what to do.
+        Err(e) if e.undeclared_field() && decision.status.security.is_some() => {
+            warn!(
+                "the MeshInstall CRD has no status.security: apply this operator's CRDs (crds/ or the chart's crds/) to see the mesh CA in status"
+            );
+            let mut older = decision.status.clone();
+            older.security = None;
+            write_status(&ctx.shared, mi, &older).await?
+        }
+        other => other?,
+    };
+    if written {
         record(ctx, mi, &decision.steps).await;
     }
     Ok(Action::requeue(decision.requeue))
