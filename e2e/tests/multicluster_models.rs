@@ -259,7 +259,8 @@ async fn a_control_plane_with_only_its_rendered_rbac_discovers_a_remote_cluster(
     greeter(&b, NS, B_BACKEND).await;
     join(&a, &b, "b", MESH, MESH_NS, &[]).await;
 
-    // The operator names the RemoteCluster's Secret in the control plane's Role.
+    // The operator names the RemoteCluster's Secret in the control plane's Role (beside the
+    // mesh CA's issuer, which every control plane reads).
     let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(a.client.clone(), MESH_NS);
     let name = format!("weft-cp-{MESH}");
     wait_for("the Role to name the remote Secret", Duration::from_secs(30), || {
@@ -272,7 +273,7 @@ async fn a_control_plane_with_only_its_rendered_rbac_discovers_a_remote_cluster(
                 .filter(|r| r.resources.iter().flatten().any(|x| x == "secrets"))
                 .flat_map(|r| r.resource_names.clone().unwrap_or_default())
                 .collect();
-            if names == ["weft-remote-b"] {
+            if names == ["weft-ca-issuer", "weft-remote-b"] {
                 Ok(())
             } else {
                 Err(format!("{rules:?}"))

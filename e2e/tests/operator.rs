@@ -302,7 +302,14 @@ async fn deleted_and_edited_objects_are_restored() {
             .map(|p| format!("{}->{:?}", p.port, p.target_port))
             .collect();
         let rev = spec.selector.unwrap_or_default().get("weft.dev/rev").cloned();
-        if targets == ["15010->Some(Int(15010))", "15014->Some(Int(15014))"] && rev.as_deref() == Some("restore") {
+        if targets
+            == [
+                "15010->Some(Int(15010))",
+                "15012->Some(Int(15012))",
+                "15014->Some(Int(15014))",
+            ]
+            && rev.as_deref() == Some("restore")
+        {
             Ok(())
         } else {
             Err(format!("ports {targets:?} selector rev {rev:?}"))

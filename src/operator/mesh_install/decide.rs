@@ -105,8 +105,10 @@ pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, no
         }),
         _ => None,
     };
+    // Only a CA that is stored (or about to be) is shown: while nothing is written, a
+    // planned new root exists nowhere, and a new one would be planned next time.
     let security = match &observed.ca {
-        Some(Ok(plan)) => {
+        Some(Ok(plan)) if ca.is_some() || (plan.root.is_none() && plan.issuer.is_none()) => {
             let mut s = mesh_ca::status(&mi.spec.trust_domain(), &plan.signing);
             s.serving_revisions = installed.iter().filter(|r| r.ready()).map(|r| r.name.clone()).collect();
             Some(s)

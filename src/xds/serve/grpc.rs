@@ -11,7 +11,8 @@
 //! the message under way.
 //!
 //! This module only frames: what a stream is answered is up to a [`StreamHandler`] (the
-//! ADS server), so it depends on nothing else in the control plane. [`ConnStreams`] counts
+//! ADS server), which gets the stream's [`Caller`] (its connection's peer and bearer
+//! token); it depends on nothing else in the control plane but `conn`. [`ConnStreams`] counts
 //! the streams of a connection for its idle timeout (`conn`).
 
 use std::collections::VecDeque;
