@@ -34,10 +34,15 @@ impl Drop for ControlPlane {
 
 /// A loopback port free now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_port_on("127.0.0.1")
+}
+
+/// A port free now on `address` (loopback, or a test host's side of its veth pair).
+pub fn free_port_on(address: &str) -> u16 {
+    std::net::TcpListener::bind((address, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("a free loopback port")
+        .expect("a free port")
 }
 
 impl ControlPlane {

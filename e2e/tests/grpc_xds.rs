@@ -13,6 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use weft_e2e::control_plane::free_port_on as free_port;
 use weft_e2e::grpc_clients::grpc_go_client;
 use weft_e2e::testhost::{HOST_ADDRESS, Proc, TestHost};
 use weft_e2e::{Bed, repo_root, wait_for, weft_bin};
@@ -45,14 +46,6 @@ fn start_control_plane(bed: &Bed, revision: &str, xds_port: u16, monitoring_port
         .spawn()
         .expect("start weft control-plane");
     ControlPlane(child)
-}
-
-fn free_port(address: &str) -> u16 {
-    std::net::TcpListener::bind((address, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn ready(port: u16) -> Result<(), String> {

@@ -18,6 +18,7 @@ use serde_json::json;
 use weft::api::MeshInstall;
 use weft::identity::spiffe::WorkloadId;
 use weft::identity::{ca, mesh_ca};
+use weft_e2e::control_plane::free_port_on as free_port;
 use weft_e2e::grpc_clients::{backend, call, grpc_go_client, wait_reached};
 use weft_e2e::operator::{Operator, SERIAL, TIMEOUT, condition, delete_and_wait, install_crds, mesh, wait_ready};
 use weft_e2e::testhost::{HOST_ADDRESS, TestHost};
@@ -210,14 +211,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port(address: &str) -> u16 {
-    std::net::TcpListener::bind((address, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A token for ServiceAccount `sa` of `ns` with `audience`, written to a file.
@@ -450,11 +443,8 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
     assert_eq!(call(&mut client, 10).errors, 0);
 }
 
-/// One sample of the control plane's metrics (the line starting with `series`).
+/// A control-plane metric, summed over its series that start with `series`.
 fn metric(port: u16, series: &str) -> f64 {
     let (_, body) = weft_e2e::http_get(port, "/metrics").expect("monitoring port");
-    body.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    weft_e2e::operator::sum_metric(&body, series)
 }

@@ -22,7 +22,7 @@ use super::ca::{self, CaError};
 use super::issuer::IssuerWatch;
 use super::metrics::{IdentityMetrics, Outcome};
 use super::spiffe::WorkloadId;
-use super::tokens::{AuthError, TokenCheck};
+use super::tokens::{self, AuthError, TokenCheck};
 
 /// The gRPC service name.
 pub const SERVICE: &str = "istio.v1.auth.IstioCertificateService";
@@ -215,13 +215,8 @@ impl CertificateService {
 }
 
 /// The token of an `authorization: Bearer …` header.
-pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
-    let value = metadata.get("authorization")?.to_str().ok()?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?
-        .trim();
-    (!token.is_empty()).then(|| token.to_string())
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    tokens::bearer(metadata.get("authorization")?.to_str().ok()?)
 }
 
 impl NamedService for CertificateService {

@@ -125,6 +125,15 @@ impl TokenReviewer {
     }
 }
 
+/// The token of an `authorization` header value `Bearer <token>`.
+pub fn bearer(value: &str) -> Option<String> {
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
+    (!token.is_empty()).then(|| token.to_string())
+}
+
 /// `(namespace, name)` of a ServiceAccount user name `system:serviceaccount:<ns>:<name>`.
 pub fn service_account_of(user: &str) -> Option<(String, String)> {
     let rest = user.strip_prefix("system:serviceaccount:")?;

@@ -34,6 +34,21 @@ pub enum RenderError {
     },
 }
 
+/// The owner reference every object a MeshInstall owns carries (its controller; deletion
+/// waits for it).
+pub fn mesh_owner(
+    mesh: &crate::api::mesh_install::MeshInstall,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "weft.dev/v1alpha1".to_string(),
+        kind: "MeshInstall".to_string(),
+        name: mesh.metadata.name.clone().unwrap_or_default(),
+        uid: mesh.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
 /// A short, stable hash of text (FNV-1a, 64 bits), for checksum annotations that roll pods
 /// when their configuration changes. Stable across Rust releases, unlike `DefaultHasher`.
 pub fn fnv1a(text: &str) -> String {

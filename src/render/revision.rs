@@ -117,15 +117,7 @@ impl Renderer<'_> {
     }
 
     fn owner(&self) -> OwnerReference {
-        let m = &self.input.mesh.metadata;
-        OwnerReference {
-            api_version: "weft.dev/v1alpha1".to_string(),
-            kind: "MeshInstall".to_string(),
-            name: self.mesh.clone(),
-            uid: m.uid.clone().unwrap_or_default(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }
+        super::mesh_owner(self.input.mesh)
     }
 
     fn labels(&self, component: &str, name: &str) -> BTreeMap<String, String> {

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
@@ -24,14 +23,7 @@ pub fn trust_bundles(
     namespaces: &BTreeSet<String>,
     roots_pem: &str,
 ) -> Result<Vec<Manifest>, RenderError> {
-    let owner = OwnerReference {
-        api_version: "weft.dev/v1alpha1".to_string(),
-        kind: "MeshInstall".to_string(),
-        name: mesh.name_any(),
-        uid: mesh.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
+    let owner = super::mesh_owner(mesh);
     let labels = BTreeMap::from([
         (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
         (labels::MESH.to_string(), mesh.name_any()),

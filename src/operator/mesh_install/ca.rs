@@ -108,14 +108,7 @@ fn secret(mi: &MeshInstall, name: &str, content: &SecretData) -> Secret {
                 (labels::MESH.to_string(), mi.name_any()),
                 (labels::COMPONENT.to_string(), COMPONENT.to_string()),
             ])),
-            owner_references: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                api_version: "weft.dev/v1alpha1".to_string(),
-                kind: "MeshInstall".to_string(),
-                name: mi.name_any(),
-                uid: mi.uid().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![crate::render::mesh_owner(mi)]),
             ..Default::default()
         },
         type_: Some("Opaque".to_string()),

@@ -416,12 +416,7 @@ where
 
 /// The token of an `authorization: Bearer …` header.
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?
-        .trim();
-    (!token.is_empty()).then(|| token.to_string())
+    crate::identity::tokens::bearer(headers.get(http::header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 /// The initial read buffer of a stream's requests.
