@@ -119,6 +119,19 @@ struct Inner {
     gateways: ByValue<(String, String)>,
 }
 
+impl Inner {
+    fn synced(&self) -> bool {
+        self.namespaces.synced && self.gateways.synced
+    }
+}
+
+/// Whether this event made the index synced: every mesh must look again then, even when
+/// the lists were empty (a reconcile before it deferred pruning, and nothing else would
+/// wake it).
+fn first_sync(was_synced: bool, i: &Inner) -> bool {
+    !was_synced && i.synced()
+}
+
 /// The MeshInstalls a change of the index concerns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Concerns {
@@ -172,16 +185,9 @@ impl UsageIndex {
             .for_each(|e| {
                 flow.saw(&e);
                 match e {
-                    Ok(e) => {
-                        let e = map_event(&e, |o| (o.name_any(), o.labels().get(labels::REVISION).cloned()));
-                        self.write(|i| {
-                            if i.namespaces.apply(e).is_empty() {
-                                Concerns::Nothing
-                            } else {
-                                Concerns::All
-                            }
-                        });
-                    }
+                    Ok(e) => self.namespace_event(map_event(&e, |o| {
+                        (o.name_any(), o.labels().get(labels::REVISION).cloned())
+                    })),
                     Err(error) => warn!(%error, "namespace watch error"),
                 }
                 future::ready(())
@@ -189,12 +195,28 @@ impl UsageIndex {
             .await;
     }
 
+    /// Takes in one event of the namespace watch: (name, `weft.dev/rev` value).
+    fn namespace_event(&self, e: Event<(String, Option<String>)>) {
+        self.write(|i| {
+            let was_synced = i.synced();
+            let touched = i.namespaces.apply(e);
+            if !touched.is_empty() || first_sync(was_synced, i) {
+                Concerns::All
+            } else {
+                Concerns::Nothing
+            }
+        });
+    }
+
     /// Takes in one event of the shared MeshGateway watch.
     pub fn gateway_event(&self, e: &Event<Guarded<MeshGateway>>) {
         let e = map_event(e, |g| (describe(g), gateway_follows(g)));
         self.write(|i| {
+            let was_synced = i.synced();
             let touched = i.gateways.apply(e);
-            if touched.is_empty() {
+            if first_sync(was_synced, i) {
+                Concerns::All
+            } else if touched.is_empty() {
                 Concerns::Nothing
             } else {
                 Concerns::Meshes(touched.into_iter().map(|(mesh, _)| mesh).collect())
@@ -238,7 +260,7 @@ impl UsageIndex {
 
     /// Whether both watches have listed everything once.
     pub fn synced(&self) -> bool {
-        self.read(|i| i.namespaces.synced && i.gateways.synced)
+        self.read(Inner::synced)
     }
 
     /// Namespaces labelled `weft.dev/rev=<value>`.
@@ -346,14 +368,30 @@ mod tests {
                 "mesh-c".to_string()
             ])))
         );
-        ix.write(|i| {
-            let touched = i.namespaces.apply(Event::Apply(("shop".into(), Some("stable".into()))));
-            if touched.is_empty() {
-                Concerns::Nothing
-            } else {
-                Concerns::All
-            }
-        });
+        ix.namespace_event(Event::Apply(("shop".into(), Some("stable".into()))));
         assert_eq!(changes.next().await, Some(Concerns::All));
+    }
+
+    #[tokio::test]
+    async fn the_first_sync_concerns_every_mesh_even_when_nothing_is_listed() {
+        // A reconcile before the sync deferred pruning; with no labelled namespace and no
+        // gateway the lists touch no value, and only this wakes it (the upgrade killed
+        // after Promoted in the faults test waited for it).
+        let ix = UsageIndex::default();
+        let mut changes = Box::pin(ix.changes());
+        ix.namespace_event(Event::Init);
+        ix.namespace_event(Event::InitDone);
+        ix.gateway_event(&Event::Init);
+        ix.gateway_event(&Event::InitDone);
+        assert!(ix.synced());
+        assert_eq!(changes.next().await, Some(Concerns::All));
+        // A later empty relist changes nothing readers see.
+        ix.namespace_event(Event::Init);
+        ix.namespace_event(Event::InitDone);
+        ix.gateway_event(&Event::Apply(gateway("a", "gw", "mesh-a", "stable")));
+        assert_eq!(
+            changes.next().await,
+            Some(Concerns::Meshes(BTreeSet::from(["mesh-a".to_string()])))
+        );
     }
 }
