@@ -153,6 +153,10 @@ struct AgentArgs {
     /// Write once and exit.
     #[arg(long)]
     once: bool,
+    /// Seconds between reads of the trust bundle (and the gRPC client's re-reads of the
+    /// files, through the bootstrap).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300))]
+    bundle_refresh_seconds: u64,
 }
 
 fn key_value(text: &str) -> std::result::Result<(String, String), String> {
@@ -178,6 +182,7 @@ fn agent(args: AgentArgs) -> Result<()> {
         node_id,
         metadata: args.metadata.into_iter().collect(),
         ttl: None,
+        bundle_refresh: std::time::Duration::from_secs(args.bundle_refresh_seconds),
     };
     runtime.block_on(weft::identity::agent::run(opts, args.once))?;
     Ok(())
@@ -445,6 +450,11 @@ struct OperatorArgs {
     /// unreachable one is retried sooner, from 5 s, doubling up to this).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     remote_recheck_seconds: u64,
+    /// Seconds a written trust bundle may take to reach every control plane and agent
+    /// (the kubelet's ConfigMap refresh plus the agents' re-read): a root rotation trusts
+    /// a new root for at least this long before signing with it (at least 20).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(20..))]
+    bundle_propagation_seconds: u64,
 }
 
 /// The operator's runtime worker threads.
@@ -768,6 +778,7 @@ fn operator(args: OperatorArgs) -> Result<()> {
                 health_address: args.health_address,
                 versions: table,
                 concurrency: args.concurrency,
+                bundle_propagation: std::time::Duration::from_secs(args.bundle_propagation_seconds),
                 remote: weft::operator::remote_cluster::Settings {
                     recheck: std::time::Duration::from_secs(args.remote_recheck_seconds),
                 },

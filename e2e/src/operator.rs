@@ -335,3 +335,16 @@ pub fn assert_started_at_min_replicas(d: &k8s_openapi::api::apps::v1::Deployment
         "the autoscaler had to raise the replicas: the Deployment did not start at minReplicas: {owners:?}"
     );
 }
+
+/// The Events about MeshInstall `mesh`: (reason, message).
+pub async fn mesh_events(bed: &Bed, mesh: &str) -> Vec<(String, String)> {
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::all(bed.client.clone());
+    let lp = ListParams::default().fields(&format!("involvedObject.name={mesh},involvedObject.kind=MeshInstall"));
+    api.list(&lp)
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}

@@ -5,12 +5,12 @@
 //! to clients whose node metadata matches their certificate.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
@@ -20,6 +20,7 @@ use weft::identity::spiffe::WorkloadId;
 use weft::identity::{ca, mesh_ca};
 use weft_e2e::control_plane::free_port_on as free_port;
 use weft_e2e::grpc_clients::{backend, call, grpc_go_client, wait_reached};
+use weft_e2e::identity::{Process, label_namespace, service_account, token_file};
 use weft_e2e::operator::{Operator, SERIAL, TIMEOUT, condition, delete_and_wait, install_crds, mesh, wait_ready};
 use weft_e2e::testhost::{HOST_ADDRESS, TestHost};
 use weft_e2e::{Bed, wait_for, weft_bin};
@@ -54,14 +55,6 @@ async fn may_get_secret(bed: &Bed, ns: &str, sa: &str, secret_ns: &str, name: &s
         .await
         .expect("SubjectAccessReview");
     answer.status.is_some_and(|s| s.allowed)
-}
-
-async fn label_namespace(bed: &Bed, ns: &str, rev: Option<&str>) {
-    let api: Api<Namespace> = Api::all(bed.client.clone());
-    let patch = json!({"metadata": {"labels": {"weft.dev/rev": rev}}});
-    api.patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("label the namespace");
 }
 
 fn secret_text(s: &Secret, key: &str) -> String {
@@ -203,49 +196,6 @@ async fn the_operator_keeps_a_ca_per_mesh_and_a_bundle_in_each_of_its_namespaces
 }
 
 // ---- The control plane's TLS port, with `weft agent` ----
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A token for ServiceAccount `sa` of `ns` with `audience`, written to a file.
-fn token_file(bed: &Bed, dir: &Path, ns: &str, sa: &str, audience: &str) -> PathBuf {
-    let token = bed
-        .kubectl(&[
-            "create",
-            "token",
-            sa,
-            "-n",
-            ns,
-            "--audience",
-            audience,
-            "--duration",
-            "10m",
-        ])
-        .expect("kubectl create token");
-    let path = dir.join(format!("token-{ns}-{sa}-{audience}"));
-    std::fs::write(&path, token.trim()).unwrap();
-    path
-}
-
-async fn service_account(bed: &Bed, ns: &str, name: &str) {
-    let api: Api<ServiceAccount> = Api::namespaced(bed.client.clone(), ns);
-    let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    api.create(&PostParams::default(), &sa)
-        .await
-        .expect("create ServiceAccount");
-}
 
 /// Runs `weft agent --once`; its stderr on failure.
 fn agent_once(

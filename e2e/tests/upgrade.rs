@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Namespace};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use weft::api::MeshInstall;
@@ -69,19 +69,6 @@ async fn set_version(api: &Api<MeshInstall>, name: &str, spec: serde_json::Value
 async fn deployment_uid(bed: &Bed, ns: &str, name: &str) -> Option<String> {
     let api: Api<Deployment> = Api::namespaced(bed.client.clone(), ns);
     api.get_opt(name).await.expect("read deployment").and_then(|d| d.uid())
-}
-
-/// The Events about a MeshInstall: (reason, message).
-async fn events(bed: &Bed, mesh: &str) -> Vec<(String, String)> {
-    let api: Api<Event> = Api::all(bed.client.clone());
-    let lp = ListParams::default().fields(&format!("involvedObject.name={mesh},involvedObject.kind=MeshInstall"));
-    api.list(&lp)
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-        .collect()
 }
 
 /// The canary path of the issue: stable follows Active, canary follows Latest, a namespace
@@ -182,7 +169,7 @@ async fn canary_upgrade_moves_latest_then_active_and_prunes_the_old_revision_onc
     assert_eq!(s.revisions[0].name, new);
     // Events are recorded after the status write they follow: wait for them.
     let events = wait_for("the upgrade's Events", TIMEOUT, || async {
-        let events = events(&bed, "canary").await;
+        let events = weft_e2e::operator::mesh_events(&bed, "canary").await;
         let missing: Vec<&str> = ["RevisionCreated", "TagMoved", "Promoted", "RevisionPruned"]
             .into_iter()
             .filter(|r| !events.iter().any(|(x, _)| x == r))

@@ -1,6 +1,5 @@
 //! `MeshInstall.spec.security` and `status.security`: the mesh's certificate authority and
-//! the workload certificates it signs (see `docs/security.md`, "Identity"). Root rotation
-//! (`rootRotation`) is not in the API yet: a root is kept until it is replaced by hand.
+//! the workload certificates it signs (see `docs/security.md`, "Identity").
 
 // kube-derive attribute lists repeat keys such as `validation` by design.
 #![allow(clippy::duplicated_attributes)]
@@ -21,6 +20,7 @@ pub const MAX_WORKLOAD_CERT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// trust domain stays `meshConfig.trustDomain`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.rootRotation) || self.rootRotation == 0 || !has(self.ca) || !has(self.ca.secretRef)").message("security.rootRotation rotates a self-signed root; a plug-in CA (ca.secretRef) is rotated by changing its Secret"))]
 pub struct Security {
     /// The certificate authority: `selfSigned` (the default) or a plug-in CA Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,6 +32,13 @@ pub struct Security {
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(h|m|s))+$')").message("workloadCertTTL must be a duration of whole hours, minutes or seconds, such as 24h, 90m or 1h30m"))]
     #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(h|m|s))+$') || (duration(self) >= duration('1m') && duration(self) <= duration('168h'))").message("workloadCertTTL must be from 1m to 168h (7 days)"))]
     pub workload_cert_ttl: Option<String>,
+    /// Raise it to rotate a self-signed root: the operator makes a new root, trusts it
+    /// beside the old one everywhere, then signs with it, then drops the old root once
+    /// what it signed has expired (`status.security.rotation` shows each step). It can only
+    /// be raised. A plug-in CA is rotated by changing its Secret instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("rootRotation can only be raised: a root, once replaced, is not brought back"))]
+    pub root_rotation: Option<u32>,
 }
 
 /// Who signs workload certificates. At most one of the two (none means `selfSigned`).
@@ -73,6 +80,11 @@ impl Security {
             .map_or(DEFAULT_WORKLOAD_CERT_TTL, |d| {
                 d.clamp(MIN_WORKLOAD_CERT_TTL, MAX_WORKLOAD_CERT_TTL)
             })
+    }
+
+    /// The `rootRotation` asked for (0 when unset).
+    pub fn root_rotation(&self) -> u32 {
+        self.root_rotation.unwrap_or(0)
     }
 
     /// The plug-in CA Secret, if one is named.
@@ -117,6 +129,23 @@ pub struct SecurityStatus {
     /// The ready revisions whose control planes read the current issuer and bundle.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub serving_revisions: Vec<String>,
+    /// The root rotation under way, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationStatus>,
+}
+
+/// A root rotation under way (`docs/security.md`, "Rotating the root").
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// `Distributing` (the new root is trusted beside the old; signing has not moved) or
+    /// `Retiring` (signing moved; the old root stays trusted until what it signed expired).
+    pub phase: String,
+    /// When the phase began (RFC 3339).
+    pub since: String,
+    /// What the next step waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// One trusted root.

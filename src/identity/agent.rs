@@ -6,7 +6,7 @@
 //! whose xDS channel is mTLS with those files (gRFC A65), with a `file_watcher`
 //! certificate provider for the data plane (gRFC A29) and the server listener template
 //! xDS-enabled servers need (gRFC A36). Without `--once` it renews at half the lifetime
-//! and copies bundle changes within [`BUNDLE_REFRESH`].
+//! and copies bundle changes within `--bundle-refresh` ([`BUNDLE_REFRESH`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +20,10 @@ use tracing::{info, warn};
 use super::ca;
 use super::csr::{CREATE_PATH, IstioCertificateRequest, IstioCertificateResponse};
 
-/// How often the agent re-reads the trust bundle (its `--ca-file`). A root rotation waits
-/// at least this long between trusting a new root and signing with it.
+/// How often the agent re-reads the trust bundle (its `--ca-file`) unless told otherwise,
+/// and how often the gRPC client re-reads the agent's files (the bootstrap's
+/// `refresh_interval`). A root rotation waits for both (the operator's
+/// `--bundle-propagation-seconds`).
 pub const BUNDLE_REFRESH: Duration = Duration::from_secs(30);
 /// The files the agent writes.
 pub const CERT_CHAIN: &str = "cert-chain.pem";
@@ -51,6 +53,8 @@ pub struct AgentOptions {
     pub metadata: BTreeMap<String, String>,
     /// The lifetime asked for (the control plane gives at most the mesh's).
     pub ttl: Option<Duration>,
+    /// How often the bundle is re-read, and the gRPC client re-reads the files.
+    pub bundle_refresh: Duration,
 }
 
 /// Why the agent could not do its work.
@@ -115,13 +119,15 @@ fn write_atomic(dir: &Path, name: &str, content: &[u8], private: bool) -> Result
 /// The gRPC xDS bootstrap pointing at the TLS port with the agent's files.
 pub fn bootstrap(opts: &AgentOptions) -> Value {
     let file = |name: &str| opts.out.join(name).display().to_string();
+    // Both the xDS channel and the data plane re-read the files (grpc-go's channel default
+    // is 10 minutes, longer than a rotation waits).
     let files = json!({
         "ca_certificate_file": file(ROOT_CERT),
         "certificate_file": file(CERT_CHAIN),
         "private_key_file": file(KEY),
+        "refresh_interval": format!("{}s", opts.bundle_refresh.as_secs().max(1)),
     });
-    let mut provider = files.clone();
-    provider["refresh_interval"] = json!("60s");
+    let provider = files.clone();
     json!({
         "xds_servers": [{
             "server_uri": opts.control_plane,
@@ -238,7 +244,7 @@ pub async fn run(opts: AgentOptions, once: bool) -> Result<(), AgentError> {
         let wait = renew_at
             .duration_since(SystemTime::now())
             .unwrap_or_default()
-            .min(BUNDLE_REFRESH);
+            .min(opts.bundle_refresh);
         tokio::time::sleep(wait).await;
         // The bundle may have changed (a rotation adds a root): copy it.
         match read(&opts.ca_file) {
@@ -283,6 +289,7 @@ mod tests {
             node_id: "n".into(),
             metadata: BTreeMap::from([("NAMESPACE".to_string(), "shop".to_string())]),
             ttl: None,
+            bundle_refresh: BUNDLE_REFRESH,
         };
         let b = bootstrap(&opts);
         let server = &b["xds_servers"][0];
@@ -293,6 +300,14 @@ mod tests {
             "/var/run/weft/key.pem"
         );
         assert_eq!(b["certificate_providers"]["default"]["plugin_name"], "file_watcher");
+        assert_eq!(
+            server["channel_creds"][0]["config"]["refresh_interval"], "30s",
+            "the xDS channel follows a rotation as quickly as the data plane"
+        );
+        assert_eq!(
+            b["certificate_providers"]["default"]["config"]["refresh_interval"],
+            "30s"
+        );
         assert_eq!(b["node"]["metadata"]["NAMESPACE"], "shop");
         assert!(
             b["server_listener_resource_name_template"]

@@ -1,18 +1,24 @@
 //! A mesh's CA as the operator keeps it (pure): from what its Secrets hold now, what they
-//! must hold — a self-signed root made once and kept, an issuer made from it (renewed
-//! before it ages out), or a plug-in CA checked and copied — and what the status shows.
+//! must hold — a self-signed root made once and kept until `rootRotation` is raised, an
+//! issuer made from it (renewed before it ages out), or a plug-in CA checked and copied,
+//! any change of root going through [`super::rotation`] — and what the status shows.
 //!
 //! Two Secrets in the mesh namespace:
-//! - [`ROOT_SECRET`] (self-signed only): the root and its key. Only the operator reads it.
+//! - [`ROOT_SECRET`] (self-signed only): the newest root and its key, and the
+//!   `rootRotation` it was made for. Only the operator reads it. A rotation replaces it at
+//!   once: the old issuer keeps signing until the switch, and only a new issuer needs a
+//!   root key.
 //! - [`ISSUER_SECRET`]: the issuer in Istio's `cacerts` layout, `root-cert.pem` being the
-//!   trust bundle. Control planes read this one Secret, by name, and nothing else: a
-//!   compromised control plane can sign workload certificates but cannot make a new root.
+//!   trust set (every trusted root: the bundle), and while a rotation runs its record.
+//!   Control planes read this one Secret, by name, and nothing else: a compromised control
+//!   plane can sign workload certificates but cannot make a new root.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::ca::{self, CA_CERT, CA_KEY, CERT_CHAIN, CaError, InvalidCa, KeyedCert, ROOT_CERT, SigningCa};
-use crate::api::security::{RootStatus, SecurityStatus};
+use super::rotation::{self, RECORD_KEY, Record, Rollout, Wanted};
+use crate::api::security::{RootStatus, RotationStatus, SecurityStatus};
 
 /// The Secret holding a self-signed mesh root (operator only).
 pub const ROOT_SECRET: &str = "weft-ca-root";
@@ -20,6 +26,8 @@ pub const ROOT_SECRET: &str = "weft-ca-root";
 pub const ISSUER_SECRET: &str = "weft-ca-issuer";
 /// The root key in [`ROOT_SECRET`] (its certificate is under `root-cert.pem`).
 pub const ROOT_KEY: &str = "root-key.pem";
+/// The `rootRotation` the root in [`ROOT_SECRET`] was made for.
+pub const ROOT_GENERATION: &str = "rotation";
 /// The trust-bundle ConfigMap in every namespace of the mesh.
 pub const BUNDLE_CONFIG_MAP: &str = "weft-root-ca";
 /// An issuer is renewed once less than this much of its life is left.
@@ -59,8 +67,16 @@ pub struct Plan {
     pub root: Option<SecretData>,
     /// New content for [`ISSUER_SECRET`] (`None`: keep it as it is).
     pub issuer: Option<SecretData>,
-    /// What signs workload certificates.
+    /// What signs workload certificates; its roots are the whole trust set.
     pub signing: SigningCa,
+    /// The rotation running after this step, if any.
+    pub rotation: Option<Record>,
+    /// What the issuer's new content does, for an Event.
+    pub note: Option<String>,
+    /// What the rotation's next step waits for.
+    pub waiting: Option<String>,
+    /// When to look again for the rotation's next step.
+    pub due: Option<Duration>,
 }
 
 /// Why a mesh's CA cannot be used. Messages never carry key material.
@@ -81,15 +97,22 @@ pub enum CaProblem {
     Generate(#[from] CaError),
 }
 
-/// Decides the content of the CA Secrets. `issuer` is [`ISSUER_SECRET`]'s data if it exists.
+/// Decides the content of the CA Secrets. `issuer` is [`ISSUER_SECRET`]'s data if it
+/// exists; `generation` is `spec.security.rootRotation` (a self-signed root older than it
+/// is replaced, through the rotation of [`super::rotation`]).
 pub fn plan(
     namespace: &str,
     trust_domain: &str,
     source: &Source<'_>,
     issuer: Option<&SecretData>,
+    generation: u32,
+    rollout: &Rollout,
     now: SystemTime,
 ) -> Result<Plan, CaProblem> {
-    match source {
+    let current = issuer.and_then(|d| ca::plugin_ca(&d.0, now).ok());
+    let record = issuer.and_then(stored_record);
+    let at_current = current.as_ref().map(|c| (c, record.as_ref()));
+    let (step, root) = match source {
         Source::Plugin { name, data } => {
             let problem = |problem: String| CaProblem::Plugin {
                 namespace: namespace.to_string(),
@@ -97,48 +120,47 @@ pub fn plan(
                 problem,
             };
             let data = data.ok_or_else(|| problem("the Secret does not exist".to_string()))?;
-            let signing = ca::plugin_ca(&data.0, now).map_err(|e: InvalidCa| problem(e.to_string()))?;
-            let wanted = issuer_data(&signing);
-            Ok(Plan {
-                root: None,
-                issuer: (issuer != Some(&wanted)).then_some(wanted),
-                signing,
-            })
+            let wanted = ca::plugin_ca(&data.0, now).map_err(|e: InvalidCa| problem(e.to_string()))?;
+            let step = rotation::step(at_current, Wanted::Plugin(&wanted), false, trust_domain, rollout, now)?;
+            (step, None)
         }
         Source::SelfSigned { root } => {
-            let (root_cert, new_root) = match root.and_then(|r| stored_root(r, now)) {
-                Some(kept) => (kept, None),
+            let kept = root
+                .and_then(|r| stored_root(r, now))
+                .filter(|(_, made_for)| *made_for >= generation);
+            let (root_cert, new_root) = match kept {
+                Some((kept, _)) => (kept, None),
                 None => {
-                    let made = ca::new_root(trust_domain, 0, now)?;
-                    let data = root_data(&made);
+                    let made = ca::new_root(trust_domain, generation, now)?;
+                    let data = root_data(&made, generation);
                     (made, Some(data))
                 }
             };
-            // The issuer is kept while it chains to this root and has life left.
-            let kept = issuer
-                .and_then(|d| ca::plugin_ca(&d.0, now).ok())
-                .filter(|s| s.roots_pem == root_cert.cert_pem && !ages_out(&s.issuer.cert_pem, now));
-            match kept {
-                Some(signing) => Ok(Plan {
-                    root: new_root,
-                    issuer: None,
-                    signing,
-                }),
-                None => {
-                    let signing = ca::new_issuer(&root_cert, trust_domain, now)?;
-                    Ok(Plan {
-                        root: new_root,
-                        issuer: Some(issuer_data(&signing)),
-                        signing,
-                    })
-                }
-            }
+            let renew = current.as_ref().is_some_and(|c| ages_out(&c.issuer.cert_pem, now));
+            let step = rotation::step(at_current, Wanted::Root(&root_cert), renew, trust_domain, rollout, now)?;
+            (step, new_root)
         }
-    }
+    };
+    let wanted = issuer_data_with(&step.signing, step.record.as_ref());
+    Ok(Plan {
+        root,
+        issuer: (issuer != Some(&wanted)).then_some(wanted),
+        signing: step.signing,
+        rotation: step.record,
+        note: step.note,
+        waiting: step.waiting,
+        due: step.due,
+    })
 }
 
-/// The root kept in `data`, if it is whole and valid now.
-fn stored_root(data: &SecretData, now: SystemTime) -> Option<KeyedCert> {
+/// The rotation record stored with the issuer, if any.
+fn stored_record(data: &SecretData) -> Option<Record> {
+    serde_json::from_slice(data.0.get(RECORD_KEY)?).ok()
+}
+
+/// The root kept in `data`, if it is whole and valid now, with the `rootRotation` it was
+/// made for.
+fn stored_root(data: &SecretData, now: SystemTime) -> Option<(KeyedCert, u32)> {
     let text = |k: &str| data.0.get(k).and_then(|b| String::from_utf8(b.clone()).ok());
     let root = KeyedCert {
         cert_pem: text(ROOT_CERT)?,
@@ -146,7 +168,9 @@ fn stored_root(data: &SecretData, now: SystemTime) -> Option<KeyedCert> {
     };
     let facts = ca::first_facts(&root.cert_pem)?;
     let at = unix(now);
-    (facts.not_before <= at && at < facts.not_after && rcgen::KeyPair::from_pem(&root.key_pem).is_ok()).then_some(root)
+    let made_for = text(ROOT_GENERATION).and_then(|g| g.trim().parse().ok()).unwrap_or(0);
+    (facts.not_before <= at && at < facts.not_after && rcgen::KeyPair::from_pem(&root.key_pem).is_ok())
+        .then_some((root, made_for))
 }
 
 fn ages_out(cert_pem: &str, now: SystemTime) -> bool {
@@ -158,10 +182,11 @@ fn unix(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn root_data(root: &KeyedCert) -> SecretData {
+fn root_data(root: &KeyedCert, generation: u32) -> SecretData {
     SecretData(BTreeMap::from([
         (ROOT_CERT.to_string(), root.cert_pem.clone().into_bytes()),
         (ROOT_KEY.to_string(), root.key_pem.clone().into_bytes()),
+        (ROOT_GENERATION.to_string(), generation.to_string().into_bytes()),
     ]))
 }
 
@@ -175,8 +200,18 @@ pub fn issuer_data(s: &SigningCa) -> SecretData {
     ]))
 }
 
-/// What `status.security` shows of `signing` (serving revisions are the caller's).
-pub fn status(trust_domain: &str, signing: &SigningCa) -> SecurityStatus {
+/// [`issuer_data`] with the rotation record, while a rotation runs.
+fn issuer_data_with(s: &SigningCa, record: Option<&Record>) -> SecretData {
+    let mut data = issuer_data(s);
+    if let Some(r) = record.and_then(|r| serde_json::to_vec(r).ok()) {
+        data.0.insert(RECORD_KEY.to_string(), r);
+    }
+    data
+}
+
+/// What `status.security` shows of `plan` (serving revisions are the caller's).
+pub fn status(trust_domain: &str, plan: &Plan) -> SecurityStatus {
+    let signing = &plan.signing;
     let roots = ca::certificates(&signing.roots_pem)
         .unwrap_or_default()
         .iter()
@@ -192,12 +227,18 @@ pub fn status(trust_domain: &str, signing: &SigningCa) -> SecurityStatus {
         roots,
         issuer_not_after: ca::first_facts(&signing.issuer.cert_pem).map(|f| ca::rfc3339(f.not_after)),
         serving_revisions: Vec::new(),
+        rotation: plan.rotation.map(|r| RotationStatus {
+            phase: r.phase.as_str().to_string(),
+            since: ca::rfc3339(r.since),
+            waiting_for: plan.waiting.clone(),
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::rotation::SETTLED;
 
     const NS: &str = "weft-system";
     const TD: &str = "cluster.local";
@@ -208,17 +249,26 @@ mod tests {
 
     #[test]
     fn a_self_signed_ca_is_made_once_and_then_kept() {
-        let first = plan(NS, TD, &Source::SelfSigned { root: None }, None, now()).unwrap();
+        let first = plan(NS, TD, &Source::SelfSigned { root: None }, None, 0, &SETTLED, now()).unwrap();
         let root = first.root.clone().expect("a new root is written");
         let issuer = first.issuer.clone().expect("a new issuer is written");
         assert!(
             !issuer.0.contains_key(ROOT_KEY),
             "the issuer Secret never holds the root key"
         );
-        let again = plan(NS, TD, &Source::SelfSigned { root: Some(&root) }, Some(&issuer), now()).unwrap();
+        let again = plan(
+            NS,
+            TD,
+            &Source::SelfSigned { root: Some(&root) },
+            Some(&issuer),
+            0,
+            &SETTLED,
+            now(),
+        )
+        .unwrap();
         assert!(again.root.is_none() && again.issuer.is_none(), "nothing is rewritten");
         assert_eq!(again.signing, first.signing);
-        let st = status(TD, &again.signing);
+        let st = status(TD, &again);
         assert_eq!(st.roots.len(), 1);
         assert_eq!(st.roots[0].fingerprint.len(), 64);
         assert!(st.issuer_not_after.is_some());
@@ -226,9 +276,18 @@ mod tests {
 
     #[test]
     fn a_lost_issuer_is_made_again_from_the_same_root() {
-        let first = plan(NS, TD, &Source::SelfSigned { root: None }, None, now()).unwrap();
+        let first = plan(NS, TD, &Source::SelfSigned { root: None }, None, 0, &SETTLED, now()).unwrap();
         let root = first.root.unwrap();
-        let again = plan(NS, TD, &Source::SelfSigned { root: Some(&root) }, None, now()).unwrap();
+        let again = plan(
+            NS,
+            TD,
+            &Source::SelfSigned { root: Some(&root) },
+            None,
+            0,
+            &SETTLED,
+            now(),
+        )
+        .unwrap();
         assert!(again.root.is_none(), "the root is kept");
         let issuer = again.issuer.expect("a new issuer");
         assert_eq!(issuer.0[ROOT_CERT], root.0[ROOT_CERT], "the same trust bundle");
@@ -236,17 +295,26 @@ mod tests {
 
     #[test]
     fn an_issuer_near_its_end_is_renewed() {
-        let made = plan(NS, TD, &Source::SelfSigned { root: None }, None, now()).unwrap();
+        let made = plan(NS, TD, &Source::SelfSigned { root: None }, None, 0, &SETTLED, now()).unwrap();
         let (root, issuer) = (made.root.unwrap(), made.issuer.unwrap());
         let later = now() + ca::ISSUER_TTL - Duration::from_secs(24 * 3600);
-        let renewed = plan(NS, TD, &Source::SelfSigned { root: Some(&root) }, Some(&issuer), later).unwrap();
+        let renewed = plan(
+            NS,
+            TD,
+            &Source::SelfSigned { root: Some(&root) },
+            Some(&issuer),
+            0,
+            &SETTLED,
+            later,
+        )
+        .unwrap();
         assert!(renewed.root.is_none());
         assert!(renewed.issuer.is_some_and(|i| i.0[CA_CERT] != issuer.0[CA_CERT]));
     }
 
     #[test]
     fn secret_data_never_shows_its_values() {
-        let made = plan(NS, TD, &Source::SelfSigned { root: None }, None, now()).unwrap();
+        let made = plan(NS, TD, &Source::SelfSigned { root: None }, None, 0, &SETTLED, now()).unwrap();
         let shown = format!("{made:?}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
     }
@@ -261,6 +329,8 @@ mod tests {
                 data: None,
             },
             None,
+            0,
+            &SETTLED,
             now(),
         )
         .unwrap_err();
@@ -279,6 +349,8 @@ mod tests {
                 data: Some(&data),
             },
             None,
+            0,
+            &SETTLED,
             now(),
         )
         .unwrap();
@@ -291,6 +363,8 @@ mod tests {
                 data: Some(&data),
             },
             Some(&data),
+            0,
+            &SETTLED,
             now(),
         )
         .unwrap();
@@ -304,6 +378,8 @@ mod tests {
                 data: Some(&data),
             },
             None,
+            0,
+            &SETTLED,
             now(),
         )
         .unwrap_err();

@@ -5,6 +5,7 @@
 //!   layout, sign a workload certificate from a CSR.
 //! - `mesh_ca`: pure — what a mesh's CA Secrets must hold (root kept, issuer renewed,
 //!   plug-in CA checked) and what `status.security` shows.
+//! - `rotation`: pure — the steps from one root to another (distribute, switch, retire).
 //!
 //! The trust bundle, the CSR service and `weft agent` build on it (see
 //! `docs/security.md`, "Identity").
@@ -16,5 +17,6 @@ pub mod issuer;
 pub mod mesh_ca;
 pub mod metrics;
 pub mod offline;
+pub mod rotation;
 pub mod spiffe;
 pub mod tokens;

@@ -65,6 +65,8 @@ pub struct Options {
     pub concurrency: u16,
     /// How the RemoteCluster controller checks remote clusters.
     pub remote: remote_cluster::Settings,
+    /// How long a trust bundle may take to reach every control plane and agent.
+    pub bundle_propagation: Duration,
 }
 
 /// Errors that stop the operator.
@@ -133,7 +135,7 @@ pub async fn run(config: kube::Config, opts: Options) -> Result<(), RunError> {
     );
     lease
         .lead(&stop, |shutdown| {
-            controllers(shared.clone(), opts.remote.clone(), shutdown)
+            controllers(shared.clone(), opts.remote.clone(), opts.bundle_propagation, shutdown)
         })
         .await;
 
@@ -187,7 +189,12 @@ struct Watches {
 }
 
 /// Every controller, until `shutdown` (finishing the reconciles in flight).
-async fn controllers(shared: Shared, remote: remote_cluster::Settings, shutdown: Shutdown) {
+async fn controllers(
+    shared: Shared,
+    remote: remote_cluster::Settings,
+    bundle_propagation: Duration,
+    shutdown: Shutdown,
+) {
     let (remote_feed, fed) = remote_cluster::feed();
     let (remote_meshes, remote_news) = mesh_install::remotes::remote_feed();
     let w = Watches {
@@ -200,7 +207,15 @@ async fn controllers(shared: Shared, remote: remote_cluster::Settings, shutdown:
     };
     // Controllers subscribe to the shared watches as they are built, before those start.
     let run = future::join3(
-        mesh_install::controller(&shared, &w.meshes, &w.usage, &w.remotes, remote_news, shutdown.clone()),
+        mesh_install::controller(
+            &shared,
+            &w.meshes,
+            &w.usage,
+            &w.remotes,
+            remote_news,
+            bundle_propagation,
+            shutdown.clone(),
+        ),
         mesh_gateway::controller(&shared, &w.gateways, &w.meshes, shutdown.clone()),
         remote_cluster::controller(&shared, &w.remotes, &w.meshes, fed, remote, shutdown),
     );

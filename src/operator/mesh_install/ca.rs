@@ -13,24 +13,32 @@ use std::time::SystemTime;
 use tracing::info;
 
 use super::Context;
-use super::decide::CaWrites;
+use super::decide::{CaWrites, mesh_namespaces};
+use super::names::Neighbours;
+use super::observe::Observed;
 use crate::api::common::StallReason;
 use crate::api::labels;
 use crate::api::mesh_install::MeshInstall;
-use crate::identity::mesh_ca::{self, CaProblem, ISSUER_SECRET, Plan, ROOT_SECRET, SecretData, Source};
+use crate::identity::ca::ROOT_CERT;
+use crate::identity::mesh_ca::{
+    self, BUNDLE_CONFIG_MAP, CaProblem, ISSUER_SECRET, Plan, ROOT_SECRET, SecretData, Source,
+};
+use crate::identity::rotation::Rollout;
 use crate::operator::apply::FIELD_MANAGER;
 use crate::operator::conditions::Stall;
 use crate::operator::controller::Ref;
 use crate::operator::error::{Error, kube_err};
 use crate::operator::events::Note;
 use crate::operator::watch::Guarded;
+use crate::render::OwnedKind;
 
 /// The `weft.dev/component` of the CA Secrets.
 pub const COMPONENT: &str = "ca";
 
 /// Reads the CA Secrets of `mi` and plans them: what they must hold, or why the CA
-/// cannot be used (a bad plug-in CA stalls the spec; nothing is written).
-pub async fn read(ctx: &Context, mi: &MeshInstall) -> Result<Result<Plan, Stall>, Error> {
+/// cannot be used (a bad plug-in CA stalls the spec; nothing is written). A rotation's
+/// gate is checked against `observed` (revisions ready) and the owned bundles.
+pub async fn read(ctx: &Context, mi: &MeshInstall, observed: &Observed) -> Result<Result<Plan, Stall>, Error> {
     let ns = &mi.spec.namespace;
     let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), ns);
     let get = |name: String| {
@@ -56,7 +64,21 @@ pub async fn read(ctx: &Context, mi: &MeshInstall) -> Result<Result<Plan, Stall>
         },
         None => Source::SelfSigned { root: stored.as_ref() },
     };
-    let planned = mesh_ca::plan(ns, &mi.spec.trust_domain(), &source, issuer.as_ref(), SystemTime::now());
+    let rollout = Rollout {
+        bundles_current: bundles_current(ctx, mi, observed, issuer.as_ref()),
+        revisions_ready: !observed.revisions.is_empty() && observed.revisions.iter().all(|r| r.ready()),
+        propagation: ctx.bundle_propagation,
+        cert_ttl: security.workload_cert_ttl(),
+    };
+    let planned = mesh_ca::plan(
+        ns,
+        &mi.spec.trust_domain(),
+        &source,
+        issuer.as_ref(),
+        security.root_rotation(),
+        &rollout,
+        SystemTime::now(),
+    );
     Ok(planned.map_err(|e| match e {
         CaProblem::Plugin { .. } => Stall {
             reason: StallReason::InvalidCa,
@@ -67,6 +89,23 @@ pub async fn read(ctx: &Context, mi: &MeshInstall) -> Result<Result<Plan, Stall>
             message: e.to_string(),
         },
     }))
+}
+
+/// Whether every namespace of the mesh has a trust bundle holding the stored trust set
+/// (the issuer Secret's `root-cert.pem`), as the owned-object index sees them.
+fn bundles_current(ctx: &Context, mi: &MeshInstall, observed: &Observed, issuer: Option<&SecretData>) -> bool {
+    let Some(trust) = issuer.and_then(|d| d.0.get(ROOT_CERT)) else {
+        return false;
+    };
+    if !observed.usage.synced {
+        return false;
+    }
+    let owns_default = Neighbours::of(mi, &observed.others).owns_default;
+    mesh_namespaces(mi, &observed.usage, owns_default).iter().all(|ns| {
+        ctx.index
+            .get(OwnedKind::ConfigMap, Some(ns), BUNDLE_CONFIG_MAP)
+            .is_some_and(|cm| cm.data["data"][ROOT_CERT].as_str().map(str::as_bytes) == Some(trust.as_slice()))
+    })
 }
 
 fn data(s: &Secret) -> SecretData {
@@ -87,7 +126,10 @@ pub async fn write(ctx: &Context, mi: &MeshInstall, writes: &CaWrites) -> Result
         let what = if name == ROOT_SECRET {
             "made the mesh root"
         } else {
-            "wrote the issuer control planes sign with"
+            writes
+                .note
+                .as_deref()
+                .unwrap_or("wrote the issuer control planes sign with")
         };
         info!(secret = name, "{what}");
         let message = format!("{what} (Secret {}/{name})", mi.spec.namespace);

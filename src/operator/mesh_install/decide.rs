@@ -50,6 +50,8 @@ pub struct CaWrites {
     pub root: Option<SecretData>,
     /// New content of the issuer Secret (`None`: unchanged).
     pub issuer: Option<SecretData>,
+    /// What the issuer's new content does (a rotation step), for its Event.
+    pub note: Option<String>,
     /// The `weft-root-ca` ConfigMap of every namespace of the mesh; `None` until the usage
     /// index has listed (an unknown usage must not prune a bundle a namespace still needs).
     pub bundles: Option<Vec<Manifest>>,
@@ -90,6 +92,7 @@ pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, no
         (Ok(_), Some(Ok(plan))) => Some(CaWrites {
             root: plan.root.clone(),
             issuer: plan.issuer.clone(),
+            note: plan.note.clone(),
             bundles: observed
                 .usage
                 .synced
@@ -109,7 +112,7 @@ pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, no
     // planned new root exists nowhere, and a new one would be planned next time.
     let security = match &observed.ca {
         Some(Ok(plan)) if ca.is_some() || (plan.root.is_none() && plan.issuer.is_none()) => {
-            let mut s = mesh_ca::status(&mi.spec.trust_domain(), &plan.signing);
+            let mut s = mesh_ca::status(&mi.spec.trust_domain(), plan);
             s.serving_revisions = installed.iter().filter(|r| r.ready()).map(|r| r.name.clone()).collect();
             Some(s)
         }
@@ -125,9 +128,18 @@ pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, no
         security,
     });
     let previous = mi.status.clone().unwrap_or_default();
+    // A rotation's next step may be due before anything else changes.
+    let rotation_due = match (&ca, &observed.ca) {
+        (Some(_), Some(Ok(p))) => p.due,
+        _ => None,
+    };
+    let requeue = [plan.requeue, rotation_due]
+        .into_iter()
+        .flatten()
+        .fold(RESYNC, Duration::min);
     Decision {
         steps: steps::transitions(&previous, &status, &prune),
-        requeue: plan.requeue.map_or(RESYNC, |d| d.min(RESYNC)),
+        requeue,
         install: built.ok(),
         ca,
         target,
@@ -165,7 +177,7 @@ fn build(
 
 /// The namespaces that belong to the mesh: those labelled for one of its revisions or tags
 /// (`default` only when this mesh owns that tag), its gateways' and its own.
-fn mesh_namespaces(mi: &MeshInstall, usage: &Usage, owns_default: bool) -> BTreeSet<String> {
+pub(super) fn mesh_namespaces(mi: &MeshInstall, usage: &Usage, owns_default: bool) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = usage
         .namespaces
         .iter()
@@ -258,6 +270,8 @@ mod tests {
             "cluster.local",
             &mesh_ca::Source::SelfSigned { root: None },
             None,
+            0,
+            &crate::identity::rotation::SETTLED,
             std::time::SystemTime::now(),
         )
         .unwrap();
@@ -287,6 +301,26 @@ mod tests {
             d.ca.unwrap().bundles.is_none(),
             "usage unknown: bundles left as they are"
         );
+    }
+
+    #[test]
+    fn a_rotation_step_due_soon_brings_the_next_look_forward() {
+        let mi = mesh("version: 1.0.0", 1, None);
+        let mut o = observed(vec![]);
+        let mut plan = mesh_ca::plan(
+            &mi.spec.namespace,
+            "cluster.local",
+            &mesh_ca::Source::SelfSigned { root: None },
+            None,
+            0,
+            &crate::identity::rotation::SETTLED,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        plan.due = Some(Duration::from_secs(7));
+        o.ca = Some(Ok(plan));
+        let d = decide(&mi, &VersionTable::builtin(), &o, at(0));
+        assert_eq!(d.requeue, Duration::from_secs(7));
     }
 
     #[test]

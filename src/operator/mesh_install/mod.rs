@@ -60,6 +60,9 @@ pub struct Context {
     pub remotes: Store<Guarded<RemoteCluster>>,
     /// True once the RemoteClusters are listed.
     pub remotes_listed: tokio::sync::watch::Receiver<bool>,
+    /// How long a written trust bundle may take to reach every control plane and agent
+    /// (a root rotation waits this long before signing with the new root).
+    pub bundle_propagation: std::time::Duration,
 }
 
 /// Builds the controller over the shared MeshInstall watch; it runs until `shutdown`.
@@ -71,6 +74,7 @@ pub fn controller(
     usage: &UsageIndex,
     remotes: &SharedWatch<RemoteCluster>,
     news: remotes::RemoteNews,
+    bundle_propagation: std::time::Duration,
     shutdown: Shutdown,
 ) -> impl Future<Output = ()> + use<> {
     let (remote_changes, remotes_listed) = news.split();
@@ -90,6 +94,7 @@ pub fn controller(
         usage: usage.clone(),
         remotes: remotes.store(),
         remotes_listed,
+        bundle_propagation,
     });
     // A namespace label or gateway changed: usage may have moved between revisions. A
     // gateway concerns its own mesh; a namespace label any mesh, and there are few
@@ -147,7 +152,7 @@ async fn reconcile(mi: Arc<MeshInstall>, ctx: Arc<Context>) -> Result<Action, Er
 /// retried in a loop: the same spec would be refused again.
 async fn converge(ctx: &Context, mi: &MeshInstall) -> Result<Action, Error> {
     let mut observed = observe::observe(ctx, mi);
-    observed.ca = Some(ca::read(ctx, mi).await?);
+    observed.ca = Some(ca::read(ctx, mi, &observed).await?);
     let now = Timestamp::now();
     let mut decision = decide::decide(mi, &ctx.shared.versions, &observed, now);
     if let Err(e) = apply::apply(ctx, mi, &decision).await {
