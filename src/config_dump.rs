@@ -2,9 +2,11 @@
 //! subscribes (LDS and CDS wildcard, then RDS and EDS by the names those ask for, ACKing
 //! every response), and with `--check` judged by [`crate::envoy_check`]. The client says
 //! who it is with the node of an Envoy bootstrap (the node proxies' ConfigMap, a gateway's)
-//! or with flags.
+//! or with flags; over the TLS port it connects as the bootstrap does, with the agent's
+//! SDS files.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -13,6 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::envoy_check::{Finding, Served};
 use crate::xds::serve::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
@@ -128,12 +131,94 @@ fn name_of(any: &Any) -> String {
 /// what it holds once every subscribed type has answered (or `timeout` has passed, so a
 /// name the control plane never answers shows up as dangling).
 pub async fn fetch(address: &str, node: Node, timeout: Duration) -> Result<Dump, Error> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(address.to_string())
-        .await
-        .map_err(|source| Error::Connect {
-            address: address.to_string(),
-            source,
-        })?;
+    fetch_over(address, None, node, timeout).await
+}
+
+/// The TLS an Envoy bootstrap's `xds` cluster uses: the name the control plane's
+/// certificate must carry, and the certificate, key and roots of the SDS files it names.
+#[derive(Clone)]
+pub struct Tls {
+    /// The SNI and the name checked in the control plane's certificate.
+    pub server_name: String,
+    /// The client certificate chain (PEM).
+    pub cert_pem: String,
+    /// Its key (PEM). Never shown.
+    pub key_pem: String,
+    /// The roots the control plane's certificate must chain to (PEM).
+    pub roots_pem: String,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TLS of the bootstrap's `xds` cluster, read from the SDS files its
+/// `path_config_source`s name (from `identity_dir` instead of their own directory, when
+/// given: the agent's output outside the pod). `None`: the cluster is plaintext.
+pub fn tls_from_bootstrap(path: &str, text: &str, identity_dir: Option<&Path>) -> Result<Option<Tls>, Error> {
+    let bad = |message: String| Error::Bootstrap {
+        path: path.to_string(),
+        message,
+    };
+    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let xds = doc["static_resources"]["clusters"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "xds"))
+        .ok_or_else(|| bad("it has no xds cluster".to_string()))?;
+    let Some(socket) = xds.get("transport_socket") else {
+        return Ok(None);
+    };
+    let tls = &socket["typed_config"];
+    let context = &tls["common_tls_context"];
+    let sds_file = |config: &serde_json::Value| -> Result<serde_json::Value, Error> {
+        let named = config["sds_config"]["path_config_source"]["path"]
+            .as_str()
+            .ok_or_else(|| bad("an SDS config without path_config_source.path".to_string()))?;
+        let file = match identity_dir {
+            Some(dir) => dir.join(Path::new(named).file_name().unwrap_or_default()),
+            None => PathBuf::from(named),
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| bad(format!("{}: {e}", file.display())))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("{}: {e}", file.display())))?;
+        Ok(doc["resources"][0].clone())
+    };
+    let cert = sds_file(&context["tls_certificate_sds_secret_configs"][0])?;
+    let roots = sds_file(&context["combined_validation_context"]["validation_context_sds_secret_config"])?;
+    let text = |v: &serde_json::Value, what: &str| {
+        v["inline_string"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| bad(format!("the SDS file has no inline {what}")))
+    };
+    Ok(Some(Tls {
+        server_name: tls["sni"].as_str().unwrap_or_default().to_string(),
+        cert_pem: text(&cert["tls_certificate"]["certificate_chain"], "certificate_chain")?,
+        key_pem: text(&cert["tls_certificate"]["private_key"], "private_key")?,
+        roots_pem: text(&roots["validation_context"]["trusted_ca"], "trusted_ca")?,
+    }))
+}
+
+/// Like [`fetch`], over TLS when `tls` says so (`address` is then `https://host:port`).
+pub async fn fetch_over(address: &str, tls: Option<&Tls>, node: Node, timeout: Duration) -> Result<Dump, Error> {
+    let connect = |source| Error::Connect {
+        address: address.to_string(),
+        source,
+    };
+    let mut endpoint = Endpoint::from_shared(address.to_string()).map_err(connect)?;
+    if let Some(tls) = tls {
+        let config = ClientTlsConfig::new()
+            .domain_name(tls.server_name.clone())
+            .ca_certificate(Certificate::from_pem(&tls.roots_pem))
+            .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        endpoint = endpoint.tls_config(config).map_err(connect)?;
+    }
+    let channel = endpoint.connect().await.map_err(connect)?;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
     let request = |type_url: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
         type_url: type_url.to_string(),
@@ -221,7 +306,17 @@ pub async fn fetch(address: &str, node: Node, timeout: Duration) -> Result<Dump,
 
 /// Fetches like [`fetch`] and fails with [`Error::Timeout`] when LDS or CDS never came.
 pub async fn fetch_complete(address: &str, node: Node, timeout: Duration) -> Result<Dump, Error> {
-    let dump = fetch(address, node, timeout).await?;
+    fetch_complete_over(address, None, node, timeout).await
+}
+
+/// Like [`fetch_complete`], over TLS when `tls` says so.
+pub async fn fetch_complete_over(
+    address: &str,
+    tls: Option<&Tls>,
+    node: Node,
+    timeout: Duration,
+) -> Result<Dump, Error> {
+    let dump = fetch_over(address, tls, node, timeout).await?;
     for (t, what) in [(LISTENER, "listeners"), (CLUSTER, "clusters")] {
         if !dump.resources.contains_key(t) {
             return Err(Error::Timeout(what));

@@ -197,6 +197,11 @@ struct ConfigDumpArgs {
     /// ConfigMap `weft-proxy-<rev>`, or a gateway's.
     #[arg(long, conflicts_with_all = ["role", "namespace"])]
     bootstrap: Option<PathBuf>,
+    /// Connect over TLS as the bootstrap's xDS cluster does (`--xds` then names the TLS
+    /// port, 15012), with the agent's SDS files from this directory (a `weft agent --once`
+    /// output). Without it the connection is plaintext (port 15010).
+    #[arg(long, requires = "bootstrap")]
+    identity_dir: Option<PathBuf>,
     /// The role to claim without a bootstrap: `node-proxy` or `gateway`.
     #[arg(long, requires = "namespace")]
     role: Option<String>,
@@ -295,9 +300,13 @@ struct ControlPlaneArgs {
     /// A kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
-    /// Where ADS listens.
+    /// Where plaintext ADS listens.
     #[arg(long, default_value = "0.0.0.0:15010")]
     xds_address: SocketAddr,
+    /// Serve no plaintext ADS: only the TLS port, where every client is authenticated
+    /// (`controlPlane.plaintextXds: false`).
+    #[arg(long, requires = "ca_secret")]
+    no_plaintext_xds: bool,
     /// Where `/metrics` and `/ready` listen.
     #[arg(long, default_value = "0.0.0.0:15014")]
     monitoring_address: SocketAddr,
@@ -495,10 +504,18 @@ fn config_dump(args: ConfigDumpArgs) -> Result<()> {
     if args.output != "table" && args.output != "json" {
         return Err(format!("-o {}: choose table or json", args.output).into());
     }
+    let mut tls = None;
     let node = match &args.bootstrap {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            config_dump::node_from_bootstrap(&path.display().to_string(), &text)?
+            let shown = path.display().to_string();
+            if let Some(dir) = &args.identity_dir {
+                tls = config_dump::tls_from_bootstrap(&shown, &text, Some(dir))?;
+                if tls.is_none() {
+                    return Err(format!("{shown}: its xds cluster does not use TLS; leave out --identity-dir").into());
+                }
+            }
+            config_dump::node_from_bootstrap(&shown, &text)?
         }
         None => {
             let role = args
@@ -539,12 +556,15 @@ fn config_dump(args: ConfigDumpArgs) -> Result<()> {
     };
     let address = if args.xds.contains("://") {
         args.xds.clone()
+    } else if tls.is_some() {
+        format!("https://{}", args.xds)
     } else {
         format!("http://{}", args.xds)
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let dump = runtime.block_on(config_dump::fetch_complete(
+    let dump = runtime.block_on(config_dump::fetch_complete_over(
         &address,
+        tls.as_ref(),
         node,
         std::time::Duration::from_secs(args.timeout),
     ))?;
@@ -730,7 +750,7 @@ fn control_plane(args: ControlPlaneArgs) -> Result<()> {
             client,
             weft::xds::control_plane::Options {
                 revision: args.revision,
-                xds_address: args.xds_address,
+                xds_address: (!args.no_plaintext_xds).then_some(args.xds_address),
                 monitoring_address: args.monitoring_address,
                 mesh_config: args.mesh_config,
                 debounce: weft::xds::control_plane::Debounce {

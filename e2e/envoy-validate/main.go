@@ -8,10 +8,15 @@
 // Usage:
 //
 //	weft-envoy-validate FILE
+//	weft-envoy-validate -json FILE
+//	weft-envoy-validate -bootstrap FILE
 //
 // FILE holds one binary envoy.service.discovery.v3.DiscoveryResponse whose resources are
-// the resources to check (any mix of types). Each finding is printed as one JSON line
-// {"type", "name", "error"}; the exit code is 1 when there is any, 2 on bad input.
+// the resources to check (any mix of types); with -json, the same as JSON (what Envoy's
+// path_config_source reads, such as SDS files); with -bootstrap, an Envoy bootstrap as
+// JSON, parsed as Envoy parses its config file (an unknown field is an error). Each finding
+// is printed as one JSON line {"type", "name", "error"}; the exit code is 1 when there is
+// any, 2 on bad input.
 package main
 
 import (
@@ -21,9 +26,12 @@ import (
 	"os"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	bootstrap "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 
 	// The types Weft serves and packs, registered for anypb.UnmarshalNew.
 	_ "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -36,6 +44,7 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
 
@@ -49,37 +58,66 @@ type finding struct {
 type validator interface{ ValidateAll() error }
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: weft-envoy-validate FILE")
+	args := os.Args[1:]
+	mode := ""
+	if len(args) == 2 && (args[0] == "-json" || args[0] == "-bootstrap") {
+		mode, args = args[0], args[1:]
+	}
+	if len(args) != 1 {
+		fmt.Fprintln(os.Stderr, "usage: weft-envoy-validate [-json | -bootstrap] FILE")
 		os.Exit(2)
 	}
-	data, err := os.ReadFile(os.Args[1])
+	data, err := os.ReadFile(args[0])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
+	if mode == "-bootstrap" {
+		var b bootstrap.Bootstrap
+		if err := protojson.Unmarshal(data, &b); err != nil {
+			fmt.Fprintln(os.Stderr, "not a bootstrap Envoy accepts:", err)
+			os.Exit(2)
+		}
+		report([]proto.Message{&b}, 1)
+		return
+	}
 	var response discovery.DiscoveryResponse
-	if err := proto.Unmarshal(data, &response); err != nil {
+	unmarshal := proto.Unmarshal
+	if mode == "-json" {
+		unmarshal = func(b []byte, m proto.Message) error { return protojson.Unmarshal(b, m) }
+	}
+	if err := unmarshal(data, &response); err != nil {
 		fmt.Fprintln(os.Stderr, "not a DiscoveryResponse:", err)
 		os.Exit(2)
 	}
 	var found []finding
+	var messages []proto.Message
 	for _, any := range response.GetResources() {
 		msg, err := anypb.UnmarshalNew(any, proto.UnmarshalOptions{})
 		if err != nil {
 			found = append(found, finding{any.GetTypeUrl(), "", "does not unpack: " + err.Error()})
 			continue
 		}
+		messages = append(messages, msg)
+	}
+	report(messages, len(response.GetResources()), found...)
+}
+
+// report validates messages, prints every finding (after those already found), and exits
+// 1 when there is any.
+func report(messages []proto.Message, checked int, found ...finding) {
+	for _, msg := range messages {
 		name := nameOf(msg)
+		typeName := "type.googleapis.com/" + string(msg.ProtoReflect().Descriptor().FullName())
 		for _, e := range validate(msg) {
-			found = append(found, finding{any.GetTypeUrl(), name, e})
+			found = append(found, finding{typeName, name, e})
 		}
 	}
 	out := json.NewEncoder(os.Stdout)
 	for _, f := range found {
 		_ = out.Encode(f)
 	}
-	fmt.Fprintf(os.Stderr, "checked %d resources: %d findings\n", len(response.GetResources()), len(found))
+	fmt.Fprintf(os.Stderr, "checked %d resources: %d findings\n", checked, len(found))
 	if len(found) > 0 {
 		os.Exit(1)
 	}

@@ -1,5 +1,6 @@
 //! go-control-plane's protoc-gen-validate checks (`e2e/envoy-validate`, built by the test
-//! bed) over xDS resources: every constraint Envoy's protos declare.
+//! bed) over xDS resources, Envoy bootstraps and SDS files: every constraint Envoy's protos
+//! declare.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -45,6 +46,39 @@ pub fn validate(resources: &[Any]) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// What the validator finds in an Envoy bootstrap (JSON), parsed as Envoy parses its
+/// config file: an unknown field or a value of the wrong type is one finding, every
+/// violated constraint (typed configs included) another.
+pub fn validate_bootstrap(text: &str) -> Vec<String> {
+    run_json("-bootstrap", text)
+}
+
+/// What the validator finds in a JSON DiscoveryResponse such as an SDS file Envoy's
+/// `path_config_source` reads.
+pub fn validate_json_response(text: &str) -> Vec<String> {
+    run_json("-json", text)
+}
+
+fn run_json(mode: &str, text: &str) -> Vec<String> {
+    let file = tempfile_path();
+    std::fs::write(&file, text).expect("write the file");
+    let out = Command::new(path())
+        .arg(mode)
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", path().display()));
+    let _ = std::fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(0) | Some(1) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        // Envoy would not even parse it.
+        _ => vec![stderr],
+    }
 }
 
 fn tempfile_path() -> PathBuf {

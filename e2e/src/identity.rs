@@ -1,8 +1,9 @@
 //! Mesh-identity helpers shared by the identity tests and `bench-ca`: the issuer Secret,
 //! ServiceAccounts and their tokens, and workload TLS with the files `weft agent` writes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::sync::Arc;
 
 use k8s_openapi::ByteString;
@@ -23,7 +24,7 @@ use weft::identity::ca::SigningCa;
 use weft::identity::mesh_ca;
 use weft::identity::spiffe::WorkloadId;
 
-use crate::Bed;
+use crate::{Bed, weft_bin};
 
 /// The issuer Secret `weft-ca-issuer` holding `signing`, as the operator writes it.
 pub fn issuer_secret(signing: &SigningCa) -> Secret {
@@ -264,4 +265,36 @@ pub fn mtls_handshake(client: &Material, server: &Material, server_id: &str) -> 
         }
     }
     Err("the handshake did not finish".to_string())
+}
+
+/// Runs `weft agent --once` against `address` (checking the control plane's certificate
+/// for `server_name`, default the host); its stderr on failure.
+pub fn agent_once(
+    address: &str,
+    server_name: Option<&str>,
+    token: &Path,
+    ca_file: &Path,
+    out: &Path,
+    metadata: &BTreeMap<&str, &str>,
+) -> Result<(), String> {
+    let mut cmd = Command::new(weft_bin());
+    cmd.args(["agent", "--once", "--control-plane", address, "--node-id", "e2e"])
+        .arg("--token-file")
+        .arg(token)
+        .arg("--ca-file")
+        .arg(ca_file)
+        .arg("--out")
+        .arg(out);
+    if let Some(name) = server_name {
+        cmd.args(["--server-name", name]);
+    }
+    for (k, v) in metadata {
+        cmd.args(["--metadata", &format!("{k}={v}")]);
+    }
+    let output = cmd.output().expect("run weft agent");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
 }

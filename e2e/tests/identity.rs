@@ -5,7 +5,6 @@
 //! to clients whose node metadata matches their certificate.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use k8s_openapi::ByteString;
@@ -20,7 +19,7 @@ use weft::identity::spiffe::WorkloadId;
 use weft::identity::{ca, mesh_ca};
 use weft_e2e::control_plane::free_port_on as free_port;
 use weft_e2e::grpc_clients::{backend, call, grpc_go_client, wait_reached};
-use weft_e2e::identity::{Process, label_namespace, service_account, token_file};
+use weft_e2e::identity::{Process, agent_once, label_namespace, service_account, token_file};
 use weft_e2e::operator::{Operator, SERIAL, TIMEOUT, condition, delete_and_wait, install_crds, mesh, wait_ready};
 use weft_e2e::testhost::{HOST_ADDRESS, TestHost};
 use weft_e2e::{Bed, wait_for, weft_bin};
@@ -197,33 +196,6 @@ async fn the_operator_keeps_a_ca_per_mesh_and_a_bundle_in_each_of_its_namespaces
 
 // ---- The control plane's TLS port, with `weft agent` ----
 
-/// Runs `weft agent --once`; its stderr on failure.
-fn agent_once(
-    address: &str,
-    token: &Path,
-    ca_file: &Path,
-    out: &Path,
-    metadata: &BTreeMap<&str, &str>,
-) -> Result<(), String> {
-    let mut cmd = Command::new(weft_bin());
-    cmd.args(["agent", "--once", "--control-plane", address, "--node-id", "e2e"])
-        .arg("--token-file")
-        .arg(token)
-        .arg("--ca-file")
-        .arg(ca_file)
-        .arg("--out")
-        .arg(out);
-    for (k, v) in metadata {
-        cmd.args(["--metadata", &format!("{k}={v}")]);
-    }
-    let output = cmd.output().expect("run weft agent");
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
 #[tokio::test]
 async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identity() {
     let _serial = SERIAL.lock().await;
@@ -296,7 +268,7 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
     // A mesh workload's token: a certificate for exactly its identity, and the files.
     let out = dir.join("cart");
     let token = token_file(&bed, &dir, &shop.name, "cart", "weft-ca");
-    agent_once(&address, &token, &ca_file, &out, &meta).expect("the agent gets a certificate");
+    agent_once(&address, None, &token, &ca_file, &out, &meta).expect("the agent gets a certificate");
     let chain = std::fs::read_to_string(out.join("cert-chain.pem")).unwrap();
     let leaf = ca::certificates(&chain).unwrap().remove(0);
     assert_eq!(
@@ -318,10 +290,10 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
 
     // A token for another audience proves nothing; a workload outside the mesh gets nothing.
     let wrong_audience = token_file(&bed, &dir, &shop.name, "cart", "somebody-else");
-    let refused = agent_once(&address, &wrong_audience, &ca_file, &dir.join("wrong"), &meta).unwrap_err();
+    let refused = agent_once(&address, None, &wrong_audience, &ca_file, &dir.join("wrong"), &meta).unwrap_err();
     assert!(refused.contains("Unauthenticated"), "{refused}");
     let intruder = token_file(&bed, &dir, &outside.name, "intruder", "weft-ca");
-    let refused = agent_once(&address, &intruder, &ca_file, &dir.join("intruder"), &meta).unwrap_err();
+    let refused = agent_once(&address, None, &intruder, &ca_file, &dir.join("intruder"), &meta).unwrap_err();
     assert!(
         refused.contains("PermissionDenied") && refused.contains(&outside.name),
         "{refused}"
@@ -371,7 +343,8 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
         ("ROLE", "proxyless"),
     ]);
     let forged = dir.join("forged");
-    agent_once(&address, &token, &ca_file, &forged, &forged_meta).expect("the certificate is still the caller's own");
+    agent_once(&address, None, &token, &ca_file, &forged, &forged_meta)
+        .expect("the certificate is still the caller's own");
     let forged_boot = forged.join("bootstrap.json").display().to_string();
     let mut impostor = host.spawn(&go, &[&forged_boot, &target]);
     wait_for("the forged namespace claim to be refused", TIMEOUT, || {

@@ -22,8 +22,10 @@ use weft::api::MeshInstall;
 use weft::api::mesh_gateway::MeshGateway;
 use weft::config_dump::{self, Dump};
 use weft::envoy_check::{self, Role};
+use weft::identity::mesh_ca;
 use weft::xds::translate::node_proxy;
-use weft_e2e::control_plane::ControlPlane;
+use weft_e2e::control_plane::{ControlPlane, free_port};
+use weft_e2e::identity::{agent_once, token_file};
 use weft_e2e::operator::{Operator, SERIAL, TIMEOUT, delete_and_wait, install_crds, mesh, wait_ready};
 use weft_e2e::{Bed, envoy_validate, multicluster, wait_for, weft_bin};
 
@@ -44,13 +46,24 @@ async fn config_map(bed: &Bed, ns: &str, name: &str, key: &str) -> String {
     .await
 }
 
-/// What the Envoy with this bootstrap's node holds from `cp`, once it holds `want` (the
-/// control plane may not have seen every object yet).
+/// What the Envoy with this bootstrap's node holds from `cp`'s plaintext port, once it
+/// holds `want` (the control plane may not have seen every object yet).
 async fn dump_when(cp: &ControlPlane, bootstrap: &str, what: &str, want: impl Fn(&Dump) -> bool) -> Dump {
-    let node = config_dump::node_from_bootstrap("bootstrap.json", bootstrap).expect("a bootstrap with a node");
     let address = format!("http://127.0.0.1:{}", cp.xds);
+    dump_over(&address, None, bootstrap, what, want).await
+}
+
+/// Like [`dump_when`], at `address`, over TLS when `tls` says so.
+async fn dump_over(
+    address: &str,
+    tls: Option<&config_dump::Tls>,
+    bootstrap: &str,
+    what: &str,
+    want: impl Fn(&Dump) -> bool,
+) -> Dump {
+    let node = config_dump::node_from_bootstrap("bootstrap.json", bootstrap).expect("a bootstrap with a node");
     wait_for(what, Duration::from_secs(30), || async {
-        let dump = config_dump::fetch_complete(&address, node.clone(), Duration::from_secs(5))
+        let dump = config_dump::fetch_complete_over(address, tls, node.clone(), Duration::from_secs(5))
             .await
             .map_err(|e| e.to_string())?;
         if want(&dump) {
@@ -174,14 +187,74 @@ async fn node_proxies_and_gateways_are_served_what_envoy_accepts() {
     let mesh_config = config_map(&bed, mesh_ns, "weft-cp-np", "mesh.yaml").await;
     let file = bed.kubeconfig.parent().unwrap().join("np-mesh.yaml");
     std::fs::write(&file, &mesh_config).unwrap();
-    let cp = ControlPlane::start_with(&bed, "np", &["--mesh-config", file.to_str().unwrap()]);
+    // Its TLS port too, signing with the issuer the operator keeps for the mesh.
+    let secure = free_port();
+    let secure_address = format!("127.0.0.1:{secure}");
+    let cp = ControlPlane::start_with(
+        &bed,
+        "np",
+        &[
+            "--mesh-config",
+            file.to_str().unwrap(),
+            "--mesh-namespace",
+            mesh_ns,
+            "--ca-secret",
+            mesh_ca::ISSUER_SECRET,
+            "--secure-address",
+            &secure_address,
+        ],
+    );
     cp.wait_ready().await;
+
+    // Node proxies and gateways connect to the TLS port with the certificate `weft agent`
+    // gets for their ServiceAccount, read from its SDS files as the bootstrap says.
+    let work = bed.kubeconfig.parent().unwrap().join("np-identity");
+    std::fs::create_dir_all(&work).unwrap();
+    let bundle = work.join("root-cert.pem");
+    std::fs::write(
+        &bundle,
+        config_map(&bed, mesh_ns, mesh_ca::BUNDLE_CONFIG_MAP, "root-cert.pem").await,
+    )
+    .unwrap();
+    let identity_of = |ns: &str, sa: &str| {
+        let out = work.join(sa);
+        let token = token_file(&bed, &work, ns, sa, "weft-ca");
+        agent_once(
+            &secure_address,
+            Some(&format!("weft-cp-np.{mesh_ns}.svc")),
+            &token,
+            &bundle,
+            &out,
+            &BTreeMap::new(),
+        )
+        .unwrap_or_else(|e| panic!("a certificate for {ns}/{sa}: {e}"));
+        for file in ["sds-cert.json", "sds-root.json"] {
+            let text = std::fs::read_to_string(out.join(file)).unwrap();
+            let findings = envoy_validate::validate_json_response(&text);
+            assert!(findings.is_empty(), "{sa}'s {file}: {findings:#?}");
+        }
+        out
+    };
+    let tls_of = |bootstrap: &str, dir: &std::path::Path| {
+        let findings = envoy_validate::validate_bootstrap(bootstrap);
+        assert!(findings.is_empty(), "the bootstrap as Envoy parses it: {findings:#?}");
+        config_dump::tls_from_bootstrap("bootstrap.json", bootstrap, Some(dir))
+            .expect("the bootstrap's TLS")
+            .expect("the xds cluster uses TLS")
+    };
+    let tls_address = format!("https://{secure_address}");
 
     let greeter = "outbound|50051||greeter.e2e-np-shop.svc.cluster.local";
     let proxy_bootstrap = config_map(&bed, mesh_ns, "weft-proxy-np", "bootstrap.json").await;
-    let dump = dump_when(&cp, &proxy_bootstrap, "the node proxy to hold greeter", |d| {
-        holds(d, "ClusterLoadAssignment", greeter)
-    })
+    let proxy_identity = identity_of(mesh_ns, "weft-proxy-np");
+    let proxy_tls = tls_of(&proxy_bootstrap, &proxy_identity);
+    let dump = dump_over(
+        &tls_address,
+        Some(&proxy_tls),
+        &proxy_bootstrap,
+        "the node proxy to hold greeter over TLS",
+        |d| holds(d, "ClusterLoadAssignment", greeter),
+    )
     .await;
     // What the node proxy must serve, from the objects the operator applied: the port its
     // node-local Service sends workloads to, and the port and path its DaemonSet probes.
@@ -225,10 +298,17 @@ async fn node_proxies_and_gateways_are_served_what_envoy_accepts() {
 
     for gw in ["ingress", "eastwest"] {
         let bootstrap = config_map(&bed, &edge.name, &format!("{gw}-bootstrap"), "bootstrap.json").await;
-        let dump = dump_when(&cp, &bootstrap, &format!("gateway {gw} to hold its listeners"), |d| {
-            let (served, _) = d.served();
-            !served.listeners.is_empty() && holds(d, "ClusterLoadAssignment", greeter)
-        })
+        let tls = tls_of(&bootstrap, &identity_of(&edge.name, gw));
+        let dump = dump_over(
+            &tls_address,
+            Some(&tls),
+            &bootstrap,
+            &format!("gateway {gw} to hold its listeners over TLS"),
+            |d| {
+                let (served, _) = d.served();
+                !served.listeners.is_empty() && holds(d, "ClusterLoadAssignment", greeter)
+            },
+        )
         .await;
         assert_envoy_takes(Role::Gateway, &dump, gw);
     }
@@ -237,16 +317,11 @@ async fn node_proxies_and_gateways_are_served_what_envoy_accepts() {
     let file = bed.kubeconfig.parent().unwrap().join("np-bootstrap.json");
     std::fs::write(&file, &proxy_bootstrap).unwrap();
     let out = std::process::Command::new(weft_bin())
-        .args([
-            "config-dump",
-            "--xds",
-            &format!("127.0.0.1:{}", cp.xds),
-            "--check",
-            "-o",
-            "json",
-        ])
+        .args(["config-dump", "--xds", &secure_address, "--check", "-o", "json"])
         .arg("--bootstrap")
         .arg(&file)
+        .arg("--identity-dir")
+        .arg(&proxy_identity)
         .output()
         .expect("run weft config-dump");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -254,6 +329,20 @@ async fn node_proxies_and_gateways_are_served_what_envoy_accepts() {
     let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(v["findings"], json!([]), "{text}");
     assert!(text.contains(greeter), "{text}");
+
+    // Another workload's certificate cannot be the node proxy: the claim is refused.
+    let gateway_identity = work.join("ingress");
+    let forged = config_dump::tls_from_bootstrap("bootstrap.json", &proxy_bootstrap, Some(&gateway_identity))
+        .unwrap()
+        .unwrap();
+    let node = config_dump::node_from_bootstrap("bootstrap.json", &proxy_bootstrap).unwrap();
+    let refused = config_dump::fetch_complete_over(&tls_address, Some(&forged), node, Duration::from_secs(5))
+        .await
+        .expect_err("a gateway's certificate is not the node proxy's");
+    assert!(
+        refused.to_string().contains("sa/ingress") && refused.to_string().contains("may only claim"),
+        "{refused}"
+    );
 
     // The proxyless view (what node proxies were served before) fails the same check,
     // live: the check catches what Envoy would skip.

@@ -226,6 +226,7 @@ pub struct RevisionTag {
 /// The control-plane Deployment of each revision.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.plaintextXds) || self.plaintextXds || !has(self.external)").message("controlPlane.plaintextXds concerns a control plane installed here; with controlPlane.external none is"))]
 pub struct ControlPlane {
     /// Replicas when autoscaling is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,6 +280,12 @@ pub struct ControlPlane {
     /// configuration from `address`. The primary needs a RemoteCluster for this cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalControlPlane>,
+    /// Serve xDS in plaintext on port 15010 too (default true, for clients that predate
+    /// the TLS port). With `false` only the TLS port (15012) serves, where every client is
+    /// authenticated; node proxies and gateways always use it. Remote clusters of a
+    /// primary-remote mesh still need it until their workloads get certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext_xds: Option<bool>,
 }
 
 /// The local cluster's name in the mesh when `meshConfig.clusterName` names none (Istio's

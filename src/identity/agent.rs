@@ -5,13 +5,15 @@
 //! `cert-chain.pem`, `key.pem`, `root-cert.pem` and a gRPC xDS bootstrap `bootstrap.json`
 //! whose xDS channel is mTLS with those files (gRFC A65), with a `file_watcher`
 //! certificate provider for the data plane (gRFC A29) and the server listener template
-//! xDS-enabled servers need (gRFC A36). Without `--once` it renews at half the lifetime
+//! xDS-enabled servers need (gRFC A36); and for Envoy, the same as SDS files
+//! (`sds-cert.json`, `sds-root.json`) its `path_config_source` watches. Without `--once` it renews at half the lifetime
 //! and copies bundle changes within `--bundle-refresh` ([`BUNDLE_REFRESH`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -33,6 +35,16 @@ pub const KEY: &str = "key.pem";
 pub const ROOT_CERT: &str = "root-cert.pem";
 /// The gRPC xDS bootstrap.
 pub const BOOTSTRAP: &str = "bootstrap.json";
+/// The certificate and key as an Envoy SDS file (Secret `default`), for Envoy's
+/// `path_config_source`: one file, so Envoy never sees a key without its certificate.
+pub const SDS_CERT: &str = "sds-cert.json";
+/// The trust bundle as an Envoy SDS file (Secret `ROOTCA`).
+pub const SDS_ROOT: &str = "sds-root.json";
+/// The SDS Secret names in those files (Istio's).
+pub const SDS_CERT_NAME: &str = "default";
+/// The SDS validation context's name.
+pub const SDS_ROOT_NAME: &str = "ROOTCA";
+const SDS_SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// What the agent needs.
 #[derive(Clone, Debug)]
@@ -140,6 +152,50 @@ pub fn bootstrap(opts: &AgentOptions) -> Value {
     })
 }
 
+/// The Envoy SDS file holding the workload's certificate chain and key.
+pub fn sds_cert(chain_pem: &str, key_pem: &str) -> Value {
+    json!({"resources": [{
+        "@type": SDS_SECRET_TYPE,
+        "name": SDS_CERT_NAME,
+        "tls_certificate": {
+            "certificate_chain": {"inline_string": chain_pem},
+            "private_key": {"inline_string": key_pem},
+        },
+    }]})
+}
+
+/// The Envoy SDS file holding the trust bundle.
+pub fn sds_root(roots_pem: &str) -> Value {
+    json!({"resources": [{
+        "@type": SDS_SECRET_TYPE,
+        "name": SDS_ROOT_NAME,
+        "validation_context": {"trusted_ca": {"inline_string": roots_pem}},
+    }]})
+}
+
+/// Writes the trust bundle: for gRPC and for Envoy.
+fn write_roots(out: &Path, roots: &str) -> Result<(), AgentError> {
+    write_atomic(out, ROOT_CERT, roots.as_bytes(), false)?;
+    let sds = serde_json::to_vec_pretty(&sds_root(roots)).unwrap_or_default();
+    write_atomic(out, SDS_ROOT, &sds, false)
+}
+
+/// When the certificate already in `out` was issued and expires, if it is whole (its key
+/// beside it) and less than half its life has gone: a restarted agent keeps it.
+fn kept_certificate(out: &Path, now: SystemTime) -> Option<(SystemTime, SystemTime)> {
+    let chain = std::fs::read_to_string(out.join(CERT_CHAIN)).ok()?;
+    let key = std::fs::read_to_string(out.join(KEY)).ok()?;
+    KeyPair::from_pem(&key).ok()?;
+    std::fs::metadata(out.join(SDS_CERT)).ok()?;
+    let facts = ca::first_facts(&chain)?;
+    let at = |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    // Certificates start before they are made (clock skew): count from when it was made.
+    let until = at(facts.not_after);
+    let from = (at(facts.not_before) + ca::BACKDATE).min(until);
+    let half = from + until.duration_since(from).ok()? / 2;
+    (now < half).then_some((from, until))
+}
+
 /// A new key (ECDSA P-256) and a CSR for it, both PEM. The CSR asks for nothing: the
 /// certificate service decides the identity.
 pub fn new_csr() -> Result<(String, String), AgentError> {
@@ -222,22 +278,56 @@ pub async fn refresh(opts: &AgentOptions) -> Result<SystemTime, AgentError> {
         &chain[..]
     };
     write_atomic(&opts.out, CERT_CHAIN, without_root.concat().as_bytes(), false)?;
-    write_atomic(&opts.out, ROOT_CERT, roots.as_bytes(), false)?;
+    let sds = serde_json::to_vec_pretty(&sds_cert(&without_root.concat(), &key)).unwrap_or_default();
+    write_atomic(&opts.out, SDS_CERT, &sds, true)?;
+    write_roots(&opts.out, &roots)?;
     let boot = serde_json::to_vec_pretty(&bootstrap(opts)).unwrap_or_default();
     write_atomic(&opts.out, BOOTSTRAP, &boot, false)?;
     Ok(leaf_end)
 }
 
+/// The delays between tries of a failed certificate request: from 1 s, doubling, at most
+/// a minute apart, with jitter (many agents restart together when a node does).
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(60))
+        .with_jitter()
+}
+
+/// Tries of the first request before the agent gives up (about five minutes: the control
+/// plane may still be starting, as when a mesh is installed).
+const FIRST_TRIES: usize = 10;
+
 /// Runs the agent: once, or forever (renewing at half the lifetime, retrying failures with
 /// backoff, and copying bundle changes).
 pub async fn run(opts: AgentOptions, once: bool) -> Result<(), AgentError> {
-    let mut expires = refresh(&opts).await?;
-    info!(out = %opts.out.display(), "wrote the workload certificate and bootstrap");
+    // A restarted agent (or one started after `--once` wrote the files, as an init
+    // container does) keeps a certificate with most of its life left.
+    let kept = (!once)
+        .then(|| kept_certificate(&opts.out, SystemTime::now()))
+        .flatten();
+    let (mut issued, mut expires) = match kept {
+        Some(kept) => {
+            info!(out = %opts.out.display(), "keeping the workload certificate already there");
+            kept
+        }
+        None => {
+            let expires = (|| refresh(&opts))
+                .retry(backoff().with_max_times(FIRST_TRIES))
+                // Only an unreachable control plane is worth waiting for: a refusal is an
+                // answer, and says what to fix.
+                .when(|e| matches!(e, AgentError::Connect { .. }))
+                .notify(|e, d| warn!("cannot get a certificate yet, retrying in {}s: {e}", d.as_secs()))
+                .await?;
+            info!(out = %opts.out.display(), "wrote the workload certificate and bootstrap");
+            (SystemTime::now(), expires)
+        }
+    };
     if once {
         return Ok(());
     }
-    let mut issued = SystemTime::now();
-    let mut retry = Duration::from_secs(1);
+    let mut retries = backoff().without_max_times().build();
     loop {
         let half = expires.duration_since(issued).unwrap_or_default() / 2;
         let renew_at = issued + half;
@@ -251,7 +341,7 @@ pub async fn run(opts: AgentOptions, once: bool) -> Result<(), AgentError> {
             Ok(roots) => {
                 let current = std::fs::read_to_string(opts.out.join(ROOT_CERT)).unwrap_or_default();
                 if roots != current {
-                    write_atomic(&opts.out, ROOT_CERT, roots.as_bytes(), false)?;
+                    write_roots(&opts.out, &roots)?;
                     info!("the trust bundle changed; copied it");
                 }
             }
@@ -262,13 +352,14 @@ pub async fn run(opts: AgentOptions, once: bool) -> Result<(), AgentError> {
         }
         match refresh(&opts).await {
             Ok(end) => {
-                (issued, expires, retry) = (SystemTime::now(), end, Duration::from_secs(1));
+                (issued, expires) = (SystemTime::now(), end);
+                retries = backoff().without_max_times().build();
                 info!("renewed the workload certificate");
             }
             Err(e) => {
-                warn!("renewal failed, retrying in {}s: {e}", retry.as_secs());
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(Duration::from_secs(60));
+                let delay = retries.next().unwrap_or(Duration::from_secs(60));
+                warn!("renewal failed, retrying in {}s: {e}", delay.as_secs());
+                tokio::time::sleep(delay).await;
             }
         }
     }
@@ -313,6 +404,47 @@ mod tests {
             b["server_listener_resource_name_template"]
                 .as_str()
                 .is_some_and(|t| t.contains("%s"))
+        );
+    }
+
+    #[test]
+    fn a_restarted_agent_keeps_a_certificate_with_most_of_its_life_left() {
+        let dir = std::env::temp_dir().join(format!("weft-agent-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let now = SystemTime::now();
+        let root = ca::new_root("cluster.local", 0, now).unwrap();
+        let issuer = ca::new_issuer(&root, "cluster.local", now).unwrap();
+        let (key, csr) = new_csr().unwrap();
+        let csr_der = pem::parse(&csr).unwrap().into_contents();
+        let ttl = Duration::from_secs(3600);
+        let chain = ca::sign_workload(&issuer, &csr_der, "spiffe://cluster.local/ns/a/sa/b", ttl, now).unwrap();
+        assert!(kept_certificate(&dir, now).is_none(), "nothing there yet");
+        write_atomic(&dir, KEY, key.as_bytes(), true).unwrap();
+        write_atomic(&dir, CERT_CHAIN, chain.as_bytes(), false).unwrap();
+        let sds = serde_json::to_vec(&sds_cert(&chain, &key)).unwrap();
+        write_atomic(&dir, SDS_CERT, &sds, true).unwrap();
+        let (from, until) = kept_certificate(&dir, now).expect("kept");
+        assert!(
+            until.duration_since(from).unwrap() <= ttl + Duration::from_secs(1),
+            "counted from issue, not from the backdated start"
+        );
+        assert!(
+            kept_certificate(&dir, now + ttl / 2 + Duration::from_secs(5)).is_none(),
+            "past half its life: renewed"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn envoy_gets_the_certificate_and_its_key_in_one_file() {
+        let v = sds_cert("CHAIN", "KEY");
+        let secret = &v["resources"][0];
+        assert_eq!(secret["name"], SDS_CERT_NAME);
+        assert_eq!(secret["tls_certificate"]["certificate_chain"]["inline_string"], "CHAIN");
+        assert_eq!(secret["tls_certificate"]["private_key"]["inline_string"], "KEY");
+        assert_eq!(
+            sds_root("ROOTS")["resources"][0]["validation_context"]["trusted_ca"]["inline_string"],
+            "ROOTS"
         );
     }
 

@@ -19,7 +19,7 @@ pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// How long an issuer lives; it is renewed well before (see `issuer_due`).
 pub const ISSUER_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Clock skew allowed for: certificates start this long before they are made.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 /// The four keys of a plug-in CA Secret (Istio's `cacerts` layout).
 pub const CA_CERT: &str = "ca-cert.pem";

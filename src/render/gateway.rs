@@ -19,10 +19,10 @@ use crate::api::mesh_gateway::{
 };
 use crate::versions::MeshVersion;
 
-use super::profile;
-use super::revision::{XDS_PORT, control_plane_name};
+use super::revision::{SECURE_XDS_PORT, control_plane_name};
 use super::security::{container_context, pod_context};
 use super::{Manifest, OwnedKind, RenderError, fnv1a, scaling};
+use super::{agent, profile};
 
 /// Envoy's admin port, bound to loopback only.
 pub const ADMIN_PORT: i32 = 15000;
@@ -270,16 +270,14 @@ impl Renderer<'_> {
     /// loopback, and a health listener that forwards `/healthz/ready` to admin `/ready`
     /// (ready once the first listeners and clusters arrived).
     fn bootstrap(&self) -> Result<ConfigMap, RenderError> {
-        let (xds_host, xds_port) = self.input.external_control_plane.clone().unwrap_or_else(|| {
-            (
-                format!(
-                    "{}.{}.svc",
-                    control_plane_name(self.input.revision),
-                    self.input.control_plane_namespace
-                ),
-                XDS_PORT as u16,
-            )
-        });
+        // Here: the TLS port, with the agent's certificate. Elsewhere (primary-remote):
+        // plaintext, until remote workloads can get certificates from the primary.
+        let tls = self.input.external_control_plane.is_none();
+        let (xds_host, xds_port) = self
+            .input
+            .external_control_plane
+            .clone()
+            .unwrap_or_else(|| (self.control_plane_host(), SECURE_XDS_PORT as u16));
         let socket =
             |address: &str, port: i32| serde_json::json!({"socket_address": {"address": address, "port_value": port}});
         let static_cluster = |name: &str, address: serde_json::Value, http2: bool| {
@@ -325,7 +323,7 @@ impl Renderer<'_> {
                 }
             }]}]
         });
-        let bootstrap = serde_json::json!({
+        let mut bootstrap = serde_json::json!({
             "node": {
                 "cluster": format!("{}.{}", self.name, self.ns),
                 "metadata": self.node_metadata(),
@@ -348,6 +346,9 @@ impl Renderer<'_> {
                 ]
             }
         });
+        if tls {
+            bootstrap["static_resources"]["clusters"][0]["transport_socket"] = agent::xds_transport_socket(&xds_host);
+        }
         let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| RenderError::Encode {
             kind: "ConfigMap",
             name: bootstrap_name(&self.name),
@@ -408,6 +409,15 @@ impl Renderer<'_> {
             }),
             ..Default::default()
         }
+    }
+
+    /// The revision's control plane Service, by the name its certificate carries.
+    fn control_plane_host(&self) -> String {
+        format!(
+            "{}.{}.svc",
+            control_plane_name(self.input.revision),
+            self.input.control_plane_namespace
+        )
     }
 
     fn deployment(&self, bootstrap_hash: &str, replicas: Option<i32>) -> Deployment {
@@ -499,6 +509,34 @@ impl Renderer<'_> {
             ]),
             ..Default::default()
         };
+        let mut container = container;
+        let mut volumes = vec![
+            Volume {
+                name: "bootstrap".to_string(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: bootstrap_name(&self.name),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Volume {
+                name: "tmp".to_string(),
+                empty_dir: Some(Default::default()),
+                ..Default::default()
+            },
+        ];
+        // With the control plane in this cluster, the agent gives the gateway its identity.
+        let init_containers = self.input.external_control_plane.is_none().then(|| {
+            container
+                .volume_mounts
+                .get_or_insert_default()
+                .push(agent::proxy_mount());
+            volumes.extend(agent::volumes());
+            agent::containers(
+                &self.input.version.images.control_plane,
+                &format!("{}:{SECURE_XDS_PORT}", self.control_plane_host()),
+            )
+        });
         Deployment {
             metadata: self.meta(&self.name),
             spec: Some(DeploymentSpec {
@@ -524,22 +562,9 @@ impl Renderer<'_> {
                         service_account_name: Some(self.name.clone()),
                         automount_service_account_token: Some(false),
                         security_context: Some(pod_context(PROXY_UID)),
+                        init_containers,
                         containers: vec![container],
-                        volumes: Some(vec![
-                            Volume {
-                                name: "bootstrap".to_string(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: bootstrap_name(&self.name),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            },
-                            Volume {
-                                name: "tmp".to_string(),
-                                empty_dir: Some(Default::default()),
-                                ..Default::default()
-                            },
-                        ]),
+                        volumes: Some(volumes),
                         affinity,
                         topology_spread_constraints: (!spread.is_empty()).then_some(spread),
                         node_selector: spec.node_selector.clone().filter(|n| !n.is_empty()),

@@ -155,8 +155,24 @@ fn the_bootstrap_names_the_resolved_revision_and_its_control_plane() {
         .unwrap();
     let address = &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
     assert_eq!(address["address"], "weft-cp-default-v1-1-0.weft-system.svc");
-    assert_eq!(address["port_value"], 15010);
+    assert_eq!(address["port_value"], 15012, "the TLS port");
+    assert_eq!(
+        xds["transport_socket"]["typed_config"]["sni"], "weft-cp-default-v1-1-0.weft-system.svc",
+        "TLS to the name the control plane's certificate carries"
+    );
     assert_eq!(b["admin"]["address"]["socket_address"]["address"], "127.0.0.1");
+    // The agent beside Envoy, with the files Envoy reads.
+    let pod = deployment(&objects).spec.unwrap().template.spec.unwrap();
+    let init: Vec<_> = pod.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+    assert_eq!(init, ["weft-agent-init", "weft-agent"]);
+    assert!(
+        pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == crate::render::agent::IDENTITY_DIR && m.read_only == Some(true))
+    );
+    assert!(crate::render::security::restricted_violations(&pod).is_empty());
 
     // Moving to another revision rolls the pods (new bootstrap, new hash).
     let before = deployment(&render(&gateway("ingress", PRODUCTION), "default-v1-0-0").unwrap());

@@ -2,6 +2,7 @@
 //! to the API server, so what the operator applies can be unit-tested and reviewed
 //! (`weft render`).
 
+pub mod agent;
 pub mod gateway;
 pub mod kinds;
 pub mod network_policy;

@@ -63,6 +63,8 @@ pub struct ControlPlane {
     pub image: Option<String>,
     /// A control plane elsewhere (primary-remote): none is installed here.
     pub external: Option<ExternalControlPlane>,
+    /// Whether plaintext xDS (15010) is served beside the TLS port.
+    pub plaintext_xds: bool,
 }
 
 /// Node-proxy settings after resolution.
@@ -328,6 +330,7 @@ pub fn resolve(mesh: &str, revision: &str, spec: &MeshInstallSpec) -> Result<Res
         priority_class_name: cp.priority_class_name.clone(),
         image: cp.image.clone(),
         external: cp.external.clone(),
+        plaintext_xds: cp.plaintext_xds.unwrap_or(true),
     };
 
     let p = spec.proxy.clone().unwrap_or_default();

@@ -24,6 +24,7 @@ use crate::api::{labels, ports};
 use crate::identity::mesh_ca::ISSUER_SECRET;
 use crate::versions::MeshVersion;
 
+use super::agent;
 use super::profile::{self, Resolved};
 use super::security::{container_context, pod_context};
 use super::{Manifest, OwnedKind, RenderError, fnv1a, scaling};
@@ -160,11 +161,13 @@ impl Renderer<'_> {
         let cp = control_plane_name(self.revision());
         let mut out = Vec::new();
         let xds = match &self.resolved.control_plane.external {
-            // Primary-remote: the control plane runs elsewhere; only the proxies are ours.
+            // Primary-remote: the control plane runs elsewhere; only the proxies are ours
+            // (plaintext until remote workloads can get certificates from the primary).
             Some(external) => external.host_port(),
+            // Here: the TLS port, with the agent's certificate.
             None => {
                 self.control_plane(&cp, &mut out)?;
-                (format!("{cp}.{}.svc", self.ns), XDS_PORT as u16)
+                (format!("{cp}.{}.svc", self.ns), SECURE_XDS_PORT as u16)
             }
         };
         if self.resolved.proxy.is_some() || self.resolved.control_plane.external.is_some() {
@@ -348,6 +351,26 @@ impl Renderer<'_> {
         })
     }
 
+    /// The xDS ports the control plane serves: the TLS port, and plaintext unless turned off.
+    fn xds_ports(&self) -> Vec<i32> {
+        if self.resolved.control_plane.plaintext_xds {
+            vec![XDS_PORT, SECURE_XDS_PORT]
+        } else {
+            vec![SECURE_XDS_PORT]
+        }
+    }
+
+    /// Every port of the control plane, named (the container's and the Service's).
+    fn served_ports(&self) -> Vec<(&'static str, i32)> {
+        let mut out = Vec::new();
+        if self.resolved.control_plane.plaintext_xds {
+            out.push(("grpc-xds", XDS_PORT));
+        }
+        out.push(("tls-xds", SECURE_XDS_PORT));
+        out.push(("http-monitoring", MONITORING_PORT));
+        out
+    }
+
     fn service(&self, name: &str) -> Service {
         let port = |name: &str, port: i32| ServicePort {
             name: Some(name.to_string()),
@@ -362,11 +385,7 @@ impl Renderer<'_> {
             spec: Some(ServiceSpec {
                 type_: Some("ClusterIP".to_string()),
                 selector: Some(self.cp_selector()),
-                ports: Some(vec![
-                    port("grpc-xds", XDS_PORT),
-                    port("tls-xds", SECURE_XDS_PORT),
-                    port("http-monitoring", MONITORING_PORT),
-                ]),
+                ports: Some(self.served_ports().into_iter().map(|(n, p)| port(n, p)).collect()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -399,17 +418,23 @@ impl Renderer<'_> {
             pods: self.cp_selector(),
             mesh_namespace: &self.ns,
             revs: self.mesh_revs(),
-            xds_ports: vec![XDS_PORT, SECURE_XDS_PORT],
+            xds_ports: self.xds_ports(),
             monitoring_port: MONITORING_PORT,
         })
     }
 
-    fn deployment(&self, name: &str, config_hash: &str) -> Deployment {
-        let cp = &self.resolved.control_plane;
-        let image = cp
+    /// The control plane's image (the `weft` binary, which is also the agent).
+    fn control_plane_image(&self) -> String {
+        self.resolved
+            .control_plane
             .image
             .clone()
-            .unwrap_or_else(|| self.input.version.images.control_plane.clone());
+            .unwrap_or_else(|| self.input.version.images.control_plane.clone())
+    }
+
+    fn deployment(&self, name: &str, config_hash: &str) -> Deployment {
+        let cp = &self.resolved.control_plane;
+        let image = self.control_plane_image();
         let hard_anti_affinity = profile::hard_anti_affinity(cp.affinity.as_ref());
         // With one pod per host a surge pod may have nowhere to go, so replace in place;
         // otherwise surge first so capacity never drops.
@@ -428,6 +453,7 @@ impl Renderer<'_> {
                     ISSUER_SECRET.to_string(),
                 ]
                 .into_iter()
+                .chain((!cp.plaintext_xds).then(|| "--no-plaintext-xds".to_string()))
                 .chain(
                     self.input
                         .mesh
@@ -453,26 +479,17 @@ impl Renderer<'_> {
                 }),
                 ..Default::default()
             }]),
-            ports: Some(vec![
-                ContainerPort {
-                    name: Some("grpc-xds".to_string()),
-                    container_port: XDS_PORT,
-                    protocol: Some("TCP".to_string()),
-                    ..Default::default()
-                },
-                ContainerPort {
-                    name: Some("tls-xds".to_string()),
-                    container_port: SECURE_XDS_PORT,
-                    protocol: Some("TCP".to_string()),
-                    ..Default::default()
-                },
-                ContainerPort {
-                    name: Some("http-monitoring".to_string()),
-                    container_port: MONITORING_PORT,
-                    protocol: Some("TCP".to_string()),
-                    ..Default::default()
-                },
-            ]),
+            ports: Some(
+                self.served_ports()
+                    .into_iter()
+                    .map(|(name, port)| ContainerPort {
+                        name: Some(name.to_string()),
+                        container_port: port,
+                        protocol: Some("TCP".to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             readiness_probe: Some(Probe {
                 http_get: Some(HTTPGetAction {
                     path: Some("/ready".to_string()),
@@ -577,6 +594,7 @@ impl Renderer<'_> {
     /// control plane serving several clusters gives each proxy its own cluster's view.
     fn proxy_bootstrap(&self, name: &str, xds: &(String, u16)) -> Result<ConfigMap, RenderError> {
         let (xds_host, xds_port) = xds;
+        let tls = self.resolved.control_plane.external.is_none();
         let mc = &self.resolved.mesh_config;
         let mut metadata = serde_json::json!({
             "REVISION": self.revision(),
@@ -588,7 +606,7 @@ impl Renderer<'_> {
         if let Some(network) = &mc.network {
             metadata["NETWORK"] = serde_json::Value::String(network.clone());
         }
-        let bootstrap = serde_json::json!({
+        let mut bootstrap = serde_json::json!({
             "node": {
                 "cluster": name,
                 "metadata": metadata
@@ -626,6 +644,9 @@ impl Renderer<'_> {
                 }]
             }
         });
+        if tls {
+            bootstrap["static_resources"]["clusters"][0]["transport_socket"] = agent::xds_transport_socket(xds_host);
+        }
         let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| RenderError::Encode {
             kind: "ConfigMap",
             name: name.to_string(),
@@ -765,6 +786,35 @@ impl Renderer<'_> {
             ]),
             ..Default::default()
         };
+        // With the control plane here, the agent gives the proxy its identity for the TLS port.
+        let mut container = container;
+        let mut volumes = vec![
+            Volume {
+                name: "bootstrap".to_string(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: name.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Volume {
+                name: "tmp".to_string(),
+                empty_dir: Some(Default::default()),
+                ..Default::default()
+            },
+        ];
+        let init_containers = self.resolved.control_plane.external.is_none().then(|| {
+            container
+                .volume_mounts
+                .get_or_insert_default()
+                .push(agent::proxy_mount());
+            volumes.extend(agent::volumes());
+            let cp = control_plane_name(self.revision());
+            agent::containers(
+                &self.control_plane_image(),
+                &format!("{cp}.{}.svc:{SECURE_XDS_PORT}", self.ns),
+            )
+        });
         let mut pod_labels = self.labels("proxy", "weft-proxy");
         pod_labels.extend(self.proxy_selector());
         Some(DaemonSet {
@@ -794,22 +844,9 @@ impl Renderer<'_> {
                         service_account_name: Some(name.to_string()),
                         automount_service_account_token: Some(false),
                         security_context: Some(pod_context(PROXY_UID)),
+                        init_containers,
                         containers: vec![container],
-                        volumes: Some(vec![
-                            Volume {
-                                name: "bootstrap".to_string(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: name.to_string(),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            },
-                            Volume {
-                                name: "tmp".to_string(),
-                                empty_dir: Some(Default::default()),
-                                ..Default::default()
-                            },
-                        ]),
+                        volumes: Some(volumes),
                         node_selector: (!p.node_selector.is_empty()).then(|| p.node_selector.clone()),
                         tolerations: (!p.tolerations.is_empty()).then(|| p.tolerations.clone()),
                         ..Default::default()

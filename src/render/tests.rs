@@ -371,6 +371,15 @@ fn an_external_control_plane_installs_only_the_proxies_bootstrapped_to_it() {
         ["address"]["socket_address"];
     assert_eq!(socket["address"], "eastwest.primary.example.com");
     assert_eq!(socket["port_value"], 15443);
+    assert!(
+        b["static_resources"]["clusters"][0].get("transport_socket").is_none(),
+        "plaintext to a control plane elsewhere (its workloads cannot get certificates from it yet)"
+    );
+    let ds: DaemonSet = serde_json::from_value(objects[4].object.clone()).unwrap();
+    assert!(
+        ds.spec.unwrap().template.spec.unwrap().init_containers.is_none(),
+        "no agent"
+    );
     let metadata = &b["node"]["metadata"];
     assert_eq!(
         (metadata["CLUSTER"].as_str(), metadata["NETWORK"].as_str()),
@@ -469,4 +478,77 @@ fn node_proxies_surge_unless_told_otherwise() {
         strategy("{updateStrategy: {maxSurge: 0, maxUnavailable: 2}}"),
         (Int(0), Int(2))
     );
+}
+
+fn object(objects: &[Manifest], kind: OwnedKind) -> &serde_json::Value {
+    &objects.iter().find(|m| m.kind == kind).expect("rendered").object
+}
+
+#[test]
+fn node_proxies_reach_the_tls_port_with_the_agents_certificate() {
+    let objects = render(&mesh("m", "version: 1.0.0")).unwrap();
+    let ds: DaemonSet = serde_json::from_value(object(&objects, OwnedKind::DaemonSet).clone()).unwrap();
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let init: Vec<&str> = pod.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+    assert_eq!(init, ["weft-agent-init", "weft-agent"]);
+    let args = pod.init_containers.as_ref().unwrap()[1].args.clone().unwrap();
+    assert!(
+        args.contains(&"weft-cp-m.weft-system.svc:15012".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        restricted_violations(&pod).is_empty(),
+        "{:?}",
+        restricted_violations(&pod)
+    );
+    let bootstrap = objects
+        .iter()
+        .find(|m| m.kind == OwnedKind::ConfigMap && m.name == "weft-proxy-m")
+        .unwrap();
+    let b: serde_json::Value =
+        serde_json::from_str(bootstrap.object["data"]["bootstrap.json"].as_str().unwrap()).unwrap();
+    let xds = &b["static_resources"]["clusters"][0];
+    assert_eq!(
+        xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"],
+        15012
+    );
+    assert_eq!(xds["transport_socket"]["name"], "envoy.transport_sockets.tls");
+}
+
+#[test]
+fn plaintext_xds_off_closes_15010_everywhere() {
+    let ports = |objects: &[Manifest]| -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+        let nums = |v: &serde_json::Value, key: &str| -> Vec<i64> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p[key].as_i64())
+                .collect()
+        };
+        let svc = object(objects, OwnedKind::Service);
+        let dep = object(objects, OwnedKind::Deployment);
+        let np = object(objects, OwnedKind::NetworkPolicy);
+        (
+            nums(&svc["spec"]["ports"], "port"),
+            nums(
+                &dep["spec"]["template"]["spec"]["containers"][0]["ports"],
+                "containerPort",
+            ),
+            nums(&np["spec"]["ingress"][0]["ports"], "port"),
+        )
+    };
+    let open = render(&mesh("m", "version: 1.0.0")).unwrap();
+    assert_eq!(
+        ports(&open),
+        (vec![15010, 15012, 15014], vec![15010, 15012, 15014], vec![15010, 15012])
+    );
+    let closed = render(&mesh("m", "version: 1.0.0\ncontrolPlane: {plaintextXds: false}")).unwrap();
+    assert_eq!(ports(&closed), (vec![15012, 15014], vec![15012, 15014], vec![15012]));
+    let args = object(&closed, OwnedKind::Deployment)["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(
+        args.as_array().unwrap().iter().any(|a| a == "--no-plaintext-xds"),
+        "{args}"
+    );
+    let open_args = object(&open, OwnedKind::Deployment)["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(!open_args.as_array().unwrap().iter().any(|a| a == "--no-plaintext-xds"));
 }

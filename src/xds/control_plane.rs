@@ -42,8 +42,8 @@ use crate::identity::tokens::TokenReviewer;
 pub struct Options {
     /// The revision it serves.
     pub revision: String,
-    /// Where ADS listens.
-    pub xds_address: SocketAddr,
+    /// Where plaintext ADS listens (`None`: it does not; only the TLS port serves).
+    pub xds_address: Option<SocketAddr>,
     /// Where `/metrics` and `/ready` listen.
     pub monitoring_address: SocketAddr,
     /// The mesh config file the operator mounts.
@@ -691,10 +691,16 @@ async fn serve(
     let (maddr, _) = crate::http::serve(opts.monitoring_address, state, stopped.clone())
         .await
         .map_err(listen_error(opts.monitoring_address))?;
-    let listener = tokio::net::TcpListener::bind(opts.xds_address)
-        .await
-        .map_err(listen_error(opts.xds_address))?;
-    let xaddr = listener.local_addr().map_err(listen_error(opts.xds_address))?;
+    let plaintext = match opts.xds_address {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(listen_error(address))?;
+            let bound = listener.local_addr().map_err(listen_error(address))?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
     let secure = match (&opts.secure, identity) {
         (Some(secure), Some((issuer, auth, certificates))) => {
             let tls = tokio::net::TcpListener::bind(secure.address)
@@ -717,8 +723,12 @@ async fn serve(
         }
         _ => None,
     };
-    info!(revision = %opts.revision, xds = %xaddr, monitoring = %maddr, limits = ?opts.limits, "control plane starting");
-    serve_xds(listener, server, opts.limits.clone(), metrics, stopped).await?;
+    let xds = plaintext.as_ref().map_or("off".to_string(), |(_, a)| a.to_string());
+    info!(revision = %opts.revision, xds = %xds, monitoring = %maddr, limits = ?opts.limits, "control plane starting");
+    // Without plaintext xDS (the command line then requires a CA) the TLS port alone runs.
+    if let Some((listener, _)) = plaintext {
+        serve_xds(listener, server, opts.limits.clone(), metrics, stopped).await?;
+    }
     if let Some(task) = secure
         && let Ok(Err(e)) = task.await
     {
