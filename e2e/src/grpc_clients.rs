@@ -105,3 +105,33 @@ pub fn eds(client: &mut Proc, cluster: &str) -> Option<Vec<String>> {
             .collect(),
     )
 }
+
+/// A backend named `a` on `address` (an address of `host`) behind Service `echo` of `ns`
+/// (port 50051, with its EndpointSlice); returns the backend and the xDS target of it.
+pub async fn echo_service(bed: &crate::Bed, host: &TestHost, ns: &str, address: &str) -> (Proc, String) {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, PostParams};
+    let proc = backend(host, &format!("{address}:50051"), "a");
+    let services: Api<Service> = Api::namespaced(bed.client.clone(), ns);
+    let svc = json!({"metadata": {"name": "echo"}, "spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}});
+    services
+        .create(&PostParams::default(), &serde_json::from_value(svc).expect("a Service"))
+        .await
+        .expect("create Service echo");
+    let slices: Api<EndpointSlice> = Api::namespaced(bed.client.clone(), ns);
+    let slice = json!({
+        "metadata": {"name": "echo-1", "labels": {"kubernetes.io/service-name": "echo"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": true}}]
+    });
+    slices
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(slice).expect("an EndpointSlice"),
+        )
+        .await
+        .expect("create EndpointSlice echo-1");
+    (proc, format!("xds:///echo.{ns}.svc.cluster.local:50051"))
+}

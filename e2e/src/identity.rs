@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use k8s_openapi::ByteString;
@@ -24,7 +24,9 @@ use weft::identity::ca::SigningCa;
 use weft::identity::mesh_ca;
 use weft::identity::spiffe::WorkloadId;
 
-use crate::{Bed, weft_bin};
+use crate::control_plane::free_port_on;
+use crate::testhost::HOST_ADDRESS;
+use crate::{Bed, wait_for, weft_bin};
 
 /// The issuer Secret `weft-ca-issuer` holding `signing`, as the operator writes it.
 pub fn issuer_secret(signing: &SigningCa) -> Secret {
@@ -296,5 +298,79 @@ pub fn agent_once(
         Ok(())
     } else {
         Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// A `weft control-plane` whose TLS port signs with the issuer Secret the operator keeps
+/// (or a test wrote) in its mesh namespace, listening on the host side of a test host (where
+/// grpc-go clients in the test host reach it, and so do agents run by the test).
+pub struct SecureControlPlane {
+    /// The process.
+    pub process: Process,
+    /// The TLS port, `host:port`.
+    pub address: String,
+    /// Its `/ready` and `/metrics` port on 127.0.0.1.
+    pub monitoring: u16,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+/// Starts the control plane of `revision` for the mesh in `mesh_ns`, logging into `dir`,
+/// with `extra` flags; its certificate also names [`HOST_ADDRESS`].
+pub fn secure_control_plane(
+    bed: &Bed,
+    dir: &Path,
+    revision: &str,
+    mesh_ns: &str,
+    extra: &[&str],
+) -> SecureControlPlane {
+    let (xds_port, secure_port, monitoring) = (
+        free_port_on(HOST_ADDRESS),
+        free_port_on(HOST_ADDRESS),
+        free_port_on("127.0.0.1"),
+    );
+    let log = dir.join(format!("control-plane-{revision}.log"));
+    let process = Process(
+        Command::new(weft_bin())
+            .args(["control-plane", "--revision", revision, "--debounce-ms", "20"])
+            .arg("--kubeconfig")
+            .arg(&bed.kubeconfig)
+            .args(["--mesh-namespace", mesh_ns])
+            .args(["--xds-address", &format!("{HOST_ADDRESS}:{xds_port}")])
+            .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
+            .args(["--ca-secret", mesh_ca::ISSUER_SECRET])
+            .args(["--secure-address", &format!("{HOST_ADDRESS}:{secure_port}")])
+            .args(["--tls-server-name", HOST_ADDRESS])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("the control plane's log"))
+            .spawn()
+            .expect("start weft control-plane"),
+    );
+    SecureControlPlane {
+        process,
+        address: format!("{HOST_ADDRESS}:{secure_port}"),
+        monitoring,
+        log,
+    }
+}
+
+impl SecureControlPlane {
+    /// Waits until it is ready (its issuer loaded).
+    pub async fn wait_ready(&self) {
+        wait_for(
+            "the control plane to be ready (issuer loaded)",
+            crate::operator::TIMEOUT,
+            || async {
+                match crate::http_get(self.monitoring, "/ready") {
+                    Ok((200, _)) => Ok(()),
+                    other => Err(format!(
+                        "{other:?}\n{}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    )),
+                }
+            },
+        )
+        .await;
     }
 }

@@ -348,3 +348,15 @@ pub async fn mesh_events(bed: &Bed, mesh: &str) -> Vec<(String, String)> {
         .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
         .collect()
 }
+
+/// Waits for `Stalled=True` with `reason` on MeshInstall `name`; its message.
+pub async fn wait_stalled(api: &Api<MeshInstall>, name: &str, reason: &str) -> String {
+    wait_for(&format!("{name} to be Stalled={reason}"), TIMEOUT, || async {
+        let mi = api.get(name).await.map_err(|e| e.to_string())?;
+        match condition(&mi, "Stalled") {
+            Some((s, r, message)) if s == "True" && r == reason => Ok(message),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}

@@ -5,24 +5,23 @@
 //! to clients whose node metadata matches their certificate.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 use weft::api::MeshInstall;
 use weft::identity::spiffe::WorkloadId;
-use weft::identity::{ca, mesh_ca};
-use weft_e2e::control_plane::free_port_on as free_port;
-use weft_e2e::grpc_clients::{backend, call, grpc_go_client, wait_reached};
-use weft_e2e::identity::{Process, agent_once, label_namespace, service_account, token_file};
-use weft_e2e::operator::{Operator, SERIAL, TIMEOUT, condition, delete_and_wait, install_crds, mesh, wait_ready};
-use weft_e2e::testhost::{HOST_ADDRESS, TestHost};
-use weft_e2e::{Bed, wait_for, weft_bin};
+use weft::identity::{ca, mesh_ca, rotation};
+use weft_e2e::grpc_clients::{call, echo_service, grpc_go_client, script, wait_reached};
+use weft_e2e::identity::{
+    Material, agent_once, label_namespace, mtls_handshake, secure_control_plane, service_account, token_file,
+};
+use weft_e2e::operator::{Operator, SERIAL, TIMEOUT, delete_and_wait, install_crds, mesh, wait_ready, wait_stalled};
+use weft_e2e::testhost::TestHost;
+use weft_e2e::{Bed, wait_for};
 
 /// The echo backend's address in the test host.
 const BACKEND: &str = "198.51.100.30";
@@ -171,14 +170,7 @@ async fn the_operator_keeps_a_ca_per_mesh_and_a_bundle_in_each_of_its_namespaces
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("point the mesh at the plug-in CA");
-    let stalled = wait_for("Stalled=True InvalidCA", TIMEOUT, || async {
-        let mi = api.get(name).await.map_err(|e| e.to_string())?;
-        match condition(&mi, "Stalled") {
-            Some((s, reason, message)) if s == "True" && reason == "InvalidCA" => Ok(message),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let stalled = wait_stalled(&api, name, "InvalidCA").await;
     assert!(
         stalled.contains("cacerts") && stalled.contains("ca-key.pem is not the private key of ca-cert.pem"),
         "{stalled}"
@@ -229,36 +221,9 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
     // runs; the agent reaches it there too.
     let host = TestHost::create();
     host.add_address(BACKEND);
-    let (xds_port, secure_port, monitoring) =
-        (free_port(HOST_ADDRESS), free_port(HOST_ADDRESS), free_port("127.0.0.1"));
-    let log = dir.join("control-plane.log");
-    let _cp = Process(
-        Command::new(weft_bin())
-            .args(["control-plane", "--revision", revision, "--debounce-ms", "20"])
-            .arg("--kubeconfig")
-            .arg(&bed.kubeconfig)
-            .args(["--mesh-namespace", &mesh_ns.name])
-            .args(["--xds-address", &format!("{HOST_ADDRESS}:{xds_port}")])
-            .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
-            .args(["--ca-secret", mesh_ca::ISSUER_SECRET])
-            .args(["--secure-address", &format!("{HOST_ADDRESS}:{secure_port}")])
-            .args(["--tls-server-name", HOST_ADDRESS, "--workload-cert-ttl", "10m"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start weft control-plane"),
-    );
-    wait_for("the control plane to be ready (issuer loaded)", TIMEOUT, || async {
-        match weft_e2e::http_get(monitoring, "/ready") {
-            Ok((200, _)) => Ok(()),
-            other => Err(format!(
-                "{other:?}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )),
-        }
-    })
-    .await;
-    let address = format!("{HOST_ADDRESS}:{secure_port}");
+    let cp = secure_control_plane(&bed, &dir, revision, &mesh_ns.name, &["--workload-cert-ttl", "10m"]);
+    cp.wait_ready().await;
+    let (address, monitoring, log) = (cp.address.clone(), cp.monitoring, cp.log.clone());
     let meta = BTreeMap::from([
         ("NAMESPACE", shop.name.as_str()),
         ("REVISION", revision),
@@ -310,29 +275,14 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
     assert!(!logged.contains(token_text.trim()), "tokens are never logged");
 
     // grpc-go, with the agent's bootstrap: xDS over mTLS, then calls to a real backend.
-    let _backend = backend(&host, &format!("{BACKEND}:50051"), "a");
-    let services: Api<Service> = Api::namespaced(bed.client.clone(), &shop.name);
-    let svc = json!({"metadata": {"name": "echo"}, "spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}});
-    services
-        .create(&PostParams::default(), &serde_json::from_value(svc).unwrap())
-        .await
-        .unwrap();
-    let slices: Api<EndpointSlice> = Api::namespaced(bed.client.clone(), &shop.name);
-    let slice = json!({
-        "metadata": {"name": "echo-1", "labels": {"kubernetes.io/service-name": "echo"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [BACKEND], "conditions": {"ready": true}}]
-    });
-    slices
-        .create(&PostParams::default(), &serde_json::from_value(slice).unwrap())
-        .await
-        .unwrap();
-    let target = format!("xds:///echo.{}.svc.cluster.local:50051", shop.name);
+    let (_backend, target) = echo_service(&bed, &host, &shop.name, BACKEND).await;
     let go = grpc_go_client().display().to_string();
     let boot = out.join("bootstrap.json").display().to_string();
     let mut client = host.spawn(&go, &[&boot, &target]);
     wait_reached(&mut client, &["a"], "grpc-go to reach the backend with xDS over mTLS").await;
+    // grpcio (gRPC C-core) takes the same bootstrap: `tls` channel credentials (gRFC A65).
+    let mut python = host.spawn("python3", &[&script("client.py"), &boot, &target]);
+    wait_reached(&mut python, &["a"], "grpcio to reach the backend with xDS over mTLS").await;
     let tls_streams = metric(monitoring, "weft_xds_streams{");
     assert!(tls_streams >= 1.0, "the client's ADS stream is open");
 
@@ -370,4 +320,238 @@ async fn the_certificate_service_signs_only_for_the_mesh_and_its_callers_identit
 fn metric(port: u16, series: &str) -> f64 {
     let (_, body) = weft_e2e::http_get(port, "/metrics").expect("monitoring port");
     weft_e2e::operator::sum_metric(&body, series)
+}
+
+/// The CA is the mesh's, not a revision's: across a canary upgrade both revisions sign
+/// with the same issuer, workloads of each trust the other's, and a client connected to
+/// the old revision stays connected while new ones connect to the new.
+#[tokio::test]
+async fn a_canary_upgrade_keeps_every_client_connected_and_trusting() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let op = Operator::start(&bed, "identity-canary", &[]);
+    let mesh_ns = bed.namespace("idcmesh").await;
+    let stable = bed.namespace("idcstable").await;
+    let canary = bed.namespace("idccanary").await;
+    let api: Api<MeshInstall> = Api::all(bed.client.clone());
+    let name = "idc";
+    let spec = json!({"updateStrategy": {"type": "RevisionBased"}});
+    api.create(&PostParams::default(), &mesh(name, &mesh_ns.name, spec))
+        .await
+        .expect("create MeshInstall");
+    let old = wait_ready(&api, name, &op)
+        .await
+        .status
+        .and_then(|s| s.active_revision)
+        .expect("an active revision");
+    let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), &mesh_ns.name);
+    let issuer_before = secrets.get(mesh_ca::ISSUER_SECRET).await.expect("the issuer").data;
+
+    let dir = bed
+        .kubeconfig
+        .parent()
+        .unwrap()
+        .join(format!("identity-{}", canary.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle = dir.join("root-cert.pem");
+    let host = TestHost::create();
+    host.add_address("198.51.100.32");
+    let (_backend, target) = echo_service(&bed, &host, &stable.name, "198.51.100.32").await;
+    let go = grpc_go_client().display().to_string();
+
+    // A workload of the old revision, connected over mTLS.
+    label_namespace(&bed, &stable.name, Some(&old)).await;
+    service_account(&bed, &stable.name, "old").await;
+    let bundle_text = wait_for("the bundle in the stable namespace", TIMEOUT, || async {
+        let cms: Api<ConfigMap> = Api::namespaced(bed.client.clone(), &stable.name);
+        cms.get_opt(mesh_ca::BUNDLE_CONFIG_MAP)
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|c| c.data?.remove(ca::ROOT_CERT))
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    std::fs::write(&bundle, &bundle_text).unwrap();
+    let cp_old = secure_control_plane(&bed, &dir, &old, &mesh_ns.name, &[]);
+    let old_address = cp_old.address.clone();
+    let meta = |ns: &str, rev: &str| BTreeMap::from([("NAMESPACE", ns.to_string()), ("REVISION", rev.to_string())]);
+    let agent = |address: &str, ns: &str, sa: &str, rev: &str| {
+        let out = dir.join(sa);
+        let token = token_file(&bed, &dir, ns, sa, "weft-ca");
+        let m = meta(ns, rev);
+        let m: BTreeMap<&str, &str> = m.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        wait_for_sync(&format!("a certificate for {ns}/{sa}"), || {
+            agent_once(address, None, &token, &bundle, &out, &m)
+        });
+        out
+    };
+    let old_files = agent(&old_address, &stable.name, "old", &old);
+    let old_boot = old_files.join("bootstrap.json").display().to_string();
+    let mut steady = host.spawn(&go, &[&old_boot, &target]);
+    wait_reached(&mut steady, &["a"], "a client of the old revision to connect").await;
+
+    // The canary: a second revision, signing with the same issuer.
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"version": "1.1.0"}})),
+    )
+    .await
+    .expect("upgrade");
+    let new = wait_for("the canary revision", TIMEOUT, || async {
+        let mi = api.get(name).await.map_err(|e| e.to_string())?;
+        let s = mi.status.unwrap_or_default();
+        match s.revisions.iter().find(|r| r.name != old && r.ready) {
+            Some(r) => Ok(r.name.clone()),
+            None => Err(format!("{:?}", s.revisions)),
+        }
+    })
+    .await;
+    let issuer_after = secrets.get(mesh_ca::ISSUER_SECRET).await.expect("the issuer").data;
+    assert_eq!(
+        issuer_after, issuer_before,
+        "a canary never changes who signs or what is trusted"
+    );
+    label_namespace(&bed, &canary.name, Some(&new)).await;
+    service_account(&bed, &canary.name, "new").await;
+    let cp_new = secure_control_plane(&bed, &dir, &new, &mesh_ns.name, &[]);
+    let new_address = cp_new.address.clone();
+    let new_files = agent(&new_address, &canary.name, "new", &new);
+
+    // Each trusts the other: handshakes both ways with their files.
+    let (o, n) = (Material::read(&old_files).unwrap(), Material::read(&new_files).unwrap());
+    let id = |ns: &str, sa: &str| format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
+    mtls_handshake(&o, &n, &id(&canary.name, "new")).expect("old calls new");
+    mtls_handshake(&n, &o, &id(&stable.name, "old")).expect("new calls old");
+    // A new client of the canary connects to it; the old one never dropped.
+    let new_boot = new_files.join("bootstrap.json").display().to_string();
+    let mut fresh = host.spawn(&go, &[&new_boot, &target]);
+    wait_reached(&mut fresh, &["a"], "a client of the canary to connect to it").await;
+    assert_eq!(
+        call(&mut steady, 20).errors,
+        0,
+        "the old revision's client kept working"
+    );
+    delete_and_wait(&bed, name).await;
+}
+
+/// Retries `attempt` (a blocking call) until it succeeds or [`TIMEOUT`] passes.
+fn wait_for_sync(what: &str, mut attempt: impl FnMut() -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match attempt() {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("timed out waiting for {what}: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
+}
+
+/// Two meshes keep their own roots; one trusts the other's when it lists them
+/// (`trustedRoots`), and a ConfigMap that holds no usable root stalls it, changing nothing.
+#[tokio::test]
+async fn a_mesh_trusts_another_meshs_roots_only_when_it_lists_them() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::connect().await;
+    install_crds(&bed);
+    let op = Operator::start(&bed, "identity-trust", &[]);
+    let (a_ns, b_ns) = (bed.namespace("idta").await, bed.namespace("idtb").await);
+    let api: Api<MeshInstall> = Api::all(bed.client.clone());
+    for (name, ns) in [("idta", &a_ns.name), ("idtb", &b_ns.name)] {
+        api.create(&PostParams::default(), &mesh(name, ns, json!({})))
+            .await
+            .expect("create MeshInstall");
+        wait_ready(&api, name, &op).await;
+    }
+    let bundle = |ns: String| {
+        let cms: Api<ConfigMap> = Api::namespaced(bed.client.clone(), &ns);
+        async move {
+            cms.get_opt(mesh_ca::BUNDLE_CONFIG_MAP)
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|c| c.data?.remove(ca::ROOT_CERT))
+                .ok_or_else(|| format!("no bundle in {ns} yet"))
+        }
+    };
+    let issuer = |ns: String| {
+        let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), &ns);
+        async move {
+            let s = secrets.get(mesh_ca::ISSUER_SECRET).await.expect("the issuer");
+            let data = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+            ca::plugin_ca(&data, std::time::SystemTime::now()).expect("an issuer that signs")
+        }
+    };
+    let a_bundle = wait_for("mesh A's bundle", TIMEOUT, || bundle(a_ns.name.clone())).await;
+    let b_bundle = wait_for("mesh B's bundle", TIMEOUT, || bundle(b_ns.name.clone())).await;
+    let (a_issuer, b_issuer) = (issuer(a_ns.name.clone()).await, issuer(b_ns.name.clone()).await);
+    assert!(
+        !rotation::chains_to(&a_issuer, &b_bundle, std::time::SystemTime::now()),
+        "different roots: B does not trust A"
+    );
+
+    // B lists A's roots (a copy of A's bundle in B's namespace).
+    let cms: Api<ConfigMap> = Api::namespaced(bed.client.clone(), &b_ns.name);
+    let roots = |text: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": "mesh-a-roots"}, "data": {"root-cert.pem": text}})).unwrap()
+    };
+    cms.create(&PostParams::default(), &roots(&a_bundle))
+        .await
+        .expect("create the ConfigMap");
+    let trust = json!({"spec": {"security": {"trustedRoots": [{"configMapRef": {"name": "mesh-a-roots"}}]}}});
+    api.patch("idtb", &PatchParams::default(), &Patch::Merge(&trust))
+        .await
+        .expect("trust A's roots");
+    let trusting = wait_for("B's bundle to hold A's root too", TIMEOUT, || async {
+        let b = bundle(b_ns.name.clone()).await?;
+        if ca::certificates(&b).map_err(|e| e.to_string())?.len() == 2 {
+            Ok(b)
+        } else {
+            Err(format!(
+                "{} roots\noperator log:\n{}",
+                ca::certificates(&b).map_or(0, |c| c.len()),
+                op.log_tail()
+            ))
+        }
+    })
+    .await;
+    let now = std::time::SystemTime::now();
+    assert!(
+        rotation::chains_to(&a_issuer, &trusting, now),
+        "B's workloads now trust A's"
+    );
+    assert!(rotation::chains_to(&b_issuer, &trusting, now), "and still their own");
+    assert!(
+        !rotation::chains_to(&b_issuer, &bundle(a_ns.name.clone()).await.unwrap(), now),
+        "trust goes one way: A did not list B"
+    );
+    let a_root = ca::first_facts(&a_bundle).unwrap().fingerprint;
+    let shown = api.get("idtb").await.unwrap().status.and_then(|s| s.security).unwrap();
+    assert_eq!(
+        shown
+            .trusted_roots
+            .iter()
+            .map(|r| r.fingerprint.clone())
+            .collect::<Vec<_>>(),
+        vec![a_root]
+    );
+    assert_eq!(shown.roots.len(), 1, "B's own roots are still one");
+
+    // The ConfigMap no longer holds a root: Stalled, and the bundles stay as they were.
+    cms.replace("mesh-a-roots", &PostParams::default(), &roots("not a certificate"))
+        .await
+        .expect("break the ConfigMap");
+    let stalled = wait_stalled(&api, "idtb", "InvalidCA").await;
+    assert!(
+        stalled.contains("security.trustedRoots[0]") && stalled.contains("mesh-a-roots"),
+        "{stalled}"
+    );
+    assert_eq!(
+        bundle(b_ns.name.clone()).await.unwrap(),
+        trusting,
+        "the running mesh keeps its bundles"
+    );
+    for name in ["idta", "idtb"] {
+        delete_and_wait(&bed, name).await;
+    }
 }

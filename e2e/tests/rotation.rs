@@ -14,19 +14,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 use weft::api::MeshInstall;
 use weft::api::security::SecurityStatus;
 use weft::identity::{ca, mesh_ca};
-use weft_e2e::control_plane::free_port_on as free_port;
-use weft_e2e::grpc_clients::{backend, call, grpc_go_client, wait_reached};
-use weft_e2e::identity::{Material, Process, label_namespace, mtls_handshake, service_account, token_file};
+use weft_e2e::grpc_clients::{call, echo_service, grpc_go_client, wait_reached};
+use weft_e2e::identity::{
+    Material, Process, label_namespace, mtls_handshake, secure_control_plane, service_account, token_file,
+};
 use weft_e2e::operator::{Operator, SERIAL, TIMEOUT, delete_and_wait, install_crds, mesh, mesh_events, wait_ready};
-use weft_e2e::testhost::{HOST_ADDRESS, TestHost};
+use weft_e2e::testhost::TestHost;
 use weft_e2e::{Bed, wait_for, weft_bin};
 
 /// The echo backend's address in the test host.
@@ -166,26 +166,8 @@ async fn raising_root_rotation_moves_the_mesh_to_a_new_root_without_a_failed_han
     // the issuer the operator keeps.
     let host = TestHost::create();
     host.add_address(BACKEND);
-    let (xds_port, secure_port, monitoring) =
-        (free_port(HOST_ADDRESS), free_port(HOST_ADDRESS), free_port("127.0.0.1"));
-    let log = dir.join("control-plane.log");
-    let _cp = Process(
-        Command::new(weft_bin())
-            .args(["control-plane", "--revision", &rev, "--debounce-ms", "20"])
-            .arg("--kubeconfig")
-            .arg(&bed.kubeconfig)
-            .args(["--mesh-namespace", &mesh_ns.name])
-            .args(["--xds-address", &format!("{HOST_ADDRESS}:{xds_port}")])
-            .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
-            .args(["--ca-secret", mesh_ca::ISSUER_SECRET])
-            .args(["--secure-address", &format!("{HOST_ADDRESS}:{secure_port}")])
-            .args(["--tls-server-name", HOST_ADDRESS, "--workload-cert-ttl", "1m"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start weft control-plane"),
-    );
-    let address = format!("{HOST_ADDRESS}:{secure_port}");
+    let cp = secure_control_plane(&bed, &dir, &rev, &mesh_ns.name, &["--workload-cert-ttl", "1m"]);
+    let (address, log) = (cp.address.clone(), cp.log.clone());
     let _agents = ["client", "server"].map(|sa| agent(&bed, &dir, &address, &app.name, sa, &rev, &ca_file));
     let (client_dir, server_dir) = (dir.join("client"), dir.join("server"));
     wait_for("both agents to write their files", TIMEOUT, || async {
@@ -214,25 +196,7 @@ async fn raising_root_rotation_moves_the_mesh_to_a_new_root_without_a_failed_han
         stop.clone(),
         seen.clone(),
     );
-    let _backend = backend(&host, &format!("{BACKEND}:50051"), "a");
-    let services: Api<Service> = Api::namespaced(bed.client.clone(), &app.name);
-    let svc = json!({"metadata": {"name": "echo"}, "spec": {"ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]}});
-    services
-        .create(&PostParams::default(), &serde_json::from_value(svc).unwrap())
-        .await
-        .unwrap();
-    let slices: Api<EndpointSlice> = Api::namespaced(bed.client.clone(), &app.name);
-    let slice = json!({
-        "metadata": {"name": "echo-1", "labels": {"kubernetes.io/service-name": "echo"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [BACKEND], "conditions": {"ready": true}}]
-    });
-    slices
-        .create(&PostParams::default(), &serde_json::from_value(slice).unwrap())
-        .await
-        .unwrap();
-    let target = format!("xds:///echo.{}.svc.cluster.local:50051", app.name);
+    let (_backend, target) = echo_service(&bed, &host, &app.name, BACKEND).await;
     let (go, boot) = (
         grpc_go_client().display().to_string(),
         client_dir.join("bootstrap.json").display().to_string(),

@@ -352,7 +352,25 @@ fn objects_policy_refuses_takeover_and_tokens(bed: &Bed, ns: &str) {
     refused(
         "a pod with another ServiceAccount's token",
         apply_json_as_operator(bed, "sec-token.json", &deployment("e2e-token", ns, with_token)),
-        "or mounts no ServiceAccount token",
+        "or mounts no API token",
+    );
+    // A projected token is refused unless it is for the mesh CA alone (audience weft-ca).
+    let projected = |audience: Option<&str>| {
+        let mut token = json!({"path": "token", "expirationSeconds": 3600});
+        if let Some(a) = audience {
+            token["audience"] = json!(a);
+        }
+        json!({"automountServiceAccountToken": false, "containers": container,
+               "volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": token}]}}]})
+    };
+    refused(
+        "a projected token for the API server",
+        apply_json_as_operator(
+            bed,
+            "sec-projected.json",
+            &deployment("e2e-projected", ns, projected(None)),
+        ),
+        "or mounts no API token",
     );
     refused(
         "a Deployment in kube-system",
@@ -363,21 +381,28 @@ fn objects_policy_refuses_takeover_and_tokens(bed: &Bed, ns: &str) {
         ),
         "creates nothing in kube-* namespaces",
     );
-    let ok = deployment("e2e-ours", ns, tokenless);
-    let path = cluster_file(bed, "sec-ours.json");
-    std::fs::write(&path, ok.to_string()).expect("write");
-    let admitted = as_operator(
-        bed,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=weft-operator",
-            "--dry-run=server",
-            "-f",
-            path.to_str().unwrap(),
-        ],
-    );
-    assert!(admitted.is_ok(), "a labelled, tokenless Deployment: {admitted:?}");
+    for (what, pod) in [
+        ("a labelled, tokenless Deployment", tokenless),
+        (
+            "a labelled Deployment with a token for the mesh CA only",
+            projected(Some("weft-ca")),
+        ),
+    ] {
+        let path = cluster_file(bed, "sec-ours.json");
+        std::fs::write(&path, deployment("e2e-ours", ns, pod).to_string()).expect("write");
+        let admitted = as_operator(
+            bed,
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=weft-operator",
+                "--dry-run=server",
+                "-f",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert!(admitted.is_ok(), "{what}: {admitted:?}");
+    }
 }
 
 fn apply_json_as_operator(bed: &Bed, file: &str, object: &serde_json::Value) -> Result<String, String> {

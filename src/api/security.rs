@@ -39,6 +39,34 @@ pub struct Security {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= oldSelf").message("rootRotation can only be raised: a root, once replaced, is not brought back"))]
     pub root_rotation: Option<u32>,
+    /// Roots of other meshes this mesh's workloads also trust ("trust between meshes"):
+    /// each a ConfigMap in the mesh namespace holding PEM certificates (such as a copy of
+    /// the other mesh's `weft-root-ca`). They join every trust bundle; they never sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub trusted_roots: Option<Vec<TrustedRoots>>,
+}
+
+/// A ConfigMap of roots to trust.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedRoots {
+    /// The ConfigMap, in the mesh namespace.
+    pub config_map_ref: ConfigMapKeyRef,
+}
+
+/// A key of a ConfigMap in the mesh namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+pub struct ConfigMapKeyRef {
+    /// The ConfigMap's name.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("configMapRef.name must name a ConfigMap: a DNS subdomain (lower-case letters, digits, '-' and '.')"))]
+    pub name: String,
+    /// The key holding the PEM certificates (default `root-cert.pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
 }
 
 /// Who signs workload certificates. At most one of the two (none means `selfSigned`).
@@ -126,6 +154,9 @@ pub struct SecurityStatus {
     /// When the issuer that signs workload certificates expires (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_not_after: Option<String>,
+    /// Roots of other meshes the bundle also holds (`trustedRoots`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_roots: Vec<RootStatus>,
     /// The ready revisions whose control planes read the current issuer and bundle.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub serving_revisions: Vec<String>,

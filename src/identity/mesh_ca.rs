@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use x509_parser::prelude::FromDer;
+
 use super::ca::{self, CA_CERT, CA_KEY, CERT_CHAIN, CaError, InvalidCa, KeyedCert, ROOT_CERT, SigningCa};
 use super::rotation::{self, RECORD_KEY, Record, Rollout, Wanted};
 use crate::api::security::{RootStatus, RotationStatus, SecurityStatus};
@@ -77,6 +79,28 @@ pub struct Plan {
     pub waiting: Option<String>,
     /// When to look again for the rotation's next step.
     pub due: Option<Duration>,
+    /// Roots of other meshes the bundles also hold (`trustedRoots`), PEM.
+    pub trusted_pem: String,
+}
+
+impl Plan {
+    /// What every trust bundle holds: the mesh's trust set, then the other meshes' roots.
+    pub fn bundle_pem(&self) -> String {
+        bundle(&self.signing.roots_pem, &self.trusted_pem)
+    }
+}
+
+/// The trust bundle of a mesh whose trust set is `roots_pem`, trusting `trusted_pem` too
+/// (a root in both is written once).
+pub fn bundle(roots_pem: &str, trusted_pem: &str) -> String {
+    let own = ca::certificates(roots_pem).unwrap_or_default();
+    let extra: String = pem::parse_many(trusted_pem)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE" && !own.iter().any(|o| o.as_slice() == b.contents()))
+        .map(|b| pem::encode_config(&b, pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF)))
+        .collect();
+    format!("{roots_pem}{extra}")
 }
 
 /// Why a mesh's CA cannot be used. Messages never carry key material.
@@ -150,6 +174,7 @@ pub fn plan(
         note: step.note,
         waiting: step.waiting,
         due: step.due,
+        trusted_pem: String::new(),
     })
 }
 
@@ -209,10 +234,8 @@ fn issuer_data_with(s: &SigningCa, record: Option<&Record>) -> SecretData {
     data
 }
 
-/// What `status.security` shows of `plan` (serving revisions are the caller's).
-pub fn status(trust_domain: &str, plan: &Plan) -> SecurityStatus {
-    let signing = &plan.signing;
-    let roots = ca::certificates(&signing.roots_pem)
+fn root_statuses(pem_text: &str) -> Vec<RootStatus> {
+    ca::certificates(pem_text)
         .unwrap_or_default()
         .iter()
         .filter_map(|d| ca::facts(d))
@@ -221,12 +244,49 @@ pub fn status(trust_domain: &str, plan: &Plan) -> SecurityStatus {
             not_before: ca::rfc3339(f.not_before),
             not_after: ca::rfc3339(f.not_after),
         })
-        .collect();
+        .collect()
+}
+
+/// Checks roots of another mesh (`trustedRoots`): PEM certificates, each a CA valid now.
+/// Returns them as PEM, or what is wrong (never their content).
+pub fn trusted_roots(pem_text: &str, now: SystemTime) -> Result<String, String> {
+    let ders = ca::certificates(pem_text).map_err(|e| e.to_string())?;
+    if ders.is_empty() {
+        return Err("holds no CERTIFICATE block".to_string());
+    }
+    let at = unix(now);
+    for (i, der) in ders.iter().enumerate() {
+        let (_, cert) = x509_parser::prelude::X509Certificate::from_der(der)
+            .map_err(|e| format!("certificate {} does not parse: {e}", i + 1))?;
+        if !cert.is_ca() {
+            return Err(format!("certificate {} is not a CA", i + 1));
+        }
+        let (nb, na) = (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        );
+        if at < nb || at > na {
+            return Err(format!(
+                "certificate {} is not valid now (from {} until {})",
+                i + 1,
+                ca::rfc3339(nb),
+                ca::rfc3339(na)
+            ));
+        }
+    }
+    Ok(bundle("", pem_text))
+}
+
+/// What `status.security` shows of `plan` (serving revisions are the caller's).
+pub fn status(trust_domain: &str, plan: &Plan) -> SecurityStatus {
+    let signing = &plan.signing;
+    let roots = root_statuses(&signing.roots_pem);
     SecurityStatus {
         trust_domain: trust_domain.to_string(),
         roots,
         issuer_not_after: ca::first_facts(&signing.issuer.cert_pem).map(|f| ca::rfc3339(f.not_after)),
         serving_revisions: Vec::new(),
+        trusted_roots: root_statuses(&plan.trusted_pem),
         rotation: plan.rotation.map(|r| RotationStatus {
             phase: r.phase.as_str().to_string(),
             since: ca::rfc3339(r.since),
@@ -310,6 +370,31 @@ mod tests {
         .unwrap();
         assert!(renewed.root.is_none());
         assert!(renewed.issuer.is_some_and(|i| i.0[CA_CERT] != issuer.0[CA_CERT]));
+    }
+
+    #[test]
+    fn another_meshs_roots_join_the_bundle_once_and_only_if_they_are_cas_valid_now() {
+        let mine = ca::new_root(TD, 0, now()).unwrap();
+        let theirs = ca::new_root("other.mesh", 0, now()).unwrap();
+        let trusted = trusted_roots(&theirs.cert_pem, now()).expect("a CA valid now");
+        let b = bundle(&mine.cert_pem, &format!("{trusted}{}", mine.cert_pem));
+        assert_eq!(ca::certificates(&b).unwrap().len(), 2, "mine once, theirs once");
+        assert!(b.starts_with(&mine.cert_pem), "the mesh's own roots first");
+        let issuer = ca::new_issuer(&theirs, "other.mesh", now()).unwrap();
+        let leaf = ca::sign_server(&issuer, &["x".to_string()], Duration::from_secs(60), now()).unwrap();
+        let leaf_only = ca::certificates(&leaf.cert_pem).unwrap().remove(0);
+        let leaf_pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf_only));
+        assert_eq!(
+            trusted_roots(&leaf_pem, now()).unwrap_err(),
+            "certificate 1 is not a CA"
+        );
+        assert_eq!(trusted_roots("", now()).unwrap_err(), "holds no CERTIFICATE block");
+        let later = now() + ca::ROOT_TTL + Duration::from_secs(3600);
+        assert!(
+            trusted_roots(&theirs.cert_pem, later)
+                .unwrap_err()
+                .contains("not valid now")
+        );
     }
 
     #[test]

@@ -131,9 +131,21 @@ pub fn secret_changes(
     shared: &super::shared::Shared,
     what: &'static str,
 ) -> impl Stream<Item = Arc<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>>> + Send + 'static {
+    metadata_changes(shared, what)
+}
+
+/// Every change to a `K` (metadata only: no data is ever read or held), as
+/// [`secret_changes`] (ConfigMaps a mesh's `trustedRoots` name, for one).
+pub fn metadata_changes<K>(
+    shared: &super::shared::Shared,
+    what: &'static str,
+) -> impl Stream<Item = Arc<kube::core::PartialObjectMeta<K>>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
     use kube::core::PartialObjectMeta;
     // A metadata-only watch: PartialObjectMeta asks for nothing else.
-    let api: Api<PartialObjectMeta<k8s_openapi::api::core::v1::Secret>> = Api::all(shared.client.clone());
+    let api: Api<PartialObjectMeta<K>> = Api::all(shared.client.clone());
     let flow = shared.metrics.watches.track(what);
     watcher(api, watcher::Config::default())
         .backoff(WatchBackoff::default())

@@ -3,7 +3,7 @@
 //! is decided by `identity::mesh_ca` (pure). Secret data is never logged.
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
@@ -64,8 +64,12 @@ pub async fn read(ctx: &Context, mi: &MeshInstall, observed: &Observed) -> Resul
         },
         None => Source::SelfSigned { root: stored.as_ref() },
     };
+    let trusted = match trusted_roots(ctx, mi).await? {
+        Ok(t) => t,
+        Err(stall) => return Ok(Err(stall)),
+    };
     let rollout = Rollout {
-        bundles_current: bundles_current(ctx, mi, observed, issuer.as_ref()),
+        bundles_current: bundles_current(ctx, mi, observed, issuer.as_ref(), &trusted),
         revisions_ready: !observed.revisions.is_empty() && observed.revisions.iter().all(|r| r.ready()),
         propagation: ctx.bundle_propagation,
         cert_ttl: security.workload_cert_ttl(),
@@ -79,22 +83,77 @@ pub async fn read(ctx: &Context, mi: &MeshInstall, observed: &Observed) -> Resul
         &rollout,
         SystemTime::now(),
     );
-    Ok(planned.map_err(|e| match e {
-        CaProblem::Plugin { .. } => Stall {
-            reason: StallReason::InvalidCa,
-            message: format!("{e}; nothing was changed, the running mesh keeps its CA"),
-        },
-        CaProblem::Generate(_) => Stall {
-            reason: StallReason::RenderFailed,
-            message: e.to_string(),
-        },
-    }))
+    Ok(planned
+        .map(|plan| Plan {
+            trusted_pem: trusted,
+            ..plan
+        })
+        .map_err(|e| match e {
+            CaProblem::Plugin { .. } => Stall {
+                reason: StallReason::InvalidCa,
+                message: format!("{e}; nothing was changed, the running mesh keeps its CA"),
+            },
+            CaProblem::Generate(_) => Stall {
+                reason: StallReason::RenderFailed,
+                message: e.to_string(),
+            },
+        }))
+}
+
+/// The roots of other meshes `spec.security.trustedRoots` names, checked; or why they
+/// cannot be used (the spec stalls, and nothing is written).
+async fn trusted_roots(ctx: &Context, mi: &MeshInstall) -> Result<Result<String, Stall>, Error> {
+    let ns = &mi.spec.namespace;
+    let api: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), ns);
+    let refs = mi
+        .spec
+        .security
+        .as_ref()
+        .and_then(|s| s.trusted_roots.clone())
+        .unwrap_or_default();
+    let mut out = String::new();
+    for (i, r) in refs.iter().enumerate() {
+        let name = &r.config_map_ref.name;
+        let key = r.config_map_ref.key.as_deref().unwrap_or(ROOT_CERT);
+        let found = api
+            .get_opt(name)
+            .await
+            .map_err(kube_err(format!("read ConfigMap {ns}/{name}")))?;
+        let text = found.and_then(|c| c.data).and_then(|mut d| d.remove(key));
+        let checked = match text {
+            None => Err(format!("ConfigMap {ns}/{name} has no key {key}")),
+            Some(t) => mesh_ca::trusted_roots(&t, SystemTime::now())
+                .map_err(|e| format!("ConfigMap {ns}/{name} key {key} {e}")),
+        };
+        match checked {
+            Ok(pem) => out.push_str(&pem),
+            Err(problem) => {
+                return Ok(Err(Stall {
+                    reason: StallReason::InvalidCa,
+                    message: format!(
+                        "security.trustedRoots[{i}]: {problem}; nothing was changed, the running mesh keeps its bundles"
+                    ),
+                }));
+            }
+        }
+    }
+    Ok(Ok(out))
 }
 
 /// Whether every namespace of the mesh has a trust bundle holding the stored trust set
-/// (the issuer Secret's `root-cert.pem`), as the owned-object index sees them.
-fn bundles_current(ctx: &Context, mi: &MeshInstall, observed: &Observed, issuer: Option<&SecretData>) -> bool {
-    let Some(trust) = issuer.and_then(|d| d.0.get(ROOT_CERT)) else {
+/// (the issuer Secret's `root-cert.pem`, with the other meshes' roots), as the owned-object
+/// index sees them.
+fn bundles_current(
+    ctx: &Context,
+    mi: &MeshInstall,
+    observed: &Observed,
+    issuer: Option<&SecretData>,
+    trusted: &str,
+) -> bool {
+    let Some(trust) = issuer
+        .and_then(|d| d.0.get(ROOT_CERT))
+        .map(|t| mesh_ca::bundle(&String::from_utf8_lossy(t), trusted))
+    else {
         return false;
     };
     if !observed.usage.synced {
@@ -104,7 +163,7 @@ fn bundles_current(ctx: &Context, mi: &MeshInstall, observed: &Observed, issuer:
     mesh_namespaces(mi, &observed.usage, owns_default).iter().all(|ns| {
         ctx.index
             .get(OwnedKind::ConfigMap, Some(ns), BUNDLE_CONFIG_MAP)
-            .is_some_and(|cm| cm.data["data"][ROOT_CERT].as_str().map(str::as_bytes) == Some(trust.as_slice()))
+            .is_some_and(|cm| cm.data["data"][ROOT_CERT].as_str() == Some(trust.as_str()))
     })
 }
 
@@ -165,21 +224,39 @@ fn secret(mi: &MeshInstall, name: &str, content: &SecretData) -> Secret {
     }
 }
 
+/// The meshes whose `trustedRoots` name ConfigMap `c` (in their mesh namespace).
+pub fn trusting(meshes: &Store<Guarded<MeshInstall>>, c: &PartialObjectMeta<ConfigMap>) -> Vec<Ref<MeshInstall>> {
+    let name = c.name_any();
+    in_mesh_namespace(meshes, &c.namespace().unwrap_or_default(), |m| {
+        m.spec
+            .security
+            .as_ref()
+            .and_then(|s| s.trusted_roots.as_ref())
+            .is_some_and(|t| t.iter().any(|r| r.config_map_ref.name == name))
+    })
+}
+
 /// The meshes whose CA Secret `s` is: ours by name, or the plug-in CA a spec names, in the
 /// mesh namespace.
 pub fn concerned(meshes: &Store<Guarded<MeshInstall>>, s: &PartialObjectMeta<Secret>) -> Vec<Ref<MeshInstall>> {
-    let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+    let name = s.name_any();
+    in_mesh_namespace(meshes, &s.namespace().unwrap_or_default(), |m| {
+        name == ROOT_SECRET
+            || name == ISSUER_SECRET
+            || m.spec.security.as_ref().and_then(|s| s.plugin_secret()) == Some(name.as_str())
+    })
+}
+
+/// The meshes whose mesh namespace is `ns` and for which `wants` holds.
+fn in_mesh_namespace(
+    meshes: &Store<Guarded<MeshInstall>>,
+    ns: &str,
+    wants: impl Fn(&MeshInstall) -> bool,
+) -> Vec<Ref<MeshInstall>> {
     meshes
         .state()
         .iter()
-        .filter(|g| {
-            g.0.as_ref().is_ok_and(|m| {
-                m.spec.namespace == ns
-                    && (name == ROOT_SECRET
-                        || name == ISSUER_SECRET
-                        || m.spec.security.as_ref().and_then(|s| s.plugin_secret()) == Some(name.as_str()))
-            })
-        })
+        .filter(|g| g.0.as_ref().is_ok_and(|m| m.spec.namespace == ns && wants(m)))
         .map(|g| ObjectRef::from_obj(g.as_ref()))
         .collect()
 }

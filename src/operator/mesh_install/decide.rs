@@ -100,7 +100,7 @@ pub fn decide(mi: &MeshInstall, versions: &VersionTable, observed: &Observed, no
                     trust_bundles(
                         mi,
                         &mesh_namespaces(mi, &observed.usage, neighbours.owns_default),
-                        &plan.signing.roots_pem,
+                        &plan.bundle_pem(),
                     )
                     .ok()
                 })

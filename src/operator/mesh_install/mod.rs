@@ -101,6 +101,7 @@ pub fn controller(
     // MeshInstalls, so each looks again (a reconcile that changes nothing writes nothing).
     let all = meshes.store();
     let ca_meshes = meshes.store();
+    let trusting_meshes = meshes.store();
     let usage_changed = usage.changes().flat_map(move |concerns| {
         let refs: Vec<_> = match concerns {
             usage::Concerns::Meshes(names) => names.iter().map(|n| ObjectRef::new(n)).collect(),
@@ -120,6 +121,11 @@ pub fn controller(
         .watches(super::watch::secret_changes(shared, "Secret (mesh CA)"), move |s| {
             ca::concerned(&ca_meshes, s)
         })
+        // A ConfigMap of another mesh's roots that a spec trusts.
+        .watches(
+            super::watch::metadata_changes(shared, "ConfigMap (trusted roots)"),
+            move |c| ca::trusting(&trusting_meshes, c),
+        )
         .on(remote_changes.map(|mesh| ObjectRef::new(&mesh)))
         .run(ctx, reconcile, shutdown)
 }
