@@ -3,9 +3,12 @@
 //! (so the first round costs a TokenReview per caller, as a cluster's first start does), ask
 //! `weft control-plane`'s TLS port for a certificate; then the same callers again (their
 //! answers cached). Prints certificates per second, p50/p99 latency of each round, and the
-//! control plane's resident memory.
+//! control plane's resident memory. Then the cost of TLS for xDS: a fresh control plane each
+//! time, 2000 ADS streams (20 connections of 100, CDS wildcard, 50 services) on the
+//! plaintext port, then on the TLS port with a workload certificate (mTLS): RSS with them.
 //!
-//! Usage: bench-ca CLUSTER   (WEFT_BIN: the weft binary; WEFT_BENCH_CALLERS: 1000)
+//! Usage: bench-ca CLUSTER   (WEFT_BIN: the weft binary; WEFT_BENCH_CALLERS: 1000;
+//! WEFT_BENCH_STREAMS: 2000)
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use weft::identity::csr::{CREATE_PATH, IstioCertificateRequest, IstioCertificateResponse};
 use weft::identity::{agent, ca, mesh_ca};
 use weft_e2e::control_plane::free_port;
@@ -88,6 +91,34 @@ async fn round(channels: &[Channel], requests: &Arc<Vec<(String, String)>>) -> (
     (wall, latencies, failures)
 }
 
+/// Creates ServiceAccount `name` and returns a token for it (audience `weft-ca`).
+async fn account_token(accounts: &Api<ServiceAccount>, name: &str) -> String {
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    accounts
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("create ServiceAccount");
+    let tr = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec!["weft-ca".into()],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer: TokenRequest = accounts
+        .create_subresource("token", name, &PostParams::default(), &tr)
+        .await
+        .expect("TokenRequest");
+    answer.status.map(|s| s.token).unwrap_or_default()
+}
+
 /// Prints one round's figures.
 fn report(label: &str, wall: Duration, latencies: &[Duration], failed: usize) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -144,31 +175,7 @@ async fn main() {
         let made = join_all(chunk.iter().map(|i| {
             let accounts = accounts.clone();
             async move {
-                let name = format!("caller-{i}");
-                let sa = ServiceAccount {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                };
-                accounts
-                    .create(&PostParams::default(), &sa)
-                    .await
-                    .expect("create ServiceAccount");
-                let tr = TokenRequest {
-                    spec: TokenRequestSpec {
-                        audiences: vec!["weft-ca".into()],
-                        expiration_seconds: Some(3600),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                };
-                let answer: TokenRequest = accounts
-                    .create_subresource("token", &name, &PostParams::default(), &tr)
-                    .await
-                    .expect("TokenRequest");
-                let token = answer.status.map(|s| s.token).unwrap_or_default();
+                let token = account_token(&accounts, &format!("caller-{i}")).await;
                 let (_, csr) = agent::new_csr().unwrap();
                 (token, csr)
             }
@@ -235,9 +242,190 @@ async fn main() {
         cold_rss / 1024,
         warm_rss / 1024
     );
+    // A workload certificate for the xDS streams over TLS, while this control plane runs
+    // (an identity of its own: the callers' are rate-limited after two rounds).
+    let token = account_token(&accounts, "bench-streams").await;
+    let identity = workload_identity(&channels[0], &token).await;
+    drop(channels);
     let _ = cp.kill();
     let _ = cp.wait();
     if cold_failed + warm_failed > 0 {
         std::process::exit(1);
     }
+
+    // xDS streams, plaintext then TLS, each on a fresh control plane.
+    let streams: usize = std::env::var("WEFT_BENCH_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    services(&bed, app_ns, 50).await;
+    let mut figures = Vec::new();
+    for tls in [false, true] {
+        let (plain_port, secure_port, monitoring) = (free_port(), free_port(), free_port());
+        let mut cp = Command::new(weft_bin())
+            .args(["control-plane", "--revision", REVISION, "--mesh-namespace", mesh_ns])
+            .arg("--kubeconfig")
+            .arg(&bed.kubeconfig)
+            .args(["--xds-address", &format!("127.0.0.1:{plain_port}")])
+            .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
+            .args(["--ca-secret", mesh_ca::ISSUER_SECRET])
+            .args(["--secure-address", &format!("127.0.0.1:{secure_port}")])
+            .args(["--tls-server-name", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start weft control-plane");
+        wait_for("the control plane to be ready", Duration::from_secs(60), || async {
+            match weft_e2e::http_get(monitoring, "/ready") {
+                Ok((200, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let ready = rss_kib(cp.id());
+        let endpoint = if tls {
+            let config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&root.cert_pem))
+                .domain_name("127.0.0.1")
+                .identity(Identity::from_pem(&identity.0, &identity.1));
+            Endpoint::from_shared(format!("https://127.0.0.1:{secure_port}"))
+                .unwrap()
+                .tls_config(config)
+                .unwrap()
+        } else {
+            Endpoint::from_shared(format!("http://127.0.0.1:{plain_port}")).unwrap()
+        };
+        let started = Instant::now();
+        let held = open_streams(&endpoint, streams, app_ns).await;
+        let opened = started.elapsed();
+        let with = rss_kib(cp.id());
+        figures.push((tls, ready, with, opened));
+        drop(held);
+        let _ = cp.kill();
+        let _ = cp.wait();
+    }
+    println!(
+        "xDS streams: {streams} ADS streams on {STREAM_CONNECTIONS} connections, CDS wildcard over 50 services, a fresh control plane each"
+    );
+    for (tls, ready, with, opened) in &figures {
+        println!(
+            "  {}: RSS {} MiB ready, {} MiB with the streams (all answered in {:.1}s)",
+            if *tls {
+                "TLS (mTLS, workload certificate)"
+            } else {
+                "plaintext                       "
+            },
+            ready / 1024,
+            with / 1024,
+            opened.as_secs_f64()
+        );
+    }
+    if let [(_, _, plain, _), (_, _, tls, _)] = figures.as_slice() {
+        println!(
+            "  TLS over plaintext: {:+.0} %",
+            (*tls as f64 / *plain as f64 - 1.0) * 100.0
+        );
+    }
+}
+
+/// Connections the xDS streams share.
+const STREAM_CONNECTIONS: usize = 20;
+
+/// `n` Services of `ns` with an endpoint each, for the streams to be served.
+async fn services(bed: &Bed, ns: &str, n: usize) {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let (svcs, slices): (Api<Service>, Api<EndpointSlice>) = (
+        Api::namespaced(bed.client.clone(), ns),
+        Api::namespaced(bed.client.clone(), ns),
+    );
+    for i in 0..n {
+        let name = format!("svc-{i}");
+        let svc = serde_json::json!({"metadata": {"name": name}, "spec": {"ports": [{"name": "grpc", "port": 8080}]}});
+        svcs.create(&PostParams::default(), &serde_json::from_value(svc).unwrap())
+            .await
+            .expect("create Service");
+        let slice = serde_json::json!({
+            "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "ports": [{"name": "grpc", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [format!("10.0.{}.{}", i / 250, i % 250 + 1)], "conditions": {"ready": true}}]
+        });
+        slices
+            .create(&PostParams::default(), &serde_json::from_value(slice).unwrap())
+            .await
+            .expect("create EndpointSlice");
+    }
+}
+
+/// A workload certificate for the first caller: (chain, key).
+async fn workload_identity(channel: &Channel, token: &str) -> (String, String) {
+    let (key, csr) = agent::new_csr().unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("the certificate service");
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: 0,
+        metadata: None,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let codec = tonic_prost::ProstCodec::<IstioCertificateRequest, IstioCertificateResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(CREATE_PATH);
+    let answer = grpc.unary(req, path, codec).await.expect("a certificate");
+    (answer.into_inner().cert_chain.concat(), key)
+}
+
+/// Opens `n` ADS streams at `endpoint` as clients of namespace `ns`, each subscribing to
+/// every cluster, and returns them once each has its first answer.
+async fn open_streams(endpoint: &Endpoint, n: usize, ns: &str) -> Vec<impl Send> {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let mut connections = Vec::new();
+    for _ in 0..STREAM_CONNECTIONS {
+        connections.push(endpoint.connect().await.expect("connect for xDS"));
+    }
+    let text = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    };
+    join_all((0..n).map(|i| {
+        let channel = connections[i % connections.len()].clone();
+        let node = Node {
+            id: format!("bench-{i}"),
+            metadata: Some(Struct {
+                fields: [
+                    ("NAMESPACE".to_string(), text(ns)),
+                    ("REVISION".to_string(), text(REVISION)),
+                ]
+                .into(),
+            }),
+            ..Default::default()
+        };
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(DiscoveryRequest {
+                node: Some(node),
+                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("queue the request");
+            let mut client = AggregatedDiscoveryServiceClient::new(channel);
+            let mut stream = client
+                .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("open an ADS stream")
+                .into_inner();
+            let first = tokio::time::timeout(Duration::from_secs(60), stream.message())
+                .await
+                .expect("an answer in time")
+                .expect("an answer, not an error")
+                .expect("the stream open");
+            assert!(!first.resources.is_empty(), "the clusters");
+            (tx, stream)
+        }
+    }))
+    .await
 }
