@@ -137,8 +137,12 @@ fn unix(t: SystemTime) -> i64 {
 
 /// Whether `signing`'s issuer chains to `root` (and nothing else is needed to trust it).
 pub fn chains_to(signing: &SigningCa, root_pem: &str, now: SystemTime) -> bool {
-    let mut data = super::mesh_ca::issuer_data(signing).0;
-    data.insert(ca::ROOT_CERT.to_string(), root_pem.as_bytes().to_vec());
+    let data = std::collections::BTreeMap::from([
+        (ca::CA_CERT.to_string(), signing.issuer.cert_pem.as_bytes().to_vec()),
+        (ca::CA_KEY.to_string(), signing.issuer.key_pem.as_bytes().to_vec()),
+        (ca::CERT_CHAIN.to_string(), signing.chain_pem.as_bytes().to_vec()),
+        (ca::ROOT_CERT.to_string(), root_pem.as_bytes().to_vec()),
+    ]);
     ca::plugin_ca(&data, now).is_ok()
 }
 
