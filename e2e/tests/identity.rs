@@ -555,3 +555,101 @@ async fn a_mesh_trusts_another_meshs_roots_only_when_it_lists_them() {
         delete_and_wait(&bed, name).await;
     }
 }
+
+/// Clusters of one mesh share a root: `weft ca` makes one offline and an intermediate per
+/// cluster, each applied as that cluster's plug-in CA; a workload certificate issued in
+/// cluster B is trusted by cluster A's workloads (with A's bundle), and the reverse.
+#[tokio::test]
+async fn two_clusters_with_intermediates_of_one_root_trust_each_others_workloads() {
+    let _serial = SERIAL.lock().await;
+    let a = Bed::connect().await;
+    let (_b_cluster, b) = weft_e2e::OwnCluster::up("weft-id-b").await;
+    let dir = a.kubeconfig.parent().unwrap().join("identity-two-clusters");
+    std::fs::create_dir_all(&dir).unwrap();
+    let weft = |args: &[&str]| {
+        let out = std::process::Command::new(weft_e2e::weft_bin())
+            .args(args)
+            .output()
+            .expect("run weft");
+        assert!(
+            out.status.success(),
+            "weft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let root = dir.join("root");
+    let _ = std::fs::remove_dir_all(&root);
+    weft(&["ca", "root", "--out", root.to_str().unwrap()]);
+    let _host = TestHost::create();
+    let mut files = Vec::new();
+    for (bed, cluster) in [(&a, "east"), (&b, "west")] {
+        install_crds(bed);
+        let op = Operator::start(bed, &format!("identity-{cluster}"), &[]);
+        let mesh_ns = bed.namespace(&format!("id2{cluster}")).await;
+        let app = bed.namespace(&format!("id2{cluster}app")).await;
+        let secret = weft(&[
+            "ca",
+            "intermediate",
+            "--root",
+            root.to_str().unwrap(),
+            "--cluster",
+            cluster,
+            "--namespace",
+            &mesh_ns.name,
+        ]);
+        let file = dir.join(format!("cacerts-{cluster}.yaml"));
+        std::fs::write(&file, secret).unwrap();
+        bed.kubectl(&["apply", "-f", file.to_str().unwrap()])
+            .expect("apply the printed Secret");
+        let api: Api<MeshInstall> = Api::all(bed.client.clone());
+        let name = format!("id2{cluster}");
+        let spec =
+            json!({"security": {"ca": {"secretRef": {"name": "cacerts"}}}, "meshConfig": {"clusterName": cluster}});
+        api.create(&PostParams::default(), &mesh(&name, &mesh_ns.name, spec))
+            .await
+            .expect("create MeshInstall");
+        let rev = wait_ready(&api, &name, &op)
+            .await
+            .status
+            .and_then(|s| s.active_revision)
+            .expect("an active revision");
+        label_namespace(bed, &app.name, Some(&rev)).await;
+        service_account(bed, &app.name, "w").await;
+        let bundle = dir.join(format!("bundle-{cluster}.pem"));
+        let cms: Api<ConfigMap> = Api::namespaced(bed.client.clone(), &app.name);
+        let text = wait_for(&format!("the bundle in {cluster}"), TIMEOUT, || async {
+            cms.get_opt(mesh_ca::BUNDLE_CONFIG_MAP)
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|c| c.data?.remove(ca::ROOT_CERT))
+                .ok_or_else(|| "not yet".to_string())
+        })
+        .await;
+        std::fs::write(&bundle, text).unwrap();
+        let cp = secure_control_plane(bed, &dir, &rev, &mesh_ns.name, &[]);
+        cp.wait_ready().await;
+        let out = dir.join(format!("w-{cluster}"));
+        let token = token_file(bed, &dir, &app.name, "w", "weft-ca");
+        let meta = BTreeMap::from([("NAMESPACE", app.name.as_str())]);
+        agent_once(&cp.address, None, &token, &bundle, &out, &meta)
+            .unwrap_or_else(|e| panic!("a certificate in {cluster}: {e}"));
+        files.push((Material::read(&out).expect("the agent's files"), app.name.clone()));
+        delete_and_wait(bed, &name).await;
+        drop(op);
+    }
+    let id = |ns: &str| format!("spiffe://cluster.local/ns/{ns}/sa/w");
+    let ((east, east_ns), (west, west_ns)) = (&files[0], &files[1]);
+    mtls_handshake(east, west, &id(west_ns)).expect("east calls west: west's certificate verifies with east's bundle");
+    mtls_handshake(west, east, &id(east_ns)).expect("west calls east, and the reverse");
+    // A workload of a mesh with another root is trusted by neither.
+    let stranger_root = ca::new_root("cluster.local", 0, std::time::SystemTime::now()).unwrap();
+    assert!(
+        !rotation::chains_to(
+            &ca::new_issuer(&stranger_root, "cluster.local", std::time::SystemTime::now()).unwrap(),
+            &std::fs::read_to_string(dir.join("bundle-east.pem")).unwrap(),
+            std::time::SystemTime::now()
+        ),
+        "another root is not in east's bundle"
+    );
+}
