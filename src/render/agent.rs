@@ -104,9 +104,16 @@ pub fn containers(image: &str, control_plane: &str) -> Vec<Container> {
     vec![agent("weft-agent-init", true), agent("weft-agent", false)]
 }
 
-/// Envoy's mount of the agent's directory (read-only).
-pub fn proxy_mount() -> VolumeMount {
-    mount(IDENTITY_VOLUME, IDENTITY_DIR, true)
+/// Gives an Envoy pod its agent: Envoy (`envoy`) mounts the agent's directory read-only,
+/// the pod gets the agent's volumes, and the agent's containers are returned, to be the
+/// pod's init containers (its control plane's TLS port is `control_plane`, `host:port`).
+pub fn attach(envoy: &mut Container, volumes: &mut Vec<Volume>, image: &str, control_plane: &str) -> Vec<Container> {
+    envoy
+        .volume_mounts
+        .get_or_insert_default()
+        .push(mount(IDENTITY_VOLUME, IDENTITY_DIR, true));
+    volumes.extend(self::volumes());
+    containers(image, control_plane)
 }
 
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -509,30 +508,12 @@ impl Renderer<'_> {
             ]),
             ..Default::default()
         };
-        let mut container = container;
-        let mut volumes = vec![
-            Volume {
-                name: "bootstrap".to_string(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: bootstrap_name(&self.name),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            Volume {
-                name: "tmp".to_string(),
-                empty_dir: Some(Default::default()),
-                ..Default::default()
-            },
-        ];
         // With the control plane in this cluster, the agent gives the gateway its identity.
+        let (mut container, mut volumes) = (container, super::envoy_volumes(&bootstrap_name(&self.name)));
         let init_containers = self.input.external_control_plane.is_none().then(|| {
-            container
-                .volume_mounts
-                .get_or_insert_default()
-                .push(agent::proxy_mount());
-            volumes.extend(agent::volumes());
-            agent::containers(
+            agent::attach(
+                &mut container,
+                &mut volumes,
                 &self.input.version.images.control_plane,
                 &format!("{}:{SECURE_XDS_PORT}", self.control_plane_host()),
             )

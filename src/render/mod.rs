@@ -50,6 +50,28 @@ pub fn mesh_owner(
     }
 }
 
+/// The volumes every Envoy pod has (node proxies, gateways): its bootstrap ConfigMap
+/// `bootstrap`, and a `tmp` directory for the files Envoy writes (the root filesystem is
+/// read-only).
+pub fn envoy_volumes(bootstrap: &str) -> Vec<k8s_openapi::api::core::v1::Volume> {
+    use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, Volume};
+    vec![
+        Volume {
+            name: "bootstrap".to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: bootstrap.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".to_string(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
+    ]
+}
+
 /// A short, stable hash of text (FNV-1a, 64 bits), for checksum annotations that roll pods
 /// when their configuration changes. Stable across Rust releases, unlike `DefaultHasher`.
 pub fn fnv1a(text: &str) -> String {

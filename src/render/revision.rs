@@ -479,17 +479,7 @@ impl Renderer<'_> {
                 }),
                 ..Default::default()
             }]),
-            ports: Some(
-                self.served_ports()
-                    .into_iter()
-                    .map(|(name, port)| ContainerPort {
-                        name: Some(name.to_string()),
-                        container_port: port,
-                        protocol: Some("TCP".to_string()),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
+            ports: Some(container_ports(self.served_ports())),
             readiness_probe: Some(Probe {
                 http_get: Some(HTTPGetAction {
                     path: Some("/ready".to_string()),
@@ -741,21 +731,11 @@ impl Renderer<'_> {
                 }),
                 ..Default::default()
             }]),
-            ports: Some(
-                [
-                    ("http-outbound", PROXY_OUTBOUND_PORT),
-                    ("http-inbound", PROXY_INBOUND_PORT),
-                    ("http-ready", PROXY_READY_PORT),
-                ]
-                .into_iter()
-                .map(|(name, port)| ContainerPort {
-                    name: Some(name.to_string()),
-                    container_port: port,
-                    protocol: Some("TCP".to_string()),
-                    ..Default::default()
-                })
-                .collect(),
-            ),
+            ports: Some(container_ports(vec![
+                ("http-outbound", PROXY_OUTBOUND_PORT),
+                ("http-inbound", PROXY_INBOUND_PORT),
+                ("http-ready", PROXY_READY_PORT),
+            ])),
             // Ready once Envoy holds the listeners xDS serves it (the readiness listener is
             // one of them), so a new proxy takes traffic only when it can carry it.
             readiness_probe: Some(Probe {
@@ -787,30 +767,12 @@ impl Renderer<'_> {
             ..Default::default()
         };
         // With the control plane here, the agent gives the proxy its identity for the TLS port.
-        let mut container = container;
-        let mut volumes = vec![
-            Volume {
-                name: "bootstrap".to_string(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: name.to_string(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            Volume {
-                name: "tmp".to_string(),
-                empty_dir: Some(Default::default()),
-                ..Default::default()
-            },
-        ];
+        let (mut container, mut volumes) = (container, super::envoy_volumes(name));
         let init_containers = self.resolved.control_plane.external.is_none().then(|| {
-            container
-                .volume_mounts
-                .get_or_insert_default()
-                .push(agent::proxy_mount());
-            volumes.extend(agent::volumes());
             let cp = control_plane_name(self.revision());
-            agent::containers(
+            agent::attach(
+                &mut container,
+                &mut volumes,
                 &self.control_plane_image(),
                 &format!("{cp}.{}.svc:{SECURE_XDS_PORT}", self.ns),
             )
@@ -857,4 +819,17 @@ impl Renderer<'_> {
             ..Default::default()
         })
     }
+}
+
+/// Named TCP container ports.
+fn container_ports(ports: Vec<(&str, i32)>) -> Vec<ContainerPort> {
+    ports
+        .into_iter()
+        .map(|(name, port)| ContainerPort {
+            name: Some(name.to_string()),
+            container_port: port,
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        })
+        .collect()
 }

@@ -190,26 +190,7 @@ async fn main() {
 
     let (port, monitoring) = (free_port(), free_port());
     let log = bed.kubeconfig.with_file_name("control-plane-bench-ca.log");
-    let mut cp = Command::new(weft_bin())
-        .args(["control-plane", "--revision", REVISION, "--mesh-namespace", mesh_ns])
-        .arg("--kubeconfig")
-        .arg(&bed.kubeconfig)
-        .args(["--xds-address", &format!("127.0.0.1:{}", free_port())])
-        .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
-        .args(["--ca-secret", mesh_ca::ISSUER_SECRET])
-        .args(["--secure-address", &format!("127.0.0.1:{port}")])
-        .args(["--tls-server-name", "127.0.0.1"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start weft control-plane");
-    wait_for("the control plane to be ready", Duration::from_secs(60), || async {
-        match weft_e2e::http_get(monitoring, "/ready") {
-            Ok((200, _)) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let mut cp = control_plane(&bed, mesh_ns, free_port(), port, monitoring, &log).await;
     let idle_rss = rss_kib(cp.id());
 
     let tls = ClientTlsConfig::new()
@@ -262,26 +243,7 @@ async fn main() {
     let mut figures = Vec::new();
     for tls in [false, true] {
         let (plain_port, secure_port, monitoring) = (free_port(), free_port(), free_port());
-        let mut cp = Command::new(weft_bin())
-            .args(["control-plane", "--revision", REVISION, "--mesh-namespace", mesh_ns])
-            .arg("--kubeconfig")
-            .arg(&bed.kubeconfig)
-            .args(["--xds-address", &format!("127.0.0.1:{plain_port}")])
-            .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
-            .args(["--ca-secret", mesh_ca::ISSUER_SECRET])
-            .args(["--secure-address", &format!("127.0.0.1:{secure_port}")])
-            .args(["--tls-server-name", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start weft control-plane");
-        wait_for("the control plane to be ready", Duration::from_secs(60), || async {
-            match weft_e2e::http_get(monitoring, "/ready") {
-                Ok((200, _)) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
+        let mut cp = control_plane(&bed, mesh_ns, plain_port, secure_port, monitoring, &log).await;
         let ready = rss_kib(cp.id());
         let endpoint = if tls {
             let config = ClientTlsConfig::new()
@@ -326,6 +288,39 @@ async fn main() {
             (*tls as f64 / *plain as f64 - 1.0) * 100.0
         );
     }
+}
+
+/// Starts `weft control-plane` for the mesh in `mesh_ns` (plaintext xDS, TLS port and
+/// monitoring on those loopback ports) and waits until it is ready.
+async fn control_plane(
+    bed: &Bed,
+    mesh_ns: &str,
+    plain: u16,
+    secure: u16,
+    monitoring: u16,
+    log: &std::path::Path,
+) -> std::process::Child {
+    let cp = Command::new(weft_bin())
+        .args(["control-plane", "--revision", REVISION, "--mesh-namespace", mesh_ns])
+        .arg("--kubeconfig")
+        .arg(&bed.kubeconfig)
+        .args(["--xds-address", &format!("127.0.0.1:{plain}")])
+        .args(["--monitoring-address", &format!("127.0.0.1:{monitoring}")])
+        .args(["--ca-secret", mesh_ca::ISSUER_SECRET])
+        .args(["--secure-address", &format!("127.0.0.1:{secure}")])
+        .args(["--tls-server-name", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("the control plane's log"))
+        .spawn()
+        .expect("start weft control-plane");
+    wait_for("the control plane to be ready", Duration::from_secs(60), || async {
+        match weft_e2e::http_get(monitoring, "/ready") {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    cp
 }
 
 /// Connections the xDS streams share.

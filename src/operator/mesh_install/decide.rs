@@ -265,16 +265,7 @@ mod tests {
             ("True", "InvalidCA")
         );
 
-        let plan = mesh_ca::plan(
-            &mi.spec.namespace,
-            "cluster.local",
-            &mesh_ca::Source::SelfSigned { root: None },
-            None,
-            0,
-            &crate::identity::rotation::SETTLED,
-            std::time::SystemTime::now(),
-        )
-        .unwrap();
+        let plan = new_ca(&mi);
         o.ca = Some(Ok(plan));
         o.usage.namespaces = [("m".to_string(), BTreeSet::from(["shop".to_string()]))].into();
         let d = decide(&mi, &VersionTable::builtin(), &o, at(0));
@@ -303,11 +294,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_rotation_step_due_soon_brings_the_next_look_forward() {
-        let mi = mesh("version: 1.0.0", 1, None);
-        let mut o = observed(vec![]);
-        let mut plan = mesh_ca::plan(
+    /// A new self-signed CA for `mi`, as planned with nothing stored yet.
+    fn new_ca(mi: &MeshInstall) -> mesh_ca::Plan {
+        mesh_ca::plan(
             &mi.spec.namespace,
             "cluster.local",
             &mesh_ca::Source::SelfSigned { root: None },
@@ -316,7 +305,14 @@ mod tests {
             &crate::identity::rotation::SETTLED,
             std::time::SystemTime::now(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_rotation_step_due_soon_brings_the_next_look_forward() {
+        let mi = mesh("version: 1.0.0", 1, None);
+        let mut o = observed(vec![]);
+        let mut plan = new_ca(&mi);
         plan.due = Some(Duration::from_secs(7));
         o.ca = Some(Ok(plan));
         let d = decide(&mi, &VersionTable::builtin(), &o, at(0));
