@@ -155,7 +155,7 @@ struct AgentArgs {
     once: bool,
     /// Seconds between reads of the trust bundle (and the gRPC client's re-reads of the
     /// files, through the bootstrap).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300))]
+    #[arg(long, default_value_t = weft::identity::agent::BUNDLE_REFRESH.as_secs(), value_parser = clap::value_parser!(u64).range(1..=300))]
     bundle_refresh_seconds: u64,
 }
 

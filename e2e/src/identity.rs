@@ -142,11 +142,6 @@ impl Material {
             roots: Arc::new(roots),
         })
     }
-
-    /// The leaf certificate's DER.
-    pub fn leaf(&self) -> &[u8] {
-        self.chain.first().map_or(&[], |c| c.as_ref())
-    }
 }
 
 /// Checks a server's chain against the roots and its SPIFFE ID against the one expected:

@@ -7,7 +7,7 @@
 //! certificate provider for the data plane (gRFC A29) and the server listener template
 //! xDS-enabled servers need (gRFC A36); and for Envoy, the same as SDS files
 //! (`sds-cert.json`, `sds-root.json`) its `path_config_source` watches. Without `--once` it renews at half the lifetime
-//! and copies bundle changes within `--bundle-refresh` ([`BUNDLE_REFRESH`]).
+//! and copies bundle changes within `--bundle-refresh-seconds` ([`BUNDLE_REFRESH`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

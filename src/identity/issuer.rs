@@ -15,7 +15,8 @@ use super::ca::{self, SigningCa};
 use super::metrics::IdentityMetrics;
 
 /// How often the issuer Secret is read. Agents re-read their bundle within
-/// [`crate::identity::agent::BUNDLE_REFRESH`]; rotation waits for both.
+/// [`crate::identity::agent::BUNDLE_REFRESH`]; a rotation waits for both (the operator's
+/// `--bundle-propagation-seconds` is at least twice this).
 pub const POLL: Duration = Duration::from_secs(10);
 
 /// The current issuer (`None` until one was read).
